@@ -1,0 +1,1088 @@
+//! AST -> checked model: resolves layer names into a DAG, infers every tensor's shape, fills in
+//! PyTorch's defaults, resolves each layer's effective qconfig and the training settings.
+//!
+//! It reports every error it can find, not just the first: a layer whose inputs failed is
+//! skipped quietly, so one mistake gives one message.
+
+mod table;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+pub use table::model_table;
+
+use crate::diag::{suggest, Diag, Span};
+use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
+use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
+
+/// A model that passed every check: layers in a valid execution order, all shapes known.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckedModel {
+    pub name: String,
+    /// One sample's shape, without the batch dimension.
+    pub input: Vec<usize>,
+    /// Layers in execution order (a topological order of the DAG, stable w.r.t. the source).
+    pub layers: Vec<CheckedLayer>,
+    /// Index into `layers` of the output layer.
+    pub output: usize,
+    /// `None` when the spec has no `quantize` block: the model trains as plain float.
+    pub backend: Option<Backend>,
+    pub train: Option<TrainConfig>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckedLayer {
+    pub name: String,
+    pub kind: LayerKind,
+    pub inputs: Vec<Source>,
+    pub out_shape: Vec<usize>,
+    pub params: usize,
+    /// Multiply-accumulates for one sample.
+    pub macs: usize,
+    /// `None` keeps the layer float.
+    pub qconfig: Option<QConfig>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// Where a layer's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Source {
+    /// The model's input.
+    Input,
+    /// The output of `layers[i]`.
+    Layer(usize),
+}
+
+/// A layer with every argument resolved (PyTorch's defaults filled in) and its input sizes known.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum LayerKind {
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        groups: usize,
+        bias: bool,
+    },
+    ReLU,
+    ReLU6,
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    /// Average over H and W: `[C, H, W] -> [C, 1, 1]`, as `AdaptiveAvgPool2d(1)`.
+    GlobalAvgPool,
+    Flatten,
+    BatchNorm2d {
+        channels: usize,
+        eps: f64,
+        momentum: f64,
+    },
+    Dropout {
+        p: f64,
+    },
+    Add,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+impl LayerKind {
+    /// A short PyTorch-like description: `Conv2d(1, 16, k=5)`, `Linear(512, 120)`.
+    pub fn describe(&self) -> String {
+        let hw = |(h, w): (usize, usize)| {
+            if h == w {
+                h.to_string()
+            } else {
+                format!("{h}x{w}")
+            }
+        };
+        match self {
+            LayerKind::Linear {
+                in_features,
+                out_features,
+                ..
+            } => format!("Linear({in_features}, {out_features})"),
+            LayerKind::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                groups,
+                ..
+            } => {
+                let mut s = format!("Conv2d({in_channels}, {out_channels}, k={}", hw(*kernel));
+                if *stride != (1, 1) {
+                    s.push_str(&format!(", s={}", hw(*stride)));
+                }
+                if *padding != (0, 0) {
+                    s.push_str(&format!(", p={}", hw(*padding)));
+                }
+                if *groups != 1 {
+                    s.push_str(&format!(", g={groups}"));
+                }
+                s + ")"
+            }
+            LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) => {
+                let name = if matches!(self, LayerKind::MaxPool2d(_)) {
+                    "MaxPool2d"
+                } else {
+                    "AvgPool2d"
+                };
+                let mut s = format!("{name}(k={}", hw(p.kernel));
+                if p.stride != p.kernel {
+                    s.push_str(&format!(", s={}", hw(p.stride)));
+                }
+                if p.padding != (0, 0) {
+                    s.push_str(&format!(", p={}", hw(p.padding)));
+                }
+                s + ")"
+            }
+            LayerKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
+            LayerKind::Dropout { p } => format!("Dropout({p})"),
+            LayerKind::ReLU => "ReLU".into(),
+            LayerKind::ReLU6 => "ReLU6".into(),
+            LayerKind::GlobalAvgPool => "GlobalAvgPool".into(),
+            LayerKind::Flatten => "Flatten".into(),
+            LayerKind::Add => "Add".into(),
+        }
+    }
+}
+
+/// The training settings with defaults filled in.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub data: ast::DataSource,
+    /// Per input channel.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub epochs: usize,
+    pub batch: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Option<ast::Schedule>,
+    pub pretrain_epochs: usize,
+    pub freeze_bn_after: Option<usize>,
+    pub freeze_observers_after: Option<usize>,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum OptimizerConfig {
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: bool,
+    },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+}
+
+impl std::fmt::Display for OptimizerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                nesterov,
+            } => write!(f, "sgd(lr: {lr}, momentum: {momentum}, weight_decay: {weight_decay}, nesterov: {nesterov})"),
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => write!(f, "adam(lr: {lr}, beta1: {beta1}, beta2: {beta2}, eps: {eps}, weight_decay: {weight_decay})"),
+        }
+    }
+}
+
+/// Checks a parsed spec. Warnings come back with the model; errors instead of it.
+pub fn check(spec: &Spec) -> Result<(CheckedModel, Vec<Diag>), Vec<Diag>> {
+    let mut diags = Vec::new();
+    let model = check_model(spec, &mut diags);
+    let train = spec
+        .train
+        .as_ref()
+        .and_then(|t| check_train(t, spec, &mut diags));
+    if diags.iter().any(Diag::is_error) {
+        return Err(diags);
+    }
+    let mut model = model.ok_or_else(Vec::new)?;
+    model.train = train;
+    Ok((model, diags))
+}
+
+// ---------------------------------------------------------------------------------------- graph
+
+fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
+    let m = &spec.model;
+    let layers = &m.layers;
+    if layers.is_empty() {
+        diags.push(Diag::error(
+            m.name.span,
+            format!("model `{}` has no layers", m.name.node),
+        ));
+        return None;
+    }
+
+    // Names -> index; the first of two equal names wins, the second is reported.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let name = layer.name.node.as_str();
+        if name == "input" || name == "output" {
+            diags.push(Diag::error(
+                layer.name.span,
+                format!("`{name}` is reserved and cannot name a layer"),
+            ));
+        } else if let Some(&first) = index.get(name) {
+            diags.push(
+                Diag::error(layer.name.span, format!("duplicate layer name `{name}`"))
+                    .with_label("second definition")
+                    .with_note(format!(
+                        "first defined on the layer `{}: {}`",
+                        name,
+                        layers[first].op.node.type_name()
+                    )),
+            );
+        } else {
+            index.insert(name, i);
+        }
+    }
+    let names: Vec<&str> = layers.iter().map(|l| l.name.node.as_str()).collect();
+
+    // Each layer's sources, in source order. `None` marks an input that failed to resolve.
+    let mut sources: Vec<Vec<Option<Source>>> = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        if layer.inputs.is_empty() {
+            sources.push(vec![Some(if i == 0 {
+                Source::Input
+            } else {
+                Source::Layer(i - 1)
+            })]);
+            continue;
+        }
+        let resolved = layer
+            .inputs
+            .iter()
+            .map(|input| {
+                if input.node == "input" {
+                    return Some(Source::Input);
+                }
+                match index.get(input.node.as_str()) {
+                    Some(&j) => Some(Source::Layer(j)),
+                    None => {
+                        let d = Diag::error(input.span, format!("no layer named `{}`", input.node))
+                            .with_label("unknown input");
+                        diags.push(suggest(
+                            d,
+                            &input.node,
+                            names.iter().copied().chain(["input"]),
+                        ));
+                        None
+                    }
+                }
+            })
+            .collect();
+        sources.push(resolved);
+    }
+
+    let order = topological_order(layers, &sources, diags)?;
+
+    // Shapes, in execution order. `None` = unknown because an input failed.
+    let mut shapes: Vec<Option<Vec<usize>>> = vec![None; layers.len()];
+    let mut kinds: Vec<Option<(LayerKind, usize, usize)>> = vec![None; layers.len()];
+    let input_shape = &m.input.node;
+    for &i in &order {
+        let in_shapes: Option<Vec<Vec<usize>>> = sources[i]
+            .iter()
+            .map(|s| match s {
+                Some(Source::Input) => Some(input_shape.clone()),
+                Some(Source::Layer(j)) => shapes[*j].clone(),
+                None => None,
+            })
+            .collect();
+        let Some(in_shapes) = in_shapes else { continue };
+        if let Some((kind, out, params, macs)) =
+            infer_layer(&layers[i], &in_shapes, &sources[i], &names, diags)
+        {
+            shapes[i] = Some(out);
+            kinds[i] = Some((kind, params, macs));
+        }
+    }
+
+    let output = match &m.output {
+        None => layers.len() - 1,
+        Some(name) => match index.get(name.node.as_str()) {
+            Some(&i) => i,
+            None => {
+                let d = Diag::error(
+                    name.span,
+                    format!("the output names no layer: `{}`", name.node),
+                );
+                diags.push(suggest(d, &name.node, names.iter().copied()));
+                return None;
+            }
+        },
+    };
+    warn_unused(layers, &sources, output, diags);
+
+    let qconfigs = resolve_qconfigs(spec, diags);
+    if diags.iter().any(Diag::is_error) {
+        return None;
+    }
+    let (backend, qconfigs) = qconfigs?;
+
+    // Renumber to execution order.
+    let mut position = vec![0; layers.len()];
+    for (pos, &i) in order.iter().enumerate() {
+        position[i] = pos;
+    }
+    let checked = order
+        .iter()
+        .map(|&i| {
+            let (kind, params, macs) = kinds[i]
+                .clone()
+                .expect("every layer has a shape when no error was found");
+            CheckedLayer {
+                name: layers[i].name.node.clone(),
+                kind,
+                inputs: sources[i]
+                    .iter()
+                    .map(|s| match s.expect("resolved") {
+                        Source::Input => Source::Input,
+                        Source::Layer(j) => Source::Layer(position[j]),
+                    })
+                    .collect(),
+                out_shape: shapes[i].clone().expect("shape known"),
+                params,
+                macs,
+                qconfig: qconfigs[i].clone(),
+                span: layers[i].name.span.to(layers[i].op.span),
+            }
+        })
+        .collect();
+    Some(CheckedModel {
+        name: m.name.node.clone(),
+        input: input_shape.clone(),
+        layers: checked,
+        output: position[output],
+        backend,
+        train: None,
+    })
+}
+
+/// Kahn's algorithm, taking the earliest ready layer in source order each time so the order
+/// is the source order whenever the source order is valid. A cycle is an error naming its layers.
+fn topological_order(
+    layers: &[ast::Layer],
+    sources: &[Vec<Option<Source>>],
+    diags: &mut Vec<Diag>,
+) -> Option<Vec<usize>> {
+    let n = layers.len();
+    let mut pending: Vec<usize> = sources
+        .iter()
+        .map(|s| {
+            s.iter()
+                .filter(|s| matches!(s, Some(Source::Layer(_))))
+                .count()
+        })
+        .collect();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, s) in sources.iter().enumerate() {
+        for src in s.iter().flatten() {
+            if let Source::Layer(j) = src {
+                users[*j].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &u in &users[i] {
+            pending[u] -= 1;
+            if pending[u] == 0 {
+                ready.insert(u);
+            }
+        }
+    }
+    if order.len() == n {
+        return Some(order);
+    }
+    // Walk back along unresolved inputs from a stuck layer until a layer repeats: that is a cycle.
+    let stuck = (0..n)
+        .find(|&i| pending[i] > 0)
+        .expect("some layer is stuck");
+    let mut path = vec![stuck];
+    let mut at = stuck;
+    loop {
+        let next = sources[at]
+            .iter()
+            .flatten()
+            .find_map(|s| match s {
+                Source::Layer(j) if pending[*j] > 0 => Some(*j),
+                _ => None,
+            })
+            .expect("a stuck layer waits on a stuck layer");
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain(&cycle[..1])
+                .map(|&i| layers[i].name.node.as_str())
+                .collect();
+            let first = cycle[0];
+            diags.push(
+                Diag::error(
+                    layers[first].name.span,
+                    format!("the layers form a cycle: {}", names.join(" -> ")),
+                )
+                .with_label("this layer depends on itself")
+                .with_note("a model is a DAG: a layer may only use layers that do not use it"),
+            );
+            return None;
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+fn warn_unused(
+    layers: &[ast::Layer],
+    sources: &[Vec<Option<Source>>],
+    output: usize,
+    diags: &mut Vec<Diag>,
+) {
+    let mut used = vec![false; layers.len()];
+    let mut stack = vec![output];
+    while let Some(i) = stack.pop() {
+        if std::mem::replace(&mut used[i], true) {
+            continue;
+        }
+        for s in sources[i].iter().flatten() {
+            if let Source::Layer(j) = s {
+                stack.push(*j);
+            }
+        }
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        if !used[i] {
+            diags.push(
+                Diag::warning(
+                    layer.name.span,
+                    format!(
+                        "layer `{}` does not contribute to the output",
+                        layer.name.node
+                    ),
+                )
+                .with_label("unused"),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------- shapes
+
+fn shape_text(shape: &[usize]) -> String {
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Resolves one layer: its kind with defaults, output shape, parameter count and MACs.
+fn infer_layer(
+    layer: &ast::Layer,
+    in_shapes: &[Vec<usize>],
+    sources: &[Option<Source>],
+    names: &[&str],
+    diags: &mut Vec<Diag>,
+) -> Option<(LayerKind, Vec<usize>, usize, usize)> {
+    let op = &layer.op.node;
+    let span = layer.op.span;
+    let ty = op.type_name();
+    let source_name = |k: usize| match sources.get(k).copied().flatten() {
+        Some(Source::Layer(j)) => format!("`{}`", names[j]),
+        _ => "the model input".to_string(),
+    };
+    let arg_span = |arg: &str| layer.arg_spans.get(arg).unwrap_or(span);
+
+    if !matches!(op, Op::Add) && in_shapes.len() != 1 {
+        diags.push(
+            Diag::error(
+                span,
+                format!("`{ty}` takes one input, this one has {}", in_shapes.len()),
+            )
+            .with_label("too many inputs"),
+        );
+        return None;
+    }
+    let x = &in_shapes[0];
+    let want_chw = |diags: &mut Vec<Diag>| -> Option<(usize, usize, usize)> {
+        match x.as_slice() {
+            [c, h, w] => Some((*c, *h, *w)),
+            _ => {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!(
+                            "`{ty}` needs a [channels, height, width] input, but {} gives {}",
+                            source_name(0),
+                            shape_text(x)
+                        ),
+                    )
+                    .with_label(format!("expects a 3-D input per sample, got {}-D", x.len())),
+                );
+                None
+            }
+        }
+    };
+
+    match op {
+        Op::Linear { out, bias } => {
+            let [in_features] = x.as_slice() else {
+                let d = Diag::error(
+                    span,
+                    format!(
+                        "`Linear` needs a flat input, but {} gives {}",
+                        source_name(0),
+                        shape_text(x)
+                    ),
+                )
+                .with_label(format!("expects a 1-D input per sample, got {}-D", x.len()))
+                .with_help(format!(
+                    "add a `Flatten` layer before `{}` (it would give [{}])",
+                    layer.name.node,
+                    x.iter().product::<usize>()
+                ));
+                diags.push(d);
+                return None;
+            };
+            let bias = bias.unwrap_or(true);
+            let kind = LayerKind::Linear {
+                in_features: *in_features,
+                out_features: *out,
+                bias,
+            };
+            let params = in_features * out + if bias { *out } else { 0 };
+            Some((kind, vec![*out], params, in_features * out))
+        }
+        Op::Conv2d {
+            out,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        } => {
+            let (c, h, w) = want_chw(diags)?;
+            let groups = groups.unwrap_or(1);
+            let kernel = kernel.hw();
+            let stride = stride.map_or((1, 1), ast::Size2::hw);
+            let padding = padding.map_or((0, 0), ast::Size2::hw);
+            if c % groups != 0 || out % groups != 0 {
+                diags.push(
+                    Diag::error(arg_span("groups"), format!("`groups: {groups}` must divide both the input channels ({c}) and `out` ({out})"))
+                        .with_label("does not divide the channels"),
+                );
+                return None;
+            }
+            let (ho, wo) = window_output(layer, "kernel", (h, w), kernel, stride, padding, diags)?;
+            let bias = bias.unwrap_or(true);
+            let per_out = (c / groups) * kernel.0 * kernel.1;
+            let kind = LayerKind::Conv2d {
+                in_channels: c,
+                out_channels: *out,
+                kernel,
+                stride,
+                padding,
+                groups,
+                bias,
+            };
+            let params = out * per_out + if bias { *out } else { 0 };
+            Some((kind, vec![*out, ho, wo], params, out * ho * wo * per_out))
+        }
+        Op::MaxPool2d(pool) | Op::AvgPool2d(pool) => {
+            let (c, h, w) = want_chw(diags)?;
+            let kernel = pool.kernel.hw();
+            let stride = pool.stride.map_or(kernel, ast::Size2::hw);
+            let padding = pool.padding.map_or((0, 0), ast::Size2::hw);
+            if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
+                diags.push(
+                    Diag::error(
+                        arg_span("padding"),
+                        "pooling padding must be at most half the kernel",
+                    )
+                    .with_label("too much padding")
+                    .with_note("PyTorch has the same rule"),
+                );
+                return None;
+            }
+            let (ho, wo) = window_output(layer, "kernel", (h, w), kernel, stride, padding, diags)?;
+            let p = Pool2d {
+                kernel,
+                stride,
+                padding,
+            };
+            let kind = if matches!(op, Op::MaxPool2d(_)) {
+                LayerKind::MaxPool2d(p)
+            } else {
+                LayerKind::AvgPool2d(p)
+            };
+            Some((kind, vec![c, ho, wo], 0, 0))
+        }
+        Op::GlobalAvgPool => {
+            let (c, _, _) = want_chw(diags)?;
+            Some((LayerKind::GlobalAvgPool, vec![c, 1, 1], 0, 0))
+        }
+        Op::BatchNorm2d { eps, momentum } => {
+            let (c, _, _) = want_chw(diags)?;
+            let kind = LayerKind::BatchNorm2d {
+                channels: c,
+                eps: eps.unwrap_or(1e-5),
+                momentum: momentum.unwrap_or(0.1),
+            };
+            Some((kind, x.clone(), 2 * c, 0))
+        }
+        Op::Flatten => Some((LayerKind::Flatten, vec![x.iter().product()], 0, 0)),
+        Op::ReLU => Some((LayerKind::ReLU, x.clone(), 0, 0)),
+        Op::ReLU6 => Some((LayerKind::ReLU6, x.clone(), 0, 0)),
+        Op::Dropout { p } => Some((
+            LayerKind::Dropout {
+                p: p.unwrap_or(0.5),
+            },
+            x.clone(),
+            0,
+            0,
+        )),
+        Op::Add => {
+            if in_shapes.len() < 2 {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!(
+                            "`Add` needs at least two inputs, this one has {}",
+                            in_shapes.len()
+                        ),
+                    )
+                    .with_label("name its inputs")
+                    .with_help(format!("write `{}: Add(a, b)`", layer.name.node)),
+                );
+                return None;
+            }
+            for (k, shape) in in_shapes.iter().enumerate().skip(1) {
+                if shape != x {
+                    diags.push(
+                        Diag::error(
+                            span,
+                            format!(
+                                "`Add` of different shapes: {} gives {} but {} gives {}",
+                                source_name(0),
+                                shape_text(x),
+                                source_name(k),
+                                shape_text(shape)
+                            ),
+                        )
+                        .with_label("shapes differ"),
+                    );
+                    return None;
+                }
+            }
+            Some((LayerKind::Add, x.clone(), 0, 0))
+        }
+    }
+}
+
+/// Output size of a sliding window (conv or pool), as PyTorch computes it (floor mode).
+fn window_output(
+    layer: &ast::Layer,
+    arg: &str,
+    (h, w): (usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    diags: &mut Vec<Diag>,
+) -> Option<(usize, usize)> {
+    let (ph, pw) = (h + 2 * padding.0, w + 2 * padding.1);
+    if kernel.0 > ph || kernel.1 > pw {
+        let padded = if padding == (0, 0) {
+            String::new()
+        } else {
+            " after padding".to_string()
+        };
+        diags.push(
+            Diag::error(
+                layer.arg_spans.get(arg).unwrap_or(layer.op.span),
+                format!(
+                    "`{}` kernel {}x{} is larger than its {}x{} input{padded}",
+                    layer.name.node, kernel.0, kernel.1, ph, pw
+                ),
+            )
+            .with_label("kernel larger than the input"),
+        );
+        return None;
+    }
+    Some((
+        (ph - kernel.0) / stride.0 + 1,
+        (pw - kernel.1) / stride.1 + 1,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------- qconfigs
+
+/// Each layer's effective qconfig (source order), or `None` for float. The default is the
+/// backend's QAT preset; `LAYER: QCONFIG` overrides one layer.
+#[allow(clippy::type_complexity)]
+fn resolve_qconfigs(
+    spec: &Spec,
+    diags: &mut Vec<Diag>,
+) -> Option<(Option<Backend>, Vec<Option<QConfig>>)> {
+    let n = spec.model.layers.len();
+    let Some(q) = &spec.quantize else {
+        return Some((None, vec![None; n]));
+    };
+    let backend = q.backend.as_ref().map_or(Backend::Fbgemm, |b| b.node);
+    let base = qconfig::preset(backend, QuantMode::Qat);
+
+    // Named qconfigs, built on the backend's preset.
+    let mut defined: HashMap<&str, QConfig> = HashMap::new();
+    for def in &q.qconfigs {
+        let name = def.name.node.as_str();
+        if defined.contains_key(name) {
+            diags.push(
+                Diag::error(def.name.span, format!("qconfig `{name}` is defined twice"))
+                    .with_label("second definition"),
+            );
+            continue;
+        }
+        if name == "none" || name == "qat" || name == "ptq" {
+            diags.push(Diag::error(
+                def.name.span,
+                format!("`{name}` is reserved and cannot name a qconfig"),
+            ));
+            continue;
+        }
+        let mut activation = base.activation;
+        let mut weight = base.weight;
+        let mut ok = true;
+        if let Some(a) = &def.activation {
+            activation = qconfig::apply(base.activation, &a.node);
+            ok &= validate_fake_quant(&activation, a.span, Role::Activation, diags);
+        }
+        if let Some(w) = &def.weight {
+            weight = qconfig::apply(base.weight, &w.node);
+            ok &= validate_fake_quant(&weight, w.span, Role::Weight, diags);
+        }
+        if ok {
+            defined.insert(
+                name,
+                QConfig {
+                    name: name.to_string(),
+                    mode: QuantMode::Qat,
+                    activation,
+                    weight,
+                },
+            );
+        }
+    }
+    let qconfig_names: Vec<&str> = q.qconfigs.iter().map(|d| d.name.node.as_str()).collect();
+    let resolve = |r: &ast::Spanned<QconfigRef>,
+                   diags: &mut Vec<Diag>|
+     -> Option<Option<QConfig>> {
+        match &r.node {
+            QconfigRef::None => Some(None),
+            QconfigRef::Qat(b) => Some(Some(qconfig::preset(*b, QuantMode::Qat))),
+            QconfigRef::Ptq(b) => Some(Some(qconfig::preset(*b, QuantMode::Ptq))),
+            QconfigRef::Named(name) => match defined.get(name.as_str()) {
+                Some(qc) => Some(Some(qc.clone())),
+                None if qconfig_names.contains(&name.as_str()) => None, // already reported
+                None => {
+                    let d = Diag::error(r.span, format!("no qconfig named `{name}`"))
+                        .with_label("not defined in this `quantize` block");
+                    let d = suggest(d, name, qconfig_names.iter().copied())
+                        .with_help(format!("define it with `qconfig {name} {{ activation: ..., weight: ... }}`, or use a preset such as `qat({})`", backend.name()));
+                    diags.push(d);
+                    None
+                }
+            },
+        }
+    };
+
+    let default = match &q.default {
+        None => Some(Some(base.clone())),
+        Some(r) => resolve(r, diags),
+    };
+    let mut per_layer = vec![default.clone().flatten(); n];
+    let layer_names: Vec<&str> = spec
+        .model
+        .layers
+        .iter()
+        .map(|l| l.name.node.as_str())
+        .collect();
+    let mut overridden: HashMap<&str, Span> = HashMap::new();
+    for o in &q.overrides {
+        let name = o.layer.node.as_str();
+        if let Some(prev) = overridden.insert(name, o.layer.span) {
+            let _ = prev;
+            diags.push(
+                Diag::error(
+                    o.layer.span,
+                    format!("layer `{name}` is given a qconfig twice"),
+                )
+                .with_label("second override"),
+            );
+            continue;
+        }
+        let resolved = resolve(&o.qconfig, diags);
+        match layer_names.iter().position(|l| *l == name) {
+            Some(i) => {
+                if let Some(qc) = resolved {
+                    per_layer[i] = qc;
+                }
+            }
+            None => {
+                let d = Diag::error(o.layer.span, format!("no layer named `{name}` to quantize"))
+                    .with_label("not a layer of the model")
+                    .with_note(
+                        "inside `quantize`, `NAME: QCONFIG` sets the qconfig of the layer NAME",
+                    );
+                diags.push(suggest(
+                    d,
+                    name,
+                    layer_names.iter().copied().chain(["backend", "default"]),
+                ));
+            }
+        }
+    }
+    default.map(|_| (Some(backend), per_layer))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Activation,
+    Weight,
+}
+
+fn validate_fake_quant(
+    fq: &FakeQuantConfig,
+    span: Span,
+    role: Role,
+    diags: &mut Vec<Diag>,
+) -> bool {
+    let before = diags.len();
+    let (lo, hi) = fq.dtype.range();
+    match role {
+        Role::Activation => {
+            if fq.observer.is_per_channel() {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!(
+                            "per-channel observer `{}` used for activations",
+                            fq.observer.name()
+                        ),
+                    )
+                    .with_label("activations are quantized per tensor")
+                    .with_help("use `minmax` or `moving_average_minmax` for activations"),
+                );
+            }
+            if fq.dtype != DType::Quint8 {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!("activations must be quint8, not {}", fq.dtype.name()),
+                    )
+                    .with_label("the int8 kernels take unsigned 8-bit activations"),
+                );
+            }
+        }
+        Role::Weight => {
+            if fq.dtype != DType::Qint8 {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!("weights must be qint8, not {}", fq.dtype.name()),
+                    )
+                    .with_label("the int8 kernels take signed 8-bit weights"),
+                );
+            }
+        }
+    }
+    if fq.quant_min >= fq.quant_max || fq.quant_min < lo || fq.quant_max > hi {
+        diags.push(
+            Diag::error(
+                span,
+                format!(
+                    "quantization range {}..{} is not a non-empty range inside {} ({lo}..{hi})",
+                    fq.quant_min,
+                    fq.quant_max,
+                    fq.dtype.name()
+                ),
+            )
+            .with_label("bad quant_min/quant_max"),
+        );
+    }
+    diags.len() == before
+}
+
+// ---------------------------------------------------------------------------------------- train
+
+fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<TrainConfig> {
+    let before = diags.len();
+    let channels = if spec.model.input.node.len() == 3 {
+        spec.model.input.node[0]
+    } else {
+        1
+    };
+    let data = match &t.data {
+        Some(d) => d.node.clone(),
+        None => {
+            diags.push(
+                Diag::error_at_file("the `train` block has no `data` source")
+                    .with_help("add `data: mnist(\"data/mnist10k\")` or another source"),
+            );
+            return None;
+        }
+    };
+    let (mean, std) = match &t.normalize {
+        None => (vec![0.0; channels], vec![1.0; channels]),
+        Some(n) => {
+            for (what, pc) in [("mean", &n.node.mean), ("std", &n.node.std)] {
+                if let Some(len) = pc.len() {
+                    if len != channels && len != 1 {
+                        diags.push(
+                            Diag::error(n.span, format!("normalize `{what}` has {len} values but the input has {channels} channels"))
+                                .with_label("one value, or one per channel"),
+                        );
+                    }
+                }
+            }
+            let expand = |pc: &ast::PerChannel| -> Vec<f32> {
+                (0..channels).map(|c| if pc.len() == Some(1) { pc.get(0) } else { pc.get(c.min(pc.len().unwrap_or(1) - 1)) } as f32).collect()
+            };
+            (expand(&n.node.mean), expand(&n.node.std))
+        }
+    };
+    let epochs = t.epochs.as_ref().map_or(5, |e| e.node);
+    let after = |setting: &Option<ast::Spanned<usize>>,
+                 what: &str,
+                 diags: &mut Vec<Diag>|
+     -> Option<usize> {
+        let s = setting.as_ref()?;
+        if s.node > epochs {
+            diags.push(
+                Diag::warning(
+                    s.span,
+                    format!(
+                        "`{what}` after {} epochs never happens in a {epochs}-epoch run",
+                        s.node
+                    ),
+                )
+                .with_label("later than the last epoch"),
+            );
+        }
+        Some(s.node)
+    };
+    let freeze_bn_after = after(&t.freeze_bn, "freeze_bn", diags);
+    let freeze_observers_after = after(&t.freeze_observers, "freeze_observers", diags);
+    let pretrain_epochs = t.pretrain.as_ref().map_or(0, |p| p.node);
+    if let Some(p) = &t.pretrain {
+        if p.node >= epochs && spec.quantize.is_some() {
+            diags.push(
+                Diag::error(
+                    p.span,
+                    format!(
+                        "`pretrain: {} epochs` leaves no QAT epochs in a {epochs}-epoch run",
+                        p.node
+                    ),
+                )
+                .with_label("must be less than `epochs`"),
+            );
+        }
+    }
+    let optimizer = match t.optimizer.as_ref().map(|o| &o.node) {
+        None => OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        Some(ast::Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+        }) => {
+            let momentum = momentum.unwrap_or(0.0);
+            let nesterov = nesterov.unwrap_or(false);
+            if nesterov && momentum == 0.0 {
+                diags.push(
+                    Diag::error(
+                        t.optimizer.as_ref().map_or_else(Span::default, |o| o.span),
+                        "nesterov needs a momentum above 0",
+                    )
+                    .with_label("as in PyTorch"),
+                );
+            }
+            OptimizerConfig::Sgd {
+                lr: *lr,
+                momentum,
+                weight_decay: weight_decay.unwrap_or(0.0),
+                nesterov,
+            }
+        }
+        Some(ast::Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        }) => OptimizerConfig::Adam {
+            lr: lr.unwrap_or(0.001),
+            beta1: beta1.unwrap_or(0.9),
+            beta2: beta2.unwrap_or(0.999),
+            eps: eps.unwrap_or(1e-8),
+            weight_decay: weight_decay.unwrap_or(0.0),
+        },
+    };
+    if diags[before..].iter().any(Diag::is_error) {
+        return None;
+    }
+    Some(TrainConfig {
+        data,
+        mean,
+        std,
+        epochs,
+        batch: t.batch.as_ref().map_or(64, |b| b.node),
+        optimizer,
+        schedule: t.schedule.as_ref().map(|s| s.node.clone()),
+        pretrain_epochs,
+        freeze_bn_after,
+        freeze_observers_after,
+        seed: t.seed.as_ref().map_or(0, |s| s.node),
+    })
+}

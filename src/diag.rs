@@ -1,0 +1,157 @@
+//! Spans and diagnostics: every user error carries the byte range it is about and renders with
+//! the source line and a caret (`--> file:line:col`).
+//!
+//! Stages never print: they return `Vec<Diag>` and the CLI renders them with [`render`].
+
+use codespan_reporting::diagnostic::{Diagnostic, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term::{self, Chars, Config};
+
+/// A byte range in the source text. Spans are not part of a spec's meaning: they are skipped by
+/// the YAML form and by [`crate::syntax::ast`] equality helpers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Span {
+        Span { start, end }
+    }
+
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One message for the user: what is wrong, where, and what might fix it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diag {
+    pub severity: Severity,
+    pub message: String,
+    /// Where the problem is; `None` for problems with no place in the source (a missing block).
+    pub span: Option<Span>,
+    /// A short text printed under the caret.
+    pub label: String,
+    /// Extra lines: `= help: ...`, `= note: ...`.
+    pub notes: Vec<String>,
+}
+
+impl Diag {
+    pub fn error(span: Span, message: impl Into<String>) -> Diag {
+        Diag {
+            severity: Severity::Error,
+            message: message.into(),
+            span: Some(span),
+            label: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// An error that belongs to the file as a whole rather than to one place in it.
+    pub fn error_at_file(message: impl Into<String>) -> Diag {
+        Diag {
+            severity: Severity::Error,
+            message: message.into(),
+            span: None,
+            label: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn warning(span: Span, message: impl Into<String>) -> Diag {
+        Diag {
+            severity: Severity::Warning,
+            ..Diag::error(span, message)
+        }
+    }
+
+    pub fn with_label(mut self, label: impl Into<String>) -> Diag {
+        self.label = label.into();
+        self
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Diag {
+        self.notes.push(format!("help: {}", help.into()));
+        self
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Diag {
+        self.notes.push(format!("note: {}", note.into()));
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// Renders diagnostics as plain text (no colour), in the order given.
+pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
+    let file = SimpleFile::new(file_name, source);
+    let config = Config {
+        chars: Chars::ascii(),
+        ..Config::default()
+    };
+    let mut out = String::new();
+    for diag in diags {
+        let mut d = match diag.severity {
+            Severity::Error => Diagnostic::error(),
+            Severity::Warning => Diagnostic::warning(),
+        }
+        .with_message(&diag.message)
+        .with_notes(diag.notes.clone());
+        if let Some(span) = diag.span {
+            let end = span.end.min(source.len());
+            let start = span.start.min(end);
+            d = d.with_labels(vec![
+                Label::primary((), start..end).with_message(&diag.label)
+            ]);
+        }
+        match term::emit_into_string(&config, &file, &d) {
+            Ok(text) => out.push_str(&text),
+            // A span outside the file is a bug of ours; still say what the user needs to know.
+            Err(_) => out.push_str(&format!("error: {}\n", diag.message)),
+        }
+    }
+    let n_errors = diags.iter().filter(|d| d.is_error()).count();
+    if n_errors > 0 {
+        let plural = if n_errors == 1 { "" } else { "s" };
+        out.push_str(&format!("{file_name}: {n_errors} error{plural}\n"));
+    }
+    out
+}
+
+/// The closest candidate to `word`, if one is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// `help: did you mean `x`?` when a candidate is close to `word`.
+pub fn suggest<'a>(diag: Diag, word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Diag {
+    match did_you_mean(word, candidates) {
+        Some(best) => diag.with_help(format!("did you mean `{best}`?")),
+        None => diag,
+    }
+}

@@ -1,0 +1,4 @@
+//! The numerics of quantization, written once: qconfigs and presets, scale/zero-point, rounding,
+//! fake quantization and observers. Pure functions over plain data.
+
+pub mod qconfig;

@@ -1,0 +1,294 @@
+//! AST -> canonical `.qspec` text (`qatc fmt`). Parsing the output gives the same AST.
+
+use std::fmt::Write;
+
+use super::ast::*;
+
+/// The canonical text of a spec: four-space indents, aligned layer names, named arguments.
+pub fn format_spec(spec: &Spec) -> String {
+    let mut out = String::new();
+    model(&mut out, &spec.model);
+    if let Some(q) = &spec.quantize {
+        out.push('\n');
+        quantize(&mut out, q);
+    }
+    if let Some(t) = &spec.train {
+        out.push('\n');
+        train(&mut out, t);
+    }
+    out
+}
+
+fn model(out: &mut String, m: &Model) {
+    let width = m
+        .layers
+        .iter()
+        .map(|l| l.name.node.len())
+        .chain(["input".len()])
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let _ = writeln!(out, "model {} {{", m.name.node);
+    let _ = writeln!(out, "    {:width$} {}", "input:", list(m.input.node.iter()));
+    for layer in &m.layers {
+        let _ = writeln!(
+            out,
+            "    {:width$} {}",
+            format!("{}:", layer.name.node),
+            layer_text(layer)
+        );
+    }
+    if let Some(output) = &m.output {
+        let _ = writeln!(out, "    {:width$} {}", "output:", output.node);
+    }
+    out.push_str("}\n");
+}
+
+/// `Type(inputs..., name: value, ...)`, or just `Type` when there is nothing to say.
+pub fn layer_text(layer: &Layer) -> String {
+    let mut args: Vec<String> = layer.inputs.iter().map(|i| i.node.clone()).collect();
+    let mut named = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(format!("{name}: {v}"));
+        }
+    };
+    match &layer.op.node {
+        Op::Linear { out, bias } => {
+            named("out", Some(out.to_string()));
+            named("bias", bias.map(|b| b.to_string()));
+        }
+        Op::Conv2d {
+            out,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        } => {
+            named("out", Some(out.to_string()));
+            named("kernel", Some(size2(*kernel)));
+            named("stride", stride.map(size2));
+            named("padding", padding.map(size2));
+            named("groups", groups.map(|g| g.to_string()));
+            named("bias", bias.map(|b| b.to_string()));
+        }
+        Op::MaxPool2d(pool) | Op::AvgPool2d(pool) => {
+            named("kernel", Some(size2(pool.kernel)));
+            named("stride", pool.stride.map(size2));
+            named("padding", pool.padding.map(size2));
+        }
+        Op::BatchNorm2d { eps, momentum } => {
+            named("eps", eps.map(number));
+            named("momentum", momentum.map(number));
+        }
+        Op::Dropout { p } => named("p", p.map(number)),
+        Op::ReLU | Op::ReLU6 | Op::GlobalAvgPool | Op::Flatten | Op::Add => {}
+    }
+    let ty = layer.op.node.type_name();
+    if args.is_empty() {
+        ty.to_string()
+    } else {
+        format!("{ty}({})", args.join(", "))
+    }
+}
+
+fn quantize(out: &mut String, q: &Quantize) {
+    out.push_str("quantize {\n");
+    if let Some(b) = &q.backend {
+        let _ = writeln!(out, "    backend: {}", b.node.name());
+    }
+    if let Some(d) = &q.default {
+        let _ = writeln!(out, "    default: {}", d.node);
+    }
+    for def in &q.qconfigs {
+        let _ = writeln!(out, "\n    qconfig {} {{", def.name.node);
+        for (field, fq) in [("activation", &def.activation), ("weight", &def.weight)] {
+            if let Some(fq) = fq {
+                let _ = writeln!(out, "        {field}: {}", fake_quant(&fq.node));
+            }
+        }
+        out.push_str("    }\n");
+    }
+    if !q.overrides.is_empty() && !q.qconfigs.is_empty() {
+        out.push('\n');
+    }
+    for o in &q.overrides {
+        let _ = writeln!(out, "    {}: {}", o.layer.node, o.qconfig.node);
+    }
+    out.push_str("}\n");
+}
+
+fn fake_quant(fq: &FakeQuantSpec) -> String {
+    let mut args = Vec::new();
+    let mut named = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(format!("{name}: {v}"));
+        }
+    };
+    named("observer", fq.observer.map(|o| o.name().to_string()));
+    named("dtype", fq.dtype.map(|d| d.name().to_string()));
+    named("scheme", fq.scheme.map(|s| s.name().to_string()));
+    named("reduce_range", fq.reduce_range.map(|b| b.to_string()));
+    named("quant_min", fq.quant_min.map(|n| n.to_string()));
+    named("quant_max", fq.quant_max.map(|n| n.to_string()));
+    named("averaging", fq.averaging.map(number));
+    format!("fake_quant({})", args.join(", "))
+}
+
+fn train(out: &mut String, t: &Train) {
+    out.push_str("train {\n");
+    let mut line = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            let _ = writeln!(out, "    {key}: {v}");
+        }
+    };
+    line("data", t.data.as_ref().map(|d| data_source(&d.node)));
+    line(
+        "normalize",
+        t.normalize.as_ref().map(|n| {
+            format!(
+                "{{ mean: {}, std: {} }}",
+                per_channel(&n.node.mean),
+                per_channel(&n.node.std)
+            )
+        }),
+    );
+    line("epochs", t.epochs.as_ref().map(|n| n.node.to_string()));
+    line("batch", t.batch.as_ref().map(|n| n.node.to_string()));
+    line(
+        "optimizer",
+        t.optimizer.as_ref().map(|o| optimizer(&o.node)),
+    );
+    line("schedule", t.schedule.as_ref().map(|s| schedule(&s.node)));
+    line(
+        "pretrain",
+        t.pretrain.as_ref().map(|n| format!("{} epochs", n.node)),
+    );
+    line(
+        "freeze_bn",
+        t.freeze_bn
+            .as_ref()
+            .map(|n| format!("after {} epochs", n.node)),
+    );
+    line(
+        "freeze_observers",
+        t.freeze_observers
+            .as_ref()
+            .map(|n| format!("after {} epochs", n.node)),
+    );
+    line("seed", t.seed.as_ref().map(|n| n.node.to_string()));
+    out.push_str("}\n");
+}
+
+fn data_source(d: &DataSource) -> String {
+    match d {
+        DataSource::Mnist { dir } => format!("mnist({})", string(dir)),
+        DataSource::Cifar10 { dir } => format!("cifar10({})", string(dir)),
+        DataSource::Idx {
+            images,
+            labels,
+            test_images,
+            test_labels,
+        } => {
+            let mut args = vec![
+                format!("images: {}", string(images)),
+                format!("labels: {}", string(labels)),
+            ];
+            if let Some(p) = test_images {
+                args.push(format!("test_images: {}", string(p)));
+            }
+            if let Some(p) = test_labels {
+                args.push(format!("test_labels: {}", string(p)));
+            }
+            format!("idx({})", args.join(", "))
+        }
+    }
+}
+
+fn optimizer(o: &Optimizer) -> String {
+    let mut args = Vec::new();
+    let mut named = |name: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            args.push(format!("{name}: {}", number(v)));
+        }
+    };
+    let name = match o {
+        Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+        } => {
+            named("lr", Some(*lr));
+            named("momentum", *momentum);
+            named("weight_decay", *weight_decay);
+            if let Some(n) = nesterov {
+                args.push(format!("nesterov: {n}"));
+            }
+            "sgd"
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            named("lr", *lr);
+            named("beta1", *beta1);
+            named("beta2", *beta2);
+            named("eps", *eps);
+            named("weight_decay", *weight_decay);
+            "adam"
+        }
+    };
+    format!("{name}({})", args.join(", "))
+}
+
+fn schedule(s: &Schedule) -> String {
+    match s {
+        Schedule::Cosine => "cosine".into(),
+        Schedule::Step { step_size, gamma } => match gamma {
+            Some(g) => format!("step(step_size: {step_size}, gamma: {})", number(*g)),
+            None => format!("step(step_size: {step_size})"),
+        },
+    }
+}
+
+fn per_channel(p: &PerChannel) -> String {
+    match p {
+        PerChannel::All(v) => number(*v),
+        PerChannel::Each(vs) => list(vs.iter().map(|v| number(*v))),
+    }
+}
+
+fn size2(s: Size2) -> String {
+    match s {
+        Size2::Square(n) => n.to_string(),
+        Size2::Rect([h, w]) => format!("[{h}, {w}]"),
+    }
+}
+
+fn list<T: ToString>(items: impl Iterator<Item = T>) -> String {
+    format!(
+        "[{}]",
+        items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// A float that reads back as the same f64: Rust's shortest round-trip form, always with a point
+/// or exponent so it stays a float in the source (`0.01`, `1.0`, `1e-5`).
+pub fn number(x: f64) -> String {
+    let s = format!("{x:?}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") || s.contains("NaN") {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// A string literal. The grammar has no escapes, so a `"` or newline cannot be written; such
+/// strings only arise from YAML and are rejected by the checker.
+fn string(s: &str) -> String {
+    format!("\"{s}\"")
+}
