@@ -19,16 +19,23 @@ pub mod syntax;
 
 use diag::Diag;
 
-/// Parses and checks a spec's text in one go: the front half of every command.
-pub fn front_end(
-    file_name: &str,
-    text: &str,
-) -> (
-    Result<(check::CheckedModel, syntax::Spec, Vec<Diag>), Vec<Diag>>,
-    syntax::SourceFile,
-) {
+/// A spec that parsed and checked.
+pub struct Checked {
+    pub model: check::CheckedModel,
+    pub spec: syntax::Spec,
+    pub warnings: Vec<Diag>,
+}
+
+/// Parses and checks a spec's text in one go: the front half of every command. The returned
+/// source is what the spans of the spec and of the diagnostics refer to.
+pub fn front_end(file_name: &str, text: &str) -> (Result<Checked, Vec<Diag>>, syntax::SourceFile) {
     let (parsed, source) = syntax::parse_source(file_name, text);
-    let result = parsed
-        .and_then(|spec| check::check(&spec).map(|(model, warnings)| (model, spec, warnings)));
+    let result = parsed.and_then(|spec| {
+        check::check(&spec).map(|(model, warnings)| Checked {
+            model,
+            spec,
+            warnings,
+        })
+    });
     (result, source)
 }

@@ -116,9 +116,9 @@ fn front_end(path: &Path) -> Result<(qatc::check::CheckedModel, qatc::syntax::Sp
     let text = read_spec(path)?;
     let (result, source) = qatc::front_end(&path.display().to_string(), &text);
     match result {
-        Ok((model, spec, warnings)) => {
-            print_warnings(&warnings, &source);
-            Ok((model, spec))
+        Ok(checked) => {
+            print_warnings(&checked.warnings, &source);
+            Ok((checked.model, checked.spec))
         }
         Err(diags) => Err(diag::render(&diags, &source.name, &source.text)),
     }

@@ -972,7 +972,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
         None => (vec![0.0; channels], vec![1.0; channels]),
         Some(n) => {
             for (what, pc) in [("mean", &n.node.mean), ("std", &n.node.std)] {
-                if let Some(len) = pc.len() {
+                if let Some(len) = pc.count() {
                     if len != channels && len != 1 {
                         diags.push(
                             Diag::error(n.span, format!("normalize `{what}` has {len} values but the input has {channels} channels"))
@@ -982,7 +982,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
                 }
             }
             let expand = |pc: &ast::PerChannel| -> Vec<f32> {
-                (0..channels).map(|c| if pc.len() == Some(1) { pc.get(0) } else { pc.get(c.min(pc.len().unwrap_or(1) - 1)) } as f32).collect()
+                (0..channels).map(|c| if pc.count() == Some(1) { pc.get(0) } else { pc.get(c.min(pc.count().unwrap_or(1) - 1)) } as f32).collect()
             };
             (expand(&n.node.mean), expand(&n.node.std))
         }

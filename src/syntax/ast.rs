@@ -492,7 +492,7 @@ pub enum PerChannel {
 }
 
 impl PerChannel {
-    pub fn len(&self) -> Option<usize> {
+    pub fn count(&self) -> Option<usize> {
         match self {
             PerChannel::All(_) => None,
             PerChannel::Each(v) => Some(v.len()),

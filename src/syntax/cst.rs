@@ -93,7 +93,7 @@ impl Value {
     /// A short description for messages: "a number", "`Linear`", "a list".
     pub fn describe(&self) -> String {
         match &self.kind {
-            ValueKind::Number { .. } => "a number".into(),
+            ValueKind::Number { value, .. } => format!("`{value}`"),
             ValueKind::Str(_) => "a string".into(),
             ValueKind::Ident(name) => format!("`{name}`"),
             ValueKind::List(_) => "a list".into(),
@@ -277,9 +277,12 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diag {
     let expected = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
-            names.dedup();
             names.sort();
             names.dedup();
+            // "a value" covers names, numbers and strings: say only that.
+            if names.contains(&"a value") {
+                names.retain(|n| !matches!(*n, "a name" | "a number" | "a string"));
+            }
             names
         }
         ErrorVariant::CustomError { .. } => Vec::new(),
@@ -290,6 +293,15 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diag {
         [init @ .., last] => format!("{} or {}", init.join(", "), last),
     };
     let end = (pos + found.len().max(1)).min(source.len()).max(pos);
+    if found.is_empty() {
+        return Diag::error(Span::new(pos, end), "syntax error: unexpected end of file")
+            .with_label(format!("expected {expected}"))
+            .with_help("a `{`, `(` or `[` is not closed");
+    }
+    if found == "\"" && !source[pos + 1..].lines().next().unwrap_or("").contains('"') {
+        return Diag::error(Span::new(pos, end), "syntax error: unterminated string")
+            .with_label("this string has no closing `\"` on its line");
+    }
     Diag::error(
         Span::new(pos, end),
         format!(

@@ -100,6 +100,7 @@ impl Lower {
 
     fn model(&self, name: &cst::Ident, block: &cst::Block) -> Option<Model> {
         let mut input = None;
+        let mut input_given = false;
         let mut output = None;
         let mut layers = Vec::new();
         for item in &block.items {
@@ -114,9 +115,10 @@ impl Lower {
             };
             match entry.key.text.as_str() {
                 "input" => {
-                    if input.is_some() {
+                    if input_given {
                         self.duplicate(entry);
                     }
+                    input_given = true;
                     input = self.shape(&entry.value);
                 }
                 "output" => {
@@ -133,6 +135,9 @@ impl Lower {
             }
         }
         let Some(input) = input else {
+            if input_given {
+                return None; // its error is reported already
+            }
             self.error(
                 Diag::error(
                     name.span,
