@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "specs/lenet_mnist.qspec".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "specs/lenet_mnist.qspec".into());
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) => {
@@ -18,7 +20,12 @@ fn main() -> ExitCode {
         Ok(checked) => {
             for layer in &checked.model.layers {
                 let qconfig = layer.qconfig.as_ref().map_or("float", |q| q.name.as_str());
-                println!("{:<8} {:<24} {:?} {qconfig}", layer.name, layer.kind.describe(), layer.out_shape);
+                println!(
+                    "{:<8} {:<24} {:?} {qconfig}",
+                    layer.name,
+                    layer.kind.describe(),
+                    layer.out_shape
+                );
             }
             ExitCode::SUCCESS
         }

@@ -14,6 +14,8 @@
 
 pub mod check;
 pub mod diag;
+pub mod ir;
+pub mod passes;
 pub mod quant;
 pub mod syntax;
 

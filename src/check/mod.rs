@@ -90,7 +90,7 @@ pub enum LayerKind {
     Add,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Pool2d {
     pub kernel: (usize, usize),
     pub stride: (usize, usize),

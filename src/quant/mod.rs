@@ -1,4 +1,6 @@
 //! The numerics of quantization, written once: qconfigs and presets, scale/zero-point, rounding,
 //! fake quantization and observers. Pure functions over plain data.
 
+pub mod numerics;
+pub mod observer;
 pub mod qconfig;

@@ -1,0 +1,84 @@
+//! Checked model -> float IR: one node per layer, in execution order, behind an input node.
+//! No fusion and no quantization yet (the passes do that).
+
+use super::{Act, BnAttrs, ConvGeom, Graph, Node, Op};
+use crate::check::{CheckedModel, LayerKind, Source};
+
+pub fn lower(model: &CheckedModel) -> Graph {
+    let mut nodes = vec![Node {
+        name: "input".into(),
+        op: Op::Input,
+        inputs: Vec::new(),
+        shape: model.input.clone(),
+        qconfig: None,
+    }];
+    for layer in &model.layers {
+        let op = match &layer.kind {
+            LayerKind::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => Op::Linear {
+                in_features: *in_features,
+                out_features: *out_features,
+                bias: *bias,
+                act: Act::None,
+                weight_fq: None,
+            },
+            LayerKind::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                groups,
+                bias,
+            } => Op::Conv2d {
+                geom: ConvGeom {
+                    in_channels: *in_channels,
+                    out_channels: *out_channels,
+                    kernel: *kernel,
+                    stride: *stride,
+                    padding: *padding,
+                    groups: *groups,
+                },
+                bias: *bias,
+                bn: None,
+                act: Act::None,
+                weight_fq: None,
+            },
+            LayerKind::ReLU => Op::Act(Act::ReLU),
+            LayerKind::ReLU6 => Op::Act(Act::ReLU6),
+            LayerKind::MaxPool2d(p) => Op::MaxPool2d(*p),
+            LayerKind::AvgPool2d(p) => Op::AvgPool2d(*p),
+            LayerKind::GlobalAvgPool => Op::GlobalAvgPool,
+            LayerKind::Flatten => Op::Flatten,
+            LayerKind::BatchNorm2d { eps, momentum, .. } => Op::BatchNorm2d(BnAttrs {
+                name: layer.name.clone(),
+                eps: *eps,
+                momentum: *momentum,
+            }),
+            LayerKind::Dropout { p } => Op::Dropout { p: *p },
+            LayerKind::Add => Op::Add,
+        };
+        nodes.push(Node {
+            name: layer.name.clone(),
+            op,
+            inputs: layer
+                .inputs
+                .iter()
+                .map(|s| match s {
+                    Source::Input => 0,
+                    Source::Layer(j) => j + 1,
+                })
+                .collect(),
+            shape: layer.out_shape.clone(),
+            qconfig: layer.qconfig.clone(),
+        });
+    }
+    Graph {
+        name: model.name.clone(),
+        nodes,
+        output: model.output + 1,
+    }
+}

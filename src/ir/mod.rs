@@ -1,0 +1,385 @@
+//! The IR: a DAG of typed ops over tensors with static per-sample shapes (the batch dimension
+//! `N` is symbolic). One node, one output tensor. Nodes are stored in execution order, and a
+//! node only reads nodes before it; [`verify`] checks that and every shape rule.
+//!
+//! The text form ([`Graph::to_text`]) is stable and diffable: tests snapshot it after every pass
+//! and `qatc compile --emit ir` prints it.
+
+mod lower;
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+pub use lower::lower;
+
+use crate::check::Pool2d;
+use crate::quant::qconfig::{FakeQuantConfig, QConfig};
+
+pub type NodeId = usize;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    pub output: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique; the source layer's name, or a name derived from it for inserted nodes.
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    /// One sample's output shape.
+    pub shape: Vec<usize>,
+    /// The layer's effective qconfig (`None`: float).
+    pub qconfig: Option<QConfig>,
+}
+
+/// An activation applied at the end of a node (after a fused conv, linear, or alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Act {
+    None,
+    ReLU,
+    ReLU6,
+}
+
+/// A convolution's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvGeom {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub groups: usize,
+}
+
+/// BatchNorm settings of a standalone or fused BatchNorm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BnAttrs {
+    /// The BatchNorm layer's name (its parameters are stored under it).
+    pub name: String,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+/// The closed set of ops. Adding one fails to compile until its shape rule, its text form and
+/// its training kernels exist.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Input,
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        act: Act,
+        /// Fake quantization of the weight (set by prepare_qat).
+        weight_fq: Option<FakeQuantConfig>,
+    },
+    Conv2d {
+        geom: ConvGeom,
+        bias: bool,
+        /// A fused BatchNorm (QAT ConvBn2d semantics: statistics kept, folded for the weight's
+        /// fake quantization).
+        bn: Option<BnAttrs>,
+        act: Act,
+        weight_fq: Option<FakeQuantConfig>,
+    },
+    BatchNorm2d(BnAttrs),
+    Act(Act),
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    GlobalAvgPool,
+    Flatten,
+    Dropout {
+        p: f64,
+    },
+    Add,
+    /// Fake quantization of an activation, with its observer.
+    FakeQuant(FakeQuantConfig),
+    /// Leaves the quantized domain (identity while training; a real dequantize after convert).
+    DeQuantStub,
+}
+
+impl Op {
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Linear { .. } => "linear",
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm2d(_) => "batch_norm2d",
+            Op::Act(Act::ReLU) => "relu",
+            Op::Act(Act::ReLU6) => "relu6",
+            Op::Act(Act::None) => "identity",
+            Op::MaxPool2d(_) => "max_pool2d",
+            Op::AvgPool2d(_) => "avg_pool2d",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::Flatten => "flatten",
+            Op::Dropout { .. } => "dropout",
+            Op::Add => "add",
+            Op::FakeQuant(_) => "fake_quant",
+            Op::DeQuantStub => "dequant",
+        }
+    }
+
+    /// Ops whose output shares its input's quantization parameters (no observer after them).
+    pub fn shares_input_qparams(&self) -> bool {
+        matches!(
+            self,
+            Op::Act(_)
+                | Op::MaxPool2d(_)
+                | Op::AvgPool2d(_)
+                | Op::GlobalAvgPool
+                | Op::Flatten
+                | Op::Dropout { .. }
+        )
+    }
+
+    /// The shape rule: one sample's output shape from the inputs' shapes, or why it is invalid.
+    pub fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let one = || match inputs {
+            [x] => Ok(x.to_vec()),
+            _ => Err(format!(
+                "{} takes 1 input, got {}",
+                self.mnemonic(),
+                inputs.len()
+            )),
+        };
+        let chw = |x: &[usize]| match x {
+            [c, h, w] => Ok((*c, *h, *w)),
+            _ => Err(format!(
+                "{} needs a [C, H, W] input, got {x:?}",
+                self.mnemonic()
+            )),
+        };
+        let window =
+            |h: usize, w: usize, k: (usize, usize), s: (usize, usize), p: (usize, usize)| {
+                let (ph, pw) = (h + 2 * p.0, w + 2 * p.1);
+                if k.0 > ph || k.1 > pw || s.0 == 0 || s.1 == 0 {
+                    return Err(format!("window {k:?} does not fit a {ph}x{pw} input"));
+                }
+                Ok(((ph - k.0) / s.0 + 1, (pw - k.1) / s.1 + 1))
+            };
+        match self {
+            Op::Input => Err("input has no inputs".into()),
+            Op::Linear {
+                in_features,
+                out_features,
+                ..
+            } => match one()?.as_slice() {
+                [f] if f == in_features => Ok(vec![*out_features]),
+                x => Err(format!("linear expects [{in_features}], got {x:?}")),
+            },
+            Op::Conv2d { geom, .. } => {
+                let (c, h, w) = chw(&one()?)?;
+                if c != geom.in_channels {
+                    return Err(format!(
+                        "conv2d expects {} channels, got {c}",
+                        geom.in_channels
+                    ));
+                }
+                let (ho, wo) = window(h, w, geom.kernel, geom.stride, geom.padding)?;
+                Ok(vec![geom.out_channels, ho, wo])
+            }
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let (c, h, w) = chw(&one()?)?;
+                let (ho, wo) = window(h, w, p.kernel, p.stride, p.padding)?;
+                Ok(vec![c, ho, wo])
+            }
+            Op::GlobalAvgPool => chw(&one()?).map(|(c, _, _)| vec![c, 1, 1]),
+            Op::BatchNorm2d(_) => {
+                let x = one()?;
+                chw(&x)?;
+                Ok(x)
+            }
+            Op::Flatten => Ok(vec![one()?.iter().product()]),
+            Op::Act(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
+            Op::Add => {
+                if inputs.len() < 2 || inputs.iter().any(|s| *s != inputs[0]) {
+                    return Err(format!("add needs 2+ inputs of one shape, got {inputs:?}"));
+                }
+                Ok(inputs[0].to_vec())
+            }
+        }
+    }
+}
+
+impl Graph {
+    /// Indices of the nodes that read each node.
+    pub fn users(&self) -> Vec<Vec<NodeId>> {
+        let mut users = vec![Vec::new(); self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for &j in &node.inputs {
+                users[j].push(i);
+            }
+        }
+        users
+    }
+
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The stable text form.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "graph {} {{", self.name);
+        for node in &self.nodes {
+            let args = node
+                .inputs
+                .iter()
+                .map(|&i| format!("%{}", self.nodes[i].name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let attrs = attrs_text(&node.op);
+            let attrs = if attrs.is_empty() {
+                String::new()
+            } else {
+                format!(" {{{attrs}}}")
+            };
+            let qconfig = node
+                .qconfig
+                .as_ref()
+                .map_or(String::new(), |q| format!("  @{}", q.name));
+            let _ = writeln!(
+                out,
+                "  %{} = {}({args}){attrs} : f32[N, {}]{qconfig}",
+                node.name,
+                node.op.mnemonic(),
+                node.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = writeln!(out, "  return %{}", self.nodes[self.output].name);
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn hw((h, w): (usize, usize)) -> String {
+    if h == w {
+        h.to_string()
+    } else {
+        format!("{h}x{w}")
+    }
+}
+
+fn act_text(act: Act) -> Option<&'static str> {
+    match act {
+        Act::None => None,
+        Act::ReLU => Some("act=relu"),
+        Act::ReLU6 => Some("act=relu6"),
+    }
+}
+
+fn attrs_text(op: &Op) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    match op {
+        Op::Linear {
+            in_features,
+            out_features,
+            bias,
+            act,
+            weight_fq,
+        } => {
+            parts.push(format!("in={in_features} out={out_features}"));
+            if !bias {
+                parts.push("bias=false".into());
+            }
+            parts.extend(act_text(*act).map(String::from));
+            parts.extend(weight_fq.map(|fq| format!("weight_fq=[{}]", fq.describe())));
+        }
+        Op::Conv2d {
+            geom,
+            bias,
+            bn,
+            act,
+            weight_fq,
+        } => {
+            parts.push(format!(
+                "in={} out={} k={} s={} p={} g={}",
+                geom.in_channels,
+                geom.out_channels,
+                hw(geom.kernel),
+                hw(geom.stride),
+                hw(geom.padding),
+                geom.groups
+            ));
+            if !bias {
+                parts.push("bias=false".into());
+            }
+            parts.extend(
+                bn.as_ref()
+                    .map(|b| format!("bn={} eps={:?} momentum={:?}", b.name, b.eps, b.momentum)),
+            );
+            parts.extend(act_text(*act).map(String::from));
+            parts.extend(weight_fq.map(|fq| format!("weight_fq=[{}]", fq.describe())));
+        }
+        Op::BatchNorm2d(b) => parts.push(format!("eps={:?} momentum={:?}", b.eps, b.momentum)),
+        Op::MaxPool2d(p) | Op::AvgPool2d(p) => parts.push(format!(
+            "k={} s={} p={}",
+            hw(p.kernel),
+            hw(p.stride),
+            hw(p.padding)
+        )),
+        Op::Dropout { p } => parts.push(format!("p={p:?}")),
+        Op::FakeQuant(fq) => parts.push(fq.describe()),
+        Op::Input | Op::Act(_) | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::DeQuantStub => {}
+    }
+    parts.join(" ")
+}
+
+/// Checks the graph's invariants: one input node first, inputs only from earlier nodes, unique
+/// names, every shape as its op's shape rule says. Returns every violation found.
+pub fn verify(graph: &Graph) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !names.insert(node.name.as_str()) {
+            errors.push(format!("%{}: duplicate node name", node.name));
+        }
+        if (i == 0) != matches!(node.op, Op::Input) {
+            errors.push(format!(
+                "%{}: the input node must be first and only first",
+                node.name
+            ));
+            continue;
+        }
+        if i == 0 {
+            continue;
+        }
+        if let Some(&bad) = node.inputs.iter().find(|&&j| j >= i) {
+            errors.push(format!(
+                "%{}: reads node {bad}, which is not before it",
+                node.name
+            ));
+            continue;
+        }
+        let shapes: Vec<&[usize]> = node
+            .inputs
+            .iter()
+            .map(|&j| graph.nodes[j].shape.as_slice())
+            .collect();
+        match node.op.output_shape(&shapes) {
+            Ok(shape) if shape == node.shape => {}
+            Ok(shape) => errors.push(format!(
+                "%{}: shape {:?}, but its op gives {shape:?}",
+                node.name, node.shape
+            )),
+            Err(e) => errors.push(format!("%{}: {e}", node.name)),
+        }
+    }
+    if graph.output >= graph.nodes.len() {
+        errors.push(format!("output {} is not a node", graph.output));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}

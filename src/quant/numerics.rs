@@ -1,0 +1,170 @@
+//! The numerics of the whole project, written once. Training (fake quantization), convert, the
+//! reference interpreter and the JIT's tests all call these functions.
+//!
+//! Conventions, as PyTorch's fbgemm backend computes them, all in `f32`:
+//! - quantize: `q = clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)`;
+//! - dequantize: `x = (q - zero_point) * scale`;
+//! - fake quantize: dequantize(quantize(x)), with the straight-through gradient passing where
+//!   `round_half_even(x * (1/scale)) + zero_point` lies inside `[qmin, qmax]`.
+//! - qparams from a range (torch's `_calculate_qparams`): the range is widened to include 0;
+//!   affine: `scale = (max - min) / (qmax - qmin)`, `zp = qmin - round(min / scale)` clamped;
+//!   symmetric: `scale = max(-min, max) / ((qmax - qmin) / 2)`, `zp = 0` for qint8 and 128 for
+//!   quint8 (the midpoint of a custom range); `scale` is at least `f32::EPSILON`.
+
+use crate::syntax::ast::{DType, Scheme};
+
+/// Rounds half to even, as `std::nearbyint` in the default rounding mode and `torch.round`.
+#[inline]
+pub fn round_half_even(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// Scale and zero point of one tensor or one channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// The integer grid a fake-quant node maps to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QRange {
+    pub dtype: DType,
+    pub scheme: Scheme,
+    pub quant_min: i32,
+    pub quant_max: i32,
+}
+
+impl QRange {
+    /// Whether the range differs from the dtype's full range (torch's `has_customized_qrange`
+    /// is true whenever quant_min/max are given, which `reduce_range` does not do).
+    fn is_full(&self) -> bool {
+        let (lo, hi) = self.dtype.range();
+        let (rlo, rhi) = (lo / 2, hi / 2);
+        (self.quant_min, self.quant_max) == (lo, hi)
+            || (self.quant_min, self.quant_max) == (rlo, rhi)
+    }
+}
+
+/// Scale and zero point for an observed `[min, max]`, exactly as torch's observers compute them.
+pub fn qparams_from_range(min: f32, max: f32, range: &QRange) -> QParams {
+    let min_neg = min.min(0.0);
+    let max_pos = max.max(0.0);
+    let (qmin, qmax) = (range.quant_min, range.quant_max);
+    match range.scheme {
+        Scheme::Symmetric => {
+            let max_pos = (-min_neg).max(max_pos);
+            let scale = (max_pos / ((qmax - qmin) as f32 / 2.0)).max(f32::EPSILON);
+            let zero_point = match range.dtype {
+                DType::Qint8 => 0,
+                DType::Quint8 if range.is_full() => 128,
+                DType::Quint8 => (qmin + qmax).div_euclid(2),
+            };
+            QParams { scale, zero_point }
+        }
+        Scheme::Affine => {
+            let scale = ((max_pos - min_neg) / (qmax - qmin) as f32).max(f32::EPSILON);
+            let zero_point = qmin - round_half_even(min_neg / scale) as i32;
+            QParams {
+                scale,
+                zero_point: zero_point.clamp(qmin, qmax),
+            }
+        }
+    }
+}
+
+/// Quantizes one value to the integer grid.
+#[inline]
+pub fn quantize(x: f32, inv_scale: f32, zero_point: i32, quant_min: i32, quant_max: i32) -> i32 {
+    let q = round_half_even(x * inv_scale) + zero_point as f32;
+    q.clamp(quant_min as f32, quant_max as f32) as i32
+}
+
+/// Fake-quantizes `x` in place; sets `mask[i]` to whether the gradient passes (straight-through
+/// estimator with PyTorch's clipping mask).
+pub fn fake_quantize_in_place(
+    x: &mut [f32],
+    mask: &mut [bool],
+    q: QParams,
+    quant_min: i32,
+    quant_max: i32,
+) {
+    let inv_scale = 1.0 / q.scale;
+    let zp = q.zero_point as f32;
+    let (lo, hi) = (quant_min as f32, quant_max as f32);
+    for (v, m) in x.iter_mut().zip(mask.iter_mut()) {
+        let r = round_half_even(*v * inv_scale) + zp;
+        *m = (lo..=hi).contains(&r);
+        *v = (r.clamp(lo, hi) - zp) * q.scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(dtype: DType, scheme: Scheme, quant_min: i32, quant_max: i32) -> QRange {
+        QRange {
+            dtype,
+            scheme,
+            quant_min,
+            quant_max,
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        assert_eq!(round_half_even(0.5), 0.0);
+        assert_eq!(round_half_even(1.5), 2.0);
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(-0.5), -0.0);
+        assert_eq!(round_half_even(-1.5), -2.0);
+    }
+
+    #[test]
+    fn affine_qparams_match_torch() {
+        // torch.ao.quantization.MinMaxObserver(quant_min=0, quant_max=127) on [-1, 3]:
+        // scale = 4/127, zero_point = 0 - round(-1 / scale) = 32 (31.75 rounds to 32).
+        let q = qparams_from_range(-1.0, 3.0, &range(DType::Quint8, Scheme::Affine, 0, 127));
+        assert_eq!(q.scale, 4.0f32 / 127.0);
+        assert_eq!(q.zero_point, 32);
+        // A positive-only range is widened to include 0: zero point 0.
+        let q = qparams_from_range(0.5, 2.55, &range(DType::Quint8, Scheme::Affine, 0, 255));
+        assert_eq!(q.zero_point, 0);
+        assert_eq!(q.scale, 2.55f32 / 255.0);
+        // An all-zero range falls back to eps.
+        let q = qparams_from_range(0.0, 0.0, &range(DType::Quint8, Scheme::Affine, 0, 255));
+        assert_eq!(q.scale, f32::EPSILON);
+    }
+
+    #[test]
+    fn symmetric_qparams_match_torch() {
+        let q = qparams_from_range(
+            -0.3,
+            0.2,
+            &range(DType::Qint8, Scheme::Symmetric, -128, 127),
+        );
+        assert_eq!(q.scale, 0.3f32 / 127.5);
+        assert_eq!(q.zero_point, 0);
+        let q = qparams_from_range(-0.3, 0.2, &range(DType::Quint8, Scheme::Symmetric, 0, 255));
+        assert_eq!(q.zero_point, 128);
+        let q = qparams_from_range(-0.3, 0.2, &range(DType::Quint8, Scheme::Symmetric, 0, 200));
+        assert_eq!(q.zero_point, 100);
+    }
+
+    #[test]
+    fn fake_quant_rounds_clamps_and_masks() {
+        let q = QParams {
+            scale: 0.5,
+            zero_point: 10,
+        };
+        let mut x = [0.26, 0.25, -5.0, -5.2, 200.0, 58.5];
+        let mut mask = [false; 6];
+        fake_quantize_in_place(&mut x, &mut mask, q, 0, 127);
+        // 0.26/0.5 = 0.52 -> 1; 0.25/0.5 = 0.5 -> 0 (half to even); -5/0.5 + 10 = 0 (inside);
+        // -5.2 -> -10.4 -> -10 + 10 = 0 (inside after rounding); 200 clamps to 127; 58.5 -> 117+10.
+        assert_eq!(x, [0.5, 0.0, -5.0, -5.0, (127.0 - 10.0) * 0.5, 58.5]);
+        assert_eq!(mask, [true, true, true, true, false, true]);
+        assert_eq!(quantize(-5.8, 2.0, 10, 0, 127), 0);
+    }
+}

@@ -1,0 +1,101 @@
+//! The IR of every spec after lowering and after each pass, snapshotted in its text form.
+
+mod common;
+
+use qatc::ir::{self, Op};
+use qatc::passes;
+
+fn graph_of(path: &std::path::Path) -> ir::Graph {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
+    ir::lower(&result.expect("spec checks").model)
+}
+
+#[test]
+fn every_spec_is_snapshotted_after_each_pass() {
+    for path in common::spec_files() {
+        let name = common::stem(&path);
+        let graph = graph_of(&path);
+        insta::assert_snapshot!(format!("{name}__0_lower"), graph.to_text());
+        let stages =
+            passes::run(&graph, passes::QAT_PIPELINE).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (k, (pass, g)) in stages.iter().enumerate() {
+            insta::assert_snapshot!(format!("{name}__{}_{pass}", k + 1), g.to_text());
+        }
+    }
+}
+
+#[test]
+fn fuse_folds_conv_bn_relu_and_keeps_shapes() {
+    let graph = graph_of(&common::root().join("specs/lenet_custom.qspec"));
+    let fused = passes::fuse::fuse(&graph);
+    // conv1+bn1+relu1, conv2+bn2+relu2, fc1+relu3, fc2+relu4: 6 nodes fewer.
+    assert_eq!(fused.nodes.len(), graph.nodes.len() - 6);
+    let conv1 = &fused.nodes[fused.find("conv1").unwrap()];
+    assert!(
+        matches!(&conv1.op, Op::Conv2d { bn: Some(b), act: ir::Act::ReLU, .. } if b.name == "bn1")
+    );
+    assert_eq!(conv1.shape, vec![16, 24, 24]);
+    assert!(fused.find("relu1").is_none() && fused.find("bn1").is_none());
+}
+
+#[test]
+fn prepare_qat_places_fake_quant_as_torch_does() {
+    let graph = graph_of(&common::root().join("specs/lenet_custom.qspec"));
+    let stages = passes::run(&graph, passes::QAT_PIPELINE).unwrap();
+    let g = &stages[1].1;
+    let op = |name: &str| {
+        g.nodes[g.find(name).unwrap_or_else(|| panic!("no node {name}"))]
+            .op
+            .clone()
+    };
+    assert!(matches!(op("input.quant"), Op::FakeQuant(_)));
+    assert!(matches!(op("conv1.fq"), Op::FakeQuant(_)));
+    // Max-pool and flatten share their input's qparams: no observer after them.
+    assert!(g.find("pool1.fq").is_none() && g.find("flat.fq").is_none());
+    // fc3 is `none`: a dequant before it, a float linear, and no fake quant after.
+    assert!(matches!(op("fc2.fq"), Op::FakeQuant(_)));
+    assert!(matches!(op("fc2.dequant"), Op::DeQuantStub));
+    assert!(matches!(
+        op("fc3"),
+        Op::Linear {
+            weight_fq: None,
+            ..
+        }
+    ));
+    assert!(g.find("fc3.fq").is_none() && g.find("fc3.dequant").is_none());
+    // fc1 uses the custom qconfig: per-channel weights.
+    assert!(
+        matches!(op("fc1"), Op::Linear { weight_fq: Some(fq), .. } if fq.observer.is_per_channel())
+    );
+}
+
+#[test]
+fn float_specs_are_left_unquantized() {
+    let text = "model m { input: [4] a: Linear(out: 3) r: ReLU b: Linear(out: 2) }";
+    let (result, _) = qatc::front_end("m.qspec", text);
+    let graph = ir::lower(&result.expect("checks").model);
+    let stages = passes::run(&graph, passes::QAT_PIPELINE).unwrap();
+    let prepared = &stages[1].1;
+    assert!(prepared
+        .nodes
+        .iter()
+        .all(|n| !matches!(n.op, Op::FakeQuant(_) | Op::DeQuantStub)));
+    assert_eq!(prepared.nodes.len(), 3, "input, a+relu, b");
+}
+
+#[test]
+fn the_verifier_names_what_is_wrong() {
+    let mut graph = graph_of(&common::root().join("specs/mnist_mlp.qspec"));
+    graph.nodes[2].shape = vec![7];
+    let errors = ir::verify(&graph).unwrap_err();
+    assert!(
+        errors[0].contains("%fc1") && errors[0].contains("[7]"),
+        "{errors:?}"
+    );
+    graph.nodes[3].inputs = vec![5];
+    assert!(ir::verify(&graph)
+        .unwrap_err()
+        .iter()
+        .any(|e| e.contains("%relu: reads node 5")));
+}
