@@ -13,11 +13,13 @@
 //! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
 
 pub mod check;
+pub mod data;
 pub mod diag;
 pub mod ir;
 pub mod passes;
 pub mod quant;
 pub mod syntax;
+pub mod train;
 
 use diag::Diag;
 

@@ -81,12 +81,169 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Train { spec, .. } => {
-            let (model, _) = front_end(&spec)?;
-            print!("{}", qatc::check::model_table(&model));
-            println!("\nqatc train: training is not built yet; the spec checks out.");
-            Ok(())
+        Command::Train {
+            spec,
+            out,
+            epochs,
+            threads,
+        } => train(&spec, out, epochs, threads),
+    }
+}
+
+fn train(
+    spec_path: &Path,
+    out: Option<PathBuf>,
+    epochs: Option<usize>,
+    threads: Option<usize>,
+) -> Result<(), String> {
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err("error: --threads must be at least 1\n".into());
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| format!("error: cannot start {threads} threads: {e}\n"))?;
+    let spec_text = read_spec(spec_path)?;
+    let (model, _) = front_end(spec_path)?;
+    let Some(cfg) = model.train.clone() else {
+        return Err(format!(
+            "error: `{}` has no `train` block: nothing to train\n",
+            spec_path.display()
+        ));
+    };
+    let epochs = epochs.unwrap_or(cfg.epochs);
+    if epochs == 0 {
+        return Err("error: --epochs must be at least 1\n".into());
+    }
+    print!("{}", qatc::check::model_table(&model));
+    let spec_dir = spec_path.parent().unwrap_or(Path::new("."));
+    let data =
+        qatc::train::load_data(&model, &cfg, spec_dir).map_err(|e| format!("error: {e}\n"))?;
+    println!(
+        "\ndata: {} training and {} test images{}; {threads} threads",
+        data.train.len(),
+        data.test.len(),
+        if data.held_out {
+            " (held out from the training files)"
+        } else {
+            ""
         }
+    );
+    let mut net = qatc::train::build_net(&model, cfg.seed).map_err(|e| format!("error: {e}\n"))?;
+    let quantized = model.backend.is_some();
+
+    let mut bars = Bars::default();
+    let outcome = qatc::train::train(&mut net, &data, &cfg, epochs, &mut bars);
+
+    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&model.name));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("error: cannot create {}: {e}\n", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))
+    };
+    let metadata = std::collections::HashMap::from([
+        ("model".to_string(), model.name.clone()),
+        ("spec".to_string(), spec_text),
+        (
+            "qatc_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("epochs".to_string(), epochs.to_string()),
+    ]);
+    let checkpoint =
+        qatc::train::checkpoint::to_bytes(&net, metadata).map_err(|e| format!("error: {e}\n"))?;
+    write("checkpoint.safetensors", &checkpoint)?;
+    write(
+        "metrics.csv",
+        qatc::train::report::metrics_csv(&outcome.epochs).as_bytes(),
+    )?;
+    let mut summary = qatc::train::report::summary(&model.name, &outcome, quantized);
+    summary.insert("checkpoint_bytes".into(), checkpoint.len().into());
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    write("summary.json", format!("{json}\n").as_bytes())?;
+    let svg = qatc::train::report::curves_svg(&model.name, &outcome.epochs)
+        .map_err(|e| format!("error: plot: {e}\n"))?;
+    write("curves.svg", svg.as_bytes())?;
+
+    println!();
+    if let Some(acc) = outcome.float_acc {
+        println!("float accuracy (after pretraining): {acc:.2} %");
+    }
+    let what = if quantized { "fake-quant" } else { "float" };
+    println!("{what} test accuracy: {:.2} %", outcome.final_acc);
+    println!(
+        "training throughput: {:.0} images/s",
+        outcome.train_images_per_s
+    );
+    println!(
+        "wrote {}/{{checkpoint.safetensors, metrics.csv, summary.json, curves.svg}}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A progress bar per epoch on stderr, and one line per epoch on stdout.
+#[derive(Default)]
+struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+    images: usize,
+    started: Option<std::time::Instant>,
+}
+
+impl qatc::train::Progress for Bars {
+    fn epoch_start(
+        &mut self,
+        epoch: usize,
+        epochs: usize,
+        phase: qatc::train::Phase,
+        batches: usize,
+    ) {
+        let bar = indicatif::ProgressBar::new(batches as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} batches {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {epoch}/{epochs} {}", phase.name()));
+        self.bar = Some(bar);
+        self.images = 0;
+        self.started = Some(std::time::Instant::now());
+    }
+
+    fn batch_done(&mut self, loss: f32, images: usize) {
+        self.images += images;
+        if let (Some(bar), Some(started)) = (&self.bar, self.started) {
+            let rate = self.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4}, {rate:.0} img/s"));
+            bar.inc(1);
+        }
+    }
+
+    fn epoch_end(&mut self, s: &qatc::train::EpochStats) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let test = if s.phase == qatc::train::Phase::Qat {
+            "test acc (fake quant)"
+        } else {
+            "test acc (float)"
+        };
+        println!(
+            "epoch {:>2} {:<5} lr {:.5}  train loss {:.4}  train acc {:6.2} %  {test} {:6.2} %  {:>7.0} img/s",
+            s.epoch,
+            s.phase.name(),
+            s.lr,
+            s.train_loss,
+            s.train_acc,
+            s.test_acc,
+            s.images_per_s
+        );
     }
 }
 

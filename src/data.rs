@@ -1,0 +1,321 @@
+//! Data sets: MNIST IDX (plain or gzip), CIFAR-10 binary batches, and IDX files named one by one.
+//!
+//! Every malformed file is an error naming the file and what is wrong (bad magic, truncated,
+//! label count differs from image count); nothing here panics on bad input, and no allocation is
+//! sized by a header field before the file is known to hold that much data.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::syntax::ast::DataSource;
+
+/// Images as bytes (N x C x H x W, row-major) with one label each.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    /// One image's shape `[C, H, W]`.
+    pub shape: [usize; 3],
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_size();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// Number of classes: one more than the largest label.
+    pub fn classes(&self) -> usize {
+        self.labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1)
+    }
+}
+
+/// A training split and a test split.
+#[derive(Clone, Debug)]
+pub struct Splits {
+    pub train: Dataset,
+    pub test: Dataset,
+    /// Set when the source had no test files and the last 10 % of training data was held out.
+    pub held_out: bool,
+}
+
+/// Files up to this size are read whole; larger ones are refused (a sanity bound, not a format
+/// limit: CIFAR-10's batches are 30 MB each).
+const MAX_FILE_BYTES: u64 = 1 << 31;
+
+/// Resolves a path from a spec: relative to the spec's folder if it exists there, else to the
+/// working directory.
+pub fn resolve(path: &str, spec_dir: &Path) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let beside_spec = spec_dir.join(p);
+    if beside_spec.exists() {
+        beside_spec
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Loads the data a spec names.
+pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
+    match source {
+        DataSource::Mnist { dir } => {
+            let dir = resolve(dir, spec_dir);
+            let file = |stem: &str| find_mnist_file(&dir, stem);
+            Ok(Splits {
+                train: load_idx_pair(
+                    &file("train-images-idx3-ubyte")?,
+                    &file("train-labels-idx1-ubyte")?,
+                )?,
+                test: load_idx_pair(
+                    &file("t10k-images-idx3-ubyte")?,
+                    &file("t10k-labels-idx1-ubyte")?,
+                )?,
+                held_out: false,
+            })
+        }
+        DataSource::Cifar10 { dir } => load_cifar10(&resolve(dir, spec_dir)),
+        DataSource::Idx {
+            images,
+            labels,
+            test_images,
+            test_labels,
+        } => {
+            let train = load_idx_pair(&resolve(images, spec_dir), &resolve(labels, spec_dir))?;
+            match (test_images, test_labels) {
+                (Some(ti), Some(tl)) => Ok(Splits {
+                    train,
+                    test: load_idx_pair(&resolve(ti, spec_dir), &resolve(tl, spec_dir))?,
+                    held_out: false,
+                }),
+                (None, None) => Ok(hold_out(train)),
+                _ => Err("idx(...): give both test_images and test_labels, or neither".into()),
+            }
+        }
+    }
+}
+
+fn hold_out(all: Dataset) -> Splits {
+    let n_test = (all.len() / 10).max(1).min(all.len());
+    let n_train = all.len() - n_test;
+    let size = all.image_size();
+    let test = Dataset {
+        images: all.images[n_train * size..].to_vec(),
+        labels: all.labels[n_train..].to_vec(),
+        shape: all.shape,
+    };
+    let train = Dataset {
+        images: all.images[..n_train * size].to_vec(),
+        labels: all.labels[..n_train].to_vec(),
+        shape: all.shape,
+    };
+    Splits {
+        train,
+        test,
+        held_out: true,
+    }
+}
+
+/// `DIR/STEM` or `DIR/STEM.gz`, whichever exists.
+fn find_mnist_file(dir: &Path, stem: &str) -> Result<PathBuf, String> {
+    let plain = dir.join(stem);
+    let gz = dir.join(format!("{stem}.gz"));
+    if plain.is_file() {
+        Ok(plain)
+    } else if gz.is_file() {
+        Ok(gz)
+    } else {
+        Err(format!(
+            "MNIST file missing: neither {} nor {} exists",
+            plain.display(),
+            gz.display()
+        ))
+    }
+}
+
+/// Reads a file whole, un-gzipping it when its name ends in `.gz`.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{}: {} bytes is too large for a data file",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_FILE_BYTES)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{}: not a valid gzip file ({e})", path.display()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// The dimensions of an IDX file of unsigned bytes, and its payload.
+fn parse_idx<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+    want_dims: usize,
+) -> Result<(Vec<usize>, &'a [u8]), String> {
+    let name = path.display();
+    if bytes.len() < 4 {
+        return Err(format!(
+            "{name}: truncated: {} bytes, too short for an IDX header",
+            bytes.len()
+        ));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        return Err(format!(
+            "{name}: bad magic {:02x}{:02x}{:02x}{:02x}: not an IDX file of unsigned bytes (expected 0000080{want_dims})",
+            bytes[0], bytes[1], bytes[2], bytes[3]
+        ));
+    }
+    let n_dims = bytes[3] as usize;
+    if n_dims != want_dims {
+        return Err(format!(
+            "{name}: has {n_dims} dimensions, expected {want_dims}"
+        ));
+    }
+    let header = 4 + 4 * n_dims;
+    if bytes.len() < header {
+        return Err(format!("{name}: truncated inside the header"));
+    }
+    let dims: Vec<usize> = (0..n_dims)
+        .map(|d| {
+            u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize
+        })
+        .collect();
+    let payload = &bytes[header..];
+    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match expected {
+        Some(n) if n == payload.len() => Ok((dims, payload)),
+        Some(n) if n > payload.len() => Err(format!(
+            "{name}: truncated: the header promises {n} bytes of data ({dims:?}), the file has {}",
+            payload.len()
+        )),
+        Some(n) => Err(format!(
+            "{name}: {} bytes of data after the {n} the header promises ({dims:?})",
+            payload.len() - n
+        )),
+        None => Err(format!("{name}: header dimensions {dims:?} overflow")),
+    }
+}
+
+/// An IDX image file (N x H x W) and its label file (N).
+pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, String> {
+    let image_bytes = read_file(images_path)?;
+    let label_bytes = read_file(labels_path)?;
+    let (dims, images) = parse_idx(&image_bytes, images_path, 3)?;
+    let (ldims, labels) = parse_idx(&label_bytes, labels_path, 1)?;
+    if dims[0] != ldims[0] {
+        return Err(format!(
+            "{} has {} labels but {} has {} images",
+            labels_path.display(),
+            ldims[0],
+            images_path.display(),
+            dims[0]
+        ));
+    }
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(format!(
+            "{}: empty images ({}x{})",
+            images_path.display(),
+            dims[1],
+            dims[2]
+        ));
+    }
+    check_labels(labels, labels_path)?;
+    Ok(Dataset {
+        images: images.to_vec(),
+        labels: labels.to_vec(),
+        shape: [1, dims[1], dims[2]],
+    })
+}
+
+fn check_labels(labels: &[u8], path: &Path) -> Result<(), String> {
+    if labels.is_empty() {
+        return Err(format!("{}: no labels", path.display()));
+    }
+    Ok(())
+}
+
+/// CIFAR-10 binary: records of 1 label byte + 3072 pixel bytes (3 x 32 x 32).
+pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+fn load_cifar10(dir: &Path) -> Result<Splits, String> {
+    let train_files: Vec<PathBuf> = (1..=5)
+        .map(|i| dir.join(format!("data_batch_{i}.bin")))
+        .collect();
+    let test_file = dir.join("test_batch.bin");
+    let mut train = Dataset {
+        images: Vec::new(),
+        labels: Vec::new(),
+        shape: [3, 32, 32],
+    };
+    for f in &train_files {
+        load_cifar_batch(f, &mut train)?;
+    }
+    let mut test = Dataset {
+        images: Vec::new(),
+        labels: Vec::new(),
+        shape: [3, 32, 32],
+    };
+    load_cifar_batch(&test_file, &mut test)?;
+    Ok(Splits {
+        train,
+        test,
+        held_out: false,
+    })
+}
+
+/// Appends one CIFAR-10 batch file to `into`.
+pub fn load_cifar_batch(path: &Path, into: &mut Dataset) -> Result<(), String> {
+    let bytes = read_file(path)?;
+    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+        return Err(format!(
+            "{}: {} bytes is not a whole number of CIFAR-10 records ({CIFAR_RECORD} bytes each){}",
+            path.display(),
+            bytes.len(),
+            if bytes.len() > CIFAR_RECORD {
+                ": truncated?"
+            } else {
+                ""
+            }
+        ));
+    }
+    for (r, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
+        if record[0] > 9 {
+            return Err(format!(
+                "{}: record {r} has label {}, CIFAR-10 labels are 0..9",
+                path.display(),
+                record[0]
+            ));
+        }
+        into.labels.push(record[0]);
+        into.images.extend_from_slice(&record[1..]);
+    }
+    Ok(())
+}

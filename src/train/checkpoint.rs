@@ -1,0 +1,113 @@
+//! The training checkpoint: every parameter, BatchNorm statistic and observer range as f32
+//! tensors in one safetensors file, with the model name, the spec text and the qatc version in
+//! its metadata. Names follow PyTorch's state_dict (`conv1.weight`, `bn1.running_var`,
+//! `conv1.weight_fake_quant.min_val`, `fc1.fq.activation_post_process.max_val`).
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use super::engine::{Net, NodeState};
+use crate::quant::observer::Observer;
+
+/// Named f32 tensors of a network's state, in a fixed order.
+pub fn state_tensors(net: &Net) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    let observer =
+        |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, prefix: String, obs: &Observer| {
+            if obs.is_initialized() {
+                out.push((
+                    format!("{prefix}.min_val"),
+                    vec![obs.min.len()],
+                    obs.min.clone(),
+                ));
+                out.push((
+                    format!("{prefix}.max_val"),
+                    vec![obs.max.len()],
+                    obs.max.clone(),
+                ));
+            }
+        };
+    for (node, state) in net.graph.nodes.iter().zip(&net.states) {
+        let mut params = Vec::new();
+        let mut bn_state = None;
+        match state {
+            NodeState::Linear {
+                weight,
+                bias,
+                weight_obs,
+            } => {
+                params.push(weight);
+                params.extend(bias.as_ref());
+                if let Some(obs) = weight_obs {
+                    observer(&mut out, format!("{}.weight_fake_quant", node.name), obs);
+                }
+            }
+            NodeState::Conv {
+                weight,
+                bias,
+                bn,
+                weight_obs,
+            } => {
+                params.push(weight);
+                params.extend(bias.as_ref());
+                bn_state = bn.as_ref();
+                if let Some(obs) = weight_obs {
+                    observer(&mut out, format!("{}.weight_fake_quant", node.name), obs);
+                }
+            }
+            NodeState::Bn(bn) => bn_state = Some(bn),
+            NodeState::FakeQuant { obs } => observer(
+                &mut out,
+                format!("{}.activation_post_process", node.name),
+                obs,
+            ),
+            NodeState::None => {}
+        }
+        for p in params {
+            out.push((p.name.clone(), p.shape.clone(), p.value.clone()));
+        }
+        if let Some(bn) = bn_state {
+            let c = bn.gamma.value.len();
+            let name = &bn.attrs.name;
+            out.push((bn.gamma.name.clone(), vec![c], bn.gamma.value.clone()));
+            out.push((bn.beta.name.clone(), vec![c], bn.beta.value.clone()));
+            out.push((
+                format!("{name}.running_mean"),
+                vec![c],
+                bn.running_mean.clone(),
+            ));
+            out.push((
+                format!("{name}.running_var"),
+                vec![c],
+                bn.running_var.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// The checkpoint file's bytes.
+pub fn to_bytes(net: &Net, metadata: HashMap<String, String>) -> Result<Vec<u8>, String> {
+    let tensors = state_tensors(net);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| format!("tensor {name}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| format!("cannot serialize the checkpoint: {e}"))
+}

@@ -1,0 +1,844 @@
+//! Forward and backward over a prepared graph. A [`Net`] owns the parameters, BatchNorm
+//! statistics and observers of every node; [`Net::forward`] returns a [`Tape`] with what the
+//! backward pass needs, and [`Net::backward`] fills every parameter's gradient.
+//!
+//! All gradients are in one `match` over the op ([`Net::backward`]); each op's gradient is
+//! checked against finite differences in tests/gradients.rs.
+
+use rayon::prelude::*;
+
+use super::kernels::{self, ConvDims};
+use super::rng::Rng;
+use crate::ir::{BnAttrs, Graph, Node, Op};
+use crate::quant::numerics::fake_quantize_in_place;
+use crate::quant::observer::Observer;
+use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
+
+/// A trainable tensor and its gradient.
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Vec<f32>,
+    pub grad: Vec<f32>,
+}
+
+impl Param {
+    fn new(name: String, shape: Vec<usize>, value: Vec<f32>) -> Param {
+        let grad = vec![0.0; value.len()];
+        Param {
+            name,
+            shape,
+            value,
+            grad,
+        }
+    }
+}
+
+/// A BatchNorm's parameters and running statistics.
+#[derive(Clone, Debug)]
+pub struct BnState {
+    pub attrs: BnAttrs,
+    pub gamma: Param,
+    pub beta: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+}
+
+/// What a node owns.
+#[derive(Clone, Debug)]
+pub enum NodeState {
+    None,
+    Linear {
+        weight: Param,
+        bias: Option<Param>,
+        weight_obs: Option<Observer>,
+    },
+    Conv {
+        weight: Param,
+        bias: Option<Param>,
+        bn: Option<BnState>,
+        weight_obs: Option<Observer>,
+    },
+    Bn(BnState),
+    FakeQuant {
+        obs: Observer,
+    },
+}
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// Training: batch statistics in BatchNorm (unless frozen), dropout on.
+    pub training: bool,
+    /// Fake quantization on (off during float pretraining).
+    pub fake_quant: bool,
+    /// Observers update their ranges.
+    pub observe: bool,
+    /// BatchNorm uses and keeps its running statistics even while training.
+    pub bn_frozen: bool,
+}
+
+impl Mode {
+    /// Evaluation: no updates of any kind; fake quantization as given.
+    pub fn eval(fake_quant: bool) -> Mode {
+        Mode {
+            training: false,
+            fake_quant,
+            observe: false,
+            bn_frozen: true,
+        }
+    }
+}
+
+/// What the forward pass keeps for the backward pass.
+pub struct Tape {
+    pub outputs: Vec<Vec<f32>>,
+    aux: Vec<Aux>,
+    batch: usize,
+}
+
+impl Tape {
+    /// The graph output (logits).
+    pub fn output(&self, graph: &Graph) -> &[f32] {
+        &self.outputs[graph.output]
+    }
+}
+
+enum Aux {
+    None,
+    /// Fake quant: where the gradient passes.
+    Mask(Vec<bool>),
+    MaxPool(Vec<u32>),
+    Dropout(Vec<f32>),
+    Linear(WeightTape),
+    Conv {
+        weight: WeightTape,
+        cols: Vec<Vec<f32>>,
+        bn: Option<BnTape>,
+    },
+    Bn(BnTape),
+}
+
+/// The weight actually used (folded, fake-quantized) and the gradient mask of its fake quant.
+struct WeightTape {
+    used: Vec<f32>,
+    mask: Option<Vec<bool>>,
+    /// Per output channel BN folding factor `gamma / sqrt(running_var + eps)` (fused Conv+BN).
+    fold: Option<Vec<f32>>,
+}
+
+struct BnTape {
+    /// Normalized input.
+    xhat: Vec<f32>,
+    /// 1 / sqrt(var + eps), per channel, of the statistics used.
+    inv_std: Vec<f32>,
+    /// Whether batch statistics were used (their gradient then flows through mean and var).
+    batch_stats: bool,
+    /// The convolution's raw output before unfolding (fused Conv+BN only).
+    z: Vec<f32>,
+}
+
+/// A graph with its state.
+pub struct Net {
+    pub graph: Graph,
+    pub states: Vec<NodeState>,
+}
+
+impl Net {
+    /// A network with PyTorch's default initialisation (kaiming-uniform weights, uniform
+    /// biases with bound 1/sqrt(fan_in), BatchNorm gamma 1 and beta 0).
+    pub fn new(graph: Graph, rng: &mut Rng) -> Net {
+        let states = graph
+            .nodes
+            .iter()
+            .map(|node| init_state(node, rng))
+            .collect();
+        Net { graph, states }
+    }
+
+    /// Every parameter, in a fixed order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = Vec::new();
+        for s in &mut self.states {
+            match s {
+                NodeState::Linear { weight, bias, .. } => {
+                    out.push(weight);
+                    out.extend(bias.as_mut());
+                }
+                NodeState::Conv {
+                    weight, bias, bn, ..
+                } => {
+                    out.push(weight);
+                    out.extend(bias.as_mut());
+                    if let Some(bn) = bn {
+                        out.push(&mut bn.gamma);
+                        out.push(&mut bn.beta);
+                    }
+                }
+                NodeState::Bn(bn) => {
+                    out.push(&mut bn.gamma);
+                    out.push(&mut bn.beta);
+                }
+                NodeState::None | NodeState::FakeQuant { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// Runs the graph on `batch` samples.
+    pub fn forward(&mut self, x: &[f32], batch: usize, mode: Mode, rng: &mut Rng) -> Tape {
+        let n = self.graph.nodes.len();
+        let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(n);
+        let mut aux = Vec::with_capacity(n);
+        for i in 0..n {
+            let node = &self.graph.nodes[i];
+            let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
+            let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
+            let (y, a) = match (&node.op, &mut self.states[i]) {
+                (Op::Input, _) => (x.to_vec(), Aux::None),
+                (
+                    Op::Linear {
+                        in_features,
+                        out_features,
+                        act,
+                        weight_fq,
+                        ..
+                    },
+                    NodeState::Linear {
+                        weight,
+                        bias,
+                        weight_obs,
+                    },
+                ) => {
+                    let wt = weight_tape(
+                        &weight.value,
+                        None,
+                        *out_features,
+                        weight_fq.is_some(),
+                        weight_obs,
+                        node,
+                        mode,
+                    );
+                    let mut y = kernels::linear_forward(
+                        input(0),
+                        &wt.used,
+                        bias.as_ref().map(|b| b.value.as_slice()),
+                        batch,
+                        *in_features,
+                        *out_features,
+                    );
+                    kernels::act_forward(*act, &mut y);
+                    (y, Aux::Linear(wt))
+                }
+                (
+                    Op::Conv2d {
+                        geom,
+                        act,
+                        weight_fq,
+                        ..
+                    },
+                    NodeState::Conv {
+                        weight,
+                        bias,
+                        bn,
+                        weight_obs,
+                    },
+                ) => {
+                    let d = ConvDims::new(geom, in_shape(0), &node.shape);
+                    let fold = bn.as_ref().map(|bn| {
+                        let eps = bn.attrs.eps as f32;
+                        bn.gamma
+                            .value
+                            .iter()
+                            .zip(&bn.running_var)
+                            .map(|(g, v)| g / (v + eps).sqrt())
+                            .collect::<Vec<f32>>()
+                    });
+                    let wt = weight_tape(
+                        &weight.value,
+                        fold,
+                        geom.out_channels,
+                        weight_fq.is_some(),
+                        weight_obs,
+                        node,
+                        mode,
+                    );
+                    let (mut y, cols) = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
+                    let p = d.pixels();
+                    let o = geom.out_channels;
+                    let bn_tape = match (bn, &wt.fold) {
+                        (Some(bn), Some(fold)) => {
+                            // Undo the folding, add the conv bias, then BatchNorm (ConvBn2d QAT).
+                            let z = y.clone();
+                            let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
+                            let shift = bias.as_ref().map_or(vec![0.0; o], |b| b.value.clone());
+                            kernels::channel_affine(&mut y, o, p, &unfold, &shift);
+                            let mut t = batch_norm_forward(&mut y, bn, batch, p, mode);
+                            t.z = z;
+                            Some(t)
+                        }
+                        _ => {
+                            if let Some(b) = bias {
+                                kernels::channel_affine(&mut y, o, p, &vec![1.0; o], &b.value);
+                            }
+                            None
+                        }
+                    };
+                    kernels::act_forward(*act, &mut y);
+                    (
+                        y,
+                        Aux::Conv {
+                            weight: wt,
+                            cols,
+                            bn: bn_tape,
+                        },
+                    )
+                }
+                (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
+                    let mut y = input(0).to_vec();
+                    let p = node.shape[1] * node.shape[2];
+                    let t = batch_norm_forward(&mut y, bn, batch, p, mode);
+                    (y, Aux::Bn(t))
+                }
+                (Op::Act(act), _) => {
+                    let mut y = input(0).to_vec();
+                    kernels::act_forward(*act, &mut y);
+                    (y, Aux::None)
+                }
+                (Op::MaxPool2d(pool), _) => {
+                    let s = in_shape(0);
+                    let (y, arg) = kernels::max_pool_forward(
+                        input(0),
+                        pool,
+                        (s[0], s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                        batch,
+                    );
+                    (y, Aux::MaxPool(arg))
+                }
+                (Op::AvgPool2d(pool), _) => {
+                    let s = in_shape(0);
+                    let y = kernels::avg_pool(
+                        input(0),
+                        pool,
+                        (s[0], s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                        batch,
+                        false,
+                    );
+                    (y, Aux::None)
+                }
+                (Op::GlobalAvgPool, _) => {
+                    let s = in_shape(0);
+                    let p = s[1] * s[2];
+                    let y = input(0)
+                        .chunks_exact(p)
+                        .map(|plane| plane.iter().sum::<f32>() / p as f32)
+                        .collect();
+                    (y, Aux::None)
+                }
+                (Op::Flatten | Op::DeQuantStub, _) => (input(0).to_vec(), Aux::None),
+                (Op::Dropout { p }, _) => {
+                    if mode.training && *p > 0.0 {
+                        let keep = 1.0 / (1.0 - *p as f32);
+                        let mask: Vec<f32> = (0..input(0).len())
+                            .map(|_| {
+                                if rng.next_f32() < *p as f32 {
+                                    0.0
+                                } else {
+                                    keep
+                                }
+                            })
+                            .collect();
+                        let y = input(0).iter().zip(&mask).map(|(a, m)| a * m).collect();
+                        (y, Aux::Dropout(mask))
+                    } else {
+                        (input(0).to_vec(), Aux::None)
+                    }
+                }
+                (Op::Add, _) => {
+                    let mut y = input(0).to_vec();
+                    for k in 1..node.inputs.len() {
+                        y.iter_mut().zip(input(k)).for_each(|(a, b)| *a += b);
+                    }
+                    (y, Aux::None)
+                }
+                (Op::FakeQuant(cfg), NodeState::FakeQuant { obs }) => {
+                    let mut y = input(0).to_vec();
+                    let qat = node
+                        .qconfig
+                        .as_ref()
+                        .is_none_or(|q| q.mode == QuantMode::Qat);
+                    if mode.fake_quant && mode.observe {
+                        observe_parallel(obs, &y);
+                    }
+                    if mode.fake_quant && qat {
+                        let q = obs.qparams()[0];
+                        let mut mask = vec![false; y.len()];
+                        let (lo, hi) = (cfg.quant_min, cfg.quant_max);
+                        y.par_chunks_mut(4096)
+                            .zip(mask.par_chunks_mut(4096))
+                            .for_each(|(yc, mc)| fake_quantize_in_place(yc, mc, q, lo, hi));
+                        (y, Aux::Mask(mask))
+                    } else {
+                        (y, Aux::None)
+                    }
+                }
+                (op, _) => unreachable!(
+                    "node {} ({}) has no state for its op",
+                    node.name,
+                    op.mnemonic()
+                ),
+            };
+            outputs.push(y);
+            aux.push(a);
+        }
+        Tape {
+            outputs,
+            aux,
+            batch,
+        }
+    }
+
+    /// Back-propagates `d_output` (the gradient of the loss w.r.t. the graph output) and sets
+    /// every parameter's gradient.
+    pub fn backward(&mut self, tape: &Tape, d_output: Vec<f32>) {
+        let n = self.graph.nodes.len();
+        let batch = tape.batch;
+        let needs_grad = self.needs_grad();
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; n];
+        grads[self.graph.output] = Some(d_output);
+        for i in (1..n).rev() {
+            let Some(mut dy) = grads[i].take() else {
+                continue;
+            };
+            let node = &self.graph.nodes[i];
+            let want_dx = node.inputs.iter().any(|&j| needs_grad[j]);
+            let input = |k: usize| -> &[f32] { &tape.outputs[node.inputs[k]] };
+            let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
+            let y = &tape.outputs[i];
+            let dxs: Vec<Option<Vec<f32>>> = match (&node.op, &mut self.states[i], &tape.aux[i]) {
+                (
+                    Op::Linear {
+                        in_features,
+                        out_features,
+                        act,
+                        ..
+                    },
+                    NodeState::Linear { weight, bias, .. },
+                    Aux::Linear(wt),
+                ) => {
+                    kernels::act_backward(*act, y, &mut dy);
+                    let dims = (batch, *in_features, *out_features);
+                    let dx = kernels::linear_backward(
+                        input(0),
+                        &wt.used,
+                        &dy,
+                        dims,
+                        &mut weight.grad,
+                        bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                        want_dx,
+                    );
+                    if let Some(mask) = &wt.mask {
+                        weight.grad.iter_mut().zip(mask).for_each(|(g, &m)| {
+                            if !m {
+                                *g = 0.0
+                            }
+                        });
+                    }
+                    vec![dx]
+                }
+                (
+                    Op::Conv2d { geom, act, .. },
+                    NodeState::Conv {
+                        weight, bias, bn, ..
+                    },
+                    Aux::Conv {
+                        weight: wt,
+                        cols,
+                        bn: bn_tape,
+                    },
+                ) => {
+                    kernels::act_backward(*act, y, &mut dy);
+                    let d = ConvDims::new(geom, in_shape(0), &node.shape);
+                    let (o, p) = (geom.out_channels, d.pixels());
+                    // d(fold) per channel, for the fused BatchNorm's gamma.
+                    let mut d_fold: Option<Vec<f32>> = None;
+                    if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
+                        batch_norm_backward(&mut dy, bn, t, batch, p);
+                        // dy is now d(u), u = z / fold + bias.
+                        if let Some(b) = bias.as_mut() {
+                            b.grad = kernels::channel_sums(&dy, batch, o, p);
+                        }
+                        let du_z = kernels::channel_dot(&dy, &t.z, batch, o, p);
+                        d_fold = Some(fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect());
+                        let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
+                        kernels::channel_affine(&mut dy, o, p, &unfold, &vec![0.0; o]);
+                    } else if let Some(b) = bias.as_mut() {
+                        b.grad = kernels::channel_sums(&dy, batch, o, p);
+                    }
+                    let dx = kernels::conv_backward(
+                        &dy,
+                        &wt.used,
+                        cols,
+                        geom,
+                        &d,
+                        batch,
+                        &mut weight.grad,
+                        want_dx,
+                    );
+                    // weight.grad is d(used weight); undo the fake quant, then the folding.
+                    if let Some(mask) = &wt.mask {
+                        weight.grad.iter_mut().zip(mask).for_each(|(g, &m)| {
+                            if !m {
+                                *g = 0.0
+                            }
+                        });
+                    }
+                    if let (Some(fold), Some(bn), Some(d_fold)) =
+                        (&wt.fold, bn.as_mut(), d_fold.as_mut())
+                    {
+                        let k = weight.value.len() / o;
+                        for c in 0..o {
+                            let rows = c * k..(c + 1) * k;
+                            let g = &mut weight.grad[rows.clone()];
+                            d_fold[c] += g
+                                .iter()
+                                .zip(&weight.value[rows])
+                                .map(|(a, b)| a * b)
+                                .sum::<f32>();
+                            g.iter_mut().for_each(|v| *v *= fold[c]);
+                        }
+                        let eps = bn.attrs.eps as f32;
+                        for c in 0..o {
+                            bn.gamma.grad[c] += d_fold[c] / (bn.running_var[c] + eps).sqrt();
+                        }
+                    }
+                    vec![dx]
+                }
+                (Op::BatchNorm2d(_), NodeState::Bn(bn), Aux::Bn(t)) => {
+                    let p = node.shape[1] * node.shape[2];
+                    batch_norm_backward(&mut dy, bn, t, batch, p);
+                    vec![Some(dy)]
+                }
+                (Op::Act(act), _, _) => {
+                    kernels::act_backward(*act, y, &mut dy);
+                    vec![Some(dy)]
+                }
+                (Op::MaxPool2d(_), _, Aux::MaxPool(arg)) => {
+                    let in_size: usize = in_shape(0).iter().product();
+                    let out_size: usize = node.shape.iter().product();
+                    vec![Some(kernels::max_pool_backward(
+                        &dy, arg, in_size, out_size, batch,
+                    ))]
+                }
+                (Op::AvgPool2d(pool), _, _) => {
+                    let s = in_shape(0);
+                    vec![Some(kernels::avg_pool(
+                        &dy,
+                        pool,
+                        (s[0], s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                        batch,
+                        true,
+                    ))]
+                }
+                (Op::GlobalAvgPool, _, _) => {
+                    let s = in_shape(0);
+                    let p = s[1] * s[2];
+                    let dx = dy
+                        .iter()
+                        .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
+                        .collect();
+                    vec![Some(dx)]
+                }
+                (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
+                    dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                    vec![Some(dy)]
+                }
+                (Op::FakeQuant(_), _, Aux::Mask(mask)) => {
+                    dy.iter_mut().zip(mask).for_each(|(g, &m)| {
+                        if !m {
+                            *g = 0.0
+                        }
+                    });
+                    vec![Some(dy)]
+                }
+                (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
+                // Identities: flatten, dequant, dropout and fake quant when off.
+                _ => vec![Some(dy)],
+            };
+            for (k, dx) in dxs.into_iter().enumerate() {
+                let j = node.inputs[k];
+                if !needs_grad[j] {
+                    continue;
+                }
+                if let Some(dx) = dx {
+                    match &mut grads[j] {
+                        Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, b)| *a += b),
+                        slot => *slot = Some(dx),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether each node's output depends on a parameter (only those need a gradient).
+    fn needs_grad(&self) -> Vec<bool> {
+        let mut needs = vec![false; self.graph.nodes.len()];
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let own = matches!(
+                self.states[i],
+                NodeState::Linear { .. } | NodeState::Conv { .. } | NodeState::Bn(_)
+            );
+            needs[i] = own || node.inputs.iter().any(|&j| needs[j]);
+        }
+        needs
+    }
+}
+
+fn init_state(node: &Node, rng: &mut Rng) -> NodeState {
+    let uniform = |rng: &mut Rng, n: usize, bound: f32| {
+        (0..n)
+            .map(|_| rng.uniform(-bound, bound))
+            .collect::<Vec<f32>>()
+    };
+    let weight_obs = |fq: &Option<FakeQuantConfig>| fq.map(Observer::new);
+    match &node.op {
+        Op::Linear {
+            in_features,
+            out_features,
+            bias,
+            weight_fq,
+            ..
+        } => {
+            // kaiming_uniform_(a=sqrt(5)) gives the bound 1/sqrt(fan_in), as does the bias.
+            let bound = 1.0 / (*in_features as f32).sqrt();
+            let w = uniform(rng, in_features * out_features, bound);
+            let b = bias.then(|| {
+                Param::new(
+                    format!("{}.bias", node.name),
+                    vec![*out_features],
+                    uniform(rng, *out_features, bound),
+                )
+            });
+            NodeState::Linear {
+                weight: Param::new(
+                    format!("{}.weight", node.name),
+                    vec![*out_features, *in_features],
+                    w,
+                ),
+                bias: b,
+                weight_obs: weight_obs(weight_fq),
+            }
+        }
+        Op::Conv2d {
+            geom,
+            bias,
+            bn,
+            weight_fq,
+            ..
+        } => {
+            let fan_in = geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1;
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let o = geom.out_channels;
+            let w = uniform(rng, o * fan_in, bound);
+            let b = bias.then(|| {
+                Param::new(
+                    format!("{}.bias", node.name),
+                    vec![o],
+                    uniform(rng, o, bound),
+                )
+            });
+            NodeState::Conv {
+                weight: Param::new(
+                    format!("{}.weight", node.name),
+                    vec![
+                        o,
+                        geom.in_channels / geom.groups,
+                        geom.kernel.0,
+                        geom.kernel.1,
+                    ],
+                    w,
+                ),
+                bias: b,
+                bn: bn.as_ref().map(|attrs| bn_state(attrs, o)),
+                weight_obs: weight_obs(weight_fq),
+            }
+        }
+        Op::BatchNorm2d(attrs) => NodeState::Bn(bn_state(attrs, node.shape[0])),
+        Op::FakeQuant(cfg) => NodeState::FakeQuant {
+            obs: Observer::new(*cfg),
+        },
+        _ => NodeState::None,
+    }
+}
+
+fn bn_state(attrs: &BnAttrs, channels: usize) -> BnState {
+    BnState {
+        attrs: attrs.clone(),
+        gamma: Param::new(
+            format!("{}.weight", attrs.name),
+            vec![channels],
+            vec![1.0; channels],
+        ),
+        beta: Param::new(
+            format!("{}.bias", attrs.name),
+            vec![channels],
+            vec![0.0; channels],
+        ),
+        running_mean: vec![0.0; channels],
+        running_var: vec![1.0; channels],
+    }
+}
+
+/// The weight a layer computes with: folded by `fold` (per output channel) when given, then
+/// observed and fake-quantized when the node has a weight fake-quant and the mode asks for it.
+fn weight_tape(
+    weight: &[f32],
+    fold: Option<Vec<f32>>,
+    out_channels: usize,
+    has_fq: bool,
+    obs: &mut Option<Observer>,
+    node: &Node,
+    mode: Mode,
+) -> WeightTape {
+    let mut used = weight.to_vec();
+    let k = weight.len() / out_channels;
+    if let Some(fold) = &fold {
+        for (row, s) in used.chunks_exact_mut(k).zip(fold) {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+    let qat = node
+        .qconfig
+        .as_ref()
+        .is_none_or(|q| q.mode == QuantMode::Qat);
+    let mut mask = None;
+    if let (true, true, Some(obs)) = (has_fq, mode.fake_quant, obs.as_mut()) {
+        if mode.observe {
+            obs.observe(&used, out_channels);
+        }
+        if qat {
+            let qparams = obs.qparams();
+            let cfg = obs.config;
+            let mut m = vec![false; used.len()];
+            let per_row = qparams.len() == out_channels && out_channels > 1;
+            if per_row {
+                for ((row, mrow), q) in used
+                    .chunks_exact_mut(k)
+                    .zip(m.chunks_exact_mut(k))
+                    .zip(&qparams)
+                {
+                    fake_quantize_in_place(row, mrow, *q, cfg.quant_min, cfg.quant_max);
+                }
+            } else {
+                fake_quantize_in_place(&mut used, &mut m, qparams[0], cfg.quant_min, cfg.quant_max);
+            }
+            mask = Some(m);
+        }
+    }
+    WeightTape { used, mask, fold }
+}
+
+/// Observes a large activation tensor: min/max reduced in parallel, then one update.
+fn observe_parallel(obs: &mut Observer, x: &[f32]) {
+    let (lo, hi) = x
+        .par_chunks(1 << 14)
+        .map(|c| {
+            c.iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                })
+        })
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        );
+    obs.observe(&[lo, hi], 1);
+}
+
+/// BatchNorm over `[B, C, P]` in place. Batch statistics when training and not frozen (and the
+/// running statistics updated as torch does, with the unbiased variance); running ones otherwise.
+fn batch_norm_forward(
+    x: &mut [f32],
+    bn: &mut BnState,
+    batch: usize,
+    p: usize,
+    mode: Mode,
+) -> BnTape {
+    let c = bn.gamma.value.len();
+    let eps = bn.attrs.eps as f32;
+    let batch_stats = mode.training && !mode.bn_frozen;
+    let (mean, var) = if batch_stats {
+        let n = (batch * p) as f32;
+        let mean: Vec<f32> = kernels::channel_sums(x, batch, c, p)
+            .iter()
+            .map(|s| s / n)
+            .collect();
+        let var: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let m = mean[ch];
+                (0..batch)
+                    .map(|b| {
+                        x[(b * c + ch) * p..][..p]
+                            .iter()
+                            .map(|v| (v - m) * (v - m))
+                            .sum::<f32>()
+                    })
+                    .sum::<f32>()
+                    / n
+            })
+            .collect();
+        let momentum = bn.attrs.momentum as f32;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        for ch in 0..c {
+            bn.running_mean[ch] = (1.0 - momentum) * bn.running_mean[ch] + momentum * mean[ch];
+            bn.running_var[ch] =
+                (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
+        }
+        (mean, var)
+    } else {
+        (bn.running_mean.clone(), bn.running_var.clone())
+    };
+    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
+    kernels::channel_affine(x, c, p, &inv_std, &shift);
+    let xhat = x.to_vec();
+    kernels::channel_affine(x, c, p, &bn.gamma.value, &bn.beta.value);
+    BnTape {
+        xhat,
+        inv_std,
+        batch_stats,
+        z: Vec::new(),
+    }
+}
+
+/// Turns `dy` (w.r.t. the BatchNorm output) into the gradient w.r.t. its input, in place, and
+/// sets gamma's and beta's gradients.
+fn batch_norm_backward(dy: &mut [f32], bn: &mut BnState, t: &BnTape, batch: usize, p: usize) {
+    let c = bn.gamma.value.len();
+    let sum_dy = kernels::channel_sums(dy, batch, c, p);
+    let sum_dy_xhat = kernels::channel_dot(dy, &t.xhat, batch, c, p);
+    bn.beta.grad = sum_dy.clone();
+    bn.gamma.grad = sum_dy_xhat.clone();
+    let n = (batch * p) as f32;
+    let gamma = &bn.gamma.value;
+    dy.par_chunks_mut(c * p).enumerate().for_each(|(b, db)| {
+        for ch in 0..c {
+            let k = gamma[ch] * t.inv_std[ch];
+            let row = &mut db[ch * p..(ch + 1) * p];
+            if t.batch_stats {
+                let xh = &t.xhat[(b * c + ch) * p..][..p];
+                let (m1, m2) = (sum_dy[ch] / n, sum_dy_xhat[ch] / n);
+                row.iter_mut()
+                    .zip(xh)
+                    .for_each(|(g, x)| *g = k * (*g - m1 - x * m2));
+            } else {
+                row.iter_mut().for_each(|g| *g *= k);
+            }
+        }
+    });
+}

@@ -1,0 +1,254 @@
+//! Training: forward/backward over the prepared IR ([`engine`]), optimizers ([`optim`]) and the
+//! epoch loop ([`train`]), with PyTorch's QAT schedule (float pretraining, then fake quant;
+//! frozen BatchNorm statistics and observers after given epochs).
+//!
+//! The loop never prints: it reports through [`Progress`], and the CLI draws the bars.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod kernels;
+pub mod optim;
+pub mod report;
+pub mod rng;
+
+use std::time::Instant;
+
+use engine::{Mode, Net};
+use rng::Rng;
+
+use crate::check::TrainConfig;
+use crate::data::{Dataset, Splits};
+
+/// Whether an epoch trains plain float or with fake quantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Float,
+    Qat,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Float => "float",
+            Phase::Qat => "qat",
+        }
+    }
+}
+
+/// One epoch's figures. Accuracies in percent.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    pub phase: Phase,
+    pub lr: f64,
+    pub train_loss: f32,
+    pub train_acc: f32,
+    pub test_acc: f32,
+    pub images_per_s: f32,
+}
+
+/// What a whole run produced.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub epochs: Vec<EpochStats>,
+    /// Test accuracy of the float model at the end of float pretraining, when it ran.
+    pub float_acc: Option<f32>,
+    /// Test accuracy at the end (with fake quantization for a quantized model).
+    pub final_acc: f32,
+    /// Training images per second over the whole run (evaluation excluded).
+    pub train_images_per_s: f32,
+}
+
+/// Receives progress while training.
+pub trait Progress {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _phase: Phase, _batches: usize) {}
+    fn batch_done(&mut self, _loss: f32, _images: usize) {}
+    fn epoch_end(&mut self, _stats: &EpochStats) {}
+}
+
+/// Ignores all progress.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// Images in evaluation batches.
+const EVAL_BATCH: usize = 500;
+
+/// Trains `net` on `data` as `cfg` says, for `epochs` epochs.
+pub fn train(
+    net: &mut Net,
+    data: &Splits,
+    cfg: &TrainConfig,
+    epochs: usize,
+    progress: &mut dyn Progress,
+) -> TrainOutcome {
+    let quantized = net.graph.nodes.iter().any(|n| n.qconfig.is_some());
+    let mut rng = Rng::new(cfg.seed.wrapping_add(1));
+    let mut optimizer = optim::Optimizer::new(cfg.optimizer.clone());
+    let n = data.train.len();
+    let batches = n.div_ceil(cfg.batch);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut stats = Vec::new();
+    let mut float_acc = None;
+    let mut total_images = 0usize;
+    let mut total_seconds = 0f64;
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+
+    for epoch in 0..epochs {
+        let phase = if quantized && epoch >= cfg.pretrain_epochs {
+            Phase::Qat
+        } else {
+            Phase::Float
+        };
+        let mode = Mode {
+            training: true,
+            fake_quant: phase == Phase::Qat,
+            observe: phase == Phase::Qat
+                && cfg.freeze_observers_after.is_none_or(|after| epoch < after),
+            bn_frozen: cfg.freeze_bn_after.is_some_and(|after| epoch >= after),
+        };
+        let lr = optim::learning_rate(optimizer.base_lr(), cfg.schedule.as_ref(), epoch, epochs);
+        progress.epoch_start(epoch + 1, epochs, phase, batches);
+        rng.shuffle(&mut order);
+        let started = Instant::now();
+        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        for chunk in order.chunks(cfg.batch) {
+            batch_input(&data.train, chunk, cfg, &mut x, &mut labels);
+            let tape = net.forward(&x, chunk.len(), mode, &mut rng);
+            let classes = net.graph.nodes[net.graph.output].shape[0];
+            let (loss, right, grad) =
+                kernels::softmax_cross_entropy(tape.output(&net.graph), &labels, classes);
+            net.backward(&tape, grad);
+            optimizer.step(&mut net.params_mut(), lr as f32);
+            loss_sum += loss as f64 * chunk.len() as f64;
+            correct += right;
+            progress.batch_done(loss, chunk.len());
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        total_images += n;
+        total_seconds += seconds;
+        let test_acc = evaluate(net, &data.test, cfg, phase == Phase::Qat);
+        if quantized && cfg.pretrain_epochs > 0 && epoch + 1 == cfg.pretrain_epochs {
+            float_acc = Some(test_acc);
+        }
+        let s = EpochStats {
+            epoch: epoch + 1,
+            phase,
+            lr,
+            train_loss: (loss_sum / n as f64) as f32,
+            train_acc: 100.0 * correct as f32 / n as f32,
+            test_acc,
+            images_per_s: (n as f64 / seconds) as f32,
+        };
+        progress.epoch_end(&s);
+        stats.push(s);
+    }
+    let final_acc = stats
+        .last()
+        .map_or_else(|| evaluate(net, &data.test, cfg, quantized), |s| s.test_acc);
+    TrainOutcome {
+        epochs: stats,
+        float_acc,
+        final_acc,
+        train_images_per_s: (total_images as f64 / total_seconds.max(1e-9)) as f32,
+    }
+}
+
+/// Test accuracy in percent, with fake quantization on or off. Nothing is updated.
+pub fn evaluate(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant: bool) -> f32 {
+    let mut rng = Rng::new(0);
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let mut correct = 0;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let classes = net.graph.nodes[net.graph.output].shape[0];
+    for chunk in indices.chunks(EVAL_BATCH) {
+        batch_input(data, chunk, cfg, &mut x, &mut labels);
+        let tape = net.forward(&x, chunk.len(), Mode::eval(fake_quant), &mut rng);
+        let logits = tape.output(&net.graph);
+        correct += logits
+            .chunks_exact(classes)
+            .zip(&labels)
+            .filter(|(row, &label)| kernels::argmax(row) == label as usize)
+            .count();
+    }
+    100.0 * correct as f32 / data.len().max(1) as f32
+}
+
+/// Fills `x` with the normalized images `indices` of `data` and `labels` with their labels:
+/// `(pixel / 255 - mean[c]) / std[c]`, as torchvision's ToTensor + Normalize.
+pub fn batch_input(
+    data: &Dataset,
+    indices: &[usize],
+    cfg: &TrainConfig,
+    x: &mut Vec<f32>,
+    labels: &mut Vec<u8>,
+) {
+    let size = data.image_size();
+    let plane = data.shape[1] * data.shape[2];
+    x.clear();
+    labels.clear();
+    for &i in indices {
+        for (c, pixels) in data.image(i).chunks_exact(plane).enumerate() {
+            let (mean, std) = (
+                cfg.mean[c.min(cfg.mean.len() - 1)],
+                cfg.std[c.min(cfg.std.len() - 1)],
+            );
+            let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
+            x.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
+        }
+        labels.push(data.labels[i]);
+    }
+    debug_assert_eq!(x.len(), indices.len() * size);
+}
+
+/// The graph QAT trains: the checked model lowered to IR, through the QAT pass pipeline, with
+/// fresh parameters from `seed`.
+pub fn build_net(model: &crate::check::CheckedModel, seed: u64) -> Result<Net, String> {
+    let graph = crate::ir::lower(model);
+    let stages = crate::passes::run(&graph, crate::passes::QAT_PIPELINE)?;
+    let prepared = stages.into_iter().last().map_or(graph, |(_, g)| g);
+    Ok(Net::new(prepared, &mut Rng::new(seed)))
+}
+
+/// Loads a spec's data (paths relative to `spec_dir`, then the working directory) and checks
+/// that it fits the model: same values per sample, no label beyond the model's outputs.
+pub fn load_data(
+    model: &crate::check::CheckedModel,
+    cfg: &TrainConfig,
+    spec_dir: &std::path::Path,
+) -> Result<Splits, String> {
+    let splits = crate::data::load(&cfg.data, spec_dir)?;
+    let per_sample: usize = model.input.iter().product();
+    let outputs: usize = model.layers[model.output].out_shape.iter().product();
+    for (which, set) in [("training", &splits.train), ("test", &splits.test)] {
+        if set.is_empty() {
+            return Err(format!("the {which} data is empty"));
+        }
+        if set.image_size() != per_sample {
+            return Err(format!(
+                "the {which} images are {:?} ({} values) but model `{}` takes input {:?} ({per_sample} values)",
+                set.shape,
+                set.image_size(),
+                model.name,
+                model.input
+            ));
+        }
+        if set.classes() > outputs {
+            return Err(format!(
+                "the {which} labels go up to {} but model `{}` has {outputs} outputs",
+                set.classes() - 1,
+                model.name
+            ));
+        }
+        if model.input.len() == 3 && model.input[0] != set.shape[0] {
+            return Err(format!(
+                "the {which} images have {} channels, the model expects {}",
+                set.shape[0], model.input[0]
+            ));
+        }
+    }
+    Ok(splits)
+}

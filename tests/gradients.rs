@@ -1,0 +1,188 @@
+//! Every op's backward pass against central finite differences. Each case is a tiny spec whose
+//! parameters sit before the op under test, so the op's input gradient is checked through them.
+
+use qatc::ir;
+use qatc::passes;
+use qatc::train::engine::{Mode, Net};
+use qatc::train::rng::Rng;
+
+/// Builds the (optionally fused) float graph of a spec.
+fn net(spec: &str, fuse: bool, seed: u64) -> Net {
+    let (result, source) = qatc::front_end("grad.qspec", spec);
+    let model = result
+        .unwrap_or_else(|d| panic!("{}", qatc::diag::render(&d, &source.name, &source.text)))
+        .model;
+    let mut graph = ir::lower(&model);
+    if fuse {
+        graph = passes::fuse::fuse(&graph);
+    }
+    ir::verify(&graph).unwrap();
+    Net::new(graph, &mut Rng::new(seed))
+}
+
+const TRAIN: Mode = Mode {
+    training: true,
+    fake_quant: false,
+    observe: false,
+    bn_frozen: false,
+};
+
+/// loss = Σ output · r for a fixed random r.
+fn loss(net: &mut Net, x: &[f32], batch: usize, r: &[f32], mode: Mode) -> f64 {
+    let tape = net.forward(x, batch, mode, &mut Rng::new(7));
+    tape.output(&net.graph)
+        .iter()
+        .zip(r)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum()
+}
+
+fn check(spec: &str, fuse: bool, mode: Mode) {
+    let mut net = net(spec, fuse, 3);
+    let in_size: usize = net.graph.nodes[0].shape.iter().product();
+    let out_size: usize = net.graph.nodes[net.graph.output].shape.iter().product();
+    let batch = 3;
+    let mut rng = Rng::new(11);
+    let x: Vec<f32> = (0..batch * in_size)
+        .map(|_| rng.uniform(-1.0, 1.0))
+        .collect();
+    let r: Vec<f32> = (0..batch * out_size)
+        .map(|_| rng.uniform(-1.0, 1.0))
+        .collect();
+
+    let tape = net.forward(&x, batch, mode, &mut Rng::new(7));
+    net.backward(&tape, r.clone());
+    let analytic: Vec<(String, Vec<f32>)> = net
+        .params_mut()
+        .iter()
+        .map(|p| (p.name.clone(), p.grad.clone()))
+        .collect();
+    assert!(!analytic.is_empty());
+
+    let eps = 1e-3f32;
+    for (k, (name, grad)) in analytic.iter().enumerate() {
+        for idx in (0..grad.len()).step_by((grad.len() / 7).max(1)) {
+            let original = net.params_mut()[k].value[idx];
+            net.params_mut()[k].value[idx] = original + eps;
+            let up = loss(&mut net, &x, batch, &r, mode);
+            net.params_mut()[k].value[idx] = original - eps;
+            let down = loss(&mut net, &x, batch, &r, mode);
+            net.params_mut()[k].value[idx] = original;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let a = grad[idx] as f64;
+            let tol = 2e-2 * (1.0 + a.abs().max(numeric.abs()));
+            assert!(
+                (a - numeric).abs() <= tol,
+                "{spec}\n{name}[{idx}]: analytic {a}, numeric {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_and_relu() {
+    check(
+        "model m { input: [5] a: Linear(out: 4) r: ReLU b: Linear(out: 3) }",
+        false,
+        TRAIN,
+    );
+    check(
+        "model m { input: [5] a: Linear(out: 4) r: ReLU6 b: Linear(out: 3, bias: false) }",
+        false,
+        TRAIN,
+    );
+}
+
+#[test]
+fn fused_linear_relu() {
+    check(
+        "model m { input: [5] a: Linear(out: 4) r: ReLU b: Linear(out: 3) }",
+        true,
+        TRAIN,
+    );
+}
+
+#[test]
+fn conv2d_stride_padding_groups() {
+    check("model m { input: [2, 6, 5] c: Conv2d(out: 4, kernel: 3, stride: 2, padding: 1) f: Flatten }", false, TRAIN);
+    check(
+        "model m { input: [4, 5, 5] c: Conv2d(out: 4, kernel: [3, 2], groups: 2) f: Flatten }",
+        false,
+        TRAIN,
+    );
+    // depthwise
+    check("model m { input: [3, 5, 5] c: Conv2d(out: 3, kernel: 3, groups: 3, padding: 1) f: Flatten }", false, TRAIN);
+}
+
+#[test]
+fn pools_flatten_and_global_avg() {
+    check("model m { input: [2, 6, 6] c: Conv2d(out: 3, kernel: 1) p: MaxPool2d(2) f: Flatten l: Linear(out: 2) }", false, TRAIN);
+    check("model m { input: [2, 7, 7] c: Conv2d(out: 3, kernel: 1) p: MaxPool2d(kernel: 3, stride: 2, padding: 1) f: Flatten }", false, TRAIN);
+    check("model m { input: [2, 6, 6] c: Conv2d(out: 3, kernel: 1) p: AvgPool2d(kernel: 3, stride: 2, padding: 1) f: Flatten }", false, TRAIN);
+    check(
+        "model m { input: [2, 4, 4] c: Conv2d(out: 3, kernel: 1) g: GlobalAvgPool f: Flatten }",
+        false,
+        TRAIN,
+    );
+}
+
+#[test]
+fn batch_norm_train_and_eval() {
+    let spec = "model m { input: [2, 4, 4] c: Conv2d(out: 3, kernel: 3) bn: BatchNorm2d(momentum: 0.0) f: Flatten }";
+    check(spec, false, TRAIN);
+    check(spec, false, Mode::eval(false));
+}
+
+#[test]
+fn fused_conv_bn_relu_matches_unfused_gradients() {
+    let spec = "model m { input: [2, 5, 5] c: Conv2d(out: 3, kernel: 3) bn: BatchNorm2d(momentum: 0.0) r: ReLU f: Flatten }";
+    check(spec, true, TRAIN);
+    check(spec, true, Mode::eval(false));
+    check(
+        spec,
+        true,
+        Mode {
+            bn_frozen: true,
+            ..TRAIN
+        },
+    );
+}
+
+#[test]
+fn add_and_dropout() {
+    check(
+        "model m { input: [4] a: Linear(out: 4) b: Linear(input, out: 4) s: Add(a, b, a) }",
+        false,
+        TRAIN,
+    );
+    // Dropout's mask is fixed by the rng seed of each forward pass, so differences see the same mask.
+    check(
+        "model m { input: [6] a: Linear(out: 6) d: Dropout(p: 0.3) b: Linear(out: 2) }",
+        false,
+        TRAIN,
+    );
+}
+
+#[test]
+fn softmax_cross_entropy_gradient() {
+    let logits = [0.5f32, -1.0, 2.0, 0.1, 0.0, 0.3];
+    let labels = [2u8, 0];
+    let (loss, correct, grad) = qatc::train::kernels::softmax_cross_entropy(&logits, &labels, 3);
+    assert_eq!(correct, 1);
+    let eps = 1e-3;
+    for i in 0..logits.len() {
+        let mut up = logits;
+        up[i] += eps;
+        let mut down = logits;
+        down[i] -= eps;
+        let numeric = (qatc::train::kernels::softmax_cross_entropy(&up, &labels, 3).0
+            - qatc::train::kernels::softmax_cross_entropy(&down, &labels, 3).0)
+            / (2.0 * eps);
+        assert!(
+            (numeric - grad[i]).abs() < 1e-3,
+            "{i}: {numeric} vs {}",
+            grad[i]
+        );
+    }
+    assert!(loss > 0.0);
+}
