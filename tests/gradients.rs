@@ -59,21 +59,27 @@ fn check(spec: &str, fuse: bool, mode: Mode) {
         .collect();
     assert!(!analytic.is_empty());
 
-    let eps = 1e-3f32;
     for (k, (name, grad)) in analytic.iter().enumerate() {
         for idx in (0..grad.len()).step_by((grad.len() / 7).max(1)) {
-            let original = net.params_mut()[k].value[idx];
-            net.params_mut()[k].value[idx] = original + eps;
-            let up = loss(&mut net, &x, batch, &r, mode);
-            net.params_mut()[k].value[idx] = original - eps;
-            let down = loss(&mut net, &x, batch, &r, mode);
-            net.params_mut()[k].value[idx] = original;
-            let numeric = (up - down) / (2.0 * eps as f64);
             let a = grad[idx] as f64;
-            let tol = 2e-2 * (1.0 + a.abs().max(numeric.abs()));
+            // A step that crosses a kink (ReLU, max-pool) gives a meaningless difference; a
+            // wrong gradient is wrong at every step size, so agreeing at one of two suffices.
+            let numerics: Vec<f64> = [1e-3f32, 2e-4]
+                .iter()
+                .map(|&eps| {
+                    let original = net.params_mut()[k].value[idx];
+                    net.params_mut()[k].value[idx] = original + eps;
+                    let up = loss(&mut net, &x, batch, &r, mode);
+                    net.params_mut()[k].value[idx] = original - eps;
+                    let down = loss(&mut net, &x, batch, &r, mode);
+                    net.params_mut()[k].value[idx] = original;
+                    (up - down) / (2.0 * eps as f64)
+                })
+                .collect();
+            let close = |n: f64| (a - n).abs() <= 2e-2 * (1.0 + a.abs().max(n.abs()));
             assert!(
-                (a - numeric).abs() <= tol,
-                "{spec}\n{name}[{idx}]: analytic {a}, numeric {numeric}"
+                numerics.iter().any(|&n| close(n)),
+                "{spec} {mode:?}\n{name}[{idx}]: analytic {a}, numeric {numerics:?}"
             );
         }
     }

@@ -265,7 +265,6 @@ impl Net {
                         mode,
                     );
                     let (mut y, cols) = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
-                    let p = d.pixels();
                     let o = geom.out_channels;
                     let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
@@ -273,14 +272,14 @@ impl Net {
                             let z = y.clone();
                             let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
                             let shift = bias.as_ref().map_or(vec![0.0; o], |b| b.value.clone());
-                            kernels::channel_affine(&mut y, o, p, &unfold, &shift);
-                            let mut t = batch_norm_forward(&mut y, bn, batch, p, mode);
+                            kernels::channel_affine(&mut y, o, &unfold, &shift);
+                            let mut t = batch_norm_forward(&mut y, bn, mode);
                             t.z = z;
                             Some(t)
                         }
                         _ => {
                             if let Some(b) = bias {
-                                kernels::channel_affine(&mut y, o, p, &vec![1.0; o], &b.value);
+                                kernels::channel_affine(&mut y, o, &vec![1.0; o], &b.value);
                             }
                             None
                         }
@@ -297,8 +296,7 @@ impl Net {
                 }
                 (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
                     let mut y = input(0).to_vec();
-                    let p = node.shape[1] * node.shape[2];
-                    let t = batch_norm_forward(&mut y, bn, batch, p, mode);
+                    let t = batch_norm_forward(&mut y, bn, mode);
                     (y, Aux::Bn(t))
                 }
                 (Op::Act(act), _) => {
@@ -308,25 +306,12 @@ impl Net {
                 }
                 (Op::MaxPool2d(pool), _) => {
                     let s = in_shape(0);
-                    let (y, arg) = kernels::max_pool_forward(
-                        input(0),
-                        pool,
-                        (s[0], s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                        batch,
-                    );
+                    let (y, arg) = kernels::max_pool_forward(input(0), pool, (s[1], s[2]), (node.shape[1], node.shape[2]));
                     (y, Aux::MaxPool(arg))
                 }
                 (Op::AvgPool2d(pool), _) => {
                     let s = in_shape(0);
-                    let y = kernels::avg_pool(
-                        input(0),
-                        pool,
-                        (s[0], s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                        batch,
-                        false,
-                    );
+                    let y = kernels::avg_pool(input(0), pool, (s[1], s[2]), (node.shape[1], node.shape[2]), false);
                     (y, Aux::None)
                 }
                 (Op::GlobalAvgPool, _) => {
@@ -338,7 +323,11 @@ impl Net {
                         .collect();
                     (y, Aux::None)
                 }
-                (Op::Flatten | Op::DeQuantStub, _) => (input(0).to_vec(), Aux::None),
+                (Op::Flatten, _) => match in_shape(0) {
+                    [c, h, w] => (kernels::transpose_batch_channels(input(0), batch, *c, h * w, false), Aux::None),
+                    _ => (input(0).to_vec(), Aux::None),
+                },
+                (Op::DeQuantStub, _) => (input(0).to_vec(), Aux::None),
                 (Op::Dropout { p }, _) => {
                     if mode.training && *p > 0.0 {
                         let keep = 1.0 / (1.0 - *p as f32);
@@ -462,21 +451,21 @@ impl Net {
                 ) => {
                     kernels::act_backward(*act, y, &mut dy);
                     let d = ConvDims::new(geom, in_shape(0), &node.shape);
-                    let (o, p) = (geom.out_channels, d.pixels());
+                    let o = geom.out_channels;
                     // d(fold) per channel, for the fused BatchNorm's gamma.
                     let mut d_fold: Option<Vec<f32>> = None;
                     if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
-                        batch_norm_backward(&mut dy, bn, t, batch, p);
+                        batch_norm_backward(&mut dy, bn, t);
                         // dy is now d(u), u = z / fold + bias.
                         if let Some(b) = bias.as_mut() {
-                            b.grad = kernels::channel_sums(&dy, batch, o, p);
+                            b.grad = kernels::channel_sums(&dy, o);
                         }
-                        let du_z = kernels::channel_dot(&dy, &t.z, batch, o, p);
+                        let du_z = kernels::channel_dot(&dy, &t.z, o);
                         d_fold = Some(fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect());
                         let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-                        kernels::channel_affine(&mut dy, o, p, &unfold, &vec![0.0; o]);
+                        kernels::channel_affine(&mut dy, o, &unfold, &vec![0.0; o]);
                     } else if let Some(b) = bias.as_mut() {
-                        b.grad = kernels::channel_sums(&dy, batch, o, p);
+                        b.grad = kernels::channel_sums(&dy, o);
                     }
                     let dx = kernels::conv_backward(
                         &dy,
@@ -518,8 +507,7 @@ impl Net {
                     vec![dx]
                 }
                 (Op::BatchNorm2d(_), NodeState::Bn(bn), Aux::Bn(t)) => {
-                    let p = node.shape[1] * node.shape[2];
-                    batch_norm_backward(&mut dy, bn, t, batch, p);
+                    batch_norm_backward(&mut dy, bn, t);
                     vec![Some(dy)]
                 }
                 (Op::Act(act), _, _) => {
@@ -527,23 +515,17 @@ impl Net {
                     vec![Some(dy)]
                 }
                 (Op::MaxPool2d(_), _, Aux::MaxPool(arg)) => {
-                    let in_size: usize = in_shape(0).iter().product();
-                    let out_size: usize = node.shape.iter().product();
-                    vec![Some(kernels::max_pool_backward(
-                        &dy, arg, in_size, out_size, batch,
-                    ))]
+                    let s = in_shape(0);
+                    vec![Some(kernels::max_pool_backward(&dy, arg, s[1] * s[2], node.shape[1] * node.shape[2]))]
                 }
                 (Op::AvgPool2d(pool), _, _) => {
                     let s = in_shape(0);
-                    vec![Some(kernels::avg_pool(
-                        &dy,
-                        pool,
-                        (s[0], s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                        batch,
-                        true,
-                    ))]
+                    vec![Some(kernels::avg_pool(&dy, pool, (s[1], s[2]), (node.shape[1], node.shape[2]), true))]
                 }
+                (Op::Flatten, _, _) => match in_shape(0) {
+                    [c, h, w] => vec![Some(kernels::transpose_batch_channels(&dy, batch, *c, h * w, true))],
+                    _ => vec![Some(dy)],
+                },
                 (Op::GlobalAvgPool, _, _) => {
                     let s = in_shape(0);
                     let p = s[1] * s[2];
@@ -759,45 +741,26 @@ fn observe_parallel(obs: &mut Observer, x: &[f32]) {
     obs.observe(&[lo, hi], 1);
 }
 
-/// BatchNorm over `[B, C, P]` in place. Batch statistics when training and not frozen (and the
-/// running statistics updated as torch does, with the unbiased variance); running ones otherwise.
-fn batch_norm_forward(
-    x: &mut [f32],
-    bn: &mut BnState,
-    batch: usize,
-    p: usize,
-    mode: Mode,
-) -> BnTape {
+/// BatchNorm over a CNHW `[C, B*P]` tensor in place. Batch statistics when training and not
+/// frozen (and the running statistics updated as torch does, with the unbiased variance);
+/// running ones otherwise.
+fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
     let c = bn.gamma.value.len();
     let eps = bn.attrs.eps as f32;
     let batch_stats = mode.training && !mode.bn_frozen;
     let (mean, var) = if batch_stats {
-        let n = (batch * p) as f32;
-        let mean: Vec<f32> = kernels::channel_sums(x, batch, c, p)
-            .iter()
-            .map(|s| s / n)
-            .collect();
-        let var: Vec<f32> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let m = mean[ch];
-                (0..batch)
-                    .map(|b| {
-                        x[(b * c + ch) * p..][..p]
-                            .iter()
-                            .map(|v| (v - m) * (v - m))
-                            .sum::<f32>()
-                    })
-                    .sum::<f32>()
-                    / n
-            })
+        let n = (x.len() / c) as f32;
+        let mean: Vec<f32> = kernels::channel_sums(x, c).iter().map(|s| s / n).collect();
+        let var: Vec<f32> = x
+            .par_chunks(x.len() / c)
+            .zip(&mean)
+            .map(|(row, &m)| row.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / n)
             .collect();
         let momentum = bn.attrs.momentum as f32;
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         for ch in 0..c {
             bn.running_mean[ch] = (1.0 - momentum) * bn.running_mean[ch] + momentum * mean[ch];
-            bn.running_var[ch] =
-                (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
+            bn.running_var[ch] = (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
         }
         (mean, var)
     } else {
@@ -805,9 +768,9 @@ fn batch_norm_forward(
     };
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
-    kernels::channel_affine(x, c, p, &inv_std, &shift);
+    kernels::channel_affine(x, c, &inv_std, &shift);
     let xhat = x.to_vec();
-    kernels::channel_affine(x, c, p, &bn.gamma.value, &bn.beta.value);
+    kernels::channel_affine(x, c, &bn.gamma.value, &bn.beta.value);
     BnTape {
         xhat,
         inv_std,
@@ -818,27 +781,21 @@ fn batch_norm_forward(
 
 /// Turns `dy` (w.r.t. the BatchNorm output) into the gradient w.r.t. its input, in place, and
 /// sets gamma's and beta's gradients.
-fn batch_norm_backward(dy: &mut [f32], bn: &mut BnState, t: &BnTape, batch: usize, p: usize) {
+fn batch_norm_backward(dy: &mut [f32], bn: &mut BnState, t: &BnTape) {
     let c = bn.gamma.value.len();
-    let sum_dy = kernels::channel_sums(dy, batch, c, p);
-    let sum_dy_xhat = kernels::channel_dot(dy, &t.xhat, batch, c, p);
+    let n = dy.len() / c;
+    let sum_dy = kernels::channel_sums(dy, c);
+    let sum_dy_xhat = kernels::channel_dot(dy, &t.xhat, c);
     bn.beta.grad = sum_dy.clone();
     bn.gamma.grad = sum_dy_xhat.clone();
-    let n = (batch * p) as f32;
     let gamma = &bn.gamma.value;
-    dy.par_chunks_mut(c * p).enumerate().for_each(|(b, db)| {
-        for ch in 0..c {
-            let k = gamma[ch] * t.inv_std[ch];
-            let row = &mut db[ch * p..(ch + 1) * p];
-            if t.batch_stats {
-                let xh = &t.xhat[(b * c + ch) * p..][..p];
-                let (m1, m2) = (sum_dy[ch] / n, sum_dy_xhat[ch] / n);
-                row.iter_mut()
-                    .zip(xh)
-                    .for_each(|(g, x)| *g = k * (*g - m1 - x * m2));
-            } else {
-                row.iter_mut().for_each(|g| *g *= k);
-            }
+    dy.par_chunks_mut(n).zip(t.xhat.par_chunks(n)).enumerate().for_each(|(ch, (row, xh))| {
+        let k = gamma[ch] * t.inv_std[ch];
+        if t.batch_stats {
+            let (m1, m2) = (sum_dy[ch] / n as f32, sum_dy_xhat[ch] / n as f32);
+            row.iter_mut().zip(xh).for_each(|(g, x)| *g = k * (*g - m1 - x * m2));
+        } else {
+            row.iter_mut().for_each(|g| *g *= k);
         }
     });
 }

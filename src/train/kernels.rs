@@ -1,25 +1,41 @@
-//! Float kernels for training, forward and backward, on batches in NCHW layout. Matrix products
-//! go through ndarray (matrixmultiply, threaded); the elementwise work runs in parallel over
-//! images with rayon. Every split is fixed by the data's shape, never by timing, so results are
-//! the same bit for bit from run to run.
+//! Float kernels for training, forward and backward. Image tensors are kept channel-major,
+//! `[C, B, H, W]` (CNHW), so that a convolution is one matrix product whose output rows are
+//! already its output channels, and per-channel work (bias, BatchNorm) is contiguous; vectors
+//! are `[B, F]`. `Flatten` converts between the two. Matrix products
+//! go through ndarray (matrixmultiply), split over rayon's threads by [`matmul`]; the elementwise
+//! work runs in parallel over images or rows. One thread pool does all the parallel work, and
+//! every split is fixed by the data's shape, never by timing, so results are the same bit for
+//! bit from run to run.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use crate::check::Pool2d;
 use crate::ir::{Act, ConvGeom};
 
+/// Products smaller than this many multiply-adds run on one thread.
+const PAR_MIN_MACS: usize = 1 << 16;
+
 /// `c = alpha * a · b + beta * c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` given as views
-/// (transposed views welcome).
-pub fn matmul(
-    alpha: f32,
-    a: &ArrayView2<f32>,
-    b: &ArrayView2<f32>,
-    beta: f32,
-    c: &mut ArrayViewMut2<f32>,
-) {
-    general_mat_mul(alpha, a, b, beta, c);
+/// (transposed views welcome). Large products are split along the longer of `m` and `n` into
+/// one block per thread; each element's sum runs in the same order however it is split.
+pub fn matmul(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * k * n < PAR_MIN_MACS {
+        general_mat_mul(alpha, a, b, beta, c);
+        return;
+    }
+    if n >= m {
+        let block = n.div_ceil(threads).next_multiple_of(16);
+        let parts: Vec<_> = b.axis_chunks_iter(Axis(1), block).zip(c.axis_chunks_iter_mut(Axis(1), block)).collect();
+        parts.into_par_iter().for_each(|(b, mut c)| general_mat_mul(alpha, a, &b, beta, &mut c));
+    } else {
+        let block = m.div_ceil(threads).next_multiple_of(16);
+        let parts: Vec<_> = a.axis_chunks_iter(Axis(0), block).zip(c.axis_chunks_iter_mut(Axis(0), block)).collect();
+        parts.into_par_iter().for_each(|(a, mut c)| general_mat_mul(alpha, &a, b, beta, &mut c));
+    }
 }
 
 fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
@@ -171,129 +187,95 @@ impl ConvDims {
     }
 }
 
-/// The im2col matrix of group `g` for all images: `[B * P, kg]`, one row per output pixel.
+/// The im2col matrix of group `g` for all images of a CNHW input: `[kg, B * P]`, one row per
+/// kernel tap `(c, i, j)`, one column per output pixel of every image. Rows are filled in
+/// parallel; stride-1 unpadded rows are runs of `wo` contiguous values.
 pub fn im2col(x: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize) -> Vec<f32> {
     let p = d.pixels();
-    let mut cols = vec![0.0; batch * p * d.kg];
+    let hw = d.h * d.w;
+    let mut cols = vec![0.0; d.kg * batch * p];
     let (kh, kw) = geom.kernel;
-    let (sh, sw) = geom.stride;
-    let (ph, pw) = geom.padding;
-    let image = d.c * d.h * d.w;
-    cols.par_chunks_mut(p * d.kg)
-        .enumerate()
-        .for_each(|(b, out)| {
-            let xb = &x[b * image..(b + 1) * image];
+    cols.par_chunks_mut(batch * p).enumerate().for_each(|(k, row)| {
+        let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+        for b in 0..batch {
+            let plane = &x[((g * d.cg + c) * batch + b) * hw..][..hw];
+            let out = &mut row[b * p..(b + 1) * p];
             for oh in 0..d.ho {
-                for ow in 0..d.wo {
-                    let row = &mut out[(oh * d.wo + ow) * d.kg..][..d.kg];
-                    let mut k = 0;
-                    for c in 0..d.cg {
-                        let plane = &xb[(g * d.cg + c) * d.h * d.w..][..d.h * d.w];
-                        for i in 0..kh {
-                            let ih = (oh * sh + i) as isize - ph as isize;
-                            for j in 0..kw {
-                                let iw = (ow * sw + j) as isize - pw as isize;
-                                row[k] = if ih >= 0
-                                    && (ih as usize) < d.h
-                                    && iw >= 0
-                                    && (iw as usize) < d.w
-                                {
-                                    plane[ih as usize * d.w + iw as usize]
-                                } else {
-                                    0.0
-                                };
-                                k += 1;
-                            }
+                let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else {
+                    continue; // stays zero: padding
+                };
+                let dst = &mut out[oh * d.wo..(oh + 1) * d.wo];
+                let src = &plane[ih * d.w..(ih + 1) * d.w];
+                if geom.stride.1 == 1 && geom.padding.1 == 0 {
+                    dst.copy_from_slice(&src[j..j + d.wo]);
+                } else {
+                    for (ow, v) in dst.iter_mut().enumerate() {
+                        if let Some(iw) = tap(ow, j, geom.stride.1, geom.padding.1, d.w) {
+                            *v = src[iw];
                         }
                     }
                 }
             }
-        });
+        }
+    });
     cols
 }
 
-/// Adds the columns' gradients back into the input's gradient (the adjoint of [`im2col`]).
-pub fn col2im(
-    dcols: &[f32],
-    geom: &ConvGeom,
-    d: &ConvDims,
-    batch: usize,
-    g: usize,
-    dx: &mut [f32],
-) {
+/// The input coordinate that output coordinate `o` reads at kernel offset `k`, if inside.
+#[inline]
+fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+}
+
+/// Adds the columns' gradients back into the input's gradient (the adjoint of [`im2col`]), in
+/// parallel over the input's planes (one per channel and image).
+pub fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize, dx: &mut [f32]) {
     let p = d.pixels();
+    let hw = d.h * d.w;
     let (kh, kw) = geom.kernel;
-    let (sh, sw) = geom.stride;
-    let (ph, pw) = geom.padding;
-    let image = d.c * d.h * d.w;
-    dx.par_chunks_mut(image)
-        .take(batch)
-        .enumerate()
-        .for_each(|(b, dxb)| {
-            let cols = &dcols[b * p * d.kg..(b + 1) * p * d.kg];
+    let group = &mut dx[g * d.cg * batch * hw..(g + 1) * d.cg * batch * hw];
+    group.par_chunks_mut(hw).enumerate().for_each(|(q, plane)| {
+        let (c, b) = (q / batch, q % batch);
+        for tap_index in 0..kh * kw {
+            let (i, j) = (tap_index / kw, tap_index % kw);
+            let k = c * kh * kw + tap_index;
+            let src = &dcols[k * batch * p + b * p..][..p];
             for oh in 0..d.ho {
-                for ow in 0..d.wo {
-                    let row = &cols[(oh * d.wo + ow) * d.kg..][..d.kg];
-                    let mut k = 0;
-                    for c in 0..d.cg {
-                        let plane = &mut dxb[(g * d.cg + c) * d.h * d.w..][..d.h * d.w];
-                        for i in 0..kh {
-                            let ih = (oh * sh + i) as isize - ph as isize;
-                            for j in 0..kw {
-                                let iw = (ow * sw + j) as isize - pw as isize;
-                                if ih >= 0 && (ih as usize) < d.h && iw >= 0 && (iw as usize) < d.w
-                                {
-                                    plane[ih as usize * d.w + iw as usize] += row[k];
-                                }
-                                k += 1;
-                            }
+                let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else { continue };
+                let s = &src[oh * d.wo..(oh + 1) * d.wo];
+                let dst = &mut plane[ih * d.w..(ih + 1) * d.w];
+                if geom.stride.1 == 1 && geom.padding.1 == 0 {
+                    dst[j..j + d.wo].iter_mut().zip(s).for_each(|(a, v)| *a += v);
+                } else {
+                    for (ow, v) in s.iter().enumerate() {
+                        if let Some(iw) = tap(ow, j, geom.stride.1, geom.padding.1, d.w) {
+                            dst[iw] += v;
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
-/// Convolution without bias: returns the output `[B, O, P]` and each group's im2col matrix
-/// (kept for the backward pass).
-pub fn conv_forward(
-    x: &[f32],
-    w: &[f32],
-    geom: &ConvGeom,
-    d: &ConvDims,
-    batch: usize,
-) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let p = d.pixels();
-    let o = geom.out_channels;
-    let mut y = vec![0.0; batch * o * p];
+/// Convolution without bias, CNHW in and out: returns `[O, B, P]` and each group's im2col
+/// matrix (kept for the backward pass). One matrix product per group, written in place:
+/// `y[group rows] = w_g [og, kg] · cols [kg, B*P]`.
+pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let n = batch * d.pixels();
+    let mut y = vec![0.0; geom.out_channels * n];
     let mut all_cols = Vec::with_capacity(geom.groups);
     for g in 0..geom.groups {
         let cols = im2col(x, geom, d, batch, g);
         let wg = &w[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-        // yt[B*P, og] = cols[B*P, kg] · wg[og, kg]^T
-        let mut yt = vec![0.0; batch * p * d.og];
-        matmul(
-            1.0,
-            &view(&cols, batch * p, d.kg),
-            &view(wg, d.og, d.kg).t(),
-            0.0,
-            &mut view_mut(&mut yt, batch * p, d.og),
-        );
-        y.par_chunks_mut(o * p).enumerate().for_each(|(b, yb)| {
-            let src = &yt[b * p * d.og..(b + 1) * p * d.og];
-            for oc in 0..d.og {
-                let dst = &mut yb[(g * d.og + oc) * p..][..p];
-                for (px, v) in dst.iter_mut().enumerate() {
-                    *v = src[px * d.og + oc];
-                }
-            }
-        });
+        let yg = &mut y[g * d.og * n..(g + 1) * d.og * n];
+        matmul(1.0, &view(wg, d.og, d.kg), &view(&cols, d.kg, n), 0.0, &mut view_mut(yg, d.og, n));
         all_cols.push(cols);
     }
     (y, all_cols)
 }
 
-/// Gradients of a convolution without bias: `dw` (overwritten) and `dx` when wanted.
+/// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     dy: &[f32],
@@ -305,203 +287,146 @@ pub fn conv_backward(
     dw: &mut [f32],
     want_dx: bool,
 ) -> Option<Vec<f32>> {
-    let p = d.pixels();
-    let o = geom.out_channels;
+    let n = batch * d.pixels();
     let mut dx = want_dx.then(|| vec![0.0; batch * d.c * d.h * d.w]);
     for g in 0..geom.groups {
-        // dyt[B*P, og]: this group's gradient, pixel-major.
-        let mut dyt = vec![0.0; batch * p * d.og];
-        dyt.par_chunks_mut(p * d.og)
-            .enumerate()
-            .for_each(|(b, dst)| {
-                let yb = &dy[b * o * p..(b + 1) * o * p];
-                for oc in 0..d.og {
-                    let src = &yb[(g * d.og + oc) * p..][..p];
-                    for (px, v) in src.iter().enumerate() {
-                        dst[px * d.og + oc] = *v;
-                    }
-                }
-            });
+        let dyg = view(&dy[g * d.og * n..(g + 1) * d.og * n], d.og, n);
         let dwg = &mut dw[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-        matmul(
-            1.0,
-            &view(&dyt, batch * p, d.og).t(),
-            &view(&cols[g], batch * p, d.kg),
-            0.0,
-            &mut view_mut(dwg, d.og, d.kg),
-        );
+        matmul(1.0, &dyg, &view(&cols[g], d.kg, n).t(), 0.0, &mut view_mut(dwg, d.og, d.kg));
         if let Some(dx) = dx.as_mut() {
             let wg = &w[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-            let mut dcols = vec![0.0; batch * p * d.kg];
-            matmul(
-                1.0,
-                &view(&dyt, batch * p, d.og),
-                &view(wg, d.og, d.kg),
-                0.0,
-                &mut view_mut(&mut dcols, batch * p, d.kg),
-            );
+            let mut dcols = vec![0.0; d.kg * n];
+            matmul(1.0, &view(wg, d.og, d.kg).t(), &dyg, 0.0, &mut view_mut(&mut dcols, d.kg, n));
             col2im(&dcols, geom, d, batch, g, dx);
         }
     }
     dx
 }
 
-/// Per-channel sums over batch and pixels of a `[B, C, P]` tensor.
-pub fn channel_sums(x: &[f32], batch: usize, channels: usize, p: usize) -> Vec<f32> {
-    (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            (0..batch)
-                .map(|b| x[(b * channels + c) * p..][..p].iter().sum::<f32>())
-                .sum()
-        })
-        .collect()
+/// Per-channel sums of a `[C, N]` tensor.
+pub fn channel_sums(x: &[f32], channels: usize) -> Vec<f32> {
+    let n = x.len() / channels;
+    x.par_chunks(n).map(|row| row.iter().sum::<f32>()).collect()
 }
 
-/// Per-channel sums of the product of two `[B, C, P]` tensors.
-pub fn channel_dot(x: &[f32], y: &[f32], batch: usize, channels: usize, p: usize) -> Vec<f32> {
-    (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            (0..batch)
-                .map(|b| {
-                    let at = (b * channels + c) * p;
-                    x[at..at + p]
-                        .iter()
-                        .zip(&y[at..at + p])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                })
-                .sum()
-        })
-        .collect()
+/// Per-channel sums of the product of two `[C, N]` tensors.
+pub fn channel_dot(x: &[f32], y: &[f32], channels: usize) -> Vec<f32> {
+    let n = x.len() / channels;
+    x.par_chunks(n).zip(y.par_chunks(n)).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>()).collect()
 }
 
-/// `x[b, c, p] = x[b, c, p] * scale[c] + shift[c]`, in parallel over images.
-pub fn channel_affine(x: &mut [f32], channels: usize, p: usize, scale: &[f32], shift: &[f32]) {
-    x.par_chunks_mut(channels * p).for_each(|xb| {
-        for c in 0..channels {
-            let (s, t) = (scale[c], shift[c]);
-            xb[c * p..(c + 1) * p]
-                .iter_mut()
-                .for_each(|v| *v = *v * s + t);
+/// `x[c, ..] = x[c, ..] * scale[c] + shift[c]` for a `[C, N]` tensor.
+pub fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f32]) {
+    let n = x.len() / channels;
+    x.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
+        let (s, t) = (scale[c], shift[c]);
+        row.iter_mut().for_each(|v| *v = *v * s + t);
+    });
+}
+
+/// `[B, C, H, W]` -> `[C, B, H, W]` (or back, with `to_cnhw` false).
+pub fn transpose_batch_channels(x: &[f32], batch: usize, channels: usize, plane: usize, to_cnhw: bool) -> Vec<f32> {
+    let (outer, inner) = if to_cnhw { (channels, batch) } else { (batch, channels) };
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(inner * plane).enumerate().for_each(|(o, block)| {
+        for (i, dst) in block.chunks_exact_mut(plane).enumerate() {
+            dst.copy_from_slice(&x[(i * outer + o) * plane..][..plane]);
         }
     });
+    y
 }
 
 // ------------------------------------------------------------------------------------ pooling
 
-/// Max pooling; returns the output and, for each output, the index of its maximum within the
-/// image (for the backward pass). Padding counts as -inf.
-pub fn max_pool_forward(
-    x: &[f32],
-    pool: &Pool2d,
-    (c, h, w): (usize, usize, usize),
-    (ho, wo): (usize, usize),
-    batch: usize,
-) -> (Vec<f32>, Vec<u32>) {
-    let mut y = vec![0.0; batch * c * ho * wo];
-    let mut arg = vec![0u32; batch * c * ho * wo];
-    y.par_chunks_mut(c * ho * wo)
-        .zip(arg.par_chunks_mut(c * ho * wo))
-        .enumerate()
-        .for_each(|(b, (yb, ab))| {
-            let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-            for ch in 0..c {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let mut best = f32::NEG_INFINITY;
-                        let mut best_at = 0usize;
-                        for i in 0..pool.kernel.0 {
-                            let ih = (oh * pool.stride.0 + i) as isize - pool.padding.0 as isize;
-                            if ih < 0 || ih as usize >= h {
-                                continue;
-                            }
-                            for j in 0..pool.kernel.1 {
-                                let iw =
-                                    (ow * pool.stride.1 + j) as isize - pool.padding.1 as isize;
-                                if iw < 0 || iw as usize >= w {
-                                    continue;
-                                }
-                                let at = ch * h * w + ih as usize * w + iw as usize;
-                                if xb[at] > best || best == f32::NEG_INFINITY {
-                                    best = xb[at];
-                                    best_at = at;
-                                }
+/// Max pooling over CNHW planes; returns the output and, for each output, the index of its
+/// maximum in the input (for the backward pass). Padding counts as -inf.
+pub fn max_pool_forward(x: &[f32], pool: &Pool2d, (h, w): (usize, usize), (ho, wo): (usize, usize)) -> (Vec<f32>, Vec<u32>) {
+    let planes = x.len() / (h * w);
+    let mut y = vec![0.0; planes * ho * wo];
+    let mut arg = vec![0u32; planes * ho * wo];
+    let (kh, kw) = pool.kernel;
+    let (sh, sw) = pool.stride;
+    let unpadded = pool.padding == (0, 0);
+    y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo)).enumerate().for_each(|(q, (yp, ap))| {
+        let base = q * h * w;
+        let plane = &x[base..base + h * w];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let mut best = f32::NEG_INFINITY;
+                let mut best_at = usize::MAX;
+                if unpadded {
+                    let top = oh * sh * w + ow * sw;
+                    for i in 0..kh {
+                        for (j, &v) in plane[top + i * w..top + i * w + kw].iter().enumerate() {
+                            if v > best || best_at == usize::MAX {
+                                best = v;
+                                best_at = top + i * w + j;
                             }
                         }
-                        let o = ch * ho * wo + oh * wo + ow;
-                        yb[o] = best;
-                        ab[o] = best_at as u32;
+                    }
+                } else {
+                    for i in 0..kh {
+                        let Some(ih) = tap(oh, i, sh, pool.padding.0, h) else { continue };
+                        for j in 0..kw {
+                            let Some(iw) = tap(ow, j, sw, pool.padding.1, w) else { continue };
+                            let v = plane[ih * w + iw];
+                            if v > best || best_at == usize::MAX {
+                                best = v;
+                                best_at = ih * w + iw;
+                            }
+                        }
                     }
                 }
+                yp[oh * wo + ow] = best;
+                ap[oh * wo + ow] = (base + best_at) as u32;
             }
-        });
+        }
+    });
     (y, arg)
 }
 
-pub fn max_pool_backward(
-    dy: &[f32],
-    arg: &[u32],
-    in_size: usize,
-    out_size: usize,
-    batch: usize,
-) -> Vec<f32> {
-    let mut dx = vec![0.0; batch * in_size];
-    dx.par_chunks_mut(in_size).enumerate().for_each(|(b, dxb)| {
-        let (d, a) = (
-            &dy[b * out_size..(b + 1) * out_size],
-            &arg[b * out_size..(b + 1) * out_size],
-        );
-        for (g, &i) in d.iter().zip(a) {
-            dxb[i as usize] += g;
+/// Routes each output gradient to the input that was the maximum. Parallel over the input's
+/// planes: each plane gathers from its own outputs only.
+pub fn max_pool_backward(dy: &[f32], arg: &[u32], in_plane: usize, out_plane: usize) -> Vec<f32> {
+    let planes = dy.len() / out_plane;
+    let mut dx = vec![0.0; planes * in_plane];
+    dx.par_chunks_mut(in_plane).enumerate().for_each(|(q, dxp)| {
+        let base = q * in_plane;
+        for (g, &i) in dy[q * out_plane..(q + 1) * out_plane].iter().zip(&arg[q * out_plane..(q + 1) * out_plane]) {
+            dxp[i as usize - base] += g;
         }
     });
     dx
 }
 
-/// Average pooling with zero padding counted in the divisor (torch's count_include_pad=True).
-/// With `dy` given, computes the input gradient instead (the adjoint).
-pub fn avg_pool(
-    src: &[f32],
-    pool: &Pool2d,
-    (c, h, w): (usize, usize, usize),
-    (ho, wo): (usize, usize),
-    batch: usize,
-    backward: bool,
-) -> Vec<f32> {
-    let (in_size, out_size) = (c * h * w, c * ho * wo);
+/// Average pooling over planes, zero padding counted in the divisor (torch's
+/// count_include_pad=True). With `backward`, `src` is the output gradient and the result the
+/// input gradient (the adjoint).
+pub fn avg_pool(src: &[f32], pool: &Pool2d, (h, w): (usize, usize), (ho, wo): (usize, usize), backward: bool) -> Vec<f32> {
+    let (in_plane, out_plane) = (h * w, ho * wo);
+    let planes = src.len() / if backward { out_plane } else { in_plane };
     let inv = 1.0 / (pool.kernel.0 * pool.kernel.1) as f32;
-    let mut dst = vec![0.0; batch * if backward { in_size } else { out_size }];
-    let chunk = if backward { in_size } else { out_size };
-    dst.par_chunks_mut(chunk).enumerate().for_each(|(b, db)| {
-        let sb = &src[b * if backward { out_size } else { in_size }..];
-        for ch in 0..c {
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let o = ch * ho * wo + oh * wo + ow;
-                    let mut acc = 0.0;
-                    for i in 0..pool.kernel.0 {
-                        let ih = (oh * pool.stride.0 + i) as isize - pool.padding.0 as isize;
-                        if ih < 0 || ih as usize >= h {
-                            continue;
-                        }
-                        for j in 0..pool.kernel.1 {
-                            let iw = (ow * pool.stride.1 + j) as isize - pool.padding.1 as isize;
-                            if iw < 0 || iw as usize >= w {
-                                continue;
-                            }
-                            let at = ch * h * w + ih as usize * w + iw as usize;
-                            if backward {
-                                db[at] += sb[o] * inv;
-                            } else {
-                                acc += sb[at];
-                            }
+    let dst_plane = if backward { in_plane } else { out_plane };
+    let mut dst = vec![0.0; planes * dst_plane];
+    dst.par_chunks_mut(dst_plane).enumerate().for_each(|(q, dp)| {
+        let sp = &src[q * if backward { out_plane } else { in_plane }..];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let o = oh * wo + ow;
+                let mut acc = 0.0;
+                for i in 0..pool.kernel.0 {
+                    let Some(ih) = tap(oh, i, pool.stride.0, pool.padding.0, h) else { continue };
+                    for j in 0..pool.kernel.1 {
+                        let Some(iw) = tap(ow, j, pool.stride.1, pool.padding.1, w) else { continue };
+                        if backward {
+                            dp[ih * w + iw] += sp[o] * inv;
+                        } else {
+                            acc += sp[ih * w + iw];
                         }
                     }
-                    if !backward {
-                        db[o] = acc * inv;
-                    }
+                }
+                if !backward {
+                    dp[o] = acc * inv;
                 }
             }
         }
