@@ -1,16 +1,50 @@
-use ndarray::Array2;
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use qatc::ir::ConvGeom;
+use qatc::train::kernels::*;
 use std::time::Instant;
 fn main() {
-    for (m, k, n) in [(32usize, 400usize, 4096usize), (16, 25, 36864), (4096, 400, 32), (36864, 25, 16), (64, 784, 256)] {
-        let a = Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
-        let b = Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 3 + j) % 11) as f32 * 0.1);
-        let mut c = Array2::<f32>::zeros((m, n));
-        let reps = 20;
-        let t = Instant::now();
-        for _ in 0..reps {
-            ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+    let threads: usize = std::env::args().nth(1).map_or(2, |s| s.parse().unwrap());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
+    for (c, h, o) in [(16usize, 12usize, 32usize), (1, 28, 16)] {
+        let b = 64;
+        let geom = ConvGeom {
+            in_channels: c,
+            out_channels: o,
+            kernel: (5, 5),
+            stride: (1, 1),
+            padding: (0, 0),
+            groups: 1,
+        };
+        let d = ConvDims::new(&geom, &[c, h, h], &[o, h - 4, h - 4]);
+        let x: Vec<f32> = (0..b * c * h * h)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 3.0)
+            .collect();
+        let w: Vec<f32> = (0..o * d.kg)
+            .map(|i| ((i * 31) % 100) as f32 * 0.01)
+            .collect();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let cols = im2col(&x, &geom, &d, b, 0);
+            let s1 = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let (y, cols2) = conv_forward(&x, &w, &geom, &d, b);
+            let s2 = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut dw = vec![0.0; w.len()];
+            let dx = conv_backward(&y, &w, &cols2, &geom, &d, b, &mut dw, true);
+            let s3 = t.elapsed().as_secs_f64();
+            println!(
+                "c={c}: im2col {:.3} ms, conv fwd {:.3} ms, bwd {:.3} ms {} {}",
+                s1 * 1e3,
+                s2 * 1e3,
+                s3 * 1e3,
+                cols[5],
+                dx.unwrap()[3]
+            );
         }
-        let s = t.elapsed().as_secs_f64() / reps as f64;
-        println!("{m}x{k}x{n}: {:.3} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
     }
 }

@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 use qatc::diag::{self, Diag};
 
+/// mimalloc keeps freed pages for reuse; the system allocator hands large blocks back to the
+/// OS, and training (which frees and reallocates the same large buffers every batch) then
+/// spends much of its time in page faults.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// qatc: a compiler for quantization-aware training.
 #[derive(Parser)]
 #[command(name = "qatc", version, about, long_about = None)]

@@ -22,9 +22,11 @@ use crate::syntax::ast::{DType, Scheme};
 #[inline]
 pub fn round_half_even(x: f32) -> f32 {
     const TWO_23: f32 = 8_388_608.0;
+    let shift = TWO_23.copysign(x);
+    let rounded = (x + shift) - shift;
+    // A select, not a branch, so loops over this vectorize.
     if x.abs() < TWO_23 {
-        let shift = TWO_23.copysign(x);
-        (x + shift) - shift
+        rounded
     } else {
         x
     }
@@ -91,6 +93,27 @@ pub fn quantize(x: f32, inv_scale: f32, zero_point: i32, quant_min: i32, quant_m
     q.clamp(quant_min as f32, quant_max as f32) as i32
 }
 
+/// One fake-quantized value: `(clamp(round(x / s) + zp) - zp) * s`, with `inv_scale = 1 / s`.
+#[inline]
+pub fn fake_quantize(x: f32, q: QParams, inv_scale: f32, quant_min: i32, quant_max: i32) -> f32 {
+    let zp = q.zero_point as f32;
+    ((round_half_even(x * inv_scale) + zp).clamp(quant_min as f32, quant_max as f32) - zp) * q.scale
+}
+
+/// Whether the straight-through estimator passes the gradient at `x`: its rounded value lies
+/// inside `[quant_min, quant_max]` (PyTorch's mask).
+#[inline]
+pub fn fake_quant_passes(
+    x: f32,
+    q: QParams,
+    inv_scale: f32,
+    quant_min: i32,
+    quant_max: i32,
+) -> bool {
+    let r = round_half_even(x * inv_scale) + q.zero_point as f32;
+    r >= quant_min as f32 && r <= quant_max as f32
+}
+
 /// Fake-quantizes `x` in place; sets `mask[i]` to whether the gradient passes (straight-through
 /// estimator with PyTorch's clipping mask).
 pub fn fake_quantize_in_place(
@@ -101,12 +124,9 @@ pub fn fake_quantize_in_place(
     quant_max: i32,
 ) {
     let inv_scale = 1.0 / q.scale;
-    let zp = q.zero_point as f32;
-    let (lo, hi) = (quant_min as f32, quant_max as f32);
     for (v, m) in x.iter_mut().zip(mask.iter_mut()) {
-        let r = round_half_even(*v * inv_scale) + zp;
-        *m = (lo..=hi).contains(&r);
-        *v = (r.clamp(lo, hi) - zp) * q.scale;
+        *m = fake_quant_passes(*v, q, inv_scale, quant_min, quant_max);
+        *v = fake_quantize(*v, q, inv_scale, quant_min, quant_max);
     }
 }
 

@@ -51,7 +51,7 @@ pub fn state_tensors(net: &Net) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             } => {
                 params.push(weight);
                 params.extend(bias.as_ref());
-                bn_state = bn.as_ref();
+                bn_state = bn.as_deref();
                 if let Some(obs) = weight_obs {
                     observer(&mut out, format!("{}.weight_fake_quant", node.name), obs);
                 }

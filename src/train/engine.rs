@@ -10,9 +10,12 @@ use rayon::prelude::*;
 use super::kernels::{self, ConvDims};
 use super::rng::Rng;
 use crate::ir::{BnAttrs, Graph, Node, Op};
-use crate::quant::numerics::fake_quantize_in_place;
+use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
 use crate::quant::observer::Observer;
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
+
+/// Elements per parallel task in elementwise loops.
+const CHUNK: usize = 1 << 13;
 
 /// A trainable tensor and its gradient.
 #[derive(Clone, Debug)]
@@ -57,7 +60,7 @@ pub enum NodeState {
     Conv {
         weight: Param,
         bias: Option<Param>,
-        bn: Option<BnState>,
+        bn: Option<Box<BnState>>,
         weight_obs: Option<Observer>,
     },
     Bn(BnState),
@@ -107,14 +110,13 @@ impl Tape {
 
 enum Aux {
     None,
-    /// Fake quant: where the gradient passes.
-    Mask(Vec<bool>),
-    MaxPool(Vec<u32>),
+    /// Fake quant of an activation: the parameters it used (the gradient mask is recomputed
+    /// from the input in the backward pass).
+    FakeQuant(QParams, i32, i32),
     Dropout(Vec<f32>),
     Linear(WeightTape),
     Conv {
         weight: WeightTape,
-        cols: Vec<Vec<f32>>,
         bn: Option<BnTape>,
     },
     Bn(BnTape),
@@ -264,7 +266,7 @@ impl Net {
                         node,
                         mode,
                     );
-                    let (mut y, cols) = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
+                    let mut y = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
                     let o = geom.out_channels;
                     let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
@@ -289,7 +291,6 @@ impl Net {
                         y,
                         Aux::Conv {
                             weight: wt,
-                            cols,
                             bn: bn_tape,
                         },
                     )
@@ -306,12 +307,23 @@ impl Net {
                 }
                 (Op::MaxPool2d(pool), _) => {
                     let s = in_shape(0);
-                    let (y, arg) = kernels::max_pool_forward(input(0), pool, (s[1], s[2]), (node.shape[1], node.shape[2]));
-                    (y, Aux::MaxPool(arg))
+                    let y = kernels::max_pool_forward(
+                        input(0),
+                        pool,
+                        (s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                    );
+                    (y, Aux::None)
                 }
                 (Op::AvgPool2d(pool), _) => {
                     let s = in_shape(0);
-                    let y = kernels::avg_pool(input(0), pool, (s[1], s[2]), (node.shape[1], node.shape[2]), false);
+                    let y = kernels::avg_pool(
+                        input(0),
+                        pool,
+                        (s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                        false,
+                    );
                     (y, Aux::None)
                 }
                 (Op::GlobalAvgPool, _) => {
@@ -324,7 +336,10 @@ impl Net {
                     (y, Aux::None)
                 }
                 (Op::Flatten, _) => match in_shape(0) {
-                    [c, h, w] => (kernels::transpose_batch_channels(input(0), batch, *c, h * w, false), Aux::None),
+                    [c, h, w] => (
+                        kernels::transpose_batch_channels(input(0), batch, *c, h * w, false),
+                        Aux::None,
+                    ),
                     _ => (input(0).to_vec(), Aux::None),
                 },
                 (Op::DeQuantStub, _) => (input(0).to_vec(), Aux::None),
@@ -354,24 +369,25 @@ impl Net {
                     (y, Aux::None)
                 }
                 (Op::FakeQuant(cfg), NodeState::FakeQuant { obs }) => {
-                    let mut y = input(0).to_vec();
+                    let x = input(0);
                     let qat = node
                         .qconfig
                         .as_ref()
                         .is_none_or(|q| q.mode == QuantMode::Qat);
                     if mode.fake_quant && mode.observe {
-                        observe_parallel(obs, &y);
+                        observe_parallel(obs, x);
                     }
                     if mode.fake_quant && qat {
                         let q = obs.qparams()[0];
-                        let mut mask = vec![false; y.len()];
-                        let (lo, hi) = (cfg.quant_min, cfg.quant_max);
-                        y.par_chunks_mut(4096)
-                            .zip(mask.par_chunks_mut(4096))
-                            .for_each(|(yc, mc)| fake_quantize_in_place(yc, mc, q, lo, hi));
-                        (y, Aux::Mask(mask))
+                        let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
+                        let mut y = x.to_vec();
+                        y.par_chunks_mut(CHUNK).for_each(|c| {
+                            c.iter_mut()
+                                .for_each(|v| *v = fake_quantize(*v, q, inv, lo, hi))
+                        });
+                        (y, Aux::FakeQuant(q, lo, hi))
                     } else {
-                        (y, Aux::None)
+                        (x.to_vec(), Aux::None)
                     }
                 }
                 (op, _) => unreachable!(
@@ -445,7 +461,6 @@ impl Net {
                     },
                     Aux::Conv {
                         weight: wt,
-                        cols,
                         bn: bn_tape,
                     },
                 ) => {
@@ -468,9 +483,9 @@ impl Net {
                         b.grad = kernels::channel_sums(&dy, o);
                     }
                     let dx = kernels::conv_backward(
+                        input(0),
                         &dy,
                         &wt.used,
-                        cols,
                         geom,
                         &d,
                         batch,
@@ -500,8 +515,14 @@ impl Net {
                             g.iter_mut().for_each(|v| *v *= fold[c]);
                         }
                         let eps = bn.attrs.eps as f32;
-                        for c in 0..o {
-                            bn.gamma.grad[c] += d_fold[c] / (bn.running_var[c] + eps).sqrt();
+                        for ((g, d), v) in bn
+                            .gamma
+                            .grad
+                            .iter_mut()
+                            .zip(d_fold.iter())
+                            .zip(&bn.running_var)
+                        {
+                            *g += d / (v + eps).sqrt();
                         }
                     }
                     vec![dx]
@@ -514,16 +535,35 @@ impl Net {
                     kernels::act_backward(*act, y, &mut dy);
                     vec![Some(dy)]
                 }
-                (Op::MaxPool2d(_), _, Aux::MaxPool(arg)) => {
+                (Op::MaxPool2d(pool), _, _) => {
                     let s = in_shape(0);
-                    vec![Some(kernels::max_pool_backward(&dy, arg, s[1] * s[2], node.shape[1] * node.shape[2]))]
+                    vec![Some(kernels::max_pool_backward(
+                        input(0),
+                        y,
+                        &dy,
+                        pool,
+                        (s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                    ))]
                 }
                 (Op::AvgPool2d(pool), _, _) => {
                     let s = in_shape(0);
-                    vec![Some(kernels::avg_pool(&dy, pool, (s[1], s[2]), (node.shape[1], node.shape[2]), true))]
+                    vec![Some(kernels::avg_pool(
+                        &dy,
+                        pool,
+                        (s[1], s[2]),
+                        (node.shape[1], node.shape[2]),
+                        true,
+                    ))]
                 }
                 (Op::Flatten, _, _) => match in_shape(0) {
-                    [c, h, w] => vec![Some(kernels::transpose_batch_channels(&dy, batch, *c, h * w, true))],
+                    [c, h, w] => vec![Some(kernels::transpose_batch_channels(
+                        &dy,
+                        batch,
+                        *c,
+                        h * w,
+                        true,
+                    ))],
                     _ => vec![Some(dy)],
                 },
                 (Op::GlobalAvgPool, _, _) => {
@@ -539,12 +579,17 @@ impl Net {
                     dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
                     vec![Some(dy)]
                 }
-                (Op::FakeQuant(_), _, Aux::Mask(mask)) => {
-                    dy.iter_mut().zip(mask).for_each(|(g, &m)| {
-                        if !m {
-                            *g = 0.0
-                        }
-                    });
+                (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
+                    let inv = 1.0 / q.scale;
+                    dy.par_chunks_mut(CHUNK)
+                        .zip(input(0).par_chunks(CHUNK))
+                        .for_each(|(gs, xs)| {
+                            for (g, &x) in gs.iter_mut().zip(xs) {
+                                if !fake_quant_passes(x, *q, inv, *lo, *hi) {
+                                    *g = 0.0
+                                }
+                            }
+                        });
                     vec![Some(dy)]
                 }
                 (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
@@ -645,7 +690,7 @@ fn init_state(node: &Node, rng: &mut Rng) -> NodeState {
                     w,
                 ),
                 bias: b,
-                bn: bn.as_ref().map(|attrs| bn_state(attrs, o)),
+                bn: bn.as_ref().map(|attrs| Box::new(bn_state(attrs, o))),
                 weight_obs: weight_obs(weight_fq),
             }
         }
@@ -760,7 +805,8 @@ fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         for ch in 0..c {
             bn.running_mean[ch] = (1.0 - momentum) * bn.running_mean[ch] + momentum * mean[ch];
-            bn.running_var[ch] = (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
+            bn.running_var[ch] =
+                (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
         }
         (mean, var)
     } else {
@@ -789,13 +835,18 @@ fn batch_norm_backward(dy: &mut [f32], bn: &mut BnState, t: &BnTape) {
     bn.beta.grad = sum_dy.clone();
     bn.gamma.grad = sum_dy_xhat.clone();
     let gamma = &bn.gamma.value;
-    dy.par_chunks_mut(n).zip(t.xhat.par_chunks(n)).enumerate().for_each(|(ch, (row, xh))| {
-        let k = gamma[ch] * t.inv_std[ch];
-        if t.batch_stats {
-            let (m1, m2) = (sum_dy[ch] / n as f32, sum_dy_xhat[ch] / n as f32);
-            row.iter_mut().zip(xh).for_each(|(g, x)| *g = k * (*g - m1 - x * m2));
-        } else {
-            row.iter_mut().for_each(|g| *g *= k);
-        }
-    });
+    dy.par_chunks_mut(n)
+        .zip(t.xhat.par_chunks(n))
+        .enumerate()
+        .for_each(|(ch, (row, xh))| {
+            let k = gamma[ch] * t.inv_std[ch];
+            if t.batch_stats {
+                let (m1, m2) = (sum_dy[ch] / n as f32, sum_dy_xhat[ch] / n as f32);
+                row.iter_mut()
+                    .zip(xh)
+                    .for_each(|(g, x)| *g = k * (*g - m1 - x * m2));
+            } else {
+                row.iter_mut().for_each(|g| *g *= k);
+            }
+        });
 }

@@ -9,6 +9,8 @@
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::check::Pool2d;
@@ -20,7 +22,13 @@ const PAR_MIN_MACS: usize = 1 << 16;
 /// `c = alpha * a · b + beta * c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` given as views
 /// (transposed views welcome). Large products are split along the longer of `m` and `n` into
 /// one block per thread; each element's sum runs in the same order however it is split.
-pub fn matmul(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+pub fn matmul(
+    alpha: f32,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let threads = rayon::current_num_threads();
     if threads == 1 || m * k * n < PAR_MIN_MACS {
@@ -29,12 +37,22 @@ pub fn matmul(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c
     }
     if n >= m {
         let block = n.div_ceil(threads).next_multiple_of(16);
-        let parts: Vec<_> = b.axis_chunks_iter(Axis(1), block).zip(c.axis_chunks_iter_mut(Axis(1), block)).collect();
-        parts.into_par_iter().for_each(|(b, mut c)| general_mat_mul(alpha, a, &b, beta, &mut c));
+        let parts: Vec<_> = b
+            .axis_chunks_iter(Axis(1), block)
+            .zip(c.axis_chunks_iter_mut(Axis(1), block))
+            .collect();
+        parts
+            .into_par_iter()
+            .for_each(|(b, mut c)| general_mat_mul(alpha, a, &b, beta, &mut c));
     } else {
         let block = m.div_ceil(threads).next_multiple_of(16);
-        let parts: Vec<_> = a.axis_chunks_iter(Axis(0), block).zip(c.axis_chunks_iter_mut(Axis(0), block)).collect();
-        parts.into_par_iter().for_each(|(a, mut c)| general_mat_mul(alpha, &a, b, beta, &mut c));
+        let parts: Vec<_> = a
+            .axis_chunks_iter(Axis(0), block)
+            .zip(c.axis_chunks_iter_mut(Axis(0), block))
+            .collect();
+        parts
+            .into_par_iter()
+            .for_each(|(a, mut c)| general_mat_mul(alpha, &a, b, beta, &mut c));
     }
 }
 
@@ -187,19 +205,26 @@ impl ConvDims {
     }
 }
 
-/// The im2col matrix of group `g` for all images of a CNHW input: `[kg, B * P]`, one row per
-/// kernel tap `(c, i, j)`, one column per output pixel of every image. Rows are filled in
-/// parallel; stride-1 unpadded rows are runs of `wo` contiguous values.
-pub fn im2col(x: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize) -> Vec<f32> {
+/// The im2col matrix of group `g` for images `images` of a CNHW input of `batch` images:
+/// `[kg, n * P]` for `n` images, one row per kernel tap `(c, i, j)`, one column per output pixel.
+pub fn im2col(
+    x: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+    g: usize,
+    images: Range<usize>,
+) -> Vec<f32> {
     let p = d.pixels();
     let hw = d.h * d.w;
-    let mut cols = vec![0.0; d.kg * batch * p];
+    let n = images.len() * p;
+    let mut cols = vec![0.0; d.kg * n];
     let (kh, kw) = geom.kernel;
-    cols.par_chunks_mut(batch * p).enumerate().for_each(|(k, row)| {
+    for (k, row) in cols.chunks_exact_mut(n).enumerate() {
         let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
-        for b in 0..batch {
+        for (slot, b) in images.clone().enumerate() {
             let plane = &x[((g * d.cg + c) * batch + b) * hw..][..hw];
-            let out = &mut row[b * p..(b + 1) * p];
+            let out = &mut row[slot * p..(slot + 1) * p];
             for oh in 0..d.ho {
                 let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else {
                     continue; // stays zero: padding
@@ -207,7 +232,10 @@ pub fn im2col(x: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize) 
                 let dst = &mut out[oh * d.wo..(oh + 1) * d.wo];
                 let src = &plane[ih * d.w..(ih + 1) * d.w];
                 if geom.stride.1 == 1 && geom.padding.1 == 0 {
-                    dst.copy_from_slice(&src[j..j + d.wo]);
+                    // An explicit loop: these runs are short, and memcpy calls would dominate.
+                    for (a, b) in dst.iter_mut().zip(&src[j..j + d.wo]) {
+                        *a = *b;
+                    }
                 } else {
                     for (ow, v) in dst.iter_mut().enumerate() {
                         if let Some(iw) = tap(ow, j, geom.stride.1, geom.padding.1, d.w) {
@@ -217,7 +245,7 @@ pub fn im2col(x: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize) 
                 }
             }
         }
-    });
+    }
     cols
 }
 
@@ -227,25 +255,29 @@ fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usi
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }
 
-/// Adds the columns' gradients back into the input's gradient (the adjoint of [`im2col`]), in
-/// parallel over the input's planes (one per channel and image).
-pub fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usize, dx: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds the columns' gradients of `n` images into `dx`, laid out
+/// `[cg, n, H, W]` (this group's channels, these images only).
+fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mut [f32]) {
     let p = d.pixels();
     let hw = d.h * d.w;
     let (kh, kw) = geom.kernel;
-    let group = &mut dx[g * d.cg * batch * hw..(g + 1) * d.cg * batch * hw];
-    group.par_chunks_mut(hw).enumerate().for_each(|(q, plane)| {
-        let (c, b) = (q / batch, q % batch);
+    for (q, plane) in dx.chunks_exact_mut(hw).enumerate() {
+        let (c, slot) = (q / n_images, q % n_images);
         for tap_index in 0..kh * kw {
             let (i, j) = (tap_index / kw, tap_index % kw);
             let k = c * kh * kw + tap_index;
-            let src = &dcols[k * batch * p + b * p..][..p];
+            let src = &dcols[k * n_images * p + slot * p..][..p];
             for oh in 0..d.ho {
-                let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else { continue };
+                let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else {
+                    continue;
+                };
                 let s = &src[oh * d.wo..(oh + 1) * d.wo];
                 let dst = &mut plane[ih * d.w..(ih + 1) * d.w];
                 if geom.stride.1 == 1 && geom.padding.1 == 0 {
-                    dst[j..j + d.wo].iter_mut().zip(s).for_each(|(a, v)| *a += v);
+                    dst[j..j + d.wo]
+                        .iter_mut()
+                        .zip(s)
+                        .for_each(|(a, v)| *a += v);
                 } else {
                     for (ow, v) in s.iter().enumerate() {
                         if let Some(iw) = tap(ow, j, geom.stride.1, geom.padding.1, d.w) {
@@ -255,49 +287,130 @@ pub fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize, g: usi
                 }
             }
         }
-    });
+    }
 }
 
-/// Convolution without bias, CNHW in and out: returns `[O, B, P]` and each group's im2col
-/// matrix (kept for the backward pass). One matrix product per group, written in place:
-/// `y[group rows] = w_g [og, kg] · cols [kg, B*P]`.
-pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let n = batch * d.pixels();
-    let mut y = vec![0.0; geom.out_channels * n];
-    let mut all_cols = Vec::with_capacity(geom.groups);
-    for g in 0..geom.groups {
-        let cols = im2col(x, geom, d, batch, g);
-        let wg = &w[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-        let yg = &mut y[g * d.og * n..(g + 1) * d.og * n];
-        matmul(1.0, &view(wg, d.og, d.kg), &view(&cols, d.kg, n), 0.0, &mut view_mut(yg, d.og, n));
-        all_cols.push(cols);
-    }
-    (y, all_cols)
+/// Bytes of im2col matrix one block of images should fill (tuned on lenet: small enough that a
+/// block's columns are still in cache when its product reads them).
+const BLOCK_BYTES: usize = 1 << 18;
+
+/// Images in a block.
+fn block_images(d: &ConvDims) -> usize {
+    (BLOCK_BYTES / (d.kg * d.pixels() * 4)).max(1)
 }
+
+/// The batch cut into blocks of images.
+fn blocks(d: &ConvDims, batch: usize) -> Vec<Range<usize>> {
+    let size = block_images(d);
+    (0..batch)
+        .step_by(size)
+        .map(|b0| b0..(b0 + size).min(batch))
+        .collect()
+}
+
+/// Convolution without bias, CNHW in and out (`[O, B*P]`). The batch is cut into blocks of
+/// images processed in parallel; each block builds its im2col matrix (which fits in cache) and
+/// multiplies: `y[group rows, block columns] = w_g [og, kg] · cols [kg, n*P]`.
+pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f32> {
+    let p = d.pixels();
+    let n = batch * p;
+    let mut y = vec![0.0; geom.out_channels * n];
+    let blocks = blocks(d, batch);
+    for g in 0..geom.groups {
+        let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
+        let mut yg = view_mut(&mut y[g * d.og * n..(g + 1) * d.og * n], d.og, n);
+        let parts: Vec<_> = yg
+            .axis_chunks_iter_mut(Axis(1), block_images(d) * p)
+            .zip(&blocks)
+            .collect();
+        parts.into_par_iter().for_each(|(mut yb, images)| {
+            let cols = im2col(x, geom, d, batch, g, images.clone());
+            general_mat_mul(1.0, &wg, &view(&cols, d.kg, images.len() * p), 0.0, &mut yb);
+        });
+    }
+    y
+}
+
+/// Number of fixed parts the batch is split into for weight gradients: partial sums are added in
+/// this order whatever the thread count, so results do not depend on it.
+const GRAD_PARTS: usize = 4;
 
 /// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted.
+/// im2col matrices are rebuilt block by block rather than kept from the forward pass.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
+    x: &[f32],
     dy: &[f32],
     w: &[f32],
-    cols: &[Vec<f32>],
     geom: &ConvGeom,
     d: &ConvDims,
     batch: usize,
     dw: &mut [f32],
     want_dx: bool,
 ) -> Option<Vec<f32>> {
-    let n = batch * d.pixels();
-    let mut dx = want_dx.then(|| vec![0.0; batch * d.c * d.h * d.w]);
+    let p = d.pixels();
+    let n = batch * p;
+    let hw = d.h * d.w;
+    let blocks = blocks(d, batch);
+    let per_part = blocks.len().div_ceil(GRAD_PARTS);
+    let mut dx = want_dx.then(|| vec![0.0; batch * d.c * hw]);
     for g in 0..geom.groups {
+        let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
         let dyg = view(&dy[g * d.og * n..(g + 1) * d.og * n], d.og, n);
+        // Each part: its weight-gradient partial sum and its blocks' input gradients.
+        type Part = (Vec<f32>, Vec<(Range<usize>, Vec<f32>)>);
+        let parts: Vec<Part> = blocks
+            .par_chunks(per_part.max(1))
+            .map(|part| {
+                let mut dw_part = vec![0.0; d.og * d.kg];
+                let mut dx_blocks = Vec::new();
+                for images in part {
+                    let cols = im2col(x, geom, d, batch, g, images.clone());
+                    let nb = images.len() * p;
+                    let cols = view(&cols, d.kg, nb);
+                    let dyb = dyg.slice(ndarray::s![.., images.start * p..images.end * p]);
+                    general_mat_mul(
+                        1.0,
+                        &dyb,
+                        &cols.t(),
+                        1.0,
+                        &mut view_mut(&mut dw_part, d.og, d.kg),
+                    );
+                    if want_dx {
+                        let mut dcols = vec![0.0; d.kg * nb];
+                        general_mat_mul(
+                            1.0,
+                            &wg.t(),
+                            &dyb,
+                            0.0,
+                            &mut view_mut(&mut dcols, d.kg, nb),
+                        );
+                        let mut local = vec![0.0; d.cg * images.len() * hw];
+                        col2im(&dcols, geom, d, images.len(), &mut local);
+                        dx_blocks.push((images.clone(), local));
+                    }
+                }
+                (dw_part, dx_blocks)
+            })
+            .collect();
         let dwg = &mut dw[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-        matmul(1.0, &dyg, &view(&cols[g], d.kg, n).t(), 0.0, &mut view_mut(dwg, d.og, d.kg));
+        dwg.fill(0.0);
+        for (dw_part, _) in &parts {
+            dwg.iter_mut().zip(dw_part).for_each(|(a, b)| *a += b);
+        }
         if let Some(dx) = dx.as_mut() {
-            let wg = &w[g * d.og * d.kg..(g + 1) * d.og * d.kg];
-            let mut dcols = vec![0.0; d.kg * n];
-            matmul(1.0, &view(wg, d.og, d.kg).t(), &dyg, 0.0, &mut view_mut(&mut dcols, d.kg, n));
-            col2im(&dcols, geom, d, batch, g, dx);
+            // Scatter each block's [cg, n, H, W] into the CNHW gradient, in parallel over channels.
+            let group = &mut dx[g * d.cg * batch * hw..(g + 1) * d.cg * batch * hw];
+            group
+                .par_chunks_mut(batch * hw)
+                .enumerate()
+                .for_each(|(c, channel)| {
+                    for (images, local) in parts.iter().flat_map(|(_, blocks)| blocks) {
+                        let nb = images.len();
+                        channel[images.start * hw..images.end * hw]
+                            .copy_from_slice(&local[c * nb * hw..(c + 1) * nb * hw]);
+                    }
+                });
         }
     }
     dx
@@ -312,7 +425,10 @@ pub fn channel_sums(x: &[f32], channels: usize) -> Vec<f32> {
 /// Per-channel sums of the product of two `[C, N]` tensors.
 pub fn channel_dot(x: &[f32], y: &[f32], channels: usize) -> Vec<f32> {
     let n = x.len() / channels;
-    x.par_chunks(n).zip(y.par_chunks(n)).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>()).collect()
+    x.par_chunks(n)
+        .zip(y.par_chunks(n))
+        .map(|(a, b)| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>())
+        .collect()
 }
 
 /// `x[c, ..] = x[c, ..] * scale[c] + shift[c]` for a `[C, N]` tensor.
@@ -325,75 +441,154 @@ pub fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f3
 }
 
 /// `[B, C, H, W]` -> `[C, B, H, W]` (or back, with `to_cnhw` false).
-pub fn transpose_batch_channels(x: &[f32], batch: usize, channels: usize, plane: usize, to_cnhw: bool) -> Vec<f32> {
-    let (outer, inner) = if to_cnhw { (channels, batch) } else { (batch, channels) };
+pub fn transpose_batch_channels(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    plane: usize,
+    to_cnhw: bool,
+) -> Vec<f32> {
+    let (outer, inner) = if to_cnhw {
+        (channels, batch)
+    } else {
+        (batch, channels)
+    };
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(inner * plane).enumerate().for_each(|(o, block)| {
-        for (i, dst) in block.chunks_exact_mut(plane).enumerate() {
-            dst.copy_from_slice(&x[(i * outer + o) * plane..][..plane]);
-        }
-    });
+    y.par_chunks_mut(inner * plane)
+        .enumerate()
+        .for_each(|(o, block)| {
+            for (i, dst) in block.chunks_exact_mut(plane).enumerate() {
+                dst.copy_from_slice(&x[(i * outer + o) * plane..][..plane]);
+            }
+        });
     y
 }
 
 // ------------------------------------------------------------------------------------ pooling
 
-/// Max pooling over CNHW planes; returns the output and, for each output, the index of its
-/// maximum in the input (for the backward pass). Padding counts as -inf.
-pub fn max_pool_forward(x: &[f32], pool: &Pool2d, (h, w): (usize, usize), (ho, wo): (usize, usize)) -> (Vec<f32>, Vec<u32>) {
+/// The input index (within its plane) of each tap of a pooling window, `None` in the padding.
+#[inline]
+fn window_taps(
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> impl Iterator<Item = usize> + '_ {
+    (0..pool.kernel.0).flat_map(move |i| {
+        (0..pool.kernel.1).filter_map(move |j| {
+            let ih = tap(oh, i, pool.stride.0, pool.padding.0, h)?;
+            let iw = tap(ow, j, pool.stride.1, pool.padding.1, w)?;
+            Some(ih * w + iw)
+        })
+    })
+}
+
+/// Max pooling over planes (padding counts as -inf). The backward pass finds each window's
+/// maximum again rather than storing where it was.
+pub fn max_pool_forward(
+    x: &[f32],
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f32> {
     let planes = x.len() / (h * w);
     let mut y = vec![0.0; planes * ho * wo];
-    let mut arg = vec![0u32; planes * ho * wo];
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
-    y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo)).enumerate().for_each(|(q, (yp, ap))| {
-        let base = q * h * w;
-        let plane = &x[base..base + h * w];
+    y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
+        let plane = &x[q * h * w..(q + 1) * h * w];
+        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+            // The common case, written out: four loads and three max per output.
+            for oh in 0..ho {
+                let (r0, r1) = (&plane[2 * oh * w..][..w], &plane[(2 * oh + 1) * w..][..w]);
+                for (ow, out) in yp[oh * wo..(oh + 1) * wo].iter_mut().enumerate() {
+                    *out = r0[2 * ow]
+                        .max(r0[2 * ow + 1])
+                        .max(r1[2 * ow])
+                        .max(r1[2 * ow + 1]);
+                }
+            }
+            return;
+        }
         for oh in 0..ho {
             for ow in 0..wo {
-                let mut best = f32::NEG_INFINITY;
-                let mut best_at = usize::MAX;
-                if unpadded {
+                yp[oh * wo + ow] = if unpadded {
                     let top = oh * sh * w + ow * sw;
+                    let mut m = f32::NEG_INFINITY;
                     for i in 0..kh {
-                        for (j, &v) in plane[top + i * w..top + i * w + kw].iter().enumerate() {
-                            if v > best || best_at == usize::MAX {
-                                best = v;
-                                best_at = top + i * w + j;
-                            }
+                        for &v in &plane[top + i * w..top + i * w + kw] {
+                            m = m.max(v);
                         }
                     }
+                    m
                 } else {
-                    for i in 0..kh {
-                        let Some(ih) = tap(oh, i, sh, pool.padding.0, h) else { continue };
-                        for j in 0..kw {
-                            let Some(iw) = tap(ow, j, sw, pool.padding.1, w) else { continue };
-                            let v = plane[ih * w + iw];
-                            if v > best || best_at == usize::MAX {
-                                best = v;
-                                best_at = ih * w + iw;
-                            }
-                        }
-                    }
-                }
-                yp[oh * wo + ow] = best;
-                ap[oh * wo + ow] = (base + best_at) as u32;
+                    window_taps(pool, (h, w), (oh, ow))
+                        .fold(f32::NEG_INFINITY, |m, i| m.max(plane[i]))
+                };
             }
         }
     });
-    (y, arg)
+    y
 }
 
-/// Routes each output gradient to the input that was the maximum. Parallel over the input's
-/// planes: each plane gathers from its own outputs only.
-pub fn max_pool_backward(dy: &[f32], arg: &[u32], in_plane: usize, out_plane: usize) -> Vec<f32> {
-    let planes = dy.len() / out_plane;
-    let mut dx = vec![0.0; planes * in_plane];
-    dx.par_chunks_mut(in_plane).enumerate().for_each(|(q, dxp)| {
-        let base = q * in_plane;
-        for (g, &i) in dy[q * out_plane..(q + 1) * out_plane].iter().zip(&arg[q * out_plane..(q + 1) * out_plane]) {
-            dxp[i as usize - base] += g;
+/// Routes each output gradient to the first input of its window that equals the maximum (the
+/// element torch's max-pool picks). Parallel over planes.
+pub fn max_pool_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f32> {
+    let planes = x.len() / (h * w);
+    let mut dx = vec![0.0; planes * h * w];
+    let (kh, kw) = pool.kernel;
+    let (sh, sw) = pool.stride;
+    let unpadded = pool.padding == (0, 0);
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
+        let plane = &x[q * h * w..(q + 1) * h * w];
+        let (yp, dyp) = (
+            &y[q * ho * wo..(q + 1) * ho * wo],
+            &dy[q * ho * wo..(q + 1) * ho * wo],
+        );
+        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let o = oh * wo + ow;
+                    let top = 2 * oh * w + 2 * ow;
+                    let i = [top, top + 1, top + w, top + w + 1]
+                        .into_iter()
+                        .find(|&i| plane[i] == yp[o]);
+                    if let Some(i) = i {
+                        dxp[i] += dyp[o];
+                    }
+                }
+            }
+            return;
+        }
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let o = oh * wo + ow;
+                let found = if unpadded {
+                    let top = oh * sh * w + ow * sw;
+                    let mut at = None;
+                    'window: for i in 0..kh {
+                        for j in 0..kw {
+                            if plane[top + i * w + j] == yp[o] {
+                                at = Some(top + i * w + j);
+                                break 'window;
+                            }
+                        }
+                    }
+                    at
+                } else {
+                    window_taps(pool, (h, w), (oh, ow)).find(|&i| plane[i] == yp[o])
+                };
+                if let Some(i) = found {
+                    dxp[i] += dyp[o];
+                }
+            }
         }
     });
     dx
@@ -402,35 +597,47 @@ pub fn max_pool_backward(dy: &[f32], arg: &[u32], in_plane: usize, out_plane: us
 /// Average pooling over planes, zero padding counted in the divisor (torch's
 /// count_include_pad=True). With `backward`, `src` is the output gradient and the result the
 /// input gradient (the adjoint).
-pub fn avg_pool(src: &[f32], pool: &Pool2d, (h, w): (usize, usize), (ho, wo): (usize, usize), backward: bool) -> Vec<f32> {
+pub fn avg_pool(
+    src: &[f32],
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+    backward: bool,
+) -> Vec<f32> {
     let (in_plane, out_plane) = (h * w, ho * wo);
     let planes = src.len() / if backward { out_plane } else { in_plane };
     let inv = 1.0 / (pool.kernel.0 * pool.kernel.1) as f32;
     let dst_plane = if backward { in_plane } else { out_plane };
     let mut dst = vec![0.0; planes * dst_plane];
-    dst.par_chunks_mut(dst_plane).enumerate().for_each(|(q, dp)| {
-        let sp = &src[q * if backward { out_plane } else { in_plane }..];
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let o = oh * wo + ow;
-                let mut acc = 0.0;
-                for i in 0..pool.kernel.0 {
-                    let Some(ih) = tap(oh, i, pool.stride.0, pool.padding.0, h) else { continue };
-                    for j in 0..pool.kernel.1 {
-                        let Some(iw) = tap(ow, j, pool.stride.1, pool.padding.1, w) else { continue };
-                        if backward {
-                            dp[ih * w + iw] += sp[o] * inv;
-                        } else {
-                            acc += sp[ih * w + iw];
+    dst.par_chunks_mut(dst_plane)
+        .enumerate()
+        .for_each(|(q, dp)| {
+            let sp = &src[q * if backward { out_plane } else { in_plane }..];
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let o = oh * wo + ow;
+                    let mut acc = 0.0;
+                    for i in 0..pool.kernel.0 {
+                        let Some(ih) = tap(oh, i, pool.stride.0, pool.padding.0, h) else {
+                            continue;
+                        };
+                        for j in 0..pool.kernel.1 {
+                            let Some(iw) = tap(ow, j, pool.stride.1, pool.padding.1, w) else {
+                                continue;
+                            };
+                            if backward {
+                                dp[ih * w + iw] += sp[o] * inv;
+                            } else {
+                                acc += sp[ih * w + iw];
+                            }
                         }
                     }
-                }
-                if !backward {
-                    dp[o] = acc * inv;
+                    if !backward {
+                        dp[o] = acc * inv;
+                    }
                 }
             }
-        }
-    });
+        });
     dst
 }
 
