@@ -1,6 +1,7 @@
 //! Observers: they track the range of a tensor (per tensor, or per channel on axis 0) and turn
 //! it into quantization parameters. Same update rules as torch's observers.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::numerics::{qparams_from_range, QParams, QRange};
@@ -44,6 +45,7 @@ impl Observer {
         let n = if per_channel { channels.max(1) } else { 1 };
         let row = x.len() / n;
         let (mins, maxs): (Vec<f32>, Vec<f32>) = (0..n)
+            .into_par_iter()
             .map(|c| {
                 let slice = &x[c * row..(c + 1) * row];
                 slice

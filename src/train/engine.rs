@@ -446,11 +446,7 @@ impl Net {
                         want_dx,
                     );
                     if let Some(mask) = &wt.mask {
-                        weight.grad.iter_mut().zip(mask).for_each(|(g, &m)| {
-                            if !m {
-                                *g = 0.0
-                            }
-                        });
+                        mask_gradient(&mut weight.grad, mask);
                     }
                     vec![dx]
                 }
@@ -494,11 +490,7 @@ impl Net {
                     );
                     // weight.grad is d(used weight); undo the fake quant, then the folding.
                     if let Some(mask) = &wt.mask {
-                        weight.grad.iter_mut().zip(mask).for_each(|(g, &m)| {
-                            if !m {
-                                *g = 0.0
-                            }
-                        });
+                        mask_gradient(&mut weight.grad, mask);
                     }
                     if let (Some(fold), Some(bn), Some(d_fold)) =
                         (&wt.fold, bn.as_mut(), d_fold.as_mut())
@@ -752,21 +744,28 @@ fn weight_tape(
             let cfg = obs.config;
             let mut m = vec![false; used.len()];
             let per_row = qparams.len() == out_channels && out_channels > 1;
-            if per_row {
-                for ((row, mrow), q) in used
-                    .chunks_exact_mut(k)
-                    .zip(m.chunks_exact_mut(k))
-                    .zip(&qparams)
-                {
-                    fake_quantize_in_place(row, mrow, *q, cfg.quant_min, cfg.quant_max);
-                }
-            } else {
-                fake_quantize_in_place(&mut used, &mut m, qparams[0], cfg.quant_min, cfg.quant_max);
-            }
+            let rows = used.par_chunks_mut(k).zip(m.par_chunks_mut(k)).enumerate();
+            rows.for_each(|(r, (row, mrow))| {
+                let q = if per_row { qparams[r] } else { qparams[0] };
+                fake_quantize_in_place(row, mrow, q, cfg.quant_min, cfg.quant_max);
+            });
             mask = Some(m);
         }
     }
     WeightTape { used, mask, fold }
+}
+
+/// Zeroes the gradient where a fake quant clipped (the straight-through estimator's mask).
+fn mask_gradient(grad: &mut [f32], mask: &[bool]) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(mask.par_chunks(CHUNK))
+        .for_each(|(g, m)| {
+            g.iter_mut().zip(m).for_each(|(g, &m)| {
+                if !m {
+                    *g = 0.0
+                }
+            })
+        });
 }
 
 /// Observes a large activation tensor: min/max reduced in parallel, then one update.

@@ -218,8 +218,23 @@ pub fn im2col(
     let p = d.pixels();
     let hw = d.h * d.w;
     let n = images.len() * p;
-    let mut cols = vec![0.0; d.kg * n];
     let (kh, kw) = geom.kernel;
+    if geom.stride == (1, 1) && geom.padding == (0, 0) {
+        // Written in order with no padding to fill: output row oh of tap (c, i, j) is input
+        // row oh + i from column j, so each run is a slice copy and nothing needs zeroing.
+        let mut cols = Vec::with_capacity(d.kg * n);
+        for k in 0..d.kg {
+            let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+            for b in images.clone() {
+                let plane = &x[((g * d.cg + c) * batch + b) * hw..][..hw];
+                for src in plane[i * d.w + j..].chunks(d.w).take(d.ho) {
+                    cols.extend_from_slice(&src[..d.wo]);
+                }
+            }
+        }
+        return cols;
+    }
+    let mut cols = vec![0.0; d.kg * n];
     for (k, row) in cols.chunks_exact_mut(n).enumerate() {
         let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
         for (slot, b) in images.clone().enumerate() {
@@ -261,12 +276,24 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
     let p = d.pixels();
     let hw = d.h * d.w;
     let (kh, kw) = geom.kernel;
+    let simple = geom.stride == (1, 1) && geom.padding == (0, 0);
     for (q, plane) in dx.chunks_exact_mut(hw).enumerate() {
         let (c, slot) = (q / n_images, q % n_images);
         for tap_index in 0..kh * kw {
             let (i, j) = (tap_index / kw, tap_index % kw);
             let k = c * kh * kw + tap_index;
             let src = &dcols[k * n_images * p + slot * p..][..p];
+            if simple {
+                for (s, dst) in src
+                    .chunks_exact(d.wo)
+                    .zip(plane[i * d.w + j..].chunks_mut(d.w))
+                {
+                    for (a, v) in dst.iter_mut().zip(s) {
+                        *a += v;
+                    }
+                }
+                continue;
+            }
             for oh in 0..d.ho {
                 let Some(ih) = tap(oh, i, geom.stride.0, geom.padding.0, d.h) else {
                     continue;

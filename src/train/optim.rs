@@ -1,7 +1,12 @@
 //! Optimizers (SGD with momentum, weight decay and Nesterov; Adam) and learning-rate schedules,
 //! with PyTorch's update rules.
 
+use rayon::prelude::*;
+
 use super::engine::Param;
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
 use crate::check::OptimizerConfig;
 use crate::syntax::ast::Schedule;
 
@@ -48,21 +53,28 @@ impl Optimizer {
                 let (mu, wd) = (momentum as f32, weight_decay as f32);
                 let first = self.step == 1;
                 for (p, buf) in params.iter_mut().zip(&mut self.m) {
-                    for ((w, &g), b) in p.value.iter_mut().zip(&p.grad).zip(buf.iter_mut()) {
-                        let d = g + wd * *w;
-                        let update = if mu != 0.0 {
-                            // torch initialises the buffer with the first gradient.
-                            *b = if first { d } else { mu * *b + d };
-                            if nesterov {
-                                d + mu * *b
+                    let chunks = p
+                        .value
+                        .par_chunks_mut(CHUNK)
+                        .zip(p.grad.par_chunks(CHUNK))
+                        .zip(buf.par_chunks_mut(CHUNK));
+                    chunks.for_each(|((value, grad), buf)| {
+                        for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
+                            let d = g + wd * *w;
+                            let update = if mu != 0.0 {
+                                // torch initialises the buffer with the first gradient.
+                                *b = if first { d } else { mu * *b + d };
+                                if nesterov {
+                                    d + mu * *b
+                                } else {
+                                    *b
+                                }
                             } else {
-                                *b
-                            }
-                        } else {
-                            d
-                        };
-                        *w -= lr * update;
-                    }
+                                d
+                            };
+                            *w -= lr * update;
+                        }
+                    });
                 }
             }
             OptimizerConfig::Adam {
