@@ -35,6 +35,20 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Measure training throughput: images/s per epoch (median) for each spec.
+    BenchTrain {
+        /// Specs to measure (default: specs/mnist_mlp.qspec and specs/lenet_mnist.qspec).
+        specs: Vec<PathBuf>,
+        /// Epochs per spec; the median epoch is reported.
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object per spec instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
         spec: PathBuf,
@@ -93,15 +107,17 @@ fn run(cli: Cli) -> Result<(), String> {
             epochs,
             threads,
         } => train(&spec, out, epochs, threads),
+        Command::BenchTrain {
+            specs,
+            epochs,
+            threads,
+            json,
+        } => bench_train(specs, epochs, threads, json),
     }
 }
 
-fn train(
-    spec_path: &Path,
-    out: Option<PathBuf>,
-    epochs: Option<usize>,
-    threads: Option<usize>,
-) -> Result<(), String> {
+/// Starts the worker threads all parallel work runs on; returns their number.
+fn start_threads(threads: Option<usize>) -> Result<usize, String> {
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
@@ -111,6 +127,79 @@ fn train(
         .num_threads(threads)
         .build_global()
         .map_err(|e| format!("error: cannot start {threads} threads: {e}\n"))?;
+    Ok(threads)
+}
+
+fn bench_train(
+    specs: Vec<PathBuf>,
+    epochs: usize,
+    threads: Option<usize>,
+    json: bool,
+) -> Result<(), String> {
+    let threads = start_threads(threads)?;
+    if epochs == 0 {
+        return Err("error: --epochs must be at least 1\n".into());
+    }
+    let specs = if specs.is_empty() {
+        vec![
+            PathBuf::from("specs/mnist_mlp.qspec"),
+            PathBuf::from("specs/lenet_mnist.qspec"),
+        ]
+    } else {
+        specs
+    };
+    if !json {
+        println!(
+            "{:<28} {:>8} {:>7} {:>14} {:>14} {:>14}",
+            "spec", "threads", "epochs", "median img/s", "min img/s", "max img/s"
+        );
+    }
+    for spec_path in specs {
+        let (model, _) = front_end(&spec_path)?;
+        let Some(cfg) = model.train.clone() else {
+            return Err(format!(
+                "error: `{}` has no `train` block\n",
+                spec_path.display()
+            ));
+        };
+        let spec_dir = spec_path.parent().unwrap_or(Path::new("."));
+        let data =
+            qatc::train::load_data(&model, &cfg, spec_dir).map_err(|e| format!("error: {e}\n"))?;
+        let mut net =
+            qatc::train::build_net(&model, cfg.seed).map_err(|e| format!("error: {e}\n"))?;
+        let outcome = qatc::train::train(&mut net, &data, &cfg, epochs, &mut qatc::train::Quiet);
+        let mut rates: Vec<f32> = outcome.epochs.iter().map(|e| e.images_per_s).collect();
+        rates.sort_by(f32::total_cmp);
+        let median = rates[rates.len() / 2];
+        let (min, max) = (rates[0], rates[rates.len() - 1]);
+        if json {
+            let row = serde_json::json!({
+                "spec": spec_path.display().to_string(),
+                "threads": threads,
+                "epochs": epochs,
+                "median_images_per_s": median.round(),
+                "min_images_per_s": min.round(),
+                "max_images_per_s": max.round(),
+                "fake_quant_acc": outcome.final_acc,
+            });
+            println!("{row}");
+        } else {
+            println!(
+                "{:<28} {threads:>8} {epochs:>7} {median:>14.0} {min:>14.0} {max:>14.0}",
+                spec_path.display().to_string()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn train(
+    spec_path: &Path,
+    out: Option<PathBuf>,
+    epochs: Option<usize>,
+    threads: Option<usize>,
+) -> Result<(), String> {
+    let threads = start_threads(threads)?;
     let spec_text = read_spec(spec_path)?;
     let (model, _) = front_end(spec_path)?;
     let Some(cfg) = model.train.clone() else {

@@ -1,0 +1,155 @@
+//! Training end to end on the shipped MNIST digits: it learns, fake quantization follows the
+//! spec's schedule, a seed reproduces a run bit for bit, and `qatc train` writes its run folder.
+
+mod common;
+
+use qatc::data::{Dataset, Splits};
+use qatc::train::{self, Phase, Quiet};
+
+fn checked(spec: &str) -> qatc::Checked {
+    let path = common::root().join(spec);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
+    result.expect("spec checks")
+}
+
+fn mnist(model: &qatc::check::CheckedModel) -> Splits {
+    let cfg = model.train.as_ref().unwrap();
+    train::load_data(model, cfg, &common::root().join("specs")).expect("shipped data loads")
+}
+
+fn first(set: &Dataset, n: usize) -> Dataset {
+    Dataset {
+        images: set.images[..n * set.image_size()].to_vec(),
+        labels: set.labels[..n].to_vec(),
+        shape: set.shape,
+    }
+}
+
+#[test]
+fn lenet_qat_learns_in_a_reduced_schedule() {
+    let spec = checked("specs/lenet_mnist.qspec");
+    let data = mnist(&spec.model);
+    let cfg = spec.model.train.clone().unwrap();
+    let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
+    let outcome = train::train(&mut net, &data, &cfg, 4, &mut Quiet);
+    assert!(outcome.epochs.iter().all(|e| e.phase == Phase::Qat));
+    let losses: Vec<f32> = outcome.epochs.iter().map(|e| e.train_loss).collect();
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]),
+        "loss falls every epoch: {losses:?}"
+    );
+    assert!(
+        outcome.final_acc >= 93.0,
+        "fake-quant test accuracy {} after 4 epochs",
+        outcome.final_acc
+    );
+    // Fake quantization is really on: the quantized and float evaluations differ.
+    let float_acc = train::evaluate(&mut net, &data.test, &cfg, false);
+    assert_ne!(float_acc, outcome.final_acc);
+}
+
+#[test]
+fn mlp_learns_in_one_epoch() {
+    let spec = checked("specs/mnist_mlp.qspec");
+    let data = mnist(&spec.model);
+    let cfg = spec.model.train.clone().unwrap();
+    let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
+    let outcome = train::train(&mut net, &data, &cfg, 1, &mut Quiet);
+    assert!(
+        outcome.final_acc >= 85.0,
+        "fake-quant test accuracy {}",
+        outcome.final_acc
+    );
+}
+
+#[test]
+fn a_seed_reproduces_a_run_bit_for_bit() {
+    let spec = checked("specs/lenet_custom.qspec");
+    let full = mnist(&spec.model);
+    let data = Splits {
+        train: first(&full.train, 384),
+        test: first(&full.test, 200),
+        held_out: false,
+    };
+    let mut cfg = spec.model.train.clone().unwrap();
+    cfg.pretrain_epochs = 1;
+    cfg.freeze_bn_after = Some(2);
+    cfg.freeze_observers_after = Some(2);
+    let run = || {
+        let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
+        let outcome = train::train(&mut net, &data, &cfg, 3, &mut Quiet);
+        (qatc::train::checkpoint::state_tensors(&net), outcome)
+    };
+    let (a, outcome) = run();
+    let (b, _) = run();
+    assert_eq!(a, b);
+    // The schedule: one float epoch (its accuracy kept), then QAT.
+    let phases: Vec<Phase> = outcome.epochs.iter().map(|e| e.phase).collect();
+    assert_eq!(phases, [Phase::Float, Phase::Qat, Phase::Qat]);
+    assert!(outcome.float_acc.is_some());
+    // Observers exist and were frozen after epoch 2: their ranges are in the checkpoint.
+    assert!(a
+        .iter()
+        .any(|(name, _, _)| name == "conv1.fq.activation_post_process.min_val"));
+    assert!(a.iter().any(|(name, _, _)| name == "bn1.running_var"));
+}
+
+#[test]
+fn cli_train_writes_the_run_folder() {
+    let out = std::env::temp_dir().join(format!("qatc-run-{}", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["train", "specs/mnist_mlp.qspec", "--epochs", "1", "--out"])
+        .arg(&out)
+        .current_dir(common::root())
+        .output()
+        .expect("qatc runs");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(stdout.contains("epoch  1 qat"), "{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(
+        metrics.starts_with("epoch,phase,train_loss,train_acc,test_acc,images_per_s\n1,qat,"),
+        "{metrics}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for key in ["model", "epochs", "fake_quant_acc", "train_images_per_s"] {
+        assert!(
+            !summary[key].is_null(),
+            "summary.json lacks {key}: {summary}"
+        );
+    }
+    assert!(std::fs::read_to_string(out.join("curves.svg"))
+        .unwrap()
+        .contains("<svg"));
+    let checkpoint = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&checkpoint).unwrap();
+    assert_eq!(tensors.tensor("fc1.weight").unwrap().shape(), [256, 784]);
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn cli_train_reports_bad_data_clearly() {
+    let dir = std::env::temp_dir().join(format!("qatc-baddata-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), b"not an idx file").unwrap();
+    let spec = dir.join("s.qspec");
+    std::fs::write(&spec, "model m { input: [1, 28, 28] f: Flatten l: Linear(out: 10) }\ntrain { data: mnist(\".\") }\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .arg("train")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MNIST file missing") && stderr.contains("train-images-idx3-ubyte"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
