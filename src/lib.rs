@@ -8,6 +8,12 @@
 //!        | check::check                 (names -> DAG, shapes, defaults, qconfigs)
 //!        v
 //!  check::CheckedModel                  <- `qatc check` prints its table
+//!        | ir::lower                    (one node per layer, behind an input node)
+//!        v
+//!  ir::Graph (float)
+//!        | passes::QAT_PIPELINE         (fuse, prepare_qat; verified after each)
+//!        v
+//!  ir::Graph (fake-quant)               <- train::train: forward/backward, optimizers, loop
 //! ```
 //!
 //! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
@@ -32,6 +38,17 @@ pub struct Checked {
 
 /// Parses and checks a spec's text in one go: the front half of every command. The returned
 /// source is what the spans of the spec and of the diagnostics refer to.
+///
+/// ```
+/// let text = "model m { input: [1, 28, 28] flat: Flatten fc: Linear(out: 10) }";
+/// let (result, _source) = qatc::front_end("m.qspec", text);
+/// let checked = result.expect("a valid spec");
+/// assert_eq!(checked.model.layers[1].out_shape, vec![10]);
+///
+/// let (result, source) = qatc::front_end("bad.qspec", "model m { input: [4] fc: Linaer(out: 2) }");
+/// let text = qatc::diag::render(&result.err().unwrap(), &source.name, &source.text);
+/// assert!(text.contains("did you mean `Linear`?"));
+/// ```
 pub fn front_end(file_name: &str, text: &str) -> (Result<Checked, Vec<Diag>>, syntax::SourceFile) {
     let (parsed, source) = syntax::parse_source(file_name, text);
     let result = parsed.and_then(|spec| {
