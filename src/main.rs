@@ -106,37 +106,41 @@ fn run(cli: Cli) -> Result<(), String> {
             out,
             epochs,
             threads,
-        } => train(&spec, out, epochs, threads),
+        } => with_threads(threads, |threads| train(&spec, out, epochs, threads)),
         Command::BenchTrain {
             specs,
             epochs,
             threads,
             json,
-        } => bench_train(specs, epochs, threads, json),
+        } => with_threads(threads, |threads| bench_train(specs, epochs, threads, json)),
     }
 }
 
-/// Starts the worker threads all parallel work runs on; returns their number.
-fn start_threads(threads: Option<usize>) -> Result<usize, String> {
+/// Runs `work` on a pool of worker threads (all cores by default), passing their number. The
+/// work itself runs on a worker, so its parallel loops are shared with the other workers
+/// directly instead of being handed over from outside the pool each time.
+fn with_threads<T: Send>(
+    threads: Option<usize>,
+    work: impl FnOnce(usize) -> Result<T, String> + Send,
+) -> Result<T, String> {
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         return Err("error: --threads must be at least 1\n".into());
     }
-    rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .build_global()
+        .build()
         .map_err(|e| format!("error: cannot start {threads} threads: {e}\n"))?;
-    Ok(threads)
+    pool.install(|| work(threads))
 }
 
 fn bench_train(
     specs: Vec<PathBuf>,
     epochs: usize,
-    threads: Option<usize>,
+    threads: usize,
     json: bool,
 ) -> Result<(), String> {
-    let threads = start_threads(threads)?;
     if epochs == 0 {
         return Err("error: --epochs must be at least 1\n".into());
     }
@@ -197,9 +201,8 @@ fn train(
     spec_path: &Path,
     out: Option<PathBuf>,
     epochs: Option<usize>,
-    threads: Option<usize>,
+    threads: usize,
 ) -> Result<(), String> {
-    let threads = start_threads(threads)?;
     let spec_text = read_spec(spec_path)?;
     let (model, _) = front_end(spec_path)?;
     let Some(cfg) = model.train.clone() else {

@@ -204,7 +204,11 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
     let spec = "model m { input: [5] a: Linear(out: 4) }\nquantize { backend: qnnpack }";
     let (result, _) = qatc::front_end("fq.qspec", spec);
     let graph = ir::lower(&result.expect("checks").model);
-    let graph = passes::run(&graph, passes::QAT_PIPELINE).unwrap().pop().unwrap().1;
+    let graph = passes::run(&graph, passes::QAT_PIPELINE)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
     let mut net = Net::new(graph, &mut Rng::new(5));
     // Weights large enough that some clip once the observer has seen smaller ones.
     let batch = 6;
@@ -220,13 +224,22 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
     // A first pass sets the observers; then widen the data so the output fake quant clips.
     net.forward(&x, batch, mode, &mut Rng::new(1));
     let wide: Vec<f32> = x.iter().map(|v| v * 3.0).collect();
-    let frozen = Mode { observe: false, ..mode };
+    let frozen = Mode {
+        observe: false,
+        ..mode
+    };
     let tape = net.forward(&wide, batch, frozen, &mut Rng::new(1));
     net.backward(&tape, r.clone());
 
     let g = &net.graph;
-    let (a, a_fq, x_q) = (g.find("a").unwrap(), g.find("a.fq").unwrap(), g.find("input.quant").unwrap());
-    let NodeState::FakeQuant { obs } = &net.states[a_fq] else { panic!("a.fq has an observer") };
+    let (a, a_fq, x_q) = (
+        g.find("a").unwrap(),
+        g.find("a.fq").unwrap(),
+        g.find("input.quant").unwrap(),
+    );
+    let NodeState::FakeQuant { obs } = &net.states[a_fq] else {
+        panic!("a.fq has an observer")
+    };
     let q = obs.qparams()[0];
     let (lo, hi) = (obs.config.quant_min, obs.config.quant_max);
     let pre = &tape.outputs[a];
@@ -244,11 +257,27 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         }
     }
     assert!(clipped > 0, "the test must exercise the mask");
-    let NodeState::Linear { weight, weight_obs: Some(wobs), .. } = &net.states[a] else { panic!("a is a quantized linear") };
+    let NodeState::Linear {
+        weight,
+        weight_obs: Some(wobs),
+        ..
+    } = &net.states[a]
+    else {
+        panic!("a is a quantized linear")
+    };
     let wq = wobs.qparams()[0];
     for (k, (&got, &want)) in weight.grad.iter().zip(&expected).enumerate() {
-        let inside = fake_quant_passes(weight.value[k], wq, 1.0 / wq.scale, wobs.config.quant_min, wobs.config.quant_max);
+        let inside = fake_quant_passes(
+            weight.value[k],
+            wq,
+            1.0 / wq.scale,
+            wobs.config.quant_min,
+            wobs.config.quant_max,
+        );
         let want = if inside { want } else { 0.0 };
-        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "weight[{k}]: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "weight[{k}]: {got} vs {want}"
+        );
     }
 }
