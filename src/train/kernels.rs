@@ -89,19 +89,21 @@ pub fn act_forward(act: Act, y: &mut [f32]) {
 /// Zeroes `dy` where the activation's output `y` is flat (torch: relu passes where y > 0,
 /// hardtanh where 0 < y < 6).
 pub fn act_backward(act: Act, y: &[f32], dy: &mut [f32]) {
-    match act {
-        Act::None => {}
-        Act::ReLU => dy.iter_mut().zip(y).for_each(|(d, &v)| {
-            if v <= 0.0 {
-                *d = 0.0
-            }
-        }),
-        Act::ReLU6 => dy.iter_mut().zip(y).for_each(|(d, &v)| {
-            if v <= 0.0 || v >= 6.0 {
-                *d = 0.0
-            }
-        }),
-    }
+    let hi = match act {
+        Act::None => return,
+        Act::ReLU => f32::INFINITY,
+        Act::ReLU6 => 6.0,
+    };
+    let chunk = PAR_MIN / 4;
+    dy.par_chunks_mut(chunk)
+        .zip(y.par_chunks(chunk))
+        .for_each(|(d, y)| {
+            d.iter_mut().zip(y).for_each(|(d, &v)| {
+                if v <= 0.0 || v >= hi {
+                    *d = 0.0
+                }
+            })
+        });
 }
 
 // ------------------------------------------------------------------------------------ linear
