@@ -993,53 +993,56 @@ impl Lower {
         Some(x)
     }
 
-    fn bool(&self, value: &Value) -> Option<bool> {
-        match &value.kind {
-            ValueKind::Ident(w) if w == "true" => Some(true),
-            ValueKind::Ident(w) if w == "false" => Some(false),
-            _ => {
-                self.error(
-                    Diag::error(
-                        value.span,
-                        format!("expected `true` or `false`, found {}", value.describe()),
-                    )
-                    .with_label("expected a boolean"),
-                );
-                None
-            }
+    /// What `extract` finds in `value`, or an error saying what was expected and what was found.
+    fn expect<T>(
+        &self,
+        value: &Value,
+        extract: impl FnOnce(&ValueKind) -> Option<T>,
+        message: impl FnOnce(String) -> String,
+        label: &str,
+    ) -> Option<T> {
+        let found = extract(&value.kind);
+        if found.is_none() {
+            self.error(Diag::error(value.span, message(value.describe())).with_label(label));
         }
+        found
+    }
+
+    fn bool(&self, value: &Value) -> Option<bool> {
+        self.expect(
+            value,
+            |kind| match kind {
+                ValueKind::Ident(w) if w == "true" => Some(true),
+                ValueKind::Ident(w) if w == "false" => Some(false),
+                _ => None,
+            },
+            |found| format!("expected `true` or `false`, found {found}"),
+            "expected a boolean",
+        )
     }
 
     fn string(&self, value: &Value, what: &str) -> Option<String> {
-        match &value.kind {
-            ValueKind::Str(s) => Some(s.clone()),
-            _ => {
-                self.error(
-                    Diag::error(
-                        value.span,
-                        format!("{what} must be a string, found {}", value.describe()),
-                    )
-                    .with_label("expected a quoted string"),
-                );
-                None
-            }
-        }
+        self.expect(
+            value,
+            |kind| match kind {
+                ValueKind::Str(s) => Some(s.clone()),
+                _ => None,
+            },
+            |found| format!("{what} must be a string, found {found}"),
+            "expected a quoted string",
+        )
     }
 
     fn word(&self, value: &Value, what: &str) -> Option<String> {
-        match &value.kind {
-            ValueKind::Ident(w) => Some(w.clone()),
-            _ => {
-                self.error(
-                    Diag::error(
-                        value.span,
-                        format!("expected {what}, found {}", value.describe()),
-                    )
-                    .with_label("here"),
-                );
-                None
-            }
-        }
+        self.expect(
+            value,
+            |kind| match kind {
+                ValueKind::Ident(w) => Some(w.clone()),
+                _ => None,
+            },
+            |found| format!("expected {what}, found {found}"),
+            "here",
+        )
     }
 
     fn name(&self, value: &Value, what: &str) -> Option<Name> {
