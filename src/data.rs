@@ -266,6 +266,13 @@ fn check_labels(labels: &[u8], path: &Path) -> Result<(), String> {
 pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 
 fn load_cifar10(dir: &Path) -> Result<Splits, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "CIFAR-10 folder {} not found: qatc does not ship CIFAR-10; put its binary batches \
+             (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) there",
+            dir.display()
+        ));
+    }
     let train_files: Vec<PathBuf> = (1..=5)
         .map(|i| dir.join(format!("data_batch_{i}.bin")))
         .collect();
