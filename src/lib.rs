@@ -14,13 +14,19 @@
 //!        | passes::QAT_PIPELINE         (fuse, prepare_qat; verified after each)
 //!        v
 //!  ir::Graph (fake-quant)               <- train::train: forward/backward, optimizers, loop
+//!        | convert::convert             (observers -> qparams, int8 weights, int32 biases)
+//!        v
+//!  int8::QGraph                         <- interp::run: the reference interpreter
 //! ```
 //!
 //! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
 
 pub mod check;
+pub mod convert;
 pub mod data;
 pub mod diag;
+pub mod int8;
+pub mod interp;
 pub mod ir;
 pub mod passes;
 pub mod quant;

@@ -261,18 +261,48 @@ fn train(
     )?;
     let mut summary = qatc::train::report::summary(&model.name, &outcome, quantized);
     summary.insert("checkpoint_bytes".into(), checkpoint.len().into());
+    // Convert to int8 and measure the reference interpreter on the same test set.
+    let int8 = if quantized {
+        let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
+        let acc = qatc::interp::accuracy(&graph, &data.test, &cfg);
+        summary.insert(
+            "int8_acc".into(),
+            (((acc as f64) * 100.0).round() / 100.0).into(),
+        );
+        Some((acc, graph))
+    } else {
+        None
+    };
     let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
     write("summary.json", format!("{json}\n").as_bytes())?;
     let svg = qatc::train::report::curves_svg(&model.name, &outcome.epochs)
         .map_err(|e| format!("error: plot: {e}\n"))?;
     write("curves.svg", svg.as_bytes())?;
 
-    println!();
+    println!("\ntest accuracy on {} images:", data.test.len());
     if let Some(acc) = outcome.float_acc {
-        println!("float accuracy (after pretraining): {acc:.2} %");
+        println!("  float (after pretraining)  {acc:6.2} %");
     }
-    let what = if quantized { "fake-quant" } else { "float" };
-    println!("{what} test accuracy: {:.2} %", outcome.final_acc);
+    let what = if quantized { "fake quant" } else { "float" };
+    println!("  {what:<26} {:6.2} %", outcome.final_acc);
+    if let Some((acc, graph)) = &int8 {
+        println!("  int8 (reference)           {acc:6.2} %");
+        let int8_weights: usize = graph
+            .nodes
+            .iter()
+            .map(|n| match &n.op {
+                qatc::int8::QOp::Linear { w, .. } | qatc::int8::QOp::Conv2d { w, .. } => {
+                    w.weight.len() + 4 * (w.bias.len() + w.weight_scales.len())
+                }
+                qatc::int8::QOp::FloatLinear { w, .. } | qatc::int8::QOp::FloatConv2d { w, .. } => {
+                    4 * (w.weight.len() + w.bias.len())
+                }
+                _ => 0,
+            })
+            .sum();
+        let float_weights: usize = net.params_mut().iter().map(|p| 4 * p.value.len()).sum();
+        println!("model weights: float {float_weights} bytes, int8 {int8_weights} bytes");
+    }
     println!(
         "training throughput: {:.0} images/s",
         outcome.train_images_per_s

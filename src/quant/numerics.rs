@@ -10,6 +10,13 @@
 //!   affine: `scale = (max - min) / (qmax - qmin)`, `zp = qmin - round(min / scale)` clamped;
 //!   symmetric: `scale = max(-min, max) / ((qmax - qmin) / 2)`, `zp = 0` for qint8 and 128 for
 //!   quint8 (the midpoint of a custom range); `scale` is at least `f32::EPSILON`.
+//! - requantization of an int8 layer (fbgemm's): the i32 accumulator
+//!   `Σ (x_q - x_zp) · w_q + bias_q` (the input zero point folded in with the weight sums; weights
+//!   are symmetric, zero point 0; `bias_q = round(bias / (x_scale · w_scale))`) is multiplied in f32
+//!   by `x_scale · w_scale / out_scale`, rounded half to even, offset by the output zero point and
+//!   saturated to the output type's range (for quint8 0..255, whatever the range the observer used:
+//!   reduce_range only narrows the scale's range). A fused ReLU raises the lower bound to the
+//!   zero point; ReLU6 also lowers the upper bound to the code of 6.0.
 
 use crate::syntax::ast::{DType, Scheme};
 
@@ -130,6 +137,51 @@ pub fn fake_quantize_in_place(
     }
 }
 
+/// The f32 multiplier that maps an accumulator in units of `in_scale · w_scale` to output units.
+#[inline]
+pub fn requant_multiplier(in_scale: f32, w_scale: f32, out_scale: f32) -> f32 {
+    in_scale * w_scale / out_scale
+}
+
+/// Requantizes an i32 accumulator: `clamp(round_half_even(acc · multiplier) + out_zp, lo, hi)`.
+#[inline]
+pub fn requantize(acc: i32, multiplier: f32, out_zero_point: i32, lo: i32, hi: i32) -> i32 {
+    let q = round_half_even(acc as f32 * multiplier) + out_zero_point as f32;
+    q.clamp(lo as f32, hi as f32) as i32
+}
+
+/// An int32 bias in units of `in_scale · w_scale`, saturated to i32.
+#[inline]
+pub fn quantize_bias(bias: f32, in_scale: f32, w_scale: f32) -> i32 {
+    let q = round_half_even(bias / (in_scale * w_scale));
+    q.clamp(i32::MIN as f32, i32::MAX as f32) as i32
+}
+
+/// The output clamp of a quantized layer with a fused activation, in output codes.
+pub fn activation_clamp(act_relu: bool, relu6: bool, out: QParams, lo: i32, hi: i32) -> (i32, i32) {
+    let mut range = (lo, hi);
+    if act_relu || relu6 {
+        range.0 = out.zero_point.clamp(lo, hi);
+    }
+    if relu6 {
+        range.1 = quantize(6.0, 1.0 / out.scale, out.zero_point, lo, hi);
+    }
+    range
+}
+
+/// Dequantizes one code.
+#[inline]
+pub fn dequantize(q: i32, p: QParams) -> f32 {
+    (q - p.zero_point) as f32 * p.scale
+}
+
+/// The mean of `n` codes, rounded half to even (average pooling on quantized data, where input and
+/// output share their quantization parameters).
+#[inline]
+pub fn average_codes(sum: i32, n: i32) -> i32 {
+    round_half_even(sum as f32 / n as f32) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +260,36 @@ mod tests {
         assert_eq!(x, [0.5, 0.0, -5.0, -5.0, (127.0 - 10.0) * 0.5, 58.5]);
         assert_eq!(mask, [true, true, true, true, false, true]);
         assert_eq!(quantize(-5.8, 2.0, 10, 0, 127), 0);
+    }
+
+    #[test]
+    fn requantization_rounds_saturates_and_offsets() {
+        // 100 * 0.5 = 50 -> +3 = 53; halves go to even; both ends saturate.
+        assert_eq!(requantize(100, 0.5, 3, 0, 255), 53);
+        assert_eq!(requantize(5, 0.5, 0, 0, 255), 2);
+        assert_eq!(requantize(7, 0.5, 0, 0, 255), 4);
+        assert_eq!(requantize(-1000, 0.5, 10, 0, 255), 0);
+        assert_eq!(requantize(1000, 0.5, 10, 0, 255), 255);
+        // Accumulators near the i32 limits stay finite and saturate.
+        assert_eq!(requantize(i32::MAX, 1e-3, 0, 0, 255), 255);
+        assert_eq!(requantize(i32::MIN, 1e-3, 128, 0, 255), 0);
+        assert_eq!(requantize(i32::MAX, 1e-9, 128, 0, 255), 130);
+        assert_eq!(quantize_bias(0.3, 0.1, 0.01), 300);
+        assert_eq!(quantize_bias(1e30, 1e-3, 1e-3), i32::MAX);
+    }
+
+    #[test]
+    fn activation_clamps() {
+        let out = QParams {
+            scale: 0.05,
+            zero_point: 20,
+        };
+        assert_eq!(activation_clamp(false, false, out, 0, 255), (0, 255));
+        assert_eq!(activation_clamp(true, false, out, 0, 255), (20, 255));
+        // 6 / 0.05 = 120, + 20.
+        assert_eq!(activation_clamp(false, true, out, 0, 255), (20, 140));
+        assert_eq!(average_codes(10, 4), 2);
+        assert_eq!(average_codes(14, 4), 4);
+        assert_eq!(dequantize(25, out), 0.25);
     }
 }

@@ -1,0 +1,364 @@
+//! convert: a trained fake-quant network -> the int8 IR, as torch's `convert` does.
+//!
+//! Observers become scale and zero point; a layer's output parameters are those of the fake
+//! quant that follows it (prepare_qat put one there); fused BatchNorm is folded into the conv
+//! weight and bias before the weight is quantized with its observer's parameters; biases become
+//! int32 in units of `in_scale · w_scale`; fused ReLU/ReLU6 become the output clamp; pools,
+//! flatten and standalone ReLU run on codes with their input's parameters; `none` layers stay f32
+//! between a dequantize and a quantize. It does not change shapes and does not read data.
+
+use crate::int8::{FWeights, QGraph, QNode, QOp, QWeights, TensorType};
+use crate::ir::{Act, Node, Op};
+use crate::quant::numerics::{activation_clamp, quantize, quantize_bias, QParams};
+use crate::syntax::ast::{DType, Scheme};
+use crate::train::engine::{BnState, Net, NodeState, Param};
+
+/// The largest reduction length an int8 layer may have: beyond it, the sum of u8 x i8 products
+/// (each at most 255 · 128 in size) could overflow the i32 accumulator.
+pub const MAX_REDUCTION: usize = (i32::MAX as usize) / (255 * 128);
+
+/// Converts a trained network, or says which layer cannot be converted and why.
+pub fn convert(net: &Net) -> Result<QGraph, String> {
+    let g = &net.graph;
+    let users = g.users();
+    let mut nodes: Vec<QNode> = Vec::new();
+    // Old node -> new node holding its value.
+    let mut value = vec![usize::MAX; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let inputs: Vec<usize> = node.inputs.iter().map(|&j| value[j]).collect();
+        let in_ty = inputs.first().map(|&j| nodes[j].ty);
+        let quantized_in = matches!(in_ty, Some(TensorType::U8(_)));
+        // The parameters of the fake quant that reads this node, if it is its only reader.
+        let out_fq = || -> Result<QParams, String> {
+            match users[i].as_slice() {
+                [u] if matches!(g.nodes[*u].op, Op::FakeQuant(_)) => observed(net, *u),
+                _ => Err(format!(
+                    "layer `{}` is quantized but no fake quant observes its output",
+                    node.name
+                )),
+            }
+        };
+        let push = |nodes: &mut Vec<QNode>, op: QOp, ty: TensorType| {
+            nodes.push(QNode {
+                name: node.name.clone(),
+                op,
+                inputs: inputs.clone(),
+                shape: node.shape.clone(),
+                ty,
+            });
+            nodes.len() - 1
+        };
+        value[i] = match (&node.op, &net.states[i]) {
+            (Op::Input, _) => push(&mut nodes, QOp::Input, TensorType::F32),
+            (Op::FakeQuant(_), _) if quantized_in => inputs[0], // its parameters are its producer's
+            (Op::FakeQuant(_), _) => {
+                let q = observed(net, i)?;
+                push(&mut nodes, QOp::Quantize, TensorType::U8(q.into()))
+            }
+            (Op::DeQuantStub, _) if quantized_in => {
+                push(&mut nodes, QOp::Dequantize, TensorType::F32)
+            }
+            (Op::DeQuantStub | Op::Dropout { .. }, _) => inputs[0],
+            (
+                Op::Linear {
+                    in_features,
+                    out_features,
+                    act,
+                    weight_fq,
+                    ..
+                },
+                NodeState::Linear {
+                    weight,
+                    bias,
+                    weight_obs,
+                    ..
+                },
+            ) => {
+                let (w, b) = (
+                    weight.value.clone(),
+                    bias_values(bias.as_ref(), *out_features),
+                );
+                match (weight_fq, in_ty) {
+                    (Some(_), Some(TensorType::U8(x))) => {
+                        check_reduction(node, *in_features)?;
+                        let out = out_fq()?;
+                        let w = quantize_weights(
+                            node,
+                            &w,
+                            &b,
+                            *out_features,
+                            x.into(),
+                            out,
+                            *act,
+                            weight_obs.as_ref(),
+                        )?;
+                        push(
+                            &mut nodes,
+                            QOp::Linear {
+                                in_features: *in_features,
+                                out_features: *out_features,
+                                w,
+                            },
+                            TensorType::U8(out.into()),
+                        )
+                    }
+                    _ => {
+                        let w = FWeights {
+                            weight: w,
+                            bias: b,
+                            act: *act,
+                        };
+                        push(
+                            &mut nodes,
+                            QOp::FloatLinear {
+                                in_features: *in_features,
+                                out_features: *out_features,
+                                w,
+                            },
+                            TensorType::F32,
+                        )
+                    }
+                }
+            }
+            (
+                Op::Conv2d {
+                    geom,
+                    act,
+                    weight_fq,
+                    ..
+                },
+                NodeState::Conv {
+                    weight,
+                    bias,
+                    bn,
+                    weight_obs,
+                },
+            ) => {
+                let o = geom.out_channels;
+                let (mut w, mut b) = (weight.value.clone(), bias_values(bias.as_ref(), o));
+                if let Some(bn) = bn {
+                    fold_batch_norm(&mut w, &mut b, bn);
+                }
+                match (weight_fq, in_ty) {
+                    (Some(_), Some(TensorType::U8(x))) => {
+                        check_reduction(node, w.len() / o)?;
+                        let out = out_fq()?;
+                        let w = quantize_weights(
+                            node,
+                            &w,
+                            &b,
+                            o,
+                            x.into(),
+                            out,
+                            *act,
+                            weight_obs.as_ref(),
+                        )?;
+                        push(
+                            &mut nodes,
+                            QOp::Conv2d { geom: *geom, w },
+                            TensorType::U8(out.into()),
+                        )
+                    }
+                    _ => {
+                        let w = FWeights {
+                            weight: w,
+                            bias: b,
+                            act: *act,
+                        };
+                        push(
+                            &mut nodes,
+                            QOp::FloatConv2d { geom: *geom, w },
+                            TensorType::F32,
+                        )
+                    }
+                }
+            }
+            (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
+                let (scale, shift) = bn_affine(bn);
+                if quantized_in {
+                    let out = out_fq()?;
+                    push(
+                        &mut nodes,
+                        QOp::BatchNorm { scale, shift },
+                        TensorType::U8(out.into()),
+                    )
+                } else {
+                    push(
+                        &mut nodes,
+                        QOp::FloatBatchNorm { scale, shift },
+                        TensorType::F32,
+                    )
+                }
+            }
+            (Op::Act(act), _) => match in_ty {
+                Some(TensorType::U8(q)) => {
+                    let (lo, hi) = activation_clamp(true, *act == Act::ReLU6, q.into(), 0, 255);
+                    push(&mut nodes, QOp::Clamp { lo, hi }, TensorType::U8(q))
+                }
+                _ => push(&mut nodes, QOp::FloatAct(*act), TensorType::F32),
+            },
+            (Op::MaxPool2d(p), _) => push(
+                &mut nodes,
+                QOp::MaxPool2d(*p),
+                in_ty.unwrap_or(TensorType::F32),
+            ),
+            (Op::AvgPool2d(p), _) => push(
+                &mut nodes,
+                QOp::AvgPool2d(*p),
+                in_ty.unwrap_or(TensorType::F32),
+            ),
+            (Op::GlobalAvgPool, _) => push(
+                &mut nodes,
+                QOp::GlobalAvgPool,
+                in_ty.unwrap_or(TensorType::F32),
+            ),
+            (Op::Flatten, _) => push(&mut nodes, QOp::Flatten, in_ty.unwrap_or(TensorType::F32)),
+            (Op::Add, _) => {
+                let all_quantized = inputs
+                    .iter()
+                    .all(|&j| matches!(nodes[j].ty, TensorType::U8(_)));
+                let ty = if all_quantized {
+                    TensorType::U8(out_fq()?.into())
+                } else {
+                    TensorType::F32
+                };
+                if !all_quantized
+                    && inputs
+                        .iter()
+                        .any(|&j| matches!(nodes[j].ty, TensorType::U8(_)))
+                {
+                    return Err(format!(
+                        "`{}` adds a quantized and a float tensor",
+                        node.name
+                    ));
+                }
+                push(&mut nodes, QOp::Add, ty)
+            }
+            (op, _) => {
+                return Err(format!(
+                    "convert: layer `{}` ({}) has no state",
+                    node.name,
+                    op.mnemonic()
+                ))
+            }
+        };
+    }
+    Ok(QGraph {
+        name: g.name.clone(),
+        nodes,
+        output: value[g.output],
+    })
+}
+
+/// The parameters of fake-quant node `i`'s observer.
+fn observed(net: &Net, i: usize) -> Result<QParams, String> {
+    let name = &net.graph.nodes[i].name;
+    match &net.states[i] {
+        NodeState::FakeQuant { obs } if obs.is_initialized() => Ok(obs.qparams()[0]),
+        NodeState::FakeQuant { .. } => Err(format!(
+            "the observer of `{name}` has seen no data: train (or calibrate) before converting"
+        )),
+        _ => Err(format!("`{name}` is not a fake quant")),
+    }
+}
+
+fn check_reduction(node: &Node, k: usize) -> Result<(), String> {
+    if k > MAX_REDUCTION {
+        return Err(format!(
+            "layer `{}` sums {k} products per output; above {MAX_REDUCTION} the i32 accumulator of u8 x i8 \
+             products could overflow. Keep it float (`{}: none`) or make it smaller",
+            node.name, node.name
+        ));
+    }
+    Ok(())
+}
+
+fn bias_values(bias: Option<&Param>, n: usize) -> Vec<f32> {
+    bias.map_or(vec![0.0; n], |b| b.value.clone())
+}
+
+/// The per-channel affine map `y = x · scale + shift` of a BatchNorm in eval mode.
+fn bn_affine(bn: &BnState) -> (Vec<f32>, Vec<f32>) {
+    let eps = bn.attrs.eps as f32;
+    let scale: Vec<f32> = bn
+        .gamma
+        .value
+        .iter()
+        .zip(&bn.running_var)
+        .map(|(g, v)| g / (v + eps).sqrt())
+        .collect();
+    let shift = scale
+        .iter()
+        .zip(&bn.running_mean)
+        .zip(&bn.beta.value)
+        .map(|((s, m), b)| b - m * s)
+        .collect();
+    (scale, shift)
+}
+
+/// Folds a BatchNorm into the conv before it: `W' = W · s`, `b' = (b - mean) · s + beta`.
+fn fold_batch_norm(w: &mut [f32], b: &mut [f32], bn: &BnState) {
+    let (scale, _) = bn_affine(bn);
+    let k = w.len() / scale.len();
+    for (c, s) in scale.iter().enumerate() {
+        w[c * k..(c + 1) * k].iter_mut().for_each(|v| *v *= s);
+        b[c] = (b[c] - bn.running_mean[c]) * s + bn.beta.value[c];
+    }
+}
+
+/// Quantizes weights with their observer's parameters, biases to int32, and sets the clamp.
+#[allow(clippy::too_many_arguments)]
+fn quantize_weights(
+    node: &Node,
+    w: &[f32],
+    b: &[f32],
+    out_channels: usize,
+    x: QParams,
+    out: QParams,
+    act: Act,
+    obs: Option<&crate::quant::observer::Observer>,
+) -> Result<QWeights, String> {
+    let obs = obs.ok_or_else(|| format!("layer `{}` has no weight observer", node.name))?;
+    if obs.config.dtype != DType::Qint8 || obs.config.scheme != Scheme::Symmetric {
+        return Err(format!(
+            "layer `{}`: the int8 kernels take symmetric qint8 weights, its qconfig asks for {} {}",
+            node.name,
+            obs.config.dtype.name(),
+            obs.config.scheme.name()
+        ));
+    }
+    if !obs.is_initialized() {
+        return Err(format!(
+            "the weight observer of `{}` has seen no data: train before converting",
+            node.name
+        ));
+    }
+    let qparams = obs.qparams();
+    let scales: Vec<f32> = qparams.iter().map(|q| q.scale).collect();
+    let k = w.len() / out_channels;
+    let scale_of = |c: usize| {
+        if scales.len() == 1 {
+            scales[0]
+        } else {
+            scales[c]
+        }
+    };
+    let (lo, hi) = (obs.config.quant_min, obs.config.quant_max);
+    let weight = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| quantize(v, 1.0 / scale_of(i / k), 0, lo, hi) as i8)
+        .collect();
+    let bias = b
+        .iter()
+        .enumerate()
+        .map(|(c, &v)| quantize_bias(v, x.scale, scale_of(c)))
+        .collect();
+    let clamp = activation_clamp(act != Act::None, act == Act::ReLU6, out, 0, 255);
+    Ok(QWeights {
+        weight,
+        weight_scales: scales,
+        bias,
+        clamp,
+    })
+}

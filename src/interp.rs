@@ -1,0 +1,396 @@
+//! The reference interpreter of the int8 IR: plain scalar loops, one sample at a time, NCHW,
+//! no SIMD and no tricks. It defines what every int8 op computes; the JIT must match it bit for
+//! bit. All rounding, requantization and clamping come from [`crate::quant::numerics`].
+
+use rayon::prelude::*;
+
+use crate::check::Pool2d;
+use crate::int8::{FWeights, QGraph, QOp, QWeights, TensorType};
+use crate::ir::{Act, ConvGeom};
+use crate::quant::numerics::{
+    average_codes, dequantize, quantize, requant_multiplier, requantize, QParams,
+};
+
+/// One sample's value of a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
+impl Value {
+    fn f32(&self) -> &[f32] {
+        match self {
+            Value::F32(v) => v,
+            Value::U8(_) => panic!("the converter gives this op f32 input"),
+        }
+    }
+
+    fn u8(&self) -> &[u8] {
+        match self {
+            Value::U8(v) => v,
+            Value::F32(_) => panic!("the converter gives this op u8 input"),
+        }
+    }
+}
+
+/// Runs the graph on `batch` samples of f32 input (NCHW, one sample after another); returns the
+/// output as f32 (dequantized if the graph ends quantized). Samples run in parallel.
+pub fn run(graph: &QGraph, input: &[f32], batch: usize) -> Vec<f32> {
+    let size = input.len() / batch.max(1);
+    input
+        .par_chunks(size.max(1))
+        .take(batch)
+        .flat_map_iter(|x| match run_sample(graph, x) {
+            Value::F32(v) => v,
+            Value::U8(v) => {
+                let q = graph.nodes[graph.output]
+                    .ty
+                    .qparams()
+                    .expect("u8 output has parameters");
+                v.iter().map(|&c| dequantize(c as i32, q)).collect()
+            }
+        })
+        .collect()
+}
+
+/// Runs one sample and returns every node's value (for `compare` and tests).
+pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
+    let mut values: Vec<Value> = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let arg = |k: usize| &values[node.inputs[k]];
+        let in_shape = |k: usize| graph.nodes[node.inputs[k]].shape.as_slice();
+        let in_q = |k: usize| graph.nodes[node.inputs[k]].ty.qparams();
+        let out_q = node.ty.qparams();
+        let v = match &node.op {
+            QOp::Input => Value::F32(x.to_vec()),
+            QOp::Quantize => {
+                let q = out_q.expect("quantize gives u8");
+                Value::U8(
+                    arg(0)
+                        .f32()
+                        .iter()
+                        .map(|&v| quantize(v, 1.0 / q.scale, q.zero_point, 0, 255) as u8)
+                        .collect(),
+                )
+            }
+            QOp::Dequantize => {
+                let q = in_q(0).expect("dequantize takes u8");
+                Value::F32(
+                    arg(0)
+                        .u8()
+                        .iter()
+                        .map(|&c| dequantize(c as i32, q))
+                        .collect(),
+                )
+            }
+            QOp::Linear {
+                in_features,
+                out_features,
+                w,
+            } => {
+                let (x, xq, yq) = (
+                    arg(0).u8(),
+                    in_q(0).expect("u8 input"),
+                    out_q.expect("u8 output"),
+                );
+                Value::U8(
+                    (0..*out_features)
+                        .map(|o| {
+                            let row = &w.weight[o * in_features..(o + 1) * in_features];
+                            let acc: i32 = row
+                                .iter()
+                                .zip(x)
+                                .map(|(&wv, &xv)| (xv as i32 - xq.zero_point) * wv as i32)
+                                .sum();
+                            requant(acc + w.bias[o], w, o, xq, yq)
+                        })
+                        .collect(),
+                )
+            }
+            QOp::Conv2d { geom, w } => {
+                let (xq, yq) = (in_q(0).expect("u8 input"), out_q.expect("u8 output"));
+                let x: Vec<i32> = arg(0)
+                    .u8()
+                    .iter()
+                    .map(|&c| c as i32 - xq.zero_point)
+                    .collect();
+                let acc = conv_acc(&x, in_shape(0), &node.shape, geom, |o, k| {
+                    w.weight[o * k.1 + k.0] as i32
+                });
+                let p = node.shape[1] * node.shape[2];
+                Value::U8(
+                    acc.iter()
+                        .enumerate()
+                        .map(|(i, &a)| requant(a + w.bias[i / p], w, i / p, xq, yq))
+                        .collect(),
+                )
+            }
+            QOp::Clamp { lo, hi } => Value::U8(
+                arg(0)
+                    .u8()
+                    .iter()
+                    .map(|&c| (c as i32).clamp(*lo, *hi) as u8)
+                    .collect(),
+            ),
+            QOp::MaxPool2d(pool) => match arg(0) {
+                Value::U8(x) => Value::U8(pool2d(x, in_shape(0), &node.shape, pool, |win| {
+                    *win.iter().max().expect("windows are not empty")
+                })),
+                Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
+                    win.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                })),
+            },
+            QOp::AvgPool2d(pool) => {
+                let n = (pool.kernel.0 * pool.kernel.1) as i32;
+                match arg(0) {
+                    // Padding counts in the divisor (count_include_pad) and adds zero *values*,
+                    // which are the zero point in codes.
+                    Value::U8(x) => {
+                        let zp = in_q(0).expect("u8").zero_point;
+                        Value::U8(pool2d(x, in_shape(0), &node.shape, pool, |win| {
+                            let sum: i32 = win.iter().map(|&c| c as i32).sum::<i32>()
+                                + zp * (n - win.len() as i32);
+                            average_codes(sum, n).clamp(0, 255) as u8
+                        }))
+                    }
+                    Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
+                        win.iter().sum::<f32>() / n as f32
+                    })),
+                }
+            }
+            QOp::GlobalAvgPool => {
+                let p = in_shape(0)[1] * in_shape(0)[2];
+                match arg(0) {
+                    Value::U8(x) => Value::U8(
+                        x.chunks(p)
+                            .map(|c| {
+                                average_codes(c.iter().map(|&v| v as i32).sum(), p as i32) as u8
+                            })
+                            .collect(),
+                    ),
+                    Value::F32(x) => Value::F32(
+                        x.chunks(p)
+                            .map(|c| c.iter().sum::<f32>() / p as f32)
+                            .collect(),
+                    ),
+                }
+            }
+            QOp::Flatten => arg(0).clone(),
+            QOp::Add => {
+                let len = node.shape.iter().product();
+                let mut sum = vec![0.0f32; len];
+                for k in 0..node.inputs.len() {
+                    match (arg(k), in_q(k)) {
+                        (Value::U8(x), Some(q)) => sum
+                            .iter_mut()
+                            .zip(x)
+                            .for_each(|(s, &c)| *s += dequantize(c as i32, q)),
+                        (v, _) => sum.iter_mut().zip(v.f32()).for_each(|(s, &f)| *s += f),
+                    }
+                }
+                match out_q {
+                    Some(q) => Value::U8(
+                        sum.iter()
+                            .map(|&v| quantize(v, 1.0 / q.scale, q.zero_point, 0, 255) as u8)
+                            .collect(),
+                    ),
+                    None => Value::F32(sum),
+                }
+            }
+            QOp::BatchNorm { scale, shift } => {
+                let (xq, yq) = (in_q(0).expect("u8"), out_q.expect("u8"));
+                let p = node.shape[1] * node.shape[2];
+                Value::U8(
+                    arg(0)
+                        .u8()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| {
+                            let v = dequantize(c as i32, xq) * scale[i / p] + shift[i / p];
+                            quantize(v, 1.0 / yq.scale, yq.zero_point, 0, 255) as u8
+                        })
+                        .collect(),
+                )
+            }
+            QOp::FloatLinear {
+                in_features,
+                out_features,
+                w,
+            } => {
+                let x = arg(0).f32();
+                Value::F32(float_act(
+                    w,
+                    (0..*out_features)
+                        .map(|o| {
+                            w.weight[o * in_features..(o + 1) * in_features]
+                                .iter()
+                                .zip(x)
+                                .map(|(a, b)| a * b)
+                                .sum::<f32>()
+                                + w.bias[o]
+                        })
+                        .collect(),
+                ))
+            }
+            QOp::FloatConv2d { geom, w } => {
+                let x = arg(0).f32();
+                let acc = conv_acc(x, in_shape(0), &node.shape, geom, |o, k| {
+                    w.weight[o * k.1 + k.0]
+                });
+                let p = node.shape[1] * node.shape[2];
+                Value::F32(float_act(
+                    w,
+                    acc.iter()
+                        .enumerate()
+                        .map(|(i, a)| a + w.bias[i / p])
+                        .collect(),
+                ))
+            }
+            QOp::FloatAct(act) => {
+                Value::F32(arg(0).f32().iter().map(|&v| apply_act(*act, v)).collect())
+            }
+            QOp::FloatBatchNorm { scale, shift } => {
+                let p = node.shape[1] * node.shape[2];
+                Value::F32(
+                    arg(0)
+                        .f32()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| v * scale[i / p] + shift[i / p])
+                        .collect(),
+                )
+            }
+        };
+        values.push(v);
+    }
+    values
+}
+
+fn run_sample(graph: &QGraph, x: &[f32]) -> Value {
+    run_all(graph, x).swap_remove(graph.output)
+}
+
+/// Requantizes output channel `o`'s accumulator.
+fn requant(acc: i32, w: &QWeights, o: usize, x: QParams, y: QParams) -> u8 {
+    let m = requant_multiplier(x.scale, w.scale(o), y.scale);
+    requantize(acc, m, y.zero_point, w.clamp.0, w.clamp.1) as u8
+}
+
+fn apply_act(act: Act, v: f32) -> f32 {
+    match act {
+        Act::None => v,
+        Act::ReLU => v.max(0.0),
+        Act::ReLU6 => v.clamp(0.0, 6.0),
+    }
+}
+
+fn float_act(w: &FWeights, mut v: Vec<f32>) -> Vec<f32> {
+    v.iter_mut().for_each(|x| *x = apply_act(w.act, *x));
+    v
+}
+
+/// Direct convolution accumulators, `[O, Ho, Wo]`, of an input already offset by its zero point.
+/// `weight(o, (k, kg))` is the weight of output channel `o` at tap `k` of `kg` per channel.
+fn conv_acc<T>(
+    x: &[T],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    geom: &ConvGeom,
+    weight: impl Fn(usize, (usize, usize)) -> T,
+) -> Vec<T>
+where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let (h, w) = (in_shape[1], in_shape[2]);
+    let (ho, wo) = (out_shape[1], out_shape[2]);
+    let (kh, kw) = geom.kernel;
+    let cg = geom.in_channels / geom.groups;
+    let og = geom.out_channels / geom.groups;
+    let kg = cg * kh * kw;
+    let mut out = vec![T::default(); geom.out_channels * ho * wo];
+    for o in 0..geom.out_channels {
+        let g = o / og;
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let mut acc = T::default();
+                for c in 0..cg {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            let ih = (oh * geom.stride.0 + i) as isize - geom.padding.0 as isize;
+                            let iw = (ow * geom.stride.1 + j) as isize - geom.padding.1 as isize;
+                            if ih < 0 || iw < 0 || ih as usize >= h || iw as usize >= w {
+                                continue; // padding: a zero value
+                            }
+                            let xv = x[((g * cg + c) * h + ih as usize) * w + iw as usize];
+                            acc = acc + xv * weight(o, ((c * kh + i) * kw + j, kg));
+                        }
+                    }
+                }
+                out[(o * ho + oh) * wo + ow] = acc;
+            }
+        }
+    }
+    out
+}
+
+/// A pooling window reduction over each plane (padding taps left out of the window).
+fn pool2d<T: Copy>(
+    x: &[T],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    pool: &Pool2d,
+    reduce: impl Fn(&[T]) -> T,
+) -> Vec<T> {
+    let (h, w) = (in_shape[1], in_shape[2]);
+    let (ho, wo) = (out_shape[1], out_shape[2]);
+    let mut out = Vec::with_capacity(out_shape.iter().product());
+    let mut window = Vec::with_capacity(pool.kernel.0 * pool.kernel.1);
+    for plane in x.chunks(h * w) {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                window.clear();
+                for i in 0..pool.kernel.0 {
+                    for j in 0..pool.kernel.1 {
+                        let ih = (oh * pool.stride.0 + i) as isize - pool.padding.0 as isize;
+                        let iw = (ow * pool.stride.1 + j) as isize - pool.padding.1 as isize;
+                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                            window.push(plane[ih as usize * w + iw as usize]);
+                        }
+                    }
+                }
+                out.push(reduce(&window));
+            }
+        }
+    }
+    out
+}
+
+/// Test accuracy (percent) of the int8 graph on a data set, with the spec's normalization.
+pub fn accuracy(
+    graph: &QGraph,
+    data: &crate::data::Dataset,
+    cfg: &crate::check::TrainConfig,
+) -> f32 {
+    let classes: usize = graph.nodes[graph.output].shape.iter().product();
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let mut correct = 0;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(500) {
+        crate::train::batch_input(data, chunk, cfg, &mut x, &mut labels);
+        let logits = run(graph, &x, chunk.len());
+        correct += logits
+            .chunks_exact(classes)
+            .zip(&labels)
+            .filter(|(row, &l)| crate::train::kernels::argmax(row) == l as usize)
+            .count();
+    }
+    100.0 * correct as f32 / data.len().max(1) as f32
+}
+
+impl TensorType {
+    /// Whether values of this type are quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, TensorType::U8(_))
+    }
+}
