@@ -15,7 +15,7 @@ use crate::train::engine::{BnState, Net, NodeState, Param};
 
 /// The largest reduction length an int8 layer may have: beyond it, the sum of u8 x i8 products
 /// (each at most 255 · 128 in size) could overflow the i32 accumulator.
-pub const MAX_REDUCTION: usize = (i32::MAX as usize) / (255 * 128);
+pub use crate::int8::MAX_REDUCTION;
 
 /// Converts a trained network, or says which layer cannot be converted and why.
 pub fn convert(net: &Net) -> Result<QGraph, String> {

@@ -267,3 +267,277 @@ impl QGraph {
         out
     }
 }
+
+/// Reduction lengths above this could overflow the i32 accumulator of u8 x i8 products.
+pub const MAX_REDUCTION: usize = (i32::MAX as usize) / (255 * 128);
+
+/// Sizes above this many elements per sample are refused (no model here comes near).
+const MAX_ELEMENTS: usize = 1 << 26;
+
+/// Checks every invariant the interpreter relies on: the input node first and only first, inputs
+/// from earlier nodes, dtypes each op accepts, shapes by each op's rule, array lengths, weight
+/// scales finite and positive, zero points inside 0..255, clamps inside the code range, reduction
+/// lengths that cannot overflow. Returns every violation, each naming its node.
+pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    if g.nodes.is_empty() {
+        return Err(vec!["the graph has no nodes".into()]);
+    }
+    if g.output >= g.nodes.len() {
+        errors.push(format!("the output {} is not a node", g.output));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let mut err = |msg: String| errors.push(format!("node `{}`: {msg}", node.name));
+        if !names.insert(node.name.as_str()) {
+            err("duplicate name".into());
+        }
+        if node.shape.is_empty() || node.shape.len() > 3 || node.shape.iter().any(|&d| d == 0) {
+            err(format!("bad shape {:?}", node.shape));
+            continue;
+        }
+        if node
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
+            err(format!("shape {:?} is too large", node.shape));
+            continue;
+        }
+        if let TensorType::U8(q) = node.ty {
+            if !(q.scale.is_finite() && q.scale > 0.0) {
+                err(format!("scale {} is not finite and positive", q.scale));
+            }
+            if !(0..=255).contains(&q.zero_point) {
+                err(format!(
+                    "zero point {} is outside quint8 (0..255)",
+                    q.zero_point
+                ));
+            }
+        }
+        if (i == 0) != matches!(node.op, QOp::Input) {
+            err("the input node must be first and only first".into());
+            continue;
+        }
+        if i == 0 {
+            if node.ty != TensorType::F32 || !node.inputs.is_empty() {
+                err("the input is f32 and has no inputs".into());
+            }
+            continue;
+        }
+        let want_inputs = if matches!(node.op, QOp::Add) {
+            2..=usize::MAX
+        } else {
+            1..=1
+        };
+        if !want_inputs.contains(&node.inputs.len()) {
+            err(format!("has {} inputs", node.inputs.len()));
+            continue;
+        }
+        if let Some(&j) = node.inputs.iter().find(|&&j| j >= i) {
+            err(format!("reads node {j}, which is not before it"));
+            continue;
+        }
+        let x = &g.nodes[node.inputs[0]];
+        let (in_u8, out_u8) = (x.ty.is_quantized(), node.ty.is_quantized());
+        let in_len: usize = x.shape.iter().product();
+        let mut types = |ok: bool, what: &str| {
+            if !ok {
+                errors.push(format!("node `{}`: {what}", node.name));
+            }
+        };
+        match &node.op {
+            QOp::Input => {}
+            QOp::Quantize => types(!in_u8 && out_u8, "quantize takes f32 and gives u8"),
+            QOp::Dequantize => types(in_u8 && !out_u8, "dequantize takes u8 and gives f32"),
+            QOp::Linear { .. } | QOp::Conv2d { .. } | QOp::Clamp { .. } | QOp::BatchNorm { .. } => {
+                types(in_u8 && out_u8, "a quantized op takes and gives u8")
+            }
+            QOp::FloatLinear { .. }
+            | QOp::FloatConv2d { .. }
+            | QOp::FloatAct(_)
+            | QOp::FloatBatchNorm { .. } => {
+                types(!in_u8 && !out_u8, "a float op takes and gives f32")
+            }
+            QOp::MaxPool2d(_) | QOp::AvgPool2d(_) | QOp::GlobalAvgPool | QOp::Flatten => types(
+                x.ty == node.ty,
+                "pooling and flatten keep their input's type",
+            ),
+            QOp::Add => {
+                let same = node.inputs.iter().all(|&j| {
+                    g.nodes[j].ty.is_quantized() == out_u8 && g.nodes[j].shape == x.shape
+                });
+                types(same, "add takes inputs of its own kind and one shape")
+            }
+        }
+        if let QOp::Clamp { .. } = node.op {
+            types(x.ty == node.ty, "clamp keeps its input's parameters");
+        }
+        let errs_before = errors.len();
+        let mut shape_err = |msg: String| errors.push(format!("node `{}`: {msg}", node.name));
+        let window =
+            |k: (usize, usize), s: (usize, usize), p: (usize, usize)| -> Option<Vec<usize>> {
+                let [c, h, w] = x.shape[..] else { return None };
+                let (ph, pw) = (h + 2 * p.0, w + 2 * p.1);
+                if k.0 == 0 || k.1 == 0 || s.0 == 0 || s.1 == 0 || k.0 > ph || k.1 > pw {
+                    return None;
+                }
+                Some(vec![c, (ph - k.0) / s.0 + 1, (pw - k.1) / s.1 + 1])
+            };
+        let expected: Option<Vec<usize>> = match &node.op {
+            QOp::Input => None,
+            QOp::Quantize | QOp::Dequantize | QOp::Clamp { .. } | QOp::FloatAct(_) | QOp::Add => {
+                Some(x.shape.clone())
+            }
+            QOp::Flatten => Some(vec![in_len]),
+            QOp::GlobalAvgPool => match x.shape[..] {
+                [c, _, _] => Some(vec![c, 1, 1]),
+                _ => None,
+            },
+            QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => window(p.kernel, p.stride, p.padding),
+            QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
+                if x.shape.len() != 3
+                    || scale.len() != x.shape[0]
+                    || shift.len() != x.shape[0]
+                    || scale.iter().chain(shift).any(|v| !v.is_finite())
+                {
+                    shape_err(format!("batch norm needs [C, H, W] input and C finite scales and shifts, has {} and {}", scale.len(), shift.len()));
+                }
+                Some(x.shape.clone())
+            }
+            QOp::Linear {
+                in_features,
+                out_features,
+                w,
+            } => {
+                check_weights(
+                    &mut shape_err,
+                    w.weight.len(),
+                    w.bias.len(),
+                    *in_features,
+                    *out_features,
+                );
+                check_qweights(&mut shape_err, w, *out_features, *in_features);
+                (x.shape == [*in_features]).then(|| vec![*out_features])
+            }
+            QOp::FloatLinear {
+                in_features,
+                out_features,
+                w,
+            } => {
+                check_weights(
+                    &mut shape_err,
+                    w.weight.len(),
+                    w.bias.len(),
+                    *in_features,
+                    *out_features,
+                );
+                (x.shape == [*in_features]).then(|| vec![*out_features])
+            }
+            QOp::Conv2d { geom, .. } | QOp::FloatConv2d { geom, .. } if geom.groups == 0 => {
+                shape_err("conv with zero groups".into());
+                None
+            }
+            QOp::Conv2d { geom, w } => {
+                let k = conv_reduction(geom);
+                check_weights(
+                    &mut shape_err,
+                    w.weight.len(),
+                    w.bias.len(),
+                    k,
+                    geom.out_channels,
+                );
+                check_qweights(&mut shape_err, w, geom.out_channels, k);
+                conv_shape(geom, &x.shape, window)
+            }
+            QOp::FloatConv2d { geom, w } => {
+                let k = conv_reduction(geom);
+                check_weights(
+                    &mut shape_err,
+                    w.weight.len(),
+                    w.bias.len(),
+                    k,
+                    geom.out_channels,
+                );
+                conv_shape(geom, &x.shape, window)
+            }
+        };
+        if errors.len() == errs_before {
+            match expected {
+                Some(shape) if shape == node.shape => {}
+                Some(shape) => errors.push(format!(
+                    "node `{}`: shape {:?}, but its op gives {shape:?}",
+                    node.name, node.shape
+                )),
+                None if !matches!(node.op, QOp::Input) => errors.push(format!(
+                    "node `{}`: its op does not accept an input of shape {:?}",
+                    node.name, x.shape
+                )),
+                None => {}
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn conv_reduction(geom: &ConvGeom) -> usize {
+    geom.in_channels / geom.groups.max(1) * geom.kernel.0 * geom.kernel.1
+}
+
+fn conv_shape(
+    geom: &ConvGeom,
+    x: &[usize],
+    window: impl Fn((usize, usize), (usize, usize), (usize, usize)) -> Option<Vec<usize>>,
+) -> Option<Vec<usize>> {
+    let divides = geom.in_channels % geom.groups == 0 && geom.out_channels % geom.groups == 0;
+    if !divides || x.len() != 3 || x[0] != geom.in_channels || geom.out_channels == 0 {
+        return None;
+    }
+    window(geom.kernel, geom.stride, geom.padding).map(|s| vec![geom.out_channels, s[1], s[2]])
+}
+
+fn check_weights(
+    err: &mut impl FnMut(String),
+    weights: usize,
+    biases: usize,
+    k: usize,
+    out: usize,
+) {
+    if Some(weights) != k.checked_mul(out) || biases != out {
+        err(format!(
+            "{weights} weights and {biases} biases for {out} outputs of {k} inputs each"
+        ));
+    }
+}
+
+fn check_qweights(err: &mut impl FnMut(String), w: &QWeights, out: usize, k: usize) {
+    if w.weight_scales.len() != 1 && w.weight_scales.len() != out {
+        err(format!(
+            "{} weight scales for {out} outputs",
+            w.weight_scales.len()
+        ));
+    }
+    if let Some(s) = w
+        .weight_scales
+        .iter()
+        .find(|s| !(s.is_finite() && **s > 0.0))
+    {
+        err(format!("weight scale {s} is not finite and positive"));
+    }
+    if !(0 <= w.clamp.0 && w.clamp.0 <= w.clamp.1 && w.clamp.1 <= 255) {
+        err(format!(
+            "clamp {}..{} is not inside 0..255",
+            w.clamp.0, w.clamp.1
+        ));
+    }
+    if k > MAX_REDUCTION {
+        err(format!(
+            "reduction of {k} products could overflow the i32 accumulator (limit {MAX_REDUCTION})"
+        ));
+    }
+}

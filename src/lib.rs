@@ -29,6 +29,7 @@ pub mod int8;
 pub mod interp;
 pub mod ir;
 pub mod passes;
+pub mod qmodel;
 pub mod quant;
 pub mod syntax;
 pub mod train;

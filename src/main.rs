@@ -245,7 +245,7 @@ fn train(
     };
     let metadata = std::collections::HashMap::from([
         ("model".to_string(), model.name.clone()),
-        ("spec".to_string(), spec_text),
+        ("spec".to_string(), spec_text.clone()),
         (
             "qatc_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
@@ -269,6 +269,16 @@ fn train(
             "int8_acc".into(),
             (((acc as f64) * 100.0).round() / 100.0).into(),
         );
+        let info = qatc::qmodel::Info {
+            backend: model
+                .backend
+                .map_or(String::new(), |b| b.name().to_string()),
+            spec: spec_text.clone(),
+            qatc_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let bytes = qatc::qmodel::to_bytes(&graph, &info).map_err(|e| format!("error: {e}\n"))?;
+        write("model.qmodel", &bytes)?;
+        summary.insert("qmodel_bytes".into(), bytes.len().into());
         Some((acc, graph))
     } else {
         None
@@ -308,7 +318,7 @@ fn train(
         outcome.train_images_per_s
     );
     println!(
-        "wrote {}/{{checkpoint.safetensors, metrics.csv, summary.json, curves.svg}}",
+        "wrote {}/{{checkpoint.safetensors, model.qmodel, metrics.csv, summary.json, curves.svg}}",
         dir.display()
     );
     Ok(())
