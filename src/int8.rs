@@ -292,7 +292,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
         if !names.insert(node.name.as_str()) {
             err("duplicate name".into());
         }
-        if node.shape.is_empty() || node.shape.len() > 3 || node.shape.iter().any(|&d| d == 0) {
+        if node.shape.is_empty() || node.shape.len() > 3 || node.shape.contains(&0) {
             err(format!("bad shape {:?}", node.shape));
             continue;
         }
@@ -494,7 +494,8 @@ fn conv_shape(
     x: &[usize],
     window: impl Fn((usize, usize), (usize, usize), (usize, usize)) -> Option<Vec<usize>>,
 ) -> Option<Vec<usize>> {
-    let divides = geom.in_channels % geom.groups == 0 && geom.out_channels % geom.groups == 0;
+    let divides = geom.in_channels.is_multiple_of(geom.groups)
+        && geom.out_channels.is_multiple_of(geom.groups);
     if !divides || x.len() != 3 || x[0] != geom.in_channels || geom.out_channels == 0 {
         return None;
     }
