@@ -51,7 +51,7 @@ fn split(bytes: &[u8]) -> (Value, Vec<u8>) {
 
 fn join(header: &Value, data: &[u8]) -> Vec<u8> {
     let mut text = serde_json::to_string(header).unwrap();
-    while (text.len() + 8) % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
