@@ -35,6 +35,14 @@ enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Evaluate a converted model (.qmodel) on the reference interpreter: accuracy and the
+    /// confusion matrix on its spec's test data.
+    Eval {
+        model: PathBuf,
+        /// Evaluate on this spec's data instead of the one stored in the model.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Measure training throughput: images/s per epoch (median) for each spec.
     BenchTrain {
         /// Specs to measure (default: specs/mnist_mlp.qspec and specs/lenet_mnist.qspec).
@@ -89,6 +97,7 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", qatc::check::model_table(&model));
             Ok(())
         }
+        Command::Eval { model, data } => with_threads(None, |_| eval(&model, data.as_deref())),
         Command::Fmt { spec, yaml } => {
             let text = read_spec(&spec)?;
             let name = spec.display().to_string();
@@ -114,6 +123,68 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
         } => with_threads(threads, |threads| bench_train(specs, epochs, threads, json)),
     }
+}
+
+fn eval(model_path: &Path, data_spec: Option<&Path>) -> Result<(), String> {
+    let bytes = std::fs::read(model_path)
+        .map_err(|e| format!("error: cannot read `{}`: {e}\n", model_path.display()))?;
+    let (graph, info) = qatc::qmodel::from_bytes(&bytes)
+        .map_err(|e| format!("error: {}: {e}\n", model_path.display()))?;
+    // The data and its normalization come from a spec: the one given, or the one in the model.
+    let (spec_name, spec_text, spec_dir) = match data_spec {
+        Some(path) => (
+            path.display().to_string(),
+            read_spec(path)?,
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ),
+        None => (
+            format!("{} (its spec)", model_path.display()),
+            info.spec.clone(),
+            PathBuf::from("."),
+        ),
+    };
+    let (result, source) = qatc::front_end(&spec_name, &spec_text);
+    let checked = result.map_err(|d| diag::render(&d, &source.name, &source.text))?;
+    let cfg = checked
+        .model
+        .train
+        .clone()
+        .ok_or_else(|| format!("error: {spec_name} has no `train` block naming data\n"))?;
+    let data = qatc::train::load_data(&checked.model, &cfg, &spec_dir)
+        .map_err(|e| format!("error: {e}\n"))?;
+    let classes: usize = graph.nodes[graph.output].shape.iter().product();
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let indices: Vec<usize> = (0..data.test.len()).collect();
+    for chunk in indices.chunks(500) {
+        qatc::train::batch_input(&data.test, chunk, &cfg, &mut x, &mut labels);
+        let logits = qatc::interp::run(&graph, &x, chunk.len());
+        for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
+            confusion[label as usize][qatc::train::kernels::argmax(row)] += 1;
+        }
+    }
+    let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+    println!(
+        "model {} ({} backend), {} test images: int8 accuracy {:.2} %",
+        graph.name,
+        info.backend,
+        data.test.len(),
+        100.0 * correct as f64 / data.test.len().max(1) as f64
+    );
+    println!("\nconfusion matrix (rows: label, columns: prediction)");
+    print!("      ");
+    for c in 0..classes {
+        print!("{c:>6}");
+    }
+    println!();
+    for (label, row) in confusion.iter().enumerate() {
+        print!("{label:>6}");
+        for n in row {
+            print!("{n:>6}");
+        }
+        println!();
+    }
+    Ok(())
 }
 
 /// Runs `work` on a pool of worker threads (all cores by default), passing their number. The

@@ -118,7 +118,7 @@ fn cli_train_writes_the_run_folder() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    for key in ["model", "epochs", "fake_quant_acc", "train_images_per_s"] {
+    for key in ["model", "epochs", "fake_quant_acc", "train_images_per_s", "int8_acc", "checkpoint_bytes", "qmodel_bytes"] {
         assert!(
             !summary[key].is_null(),
             "summary.json lacks {key}: {summary}"
@@ -130,6 +130,21 @@ fn cli_train_writes_the_run_folder() {
     let checkpoint = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&checkpoint).unwrap();
     assert_eq!(tensors.tensor("fc1.weight").unwrap().shape(), [256, 784]);
+    // The int8 model is about 4x smaller than the float checkpoint.
+    let (qmodel, checkpoint) = (summary["qmodel_bytes"].as_f64().unwrap(), summary["checkpoint_bytes"].as_f64().unwrap());
+    assert!(qmodel * 3.5 < checkpoint, "{qmodel} vs {checkpoint}");
+
+    // `qatc eval` on the written model gives the accuracy `train` reported.
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .arg("eval")
+        .arg(out.join("model.qmodel"))
+        .current_dir(common::root())
+        .output()
+        .expect("qatc runs");
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(eval.status.success(), "{text}{}", String::from_utf8_lossy(&eval.stderr));
+    let expected = format!("int8 accuracy {:.2} %", summary["int8_acc"].as_f64().unwrap());
+    assert!(text.contains(&expected) && text.contains("confusion matrix"), "{text}\nwanted {expected}");
     std::fs::remove_dir_all(&out).ok();
 }
 
