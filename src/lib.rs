@@ -22,6 +22,7 @@
 //! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
 
 pub mod check;
+pub mod compare;
 pub mod convert;
 pub mod data;
 pub mod diag;

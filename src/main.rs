@@ -43,6 +43,32 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Post-training quantization: calibrate a float checkpoint's observers on training data
+    /// (no training) and write the converted model.
+    Calibrate {
+        /// The spec, with the `quantize` block to apply.
+        spec: PathBuf,
+        /// A checkpoint trained from this model (e.g. by `qatc train` on the spec without its
+        /// `quantize` block).
+        #[arg(long)]
+        from: PathBuf,
+        /// Calibration batches of training data.
+        #[arg(long, default_value_t = 32)]
+        batches: usize,
+        /// Where to write model.qmodel (default: runs/<model>-ptq).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Per-layer error (SQNR) between the fake-quant graph and the int8 graph on test images.
+    Compare {
+        model: PathBuf,
+        /// The fake-quant checkpoint (default: checkpoint.safetensors beside the model).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Test images to compare on.
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+    },
     /// Measure training throughput: images/s per epoch (median) for each spec.
     BenchTrain {
         /// Specs to measure (default: specs/mnist_mlp.qspec and specs/lenet_mnist.qspec).
@@ -97,6 +123,17 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", qatc::check::model_table(&model));
             Ok(())
         }
+        Command::Calibrate {
+            spec,
+            from,
+            batches,
+            out,
+        } => with_threads(None, |_| calibrate(&spec, &from, batches, out)),
+        Command::Compare {
+            model,
+            checkpoint,
+            images,
+        } => with_threads(None, |_| compare(&model, checkpoint, images)),
         Command::Eval { model, data } => with_threads(None, |_| eval(&model, data.as_deref())),
         Command::Fmt { spec, yaml } => {
             let text = read_spec(&spec)?;
@@ -123,6 +160,137 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
         } => with_threads(threads, |threads| bench_train(specs, epochs, threads, json)),
     }
+}
+
+fn calibrate(
+    spec_path: &Path,
+    from: &Path,
+    batches: usize,
+    out: Option<PathBuf>,
+) -> Result<(), String> {
+    let spec_text = read_spec(spec_path)?;
+    let (model, _) = front_end(spec_path)?;
+    if model.backend.is_none() {
+        return Err(format!(
+            "error: `{}` has no `quantize` block: nothing to calibrate\n",
+            spec_path.display()
+        ));
+    }
+    let cfg = model.train.clone().ok_or_else(|| {
+        format!(
+            "error: `{}` has no `train` block naming data\n",
+            spec_path.display()
+        )
+    })?;
+    let data = qatc::train::load_data(&model, &cfg, spec_path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| format!("error: {e}\n"))?;
+    let mut net = qatc::train::build_net(&model, cfg.seed).map_err(|e| format!("error: {e}\n"))?;
+    let bytes = std::fs::read(from)
+        .map_err(|e| format!("error: cannot read `{}`: {e}\n", from.display()))?;
+    qatc::train::checkpoint::load(&mut net, &bytes)
+        .map_err(|e| format!("error: {}: {e}\n", from.display()))?;
+    let float_acc = qatc::train::evaluate(&mut net, &data.test, &cfg, false);
+    // Observers only: no fake quantization, no training, BatchNorm on its running statistics.
+    let observe = qatc::train::engine::Mode {
+        training: false,
+        fake_quant: false,
+        observe: true,
+        bn_frozen: true,
+    };
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let order: Vec<usize> = (0..data.train.len()).collect();
+    let mut rng = qatc::train::rng::Rng::new(cfg.seed);
+    let mut seen = 0;
+    for chunk in order.chunks(cfg.batch).take(batches.max(1)) {
+        qatc::train::batch_input(&data.train, chunk, &cfg, &mut x, &mut labels);
+        net.forward(&x, chunk.len(), observe, &mut rng);
+        seen += chunk.len();
+    }
+    let fq_acc = qatc::train::evaluate(&mut net, &data.test, &cfg, true);
+    let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
+    let int8_acc = qatc::interp::accuracy(&graph, &data.test, &cfg);
+    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("error: cannot create {}: {e}\n", dir.display()))?;
+    let info = qatc::qmodel::Info {
+        backend: model
+            .backend
+            .map_or(String::new(), |b| b.name().to_string()),
+        spec: spec_text,
+        qatc_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let bytes = qatc::qmodel::to_bytes(&graph, &info).map_err(|e| format!("error: {e}\n"))?;
+    let path = dir.join("model.qmodel");
+    std::fs::write(&path, bytes)
+        .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
+    println!(
+        "calibrated on {seen} training images; test accuracy on {} images:",
+        data.test.len()
+    );
+    println!("  float                      {float_acc:6.2} %");
+    println!("  fake quant (PTQ)           {fq_acc:6.2} %");
+    println!("  int8 (reference)           {int8_acc:6.2} %");
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn compare(model_path: &Path, checkpoint: Option<PathBuf>, images: usize) -> Result<(), String> {
+    let bytes = std::fs::read(model_path)
+        .map_err(|e| format!("error: cannot read `{}`: {e}\n", model_path.display()))?;
+    let (graph, info) = qatc::qmodel::from_bytes(&bytes)
+        .map_err(|e| format!("error: {}: {e}\n", model_path.display()))?;
+    let checkpoint =
+        checkpoint.unwrap_or_else(|| model_path.with_file_name("checkpoint.safetensors"));
+    let name = format!("{} (its spec)", model_path.display());
+    let (result, source) = qatc::front_end(&name, &info.spec);
+    let model = result
+        .map_err(|d| diag::render(&d, &source.name, &source.text))?
+        .model;
+    let cfg = model
+        .train
+        .clone()
+        .ok_or_else(|| "error: the model's spec has no `train` block naming data\n".to_string())?;
+    let data = qatc::train::load_data(&model, &cfg, Path::new("."))
+        .map_err(|e| format!("error: {e}\n"))?;
+    let mut net = qatc::train::build_net(&model, cfg.seed).map_err(|e| format!("error: {e}\n"))?;
+    let ck = std::fs::read(&checkpoint).map_err(|e| {
+        format!(
+            "error: cannot read checkpoint `{}`: {e}\n",
+            checkpoint.display()
+        )
+    })?;
+    qatc::train::checkpoint::load(&mut net, &ck)
+        .map_err(|e| format!("error: {}: {e}\n", checkpoint.display()))?;
+    let n = images.clamp(1, data.test.len());
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    qatc::train::batch_input(
+        &data.test,
+        &(0..n).collect::<Vec<_>>(),
+        &cfg,
+        &mut x,
+        &mut labels,
+    );
+    let errors = qatc::compare::layer_errors(&mut net, &graph, &x, n);
+    println!(
+        "int8 vs fake quant on {n} test images (SQNR, higher is closer; 30 dB is PyTorch's bar)\n"
+    );
+    println!(
+        "{:<16} {:<16} {:<16} {:>9}",
+        "layer", "op", "shape", "SQNR dB"
+    );
+    for e in &errors {
+        println!(
+            "{:<16} {:<16} {:<16} {:>9.1}",
+            e.name,
+            e.op,
+            format!("{:?}", e.shape),
+            e.sqnr_db
+        );
+    }
+    if let Some(last) = errors.last() {
+        println!("\noutput SQNR: {:.1} dB", last.sqnr_db);
+    }
+    Ok(())
 }
 
 fn eval(model_path: &Path, data_spec: Option<&Path>) -> Result<(), String> {
@@ -388,8 +556,9 @@ fn train(
         "training throughput: {:.0} images/s",
         outcome.train_images_per_s
     );
+    let qmodel = if int8.is_some() { "model.qmodel, " } else { "" };
     println!(
-        "wrote {}/{{checkpoint.safetensors, model.qmodel, metrics.csv, summary.json, curves.svg}}",
+        "wrote {}/{{checkpoint.safetensors, {qmodel}metrics.csv, summary.json, curves.svg}}",
         dir.display()
     );
     Ok(())

@@ -118,7 +118,15 @@ fn cli_train_writes_the_run_folder() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    for key in ["model", "epochs", "fake_quant_acc", "train_images_per_s", "int8_acc", "checkpoint_bytes", "qmodel_bytes"] {
+    for key in [
+        "model",
+        "epochs",
+        "fake_quant_acc",
+        "train_images_per_s",
+        "int8_acc",
+        "checkpoint_bytes",
+        "qmodel_bytes",
+    ] {
         assert!(
             !summary[key].is_null(),
             "summary.json lacks {key}: {summary}"
@@ -131,7 +139,10 @@ fn cli_train_writes_the_run_folder() {
     let tensors = safetensors::SafeTensors::deserialize(&checkpoint).unwrap();
     assert_eq!(tensors.tensor("fc1.weight").unwrap().shape(), [256, 784]);
     // The int8 model is about 4x smaller than the float checkpoint.
-    let (qmodel, checkpoint) = (summary["qmodel_bytes"].as_f64().unwrap(), summary["checkpoint_bytes"].as_f64().unwrap());
+    let (qmodel, checkpoint) = (
+        summary["qmodel_bytes"].as_f64().unwrap(),
+        summary["checkpoint_bytes"].as_f64().unwrap(),
+    );
     assert!(qmodel * 3.5 < checkpoint, "{qmodel} vs {checkpoint}");
 
     // `qatc eval` on the written model gives the accuracy `train` reported.
@@ -142,9 +153,19 @@ fn cli_train_writes_the_run_folder() {
         .output()
         .expect("qatc runs");
     let text = String::from_utf8_lossy(&eval.stdout);
-    assert!(eval.status.success(), "{text}{}", String::from_utf8_lossy(&eval.stderr));
-    let expected = format!("int8 accuracy {:.2} %", summary["int8_acc"].as_f64().unwrap());
-    assert!(text.contains(&expected) && text.contains("confusion matrix"), "{text}\nwanted {expected}");
+    assert!(
+        eval.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let expected = format!(
+        "int8 accuracy {:.2} %",
+        summary["int8_acc"].as_f64().unwrap()
+    );
+    assert!(
+        text.contains(&expected) && text.contains("confusion matrix"),
+        "{text}\nwanted {expected}"
+    );
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -166,5 +187,75 @@ fn cli_train_reports_bad_data_clearly() {
         stderr.contains("MNIST file missing") && stderr.contains("train-images-idx3-ubyte"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs qatc from the project root; its stdout, after checking it succeeded.
+fn qatc_in_root(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .expect("qatc runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "qatc {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn calibrate_quantizes_a_float_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("qatc-ptq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The MLP without its quantize block trains float; calibrate then applies the original spec.
+    let spec = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec")).unwrap();
+    let float_spec = spec
+        .replace("quantize {\n    backend: fbgemm\n}\n", "")
+        .replace(
+            "data/mnist10k",
+            &common::root().join("data/mnist10k").display().to_string(),
+        );
+    assert!(!float_spec.contains("quantize"));
+    std::fs::write(dir.join("float.qspec"), float_spec).unwrap();
+    let out = dir.join("float");
+    qatc_in_root(&[
+        "train",
+        &dir.join("float.qspec").display().to_string(),
+        "--epochs",
+        "1",
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(
+        !out.join("model.qmodel").exists(),
+        "a float run writes no int8 model"
+    );
+    let ptq = dir.join("ptq");
+    let text = qatc_in_root(&[
+        "calibrate",
+        "specs/mnist_mlp.qspec",
+        "--from",
+        &out.join("checkpoint.safetensors").display().to_string(),
+        "--batches",
+        "8",
+        "--out",
+        &ptq.display().to_string(),
+    ]);
+    assert!(
+        text.contains("calibrated on 512 training images") && text.contains("int8 (reference)"),
+        "{text}"
+    );
+    let int8: f32 = text
+        .lines()
+        .find(|l| l.contains("int8"))
+        .and_then(|l| l.split_whitespace().rev().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(int8 > 80.0, "{text}");
+    assert!(ptq.join("model.qmodel").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

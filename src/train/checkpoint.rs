@@ -111,3 +111,97 @@ pub fn to_bytes(net: &Net, metadata: HashMap<String, String>) -> Result<Vec<u8>,
     safetensors::tensor::serialize(views, Some(metadata))
         .map_err(|e| format!("cannot serialize the checkpoint: {e}"))
 }
+
+/// Loads a checkpoint's tensors into a network built from the same spec: every parameter and
+/// BatchNorm statistic must be present with its shape; observer ranges are loaded when present
+/// (a float checkpoint has none). Returns the checkpoint's metadata.
+pub fn load(net: &mut Net, bytes: &[u8]) -> Result<HashMap<String, String>, String> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid checkpoint: {e}"))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;
+    let get = |name: &str, len: Option<usize>| -> Result<Option<Vec<f32>>, String> {
+        let Ok(t) = file.tensor(name) else {
+            return Ok(None);
+        };
+        if t.dtype() != Dtype::F32 {
+            return Err(format!("tensor `{name}` is {:?}, expected F32", t.dtype()));
+        }
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if len.is_some_and(|n| n != values.len()) {
+            return Err(format!(
+                "tensor `{name}` has {} values, the model needs {}",
+                values.len(),
+                len.unwrap_or(0)
+            ));
+        }
+        Ok(Some(values))
+    };
+    let required = |name: &str, slot: &mut Vec<f32>| -> Result<(), String> {
+        let values = get(name, Some(slot.len()))?.ok_or_else(|| {
+            format!("the checkpoint has no `{name}`: was it trained from this spec?")
+        })?;
+        *slot = values;
+        Ok(())
+    };
+    let observer = |prefix: String, obs: &mut Observer, channels: usize| -> Result<(), String> {
+        let limit = Some(if obs.config.observer.is_per_channel() {
+            channels
+        } else {
+            1
+        });
+        let min = get(&format!("{prefix}.min_val"), limit)?;
+        let max = get(&format!("{prefix}.max_val"), limit)?;
+        if let (Some(min), Some(max)) = (min, max) {
+            obs.min = min;
+            obs.max = max;
+        }
+        Ok(())
+    };
+    for (node, state) in net.graph.nodes.iter().zip(net.states.iter_mut()) {
+        let mut bn_state = None;
+        match state {
+            NodeState::Linear {
+                weight,
+                bias,
+                weight_obs,
+            }
+            | NodeState::Conv {
+                weight,
+                bias,
+                weight_obs,
+                ..
+            } => {
+                required(&weight.name.clone(), &mut weight.value)?;
+                if let Some(b) = bias {
+                    required(&b.name.clone(), &mut b.value)?;
+                }
+                let channels = weight.shape[0];
+                if let Some(obs) = weight_obs {
+                    observer(format!("{}.weight_fake_quant", node.name), obs, channels)?;
+                }
+            }
+            NodeState::FakeQuant { obs } => {
+                observer(format!("{}.activation_post_process", node.name), obs, 1)?
+            }
+            NodeState::Bn(_) | NodeState::None => {}
+        }
+        match state {
+            NodeState::Conv { bn: Some(bn), .. } => bn_state = Some(&mut **bn),
+            NodeState::Bn(bn) => bn_state = Some(bn),
+            _ => {}
+        }
+        if let Some(bn) = bn_state {
+            let name = bn.attrs.name.clone();
+            required(&bn.gamma.name.clone(), &mut bn.gamma.value)?;
+            required(&bn.beta.name.clone(), &mut bn.beta.value)?;
+            required(&format!("{name}.running_mean"), &mut bn.running_mean)?;
+            required(&format!("{name}.running_var"), &mut bn.running_var)?;
+        }
+    }
+    Ok(header.metadata().clone().unwrap_or_default())
+}

@@ -76,7 +76,8 @@ pub struct Mode {
     pub training: bool,
     /// Fake quantization on (off during float pretraining).
     pub fake_quant: bool,
-    /// Observers update their ranges.
+    /// Observers update their ranges (with or without fake quantization: calibration observes
+    /// only).
     pub observe: bool,
     /// BatchNorm uses and keeps its running statistics even while training.
     pub bn_frozen: bool,
@@ -374,7 +375,7 @@ impl Net {
                         .qconfig
                         .as_ref()
                         .is_none_or(|q| q.mode == QuantMode::Qat);
-                    if mode.fake_quant && mode.observe {
+                    if mode.observe {
                         observe_parallel(obs, x);
                     }
                     if mode.fake_quant && qat {
@@ -735,11 +736,11 @@ fn weight_tape(
         .as_ref()
         .is_none_or(|q| q.mode == QuantMode::Qat);
     let mut mask = None;
-    if let (true, true, Some(obs)) = (has_fq, mode.fake_quant, obs.as_mut()) {
+    if let (true, Some(obs)) = (has_fq, obs.as_mut()) {
         if mode.observe {
             obs.observe(&used, out_channels);
         }
-        if qat {
+        if qat && mode.fake_quant {
             let qparams = obs.qparams();
             let cfg = obs.config;
             let mut m = vec![false; used.len()];
