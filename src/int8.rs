@@ -178,7 +178,7 @@ impl QOp {
 
 fn weights_text(w: &QWeights) -> String {
     let per = if w.weight_scales.len() == 1 {
-        format!("scale={:e}", w.weight_scales[0])
+        format!("scale={:.6e}", w.weight_scales[0])
     } else {
         format!("per_channel({})", w.weight_scales.len())
     };
@@ -252,7 +252,7 @@ impl QGraph {
             let ty = match node.ty {
                 TensorType::F32 => format!("f32[N, {dims}]"),
                 TensorType::U8(q) => {
-                    format!("u8[N, {dims}] (scale={:e}, zp={})", q.scale, q.zero_point)
+                    format!("u8[N, {dims}] (scale={:.6e}, zp={})", q.scale, q.zero_point)
                 }
             };
             let _ = writeln!(

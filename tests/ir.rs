@@ -99,3 +99,29 @@ fn the_verifier_names_what_is_wrong() {
         .iter()
         .any(|e| e.contains("%relu: reads node 5")));
 }
+
+/// The int8 IR of every spec, converted after calibrating a freshly initialised network on
+/// fixed synthetic inputs (no training, so the snapshot depends on little arithmetic).
+#[test]
+fn int8_graph_of_every_spec_is_snapshotted() {
+    use qatc::train::{engine::Mode, engine::Net, rng::Rng};
+    for path in common::spec_files() {
+        let name = common::stem(&path);
+        let graph = graph_of(&path);
+        let prepared = passes::run(&graph, passes::QAT_PIPELINE).unwrap().pop().unwrap().1;
+        let mut net = Net::new(prepared, &mut Rng::new(0));
+        let size: usize = net.graph.nodes[0].shape.iter().product();
+        let mut rng = Rng::new(1);
+        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let observe = Mode {
+            training: false,
+            fake_quant: false,
+            observe: true,
+            bn_frozen: true,
+        };
+        net.forward(&x, 8, observe, &mut Rng::new(2));
+        let int8 = qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: {e}"));
+        qatc::int8::verify(&int8).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        insta::assert_snapshot!(format!("{name}__4_int8"), int8.to_text());
+    }
+}
