@@ -395,7 +395,16 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 [c, _, _] => Some(vec![c, 1, 1]),
                 _ => None,
             },
-            QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => window(p.kernel, p.stride, p.padding),
+            QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => {
+                // As PyTorch: padding at most half the kernel, so no window is all padding.
+                if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
+                    shape_err(format!(
+                        "pool padding {:?} exceeds half its kernel {:?}",
+                        p.padding, p.kernel
+                    ));
+                }
+                window(p.kernel, p.stride, p.padding)
+            }
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                 if x.shape.len() != 3
                     || scale.len() != x.shape[0]

@@ -113,6 +113,29 @@ fn saturation_clamps_and_zero_points_at_the_ends() {
 }
 
 #[test]
+fn accumulators_at_the_i32_limit() {
+    // The longest reduction convert allows, every input at 255 and every weight at an extreme:
+    // |Σ| = 65,793 · 255 · 128 = 2,147,483,520, inside i32; requantization saturates.
+    let k = qatc::int8::MAX_REDUCTION;
+    for (wv, expected) in [(-128i8, 0u8), (127, 255)] {
+        let w = QWeights {
+            weight: vec![wv; k],
+            weight_scales: vec![1e-3],
+            bias: vec![0],
+            clamp: (0, 255),
+        };
+        let op = QOp::Linear {
+            in_features: k,
+            out_features: 1,
+            w,
+        };
+        let g = graph(vec![k], u8(1.0, 0), op, vec![1], u8(1.0, 128));
+        qatc::int8::verify(&g).unwrap();
+        assert_eq!(codes(&g, &vec![255.0; k], 2), [expected]);
+    }
+}
+
+#[test]
 fn pools_clamp_and_add_on_codes() {
     let pool = Pool2d {
         kernel: (2, 2),

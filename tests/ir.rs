@@ -108,7 +108,11 @@ fn int8_graph_of_every_spec_is_snapshotted() {
     for path in common::spec_files() {
         let name = common::stem(&path);
         let graph = graph_of(&path);
-        let prepared = passes::run(&graph, passes::QAT_PIPELINE).unwrap().pop().unwrap().1;
+        let prepared = passes::run(&graph, passes::QAT_PIPELINE)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
         let mut net = Net::new(prepared, &mut Rng::new(0));
         let size: usize = net.graph.nodes[0].shape.iter().product();
         let mut rng = Rng::new(1);
