@@ -35,12 +35,24 @@ impl Value {
 }
 
 /// Runs the graph on `batch` samples of f32 input (NCHW, one sample after another); returns the
-/// output as f32 (dequantized if the graph ends quantized). Samples run in parallel.
-pub fn run(graph: &QGraph, input: &[f32], batch: usize) -> Vec<f32> {
-    let size = input.len() / batch.max(1);
-    input
-        .par_chunks(size.max(1))
-        .take(batch)
+/// output as f32 (dequantized if the graph ends quantized). Samples run in parallel. An input
+/// whose length is not `batch` times the graph's input size is an error.
+pub fn run(graph: &QGraph, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+    let size: usize = graph.nodes.first().map_or(0, |n| n.shape.iter().product());
+    if batch == 0 || input.len() != batch * size {
+        return Err(format!(
+            "input has {} values; {batch} samples of shape {:?} need {}",
+            input.len(),
+            graph
+                .nodes
+                .first()
+                .map(|n| n.shape.clone())
+                .unwrap_or_default(),
+            batch * size
+        ));
+    }
+    Ok(input
+        .par_chunks(size)
         .flat_map_iter(|x| match run_sample(graph, x) {
             Value::F32(v) => v,
             Value::U8(v) => {
@@ -51,7 +63,7 @@ pub fn run(graph: &QGraph, input: &[f32], batch: usize) -> Vec<f32> {
                 v.iter().map(|&c| dequantize(c as i32, q)).collect()
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Runs one sample and returns every node's value (for `compare` and tests).
@@ -371,21 +383,21 @@ pub fn accuracy(
     graph: &QGraph,
     data: &crate::data::Dataset,
     cfg: &crate::check::TrainConfig,
-) -> f32 {
+) -> Result<f32, String> {
     let classes: usize = graph.nodes[graph.output].shape.iter().product();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let mut correct = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(500) {
         crate::train::batch_input(data, chunk, cfg, &mut x, &mut labels);
-        let logits = run(graph, &x, chunk.len());
+        let logits = run(graph, &x, chunk.len())?;
         correct += logits
             .chunks_exact(classes)
             .zip(&labels)
             .filter(|(row, &l)| crate::train::kernels::argmax(row) == l as usize)
             .count();
     }
-    100.0 * correct as f32 / data.len().max(1) as f32
+    Ok(100.0 * correct as f32 / data.len().max(1) as f32)
 }
 
 impl TensorType {

@@ -208,7 +208,8 @@ fn calibrate(
     }
     let fq_acc = qatc::train::evaluate(&mut net, &data.test, &cfg, true);
     let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
-    let int8_acc = qatc::interp::accuracy(&graph, &data.test, &cfg);
+    let int8_acc =
+        qatc::interp::accuracy(&graph, &data.test, &cfg).map_err(|e| format!("error: {e}\n"))?;
     let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("error: cannot create {}: {e}\n", dir.display()))?;
@@ -326,7 +327,8 @@ fn eval(model_path: &Path, data_spec: Option<&Path>) -> Result<(), String> {
     let indices: Vec<usize> = (0..data.test.len()).collect();
     for chunk in indices.chunks(500) {
         qatc::train::batch_input(&data.test, chunk, &cfg, &mut x, &mut labels);
-        let logits = qatc::interp::run(&graph, &x, chunk.len());
+        let logits = qatc::interp::run(&graph, &x, chunk.len())
+            .map_err(|e| format!("error: {}: {e}\n", model_path.display()))?;
         for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
             confusion[label as usize][qatc::train::kernels::argmax(row)] += 1;
         }
@@ -503,7 +505,8 @@ fn train(
     // Convert to int8 and measure the reference interpreter on the same test set.
     let int8 = if quantized {
         let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
-        let acc = qatc::interp::accuracy(&graph, &data.test, &cfg);
+        let acc = qatc::interp::accuracy(&graph, &data.test, &cfg)
+            .map_err(|e| format!("error: {e}\n"))?;
         summary.insert(
             "int8_acc".into(),
             (((acc as f64) * 100.0).round() / 100.0).into(),

@@ -80,7 +80,7 @@ fn quantized_linear_by_hand() {
     let x = [0.5, -1.0, 2.0];
     assert_eq!(codes(&g, &x, 1), [15, 0, 30]);
     assert_eq!(codes(&g, &x, 2), [29, 4]);
-    let y = interp::run(&g, &x, 1);
+    let y = interp::run(&g, &x, 1).unwrap();
     assert!(
         (y[0] - 4.8).abs() < 1e-5 && (y[1] + 0.2).abs() < 1e-6,
         "{y:?}"
@@ -214,7 +214,7 @@ fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
     let (mut net, data, cfg) = trained(spec, epochs, images);
     let graph = qatc::convert::convert(&net).expect("converts");
     let fq_acc = train::evaluate(&mut net, &data.test, &cfg, true);
-    let int8_acc = interp::accuracy(&graph, &data.test, &cfg);
+    let int8_acc = interp::accuracy(&graph, &data.test, &cfg).unwrap();
     assert!(
         (fq_acc - int8_acc).abs() <= 1.0,
         "{spec}: fake quant {fq_acc} % vs int8 {int8_acc} %"
@@ -225,7 +225,7 @@ fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
     train::batch_input(&data.test, &indices, &cfg, &mut x, &mut labels);
     let tape = net.forward(&x, indices.len(), Mode::eval(true), &mut Rng::new(0));
     let reference = tape.output(&net.graph).to_vec();
-    let int8 = interp::run(&graph, &x, indices.len());
+    let int8 = interp::run(&graph, &x, indices.len()).unwrap();
     let db = sqnr(&reference, &int8);
     eprintln!("{spec}: fake quant {fq_acc} %, int8 {int8_acc} %, output SQNR {db:.1} dB");
     assert!(

@@ -93,8 +93,8 @@ fn round_trip_keeps_graph_and_outputs() {
     assert_eq!(loaded, graph);
     assert_eq!(loaded_info, info());
     assert_eq!(
-        qatc::interp::run(&loaded, &x, 4),
-        qatc::interp::run(&graph, &x, 4)
+        qatc::interp::run(&loaded, &x, 4).unwrap(),
+        qatc::interp::run(&graph, &x, 4).unwrap()
     );
 }
 
@@ -373,7 +373,7 @@ fn random_mutations_never_panic() {
         }
         if let Ok((g, _)) = qmodel::from_bytes(&bytes) {
             loaded += 1;
-            let y = qatc::interp::run(&g, &x, 1);
+            let y = qatc::interp::run(&g, &x, 1).unwrap();
             assert_eq!(y.len(), 10);
         }
     }
