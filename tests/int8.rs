@@ -88,6 +88,40 @@ fn quantized_linear_by_hand() {
 }
 
 #[test]
+fn quantized_conv_by_hand() {
+    // One 3x3 channel (codes 1..9 after zero point 1), one 2x2 kernel [[1, 0], [0, -1]] with
+    // scale 1, bias 4, output scale 2: acc(i, j) = x(i, j) - x(i+1, j+1) + 4 = -4 + 4 = 0 for
+    // every window of x(i, j) = 3i + j + 1, so every output is the zero point 7; with a bias of
+    // 10 instead it is round(6 / 2) + 7 = 10.
+    let geom = qatc::ir::ConvGeom {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: (2, 2),
+        stride: (1, 1),
+        padding: (0, 0),
+        groups: 1,
+    };
+    let x: Vec<f32> = (0..9).map(|v| v as f32 + 1.0).collect();
+    for (bias, expected) in [(4, 7u8), (10, 10)] {
+        let w = QWeights {
+            weight: vec![1, 0, 0, -1],
+            weight_scales: vec![1.0],
+            bias: vec![bias],
+            clamp: (0, 255),
+        };
+        let g = graph(
+            vec![1, 3, 3],
+            u8(1.0, 1),
+            QOp::Conv2d { geom, w },
+            vec![1, 2, 2],
+            u8(2.0, 7),
+        );
+        qatc::int8::verify(&g).unwrap();
+        assert_eq!(codes(&g, &x, 2), [expected; 4]);
+    }
+}
+
+#[test]
 fn saturation_clamps_and_zero_points_at_the_ends() {
     // Both ends saturate; a ReLU clamp lifts the floor to the zero point.
     let w = |clamp| QWeights {
