@@ -71,53 +71,35 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
                     weight,
                     bias,
                     weight_obs,
-                    ..
                 },
             ) => {
-                let (w, b) = (
-                    weight.value.clone(),
-                    bias_values(bias.as_ref(), *out_features),
-                );
-                match (weight_fq, in_ty) {
-                    (Some(_), Some(TensorType::U8(x))) => {
-                        check_reduction(node, *in_features)?;
-                        let out = out_fq()?;
-                        let w = quantize_weights(
-                            node,
-                            &w,
-                            &b,
-                            *out_features,
-                            x.into(),
-                            out,
-                            *act,
-                            weight_obs.as_ref(),
-                        )?;
-                        push(
-                            &mut nodes,
-                            QOp::Linear {
-                                in_features: *in_features,
-                                out_features: *out_features,
-                                w,
-                            },
-                            TensorType::U8(out.into()),
-                        )
-                    }
-                    _ => {
-                        let w = FWeights {
-                            weight: w,
-                            bias: b,
-                            act: *act,
-                        };
-                        push(
-                            &mut nodes,
-                            QOp::FloatLinear {
-                                in_features: *in_features,
-                                out_features: *out_features,
-                                w,
-                            },
-                            TensorType::F32,
-                        )
-                    }
+                let layer = WeightLayer {
+                    weight: weight.value.clone(),
+                    bias: bias_values(bias.as_ref(), *out_features),
+                    out_channels: *out_features,
+                    act: *act,
+                    quantized: weight_fq.is_some(),
+                };
+                let (in_features, out_features) = (*in_features, *out_features);
+                match layer.convert(node, in_ty, weight_obs.as_ref(), out_fq)? {
+                    Converted::Int8(w, out) => push(
+                        &mut nodes,
+                        QOp::Linear {
+                            in_features,
+                            out_features,
+                            w,
+                        },
+                        TensorType::U8(out.into()),
+                    ),
+                    Converted::Float(w) => push(
+                        &mut nodes,
+                        QOp::FloatLinear {
+                            in_features,
+                            out_features,
+                            w,
+                        },
+                        TensorType::F32,
+                    ),
                 }
             }
             (
@@ -134,42 +116,25 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
                     weight_obs,
                 },
             ) => {
-                let o = geom.out_channels;
-                let (mut w, mut b) = (weight.value.clone(), bias_values(bias.as_ref(), o));
+                let mut layer = WeightLayer {
+                    weight: weight.value.clone(),
+                    bias: bias_values(bias.as_ref(), geom.out_channels),
+                    out_channels: geom.out_channels,
+                    act: *act,
+                    quantized: weight_fq.is_some(),
+                };
                 if let Some(bn) = bn {
-                    fold_batch_norm(&mut w, &mut b, bn);
+                    fold_batch_norm(&mut layer.weight, &mut layer.bias, bn);
                 }
-                match (weight_fq, in_ty) {
-                    (Some(_), Some(TensorType::U8(x))) => {
-                        check_reduction(node, w.len() / o)?;
-                        let out = out_fq()?;
-                        let w = quantize_weights(
-                            node,
-                            &w,
-                            &b,
-                            o,
-                            x.into(),
-                            out,
-                            *act,
-                            weight_obs.as_ref(),
-                        )?;
-                        push(
-                            &mut nodes,
-                            QOp::Conv2d { geom: *geom, w },
-                            TensorType::U8(out.into()),
-                        )
-                    }
-                    _ => {
-                        let w = FWeights {
-                            weight: w,
-                            bias: b,
-                            act: *act,
-                        };
-                        push(
-                            &mut nodes,
-                            QOp::FloatConv2d { geom: *geom, w },
-                            TensorType::F32,
-                        )
+                let geom = *geom;
+                match layer.convert(node, in_ty, weight_obs.as_ref(), out_fq)? {
+                    Converted::Int8(w, out) => push(
+                        &mut nodes,
+                        QOp::Conv2d { geom, w },
+                        TensorType::U8(out.into()),
+                    ),
+                    Converted::Float(w) => {
+                        push(&mut nodes, QOp::FloatConv2d { geom, w }, TensorType::F32)
                     }
                 }
             }
@@ -248,6 +213,57 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
         nodes,
         output: value[g.output],
     })
+}
+
+/// A Linear's or Conv2d's float weights `[out, k]` (BatchNorm already folded in) and biases.
+struct WeightLayer {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    out_channels: usize,
+    act: Act,
+    /// Whether prepare_qat gave it a weight fake quant.
+    quantized: bool,
+}
+
+enum Converted {
+    /// qint8 weights and the output's parameters.
+    Int8(QWeights, QParams),
+    /// Kept float (`none`).
+    Float(FWeights),
+}
+
+impl WeightLayer {
+    /// Quantizes the layer when it is quantized and reads codes; otherwise keeps it float.
+    fn convert(
+        self,
+        node: &Node,
+        in_ty: Option<TensorType>,
+        weight_obs: Option<&crate::quant::observer::Observer>,
+        out_fq: impl FnOnce() -> Result<QParams, String>,
+    ) -> Result<Converted, String> {
+        match (self.quantized, in_ty) {
+            (true, Some(TensorType::U8(x))) => {
+                check_reduction(node, self.weight.len() / self.out_channels.max(1))?;
+                let out = out_fq()?;
+                let w = quantize_weights(
+                    node,
+                    &self.weight,
+                    &self.bias,
+                    self.out_channels,
+                    x.into(),
+                    out,
+                    self.act,
+                    weight_obs,
+                )?;
+                Ok(Converted::Int8(w, out))
+            }
+            _ => Ok(Converted::Float(FWeights {
+                weight: self.weight,
+                bias: self.bias,
+                act: self.act,
+            })),
+        }
+    }
 }
 
 /// The parameters of fake-quant node `i`'s observer.
