@@ -199,7 +199,7 @@ impl Net {
             let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
             let (y, a) = match (&node.op, &mut self.states[i]) {
-                (Op::Input, _) => (x.to_vec(), Aux::None),
+                (Op::Input, _) => (kernels::copy(x), Aux::None),
                 (
                     Op::Linear {
                         in_features,
@@ -297,12 +297,12 @@ impl Net {
                     )
                 }
                 (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
-                    let mut y = input(0).to_vec();
+                    let mut y = kernels::copy(input(0));
                     let t = batch_norm_forward(&mut y, bn, mode);
                     (y, Aux::Bn(t))
                 }
                 (Op::Act(act), _) => {
-                    let mut y = input(0).to_vec();
+                    let mut y = kernels::copy(input(0));
                     kernels::act_forward(*act, &mut y);
                     (y, Aux::None)
                 }
@@ -341,9 +341,9 @@ impl Net {
                         kernels::transpose_batch_channels(input(0), batch, *c, h * w, false),
                         Aux::None,
                     ),
-                    _ => (input(0).to_vec(), Aux::None),
+                    _ => (kernels::copy(input(0)), Aux::None),
                 },
-                (Op::DeQuantStub, _) => (input(0).to_vec(), Aux::None),
+                (Op::DeQuantStub, _) => (kernels::copy(input(0)), Aux::None),
                 (Op::Dropout { p }, _) => {
                     if mode.training && *p > 0.0 {
                         let keep = 1.0 / (1.0 - *p as f32);
@@ -359,11 +359,11 @@ impl Net {
                         let y = input(0).iter().zip(&mask).map(|(a, m)| a * m).collect();
                         (y, Aux::Dropout(mask))
                     } else {
-                        (input(0).to_vec(), Aux::None)
+                        (kernels::copy(input(0)), Aux::None)
                     }
                 }
                 (Op::Add, _) => {
-                    let mut y = input(0).to_vec();
+                    let mut y = kernels::copy(input(0));
                     for k in 1..node.inputs.len() {
                         y.iter_mut().zip(input(k)).for_each(|(a, b)| *a += b);
                     }
@@ -381,14 +381,14 @@ impl Net {
                     if mode.fake_quant && qat {
                         let q = obs.qparams()[0];
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
-                        let mut y = x.to_vec();
+                        let mut y = kernels::copy(x);
                         y.par_chunks_mut(CHUNK).for_each(|c| {
                             c.iter_mut()
                                 .for_each(|v| *v = fake_quantize(*v, q, inv, lo, hi))
                         });
                         (y, Aux::FakeQuant(q, lo, hi))
                     } else {
-                        (x.to_vec(), Aux::None)
+                        (kernels::copy(x), Aux::None)
                     }
                 }
                 (op, _) => unreachable!(

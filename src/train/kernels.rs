@@ -64,6 +64,27 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
     ArrayViewMut2::from_shape((rows, cols), data).expect("buffer matches its shape")
 }
 
+/// A zeroed buffer; large ones are zeroed by all threads (one thread's memset of megabytes is a
+/// measurable part of a training step).
+pub fn zeros(n: usize) -> Vec<f32> {
+    if n < PAR_MIN {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
+}
+
+/// A copy of a buffer, made by all threads when large.
+pub fn copy(x: &[f32]) -> Vec<f32> {
+    if x.len() < PAR_MIN {
+        return x.to_vec();
+    }
+    let mut v = Vec::with_capacity(x.len());
+    v.par_extend(x.par_iter().copied());
+    v
+}
+
 /// Work below this many elements is not worth a parallel split.
 const PAR_MIN: usize = 1 << 14;
 
@@ -359,7 +380,7 @@ fn blocks(d: &ConvDims, batch: usize) -> Vec<Range<usize>> {
 pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f32> {
     let p = d.pixels();
     let n = batch * p;
-    let mut y = vec![0.0; geom.out_channels * n];
+    let mut y = zeros(geom.out_channels * n);
     let blocks = blocks(d, batch);
     for g in 0..geom.groups {
         let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
@@ -398,7 +419,7 @@ pub fn conv_backward(
     let hw = d.h * d.w;
     let blocks = blocks(d, batch);
     let per_part = blocks.len().div_ceil(GRAD_PARTS);
-    let mut dx = want_dx.then(|| vec![0.0; batch * d.c * hw]);
+    let mut dx = want_dx.then(|| zeros(batch * d.c * hw));
     for g in 0..geom.groups {
         let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
         let dyg = view(&dy[g * d.og * n..(g + 1) * d.og * n], d.og, n);
@@ -498,7 +519,7 @@ pub fn transpose_batch_channels(
     } else {
         (batch, channels)
     };
-    let mut y = vec![0.0; x.len()];
+    let mut y = zeros(x.len());
     y.par_chunks_mut(inner * plane)
         .enumerate()
         .for_each(|(o, block)| {
@@ -536,7 +557,7 @@ pub fn max_pool_forward(
     (ho, wo): (usize, usize),
 ) -> Vec<f32> {
     let planes = x.len() / (h * w);
-    let mut y = vec![0.0; planes * ho * wo];
+    let mut y = zeros(planes * ho * wo);
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
@@ -587,7 +608,7 @@ pub fn max_pool_backward(
     (ho, wo): (usize, usize),
 ) -> Vec<f32> {
     let planes = x.len() / (h * w);
-    let mut dx = vec![0.0; planes * h * w];
+    let mut dx = zeros(planes * h * w);
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
@@ -653,7 +674,7 @@ pub fn avg_pool(
     let planes = src.len() / if backward { out_plane } else { in_plane };
     let inv = 1.0 / (pool.kernel.0 * pool.kernel.1) as f32;
     let dst_plane = if backward { in_plane } else { out_plane };
-    let mut dst = vec![0.0; planes * dst_plane];
+    let mut dst = zeros(planes * dst_plane);
     dst.par_chunks_mut(dst_plane)
         .enumerate()
         .for_each(|(q, dp)| {
