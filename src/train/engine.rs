@@ -280,14 +280,15 @@ impl Net {
                             t.z = z;
                             Some(t)
                         }
-                        _ => {
-                            if let Some(b) = bias {
-                                kernels::channel_affine(&mut y, o, &vec![1.0; o], &b.value);
-                            }
-                            None
-                        }
+                        _ => None,
                     };
-                    kernels::act_forward(*act, &mut y);
+                    // One pass: the bias (unless BatchNorm already added it) and the activation.
+                    let bias = if bn_tape.is_none() {
+                        bias.as_ref().map(|b| b.value.as_slice())
+                    } else {
+                        None
+                    };
+                    kernels::channel_bias_act(&mut y, o, bias, *act);
                     (
                         y,
                         Aux::Conv {

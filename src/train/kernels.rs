@@ -506,6 +506,24 @@ pub fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f3
     });
 }
 
+/// `x[c, ..] = act(x[c, ..] + bias[c])` for a `[C, N]` tensor, in one pass.
+pub fn channel_bias_act(x: &mut [f32], channels: usize, bias: Option<&[f32]>, act: Act) {
+    let n = x.len() / channels;
+    let hi = match act {
+        Act::ReLU6 => 6.0,
+        _ => f32::INFINITY,
+    };
+    let lo = if act == Act::None {
+        f32::NEG_INFINITY
+    } else {
+        0.0
+    };
+    x.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
+        let b = bias.map_or(0.0, |b| b[c]);
+        row.iter_mut().for_each(|v| *v = (*v + b).clamp(lo, hi));
+    });
+}
+
 /// `[B, C, H, W]` -> `[C, B, H, W]` (or back, with `to_cnhw` false).
 pub fn transpose_batch_channels(
     x: &[f32],
