@@ -5,8 +5,6 @@
 //!
 //! Its text form matches the float IR's, with every tensor's dtype and quantization parameters.
 
-use std::fmt::Write;
-
 use serde::{Deserialize, Serialize};
 
 use crate::check::Pool2d;
@@ -194,15 +192,7 @@ fn weights_text(w: &QWeights) -> String {
 impl QGraph {
     /// The stable text form: the float IR's, with dtypes and quantization parameters.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "graph {} (int8) {{", self.name);
-        for node in &self.nodes {
-            let args = node
-                .inputs
-                .iter()
-                .map(|&i| format!("%{}", self.nodes[i].name))
-                .collect::<Vec<_>>()
-                .join(", ");
+        let lines = self.nodes.iter().map(|node| {
             let attrs = match &node.op {
                 QOp::Linear {
                     in_features,
@@ -238,33 +228,30 @@ impl QGraph {
                 ),
                 _ => String::new(),
             };
-            let attrs = if attrs.is_empty() {
-                attrs
-            } else {
-                format!(" {{{attrs}}}")
-            };
-            let dims = node
-                .shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let dims = crate::ir::dims_text(&node.shape);
             let ty = match node.ty {
                 TensorType::F32 => format!("f32[N, {dims}]"),
                 TensorType::U8(q) => {
                     format!("u8[N, {dims}] (scale={:.6e}, zp={})", q.scale, q.zero_point)
                 }
             };
-            let _ = writeln!(
-                out,
-                "  %{} = {}({args}){attrs} : {ty}",
-                node.name,
-                node.op.mnemonic()
-            );
-        }
-        let _ = writeln!(out, "  return %{}", self.nodes[self.output].name);
-        out.push_str("}\n");
-        out
+            crate::ir::TextLine {
+                name: &node.name,
+                mnemonic: node.op.mnemonic(),
+                inputs: node
+                    .inputs
+                    .iter()
+                    .map(|&i| self.nodes[i].name.as_str())
+                    .collect(),
+                attrs,
+                ty,
+            }
+        });
+        crate::ir::graph_text(
+            &format!("{} (int8)", self.name),
+            lines,
+            &self.nodes[self.output].name,
+        )
     }
 }
 

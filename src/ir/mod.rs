@@ -224,41 +224,73 @@ impl Graph {
 
     /// The stable text form.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "graph {} {{", self.name);
-        for node in &self.nodes {
-            let args = node
-                .inputs
-                .iter()
-                .map(|&i| format!("%{}", self.nodes[i].name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let attrs = attrs_text(&node.op);
-            let attrs = if attrs.is_empty() {
-                String::new()
-            } else {
-                format!(" {{{attrs}}}")
-            };
+        let lines = self.nodes.iter().map(|node| {
             let qconfig = node
                 .qconfig
                 .as_ref()
                 .map_or(String::new(), |q| format!("  @{}", q.name));
-            let _ = writeln!(
-                out,
-                "  %{} = {}({args}){attrs} : f32[N, {}]{qconfig}",
-                node.name,
-                node.op.mnemonic(),
-                node.shape
+            TextLine {
+                name: &node.name,
+                mnemonic: node.op.mnemonic(),
+                inputs: node
+                    .inputs
                     .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let _ = writeln!(out, "  return %{}", self.nodes[self.output].name);
-        out.push_str("}\n");
-        out
+                    .map(|&i| self.nodes[i].name.as_str())
+                    .collect(),
+                attrs: attrs_text(&node.op),
+                ty: format!("f32[N, {}]{qconfig}", dims_text(&node.shape)),
+            }
+        });
+        graph_text(&self.name, lines, &self.nodes[self.output].name)
     }
+}
+
+/// One node of a graph's text form: `%name = mnemonic(%a, %b) {attrs} : type`.
+pub struct TextLine<'a> {
+    pub name: &'a str,
+    pub mnemonic: &'static str,
+    pub inputs: Vec<&'a str>,
+    pub attrs: String,
+    pub ty: String,
+}
+
+/// The text form shared by the float and the int8 IR.
+pub fn graph_text<'a>(
+    header: &str,
+    lines: impl Iterator<Item = TextLine<'a>>,
+    output: &str,
+) -> String {
+    let mut out = format!("graph {header} {{\n");
+    for line in lines {
+        let args = line
+            .inputs
+            .iter()
+            .map(|i| format!("%{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let attrs = if line.attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" {{{}}}", line.attrs)
+        };
+        let _ = writeln!(
+            out,
+            "  %{} = {}({args}){attrs} : {}",
+            line.name, line.mnemonic, line.ty
+        );
+    }
+    let _ = writeln!(out, "  return %{output}");
+    out.push_str("}\n");
+    out
+}
+
+/// `1, 28, 28`.
+pub fn dims_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn hw((h, w): (usize, usize)) -> String {
