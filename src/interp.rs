@@ -115,7 +115,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                                 .zip(x)
                                 .map(|(&wv, &xv)| (xv as i32 - xq.zero_point) * wv as i32)
                                 .sum();
-                            requant(acc + w.bias[o], w, o, xq, yq)
+                            requant(acc.wrapping_add(w.bias[o]), w, o, xq, yq)
                         })
                         .collect(),
                 )
@@ -134,7 +134,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                 Value::U8(
                     acc.iter()
                         .enumerate()
-                        .map(|(i, &a)| requant(a + w.bias[i / p], w, i / p, xq, yq))
+                        .map(|(i, &a)| requant(a.wrapping_add(w.bias[i / p]), w, i / p, xq, yq))
                         .collect(),
                 )
             }
@@ -150,7 +150,8 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                     *win.iter().max().expect("windows are not empty")
                 })),
                 Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                    win.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    win.iter()
+                        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
                 })),
             },
             QOp::AvgPool2d(pool) => {
@@ -167,7 +168,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                         }))
                     }
                     Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                        win.iter().sum::<f32>() / n as f32
+                        win.iter().fold(0.0f32, |s, v| s + v) / n as f32
                     })),
                 }
             }
@@ -183,7 +184,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                     ),
                     Value::F32(x) => Value::F32(
                         x.chunks(p)
-                            .map(|c| c.iter().sum::<f32>() / p as f32)
+                            .map(|c| c.iter().fold(0.0f32, |s, v| s + v) / p as f32)
                             .collect(),
                     ),
                 }
@@ -239,7 +240,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                                 .iter()
                                 .zip(x)
                                 .map(|(a, b)| a * b)
-                                .sum::<f32>()
+                                .fold(0.0f32, |s, v| s + v)
                                 + w.bias[o]
                         })
                         .collect(),
@@ -289,11 +290,20 @@ fn requant(acc: i32, w: &QWeights, o: usize, x: QParams, y: QParams) -> u8 {
     requantize(acc, m, y.zero_point, w.clamp.0, w.clamp.1) as u8
 }
 
+/// A float activation, written with comparisons so that NaN and -0.0 have one defined result
+/// (`f32::max` leaves the sign of a zero unspecified): both give +0.0.
 fn apply_act(act: Act, v: f32) -> f32 {
+    let relu = if v > 0.0 { v } else { 0.0 };
     match act {
         Act::None => v,
-        Act::ReLU => v.max(0.0),
-        Act::ReLU6 => v.clamp(0.0, 6.0),
+        Act::ReLU => relu,
+        Act::ReLU6 => {
+            if relu > 6.0 {
+                6.0
+            } else {
+                relu
+            }
+        }
     }
 }
 
@@ -385,12 +395,23 @@ pub fn accuracy(
     cfg: &crate::check::TrainConfig,
 ) -> Result<f32, String> {
     let classes: usize = graph.nodes[graph.output].shape.iter().product();
+    accuracy_of(|x, n| run(graph, x, n), classes, data, cfg)
+}
+
+/// Test accuracy (percent) of any runner of a model with `classes` outputs (`run(input, batch)`
+/// gives the logits): the interpreter's, the JIT's.
+pub fn accuracy_of(
+    run: impl Fn(&[f32], usize) -> Result<Vec<f32>, String>,
+    classes: usize,
+    data: &crate::data::Dataset,
+    cfg: &crate::check::TrainConfig,
+) -> Result<f32, String> {
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let mut correct = 0;
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(500) {
         crate::train::batch_input(data, chunk, cfg, &mut x, &mut labels);
-        let logits = run(graph, &x, chunk.len())?;
+        let logits = run(&x, chunk.len())?;
         correct += logits
             .chunks_exact(classes)
             .zip(&labels)

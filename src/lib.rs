@@ -21,6 +21,7 @@
 //!
 //! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
 
+pub mod bench;
 pub mod check;
 pub mod compare;
 pub mod convert;
@@ -29,11 +30,14 @@ pub mod diag;
 pub mod int8;
 pub mod interp;
 pub mod ir;
+pub mod jit;
 pub mod passes;
 pub mod qmodel;
 pub mod quant;
 pub mod syntax;
 pub mod train;
+
+pub use jit::{Compiled, Model};
 
 use diag::Diag;
 

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use qatc::diag::{self, Diag};
 
+
+
 /// mimalloc keeps freed pages for reuse; the system allocator hands large blocks back to the
 /// OS, and training (which frees and reallocates the same large buffers every batch) then
 /// spends much of its time in page faults.
@@ -83,6 +85,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a converted model (.qmodel) to native code and print the int8 IR, the Cranelift IR
+    /// (CLIF) or the machine code.
+    Compile {
+        model: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+        /// Also print the compile time and the scratch memory per call (to stderr).
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Measure inference: batch-1 latency (median µs) and large-batch throughput (images/s) of the
+    /// compiled model and of the reference interpreter.
+    Bench {
+        model: PathBuf,
+        /// Batch sizes: 1 measures latency on one thread, larger ones throughput on all threads.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 256])]
+        batch: Vec<usize>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object (keys jit_b1_us, jit_b256_img_s, ref_b1_us, ref_b256_img_s,
+        /// compile_ms) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
         spec: PathBuf,
@@ -96,6 +124,16 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Emit {
+    /// The int8 IR, as `convert` made it.
+    Ir,
+    /// Cranelift IR of the entry function.
+    Clif,
+    /// The generated machine code.
+    Asm,
 }
 
 /// Exit status for bad input (a malformed spec, a missing file): the same as clap's usage errors.
@@ -153,6 +191,17 @@ fn run(cli: Cli) -> Result<(), String> {
             epochs,
             threads,
         } => with_threads(threads, |threads| train(&spec, out, epochs, threads)),
+        Command::Compile {
+            model,
+            emit,
+            verbose,
+        } => compile(&model, emit, verbose),
+        Command::Bench {
+            model,
+            batch,
+            threads,
+            json,
+        } => with_threads(threads, |threads| bench(&model, &batch, threads, json)),
         Command::BenchTrain {
             specs,
             epochs,
@@ -232,6 +281,107 @@ fn calibrate(
     println!("  fake quant (PTQ)           {fq_acc:6.2} %");
     println!("  int8 (reference)           {int8_acc:6.2} %");
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn load_model(path: &Path) -> Result<qatc::Model, String> {
+    qatc::Model::load(path).map_err(|e| format!("error: {e}\n"))
+}
+
+fn compile(model_path: &Path, emit: Emit, verbose: bool) -> Result<(), String> {
+    let model = load_model(model_path)?;
+    let (compiled, listing) = model
+        .compile_listing()
+        .map_err(|e| format!("error: {e}\n"))?;
+    match emit {
+        Emit::Ir => print!("{}", model.graph().to_text()),
+        Emit::Clif => print!("{}", listing.clif),
+        Emit::Asm => print!("{}", listing.asm),
+    }
+    if verbose {
+        eprintln!(
+            "compiled {} in {:.2} ms; {} bytes of scratch per call (per thread)",
+            model.graph().name,
+            compiled.compile_time().as_secs_f64() * 1e3,
+            compiled.scratch_bytes()
+        );
+    }
+    Ok(())
+}
+
+fn bench(model_path: &Path, batches: &[usize], threads: usize, json: bool) -> Result<(), String> {
+    if batches.contains(&0) {
+        return Err("error: --batch sizes must be at least 1\n".into());
+    }
+    let model = load_model(model_path)?;
+    let mut compile_times = Vec::new();
+    let mut compiled = None;
+    for _ in 0..5 {
+        let c = model.compile().map_err(|e| format!("error: {e}\n"))?;
+        compile_times.push(c.compile_time());
+        compiled = Some(c);
+    }
+    let compiled = compiled.expect("compiled five times");
+    compile_times.sort();
+    let compile_ms = compile_times[2].as_secs_f64() * 1e3;
+    let graph = model.graph();
+    let size = model.input_size();
+    let mut out = serde_json::Map::new();
+    out.insert("model".into(), graph.name.clone().into());
+    out.insert("threads".into(), threads.into());
+    out.insert("compile_ms".into(), ((compile_ms * 100.0).round() / 100.0).into());
+    if !json {
+        println!(
+            "{}: compiled in {compile_ms:.2} ms (median of 5); {threads} threads",
+            graph.name
+        );
+        println!("{:<8} {:>16} {:>16} {:>9}", "batch", "jit", "reference", "speedup");
+    }
+    for &b in batches {
+        let (jit, reference, unit) = if b == 1 {
+            let jit = qatc::bench::latency_us(&compiled, 2000);
+            let x = qatc::bench::inputs(size);
+            let r = qatc::bench::median_time(3, 100, || {
+                qatc::interp::run(graph, &x, 1).expect("lengths match");
+            });
+            (jit, r.as_secs_f64() * 1e6, "us")
+        } else {
+            let mut y = vec![0.0; b * compiled.output_size()];
+            let jit = qatc::bench::throughput(size, b, 50, |x| {
+                compiled.run_into(x, &mut y).expect("lengths match");
+            });
+            let reference = qatc::bench::throughput(size, b, 5, |x| {
+                qatc::interp::run(graph, x, b).expect("lengths match");
+            });
+            (jit, reference, "img_s")
+        };
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        out.insert(format!("jit_b{b}_{unit}"), round(jit).into());
+        out.insert(format!("ref_b{b}_{unit}"), round(reference).into());
+        if !json {
+            let text = |v: f64| {
+                if b == 1 {
+                    format!("{v:.2} µs")
+                } else {
+                    format!("{v:.0} img/s")
+                }
+            };
+            let speedup = if b == 1 {
+                reference / jit
+            } else {
+                jit / reference
+            };
+            println!(
+                "{b:<8} {:>16} {:>16} {:>8.1}x",
+                text(jit),
+                text(reference),
+                speedup
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Object(out));
+    }
     Ok(())
 }
 
@@ -507,10 +657,7 @@ fn train(
         let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
         let acc = qatc::interp::accuracy(&graph, &data.test, &cfg)
             .map_err(|e| format!("error: {e}\n"))?;
-        summary.insert(
-            "int8_acc".into(),
-            (((acc as f64) * 100.0).round() / 100.0).into(),
-        );
+        summary.insert("int8_acc".into(), round2(acc).into());
         let info = qatc::qmodel::Info {
             backend: model
                 .backend
@@ -521,7 +668,22 @@ fn train(
         let bytes = qatc::qmodel::to_bytes(&graph, &info).map_err(|e| format!("error: {e}\n"))?;
         write("model.qmodel", &bytes)?;
         summary.insert("qmodel_bytes".into(), bytes.len().into());
-        Some((acc, graph))
+        // Compile it and measure the native code on the same test set.
+        let jit = qatc::Model::from_graph(graph.clone())
+            .and_then(|m| m.compile())
+            .map_err(|e| format!("error: compile: {e}\n"))?;
+        let classes = jit.output_size();
+        let jit_acc = qatc::interp::accuracy_of(
+            |x, _| jit.run(x).map_err(|e| e.to_string()),
+            classes,
+            &data.test,
+            &cfg,
+        )
+        .map_err(|e| format!("error: {e}\n"))?;
+        let b1_us = qatc::bench::latency_us(&jit, 1000);
+        summary.insert("jit_int8_acc".into(), round2(jit_acc).into());
+        summary.insert("jit_b1_us".into(), round2(b1_us as f32).into());
+        Some((acc, graph, jit_acc, b1_us))
     } else {
         None
     };
@@ -537,8 +699,9 @@ fn train(
     }
     let what = if quantized { "fake quant" } else { "float" };
     println!("  {what:<26} {:6.2} %", outcome.final_acc);
-    if let Some((acc, graph)) = &int8 {
+    if let Some((acc, graph, jit_acc, b1_us)) = &int8 {
         println!("  int8 (reference)           {acc:6.2} %");
+        println!("  int8 (JIT, native)         {jit_acc:6.2} %   batch-1 latency {b1_us:.1} µs");
         let int8_weights: usize = graph
             .nodes
             .iter()
@@ -565,6 +728,11 @@ fn train(
         dir.display()
     );
     Ok(())
+}
+
+/// Rounds to two decimals for summary.json.
+fn round2(v: f32) -> f64 {
+    ((v as f64) * 100.0).round() / 100.0
 }
 
 /// A progress bar per epoch on stderr, and one line per epoch on stdout.

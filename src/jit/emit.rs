@@ -1,0 +1,1294 @@
+//! Lowering of the int8 IR to one Cranelift function per model.
+//!
+//! The function is `fn(input: *const f32, output: *mut f32, batch: i64, scratch: *mut u8)`. It runs
+//! the batch in tiles of [`TILE`] samples; every op of the graph processes a whole tile before the
+//! next op starts, so a Linear layer multiplies a tile of samples at once and a convolution all the
+//! pixels of the tile. Activations live in `scratch` (its size is [`Lowered::scratch_bytes`]);
+//! weights and per-channel constants live in one read-only data object (`Lowered::consts`).
+//!
+//! Layout: quantized 3-D tensors are kept channels-last (HWC), so that a convolution's im2col rows
+//! are contiguous runs of `kw · C` bytes and pooling works on whole channel vectors. Every other
+//! tensor keeps the reference interpreter's order (CHW); a `Linear` after a `Flatten` of an HWC
+//! tensor gets its weight columns permuted at compile time instead of moving data.
+//!
+//! Numerics: integer products are exact in any order, so `Linear` and `Conv2d` use the widening
+//! dot-product tree that Cranelift lowers to `vpdpbusd` (u8 activations times i8 weights, i32
+//! accumulators), with the input zero point folded into the bias at compile time
+//! (`Σ(x - zp)·w = Σ x·w - zp·Σw`, wrapping, exact whenever the interpreter's sum is). Every float
+//! step (quantize, requantize, dequantize, float layers) performs the interpreter's operations in
+//! its order, so the result is bit-exact.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+
+use crate::check::Pool2d;
+use crate::int8::{FWeights, QGraph, QOp, QWeights};
+use crate::ir::{Act, ConvGeom};
+use crate::quant::numerics::{requant_multiplier, QParams};
+
+/// Samples processed together by every op.
+pub const TILE: usize = 8;
+/// Bytes after every scratch region that vector loads and stores may run over into.
+const SLACK: usize = 64;
+/// Output channels per weight block of a GEMM (two i32x4 accumulators).
+const BLOCK: usize = 8;
+
+/// The result of lowering: what the function needs besides its code.
+pub struct Lowered {
+    /// The read-only constants: packed weights, biases, multipliers.
+    pub consts: Vec<u8>,
+    /// Bytes of scratch memory one call needs, whatever the batch.
+    pub scratch_bytes: usize,
+}
+
+/// Element order of a tensor in memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Order {
+    /// The interpreter's order: C, H, W (or flat).
+    Chw,
+    /// Channels last, for a tensor of one sample's shape (c, h, w) (possibly flattened since).
+    Hwc(usize, usize, usize),
+}
+
+#[derive(Clone, Copy)]
+struct Tensor {
+    ptr: Value,
+    /// Elements per sample.
+    size: usize,
+    /// `None` for f32.
+    q: Option<QParams>,
+    order: Order,
+}
+
+impl Tensor {
+    fn elem_bytes(&self) -> usize {
+        if self.q.is_some() {
+            1
+        } else {
+            4
+        }
+    }
+}
+
+fn chw(shape: &[usize]) -> (usize, usize, usize) {
+    match shape {
+        [c, h, w] => (*c, *h, *w),
+        _ => (shape.iter().product(), 1, 1),
+    }
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+pub struct Emitter<'a, 'b> {
+    pub b: &'a mut FunctionBuilder<'b>,
+    consts: Vec<u8>,
+    scratch: usize,
+    const_base: Value,
+    scratch_base: Value,
+    /// Samples in the current tile (1..=TILE).
+    n: Value,
+}
+
+/// Emits the body of the entry function into `b`, whose current block has the four parameters.
+/// `const_base` is the address of the constants data object.
+pub fn lower(
+    b: &mut FunctionBuilder,
+    graph: &QGraph,
+    params: [Value; 4],
+    const_base: Value,
+) -> Result<Lowered, String> {
+    let [input, output, batch, scratch_base] = params;
+    let in_size: usize = graph.nodes[0].shape.iter().product();
+    let out_size: usize = graph.nodes[graph.output].shape.iter().product();
+    let zero = b.ins().iconst(I64, 0);
+    let mut e = Emitter {
+        b,
+        consts: Vec::new(),
+        scratch: 0,
+        const_base,
+        scratch_base,
+        n: zero,
+    };
+    e.for_loop_step(batch, TILE as i64, |e, t| {
+        let left = e.b.ins().isub(batch, t);
+        let tile = e.b.ins().iconst(I64, TILE as i64);
+        e.n = e.b.ins().umin(left, tile);
+        let in_off = e.b.ins().imul_imm_s(t, (in_size * 4) as i64);
+        let in_ptr = e.b.ins().iadd(input, in_off);
+        let out_off = e.b.ins().imul_imm_s(t, (out_size * 4) as i64);
+        let out_ptr = e.b.ins().iadd(output, out_off);
+        e.graph(graph, in_ptr, out_ptr)
+    })?;
+    e.b.ins().return_(&[]);
+    Ok(Lowered {
+        consts: e.consts,
+        scratch_bytes: e.scratch,
+    })
+}
+
+impl Emitter<'_, '_> {
+    // ---- memory ------------------------------------------------------------------------------
+
+    /// A scratch region for a tile of tensors of `bytes` per sample.
+    fn alloc(&mut self, bytes: usize) -> Value {
+        let off = self.scratch.next_multiple_of(64);
+        self.scratch = off + TILE * bytes + SLACK;
+        self.b.ins().iadd_imm_s(self.scratch_base, off as i64)
+    }
+
+    fn tensor(&mut self, size: usize, q: Option<QParams>, order: Order) -> Tensor {
+        let bytes = size * if q.is_some() { 1 } else { 4 };
+        Tensor {
+            ptr: self.alloc(bytes),
+            size,
+            q,
+            order,
+        }
+    }
+
+    /// Appends constants (16-byte aligned) and returns their address.
+    fn constant(&mut self, bytes: &[u8]) -> Value {
+        let off = self.consts.len().next_multiple_of(16);
+        self.consts.resize(off, 0);
+        self.consts.extend_from_slice(bytes);
+        self.b.ins().iadd_imm_s(self.const_base, off as i64)
+    }
+
+    fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
+        v.into_iter().flat_map(i32::to_le_bytes).collect()
+    }
+
+    fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
+        v.into_iter().flat_map(f32::to_le_bytes).collect()
+    }
+
+    fn at(&mut self, ptr: Value, index: Value, scale: usize) -> Value {
+        let off = self.b.ins().imul_imm_s(index, scale as i64);
+        self.b.ins().iadd(ptr, off)
+    }
+
+    fn imm(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(I64, v)
+    }
+
+    fn splat_f32(&mut self, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        self.b.ins().splat(F32X4, s)
+    }
+
+    fn splat_i32(&mut self, v: i32) -> Value {
+        let s = self.b.ins().iconst(I32, v as i64);
+        self.b.ins().splat(I32X4, s)
+    }
+
+    // ---- control flow ------------------------------------------------------------------------
+
+    /// `for i in (0..count).step_by(step) { body(i) }`; `count` is a runtime i64.
+    fn for_loop_step<R>(
+        &mut self,
+        count: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let header = self.b.create_block();
+        let block = self.b.create_block();
+        let exit = self.b.create_block();
+        let i0 = self.b.append_block_param(header, I64);
+        let zero = self.imm(0);
+        self.b.ins().jump(header, &[zero.into()]);
+        self.b.switch_to_block(header);
+        let go = self.b.ins().icmp(IntCC::SignedLessThan, i0, count);
+        self.b.ins().brif(go, block, &[], exit, &[]);
+        self.b.switch_to_block(block);
+        let r = body(self, i0)?;
+        let next = self.b.ins().iadd_imm_s(i0, step);
+        self.b.ins().jump(header, &[next.into()]);
+        self.b.switch_to_block(exit);
+        Ok(r)
+    }
+
+    fn for_loop(&mut self, count: Value, body: impl FnOnce(&mut Self, Value)) {
+        let _ = self.for_loop_step(count, 1, |e, i| {
+            body(e, i);
+            Ok(())
+        });
+    }
+
+    /// A loop with a count known now; a count of one emits the body once, without a loop.
+    fn for_const(&mut self, count: usize, body: impl FnOnce(&mut Self, Value)) {
+        if count == 1 {
+            let zero = self.imm(0);
+            body(self, zero);
+        } else if count > 1 {
+            let c = self.imm(count as i64);
+            self.for_loop(c, body);
+        }
+    }
+
+    /// Loops over the samples of the tile.
+    fn for_samples(&mut self, body: impl FnOnce(&mut Self, Value)) {
+        let n = self.n;
+        self.for_loop(n, body);
+    }
+
+    // ---- the graph ---------------------------------------------------------------------------
+
+    fn graph(&mut self, graph: &QGraph, input: Value, output: Value) -> Result<(), String> {
+        let mut values: Vec<Option<Tensor>> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let arg = |k: usize| values[node.inputs[k]].expect("inputs come first");
+            let in_shape = |k: usize| graph.nodes[node.inputs[k]].shape.as_slice();
+            let size: usize = node.shape.iter().product();
+            let out_q = node.ty.qparams();
+            let t = match &node.op {
+                QOp::Input => Tensor {
+                    ptr: input,
+                    size,
+                    q: None,
+                    order: Order::Chw,
+                },
+                QOp::Quantize => {
+                    let x = arg(0);
+                    let y = self.tensor(size, out_q, Order::Chw);
+                    self.quantize(x.ptr, y.ptr, size, out_q.expect("quantize gives u8"));
+                    y
+                }
+                QOp::Dequantize => {
+                    let x = self.canonical(arg(0));
+                    let y = self.tensor(size, None, Order::Chw);
+                    self.dequantize(x.ptr, y.ptr, size, x.q.expect("dequantize takes u8"));
+                    y
+                }
+                QOp::Linear {
+                    in_features,
+                    out_features,
+                    w,
+                } => {
+                    let x = arg(0);
+                    let y = self.tensor(size, out_q, Order::Chw);
+                    let k = *in_features;
+                    // Column j of the packed matrix reads memory position j of the input.
+                    let column: Box<dyn Fn(usize) -> usize> = match x.order {
+                        Order::Hwc(c, h, wd) => Box::new(move |j| (j % c) * h * wd + j / c),
+                        Order::Chw => Box::new(|j| j),
+                    };
+                    let rows = self.n;
+                    let wt = |o: usize, j: usize| w.weight[o * k + column(j)];
+                    let xq = x.q.expect("u8 input");
+                    self.gemm(
+                        Gemm {
+                            a: x.ptr,
+                            a_stride: k,
+                            rows,
+                            k,
+                            out: y.ptr,
+                            out_stride: *out_features,
+                            o: *out_features,
+                        },
+                        &wt,
+                        w,
+                        xq,
+                        out_q.expect("u8 output"),
+                    );
+                    y
+                }
+                QOp::Conv2d { geom, w } => {
+                    let x = self.hwc(arg(0), in_shape(0));
+                    self.conv(x, in_shape(0), &node.shape, geom, w, out_q.expect("u8"))
+                }
+                QOp::Clamp { lo, hi } => {
+                    let x = arg(0);
+                    let y = self.tensor(size, x.q, x.order);
+                    self.clamp(x.ptr, y.ptr, size, *lo, *hi);
+                    y
+                }
+                QOp::MaxPool2d(pool) | QOp::AvgPool2d(pool) => {
+                    let avg = matches!(node.op, QOp::AvgPool2d(_));
+                    let x = arg(0);
+                    if x.q.is_some() && !avg {
+                        let x = self.hwc(x, in_shape(0));
+                        self.max_pool_u8(x, in_shape(0), &node.shape, pool)
+                    } else {
+                        let x = self.canonical(x);
+                        self.pool_scalar(x, in_shape(0), &node.shape, pool, avg)
+                    }
+                }
+                QOp::GlobalAvgPool => {
+                    let x = self.canonical(arg(0));
+                    let (c, h, wd) = chw(in_shape(0));
+                    self.global_avg_pool(x, c, h * wd)
+                }
+                QOp::Flatten => {
+                    let x = arg(0);
+                    Tensor { size, ..x }
+                }
+                QOp::Add => {
+                    let xs: Vec<Tensor> = (0..node.inputs.len())
+                        .map(|k| self.canonical(arg(k)))
+                        .collect();
+                    self.add(&xs, size, out_q)
+                }
+                QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
+                    let x = self.canonical(arg(0));
+                    let (c, h, wd) = chw(&node.shape);
+                    self.batch_norm(x, c, h * wd, scale, shift, out_q)
+                }
+                QOp::FloatLinear {
+                    in_features,
+                    out_features,
+                    w,
+                } => {
+                    let x = arg(0);
+                    let geom = ConvGeom {
+                        in_channels: *in_features,
+                        out_channels: *out_features,
+                        kernel: (1, 1),
+                        stride: (1, 1),
+                        padding: (0, 0),
+                        groups: 1,
+                    };
+                    self.float_conv(x, &[*in_features, 1, 1], &[*out_features, 1, 1], &geom, w)
+                }
+                QOp::FloatConv2d { geom, w } => {
+                    let x = arg(0);
+                    self.float_conv(x, in_shape(0), &node.shape, geom, w)
+                }
+                QOp::FloatAct(act) => {
+                    let x = arg(0);
+                    let y = self.tensor(size, None, Order::Chw);
+                    let total = self.b.ins().imul_imm_s(self.n, size as i64);
+                    self.for_loop(total, |e, i| {
+                        let src = e.at(x.ptr, i, 4);
+                        let v = e.b.ins().load(F32, flags(), src, 0);
+                        let v = e.act(*act, v);
+                        let dst = e.at(y.ptr, i, 4);
+                        e.b.ins().store(flags(), v, dst, 0);
+                    });
+                    y
+                }
+            };
+            values.push(Some(t));
+        }
+        let out = self.canonical(values[graph.output].expect("the output node exists"));
+        match out.q {
+            Some(q) => self.dequantize(out.ptr, output, out.size, q),
+            None => {
+                let total = self.b.ins().imul_imm_s(self.n, out.size as i64);
+                self.for_loop(total, |e, i| {
+                    let src = e.at(out.ptr, i, 4);
+                    let v = e.b.ins().load(F32, flags(), src, 0);
+                    let dst = e.at(output, i, 4);
+                    e.b.ins().store(flags(), v, dst, 0);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ---- layout ------------------------------------------------------------------------------
+
+    /// Transposes each sample's `[rows][cols]` elements to `[cols][rows]`.
+    fn transpose(&mut self, x: Tensor, rows: usize, cols: usize, order: Order) -> Tensor {
+        let y = self.tensor(x.size, x.q, order);
+        let eb = x.elem_bytes();
+        let ty = if eb == 1 { I8 } else { F32 };
+        self.for_samples(|e, s| {
+            let src = e.at(x.ptr, s, x.size * eb);
+            let dst = e.at(y.ptr, s, x.size * eb);
+            e.for_const(rows, |e, r| {
+                e.for_const(cols, |e, c| {
+                    let from = e.b.ins().imul_imm_s(r, cols as i64);
+                    let from = e.b.ins().iadd(from, c);
+                    let from = e.at(src, from, eb);
+                    let v = e.b.ins().load(ty, flags(), from, 0);
+                    let to = e.b.ins().imul_imm_s(c, rows as i64);
+                    let to = e.b.ins().iadd(to, r);
+                    let to = e.at(dst, to, eb);
+                    e.b.ins().store(flags(), v, to, 0);
+                });
+            });
+        });
+        y
+    }
+
+    /// The tensor in the interpreter's order.
+    fn canonical(&mut self, x: Tensor) -> Tensor {
+        match x.order {
+            Order::Hwc(c, h, w) if c > 1 && h * w > 1 => self.transpose(x, h * w, c, Order::Chw),
+            _ => Tensor {
+                order: Order::Chw,
+                ..x
+            },
+        }
+    }
+
+    /// A 3-D tensor of `shape` in channels-last order.
+    fn hwc(&mut self, x: Tensor, shape: &[usize]) -> Tensor {
+        let (c, h, w) = chw(shape);
+        match x.order {
+            Order::Chw if c > 1 && h * w > 1 => self.transpose(x, c, h * w, Order::Hwc(c, h, w)),
+            _ => Tensor {
+                order: Order::Hwc(c, h, w),
+                ..x
+            },
+        }
+    }
+
+    // ---- elementwise -------------------------------------------------------------------------
+
+    /// The interpreter's `quantize`: `clamp(round_half_even(x · (1/s)) + zp, 0, 255)`, the clamp
+    /// done by saturating conversion and narrowing (equal for every input, NaN giving 0).
+    fn quantize_vec(&mut self, v: Value, inv: Value, zp: Value) -> Value {
+        let v = self.b.ins().fmul(v, inv);
+        let v = self.b.ins().nearest(v);
+        let v = self.b.ins().fadd(v, zp);
+        self.b.ins().fcvt_to_sint_sat(I32X4, v)
+    }
+
+    /// Narrows four i32x4 to sixteen u8 with saturation.
+    fn narrow(&mut self, v: [Value; 4]) -> Value {
+        let a = self.b.ins().snarrow(v[0], v[1]);
+        let b = self.b.ins().snarrow(v[2], v[3]);
+        self.b.ins().unarrow(a, b)
+    }
+
+    fn quantize_scalar(&mut self, v: Value, q: QParams) -> Value {
+        let inv = self.b.ins().f32const(1.0 / q.scale);
+        let zp = self.b.ins().f32const(q.zero_point as f32);
+        let v = self.b.ins().fmul(v, inv);
+        let v = self.b.ins().nearest(v);
+        let v = self.b.ins().fadd(v, zp);
+        let v = self.b.ins().fcvt_to_sint_sat(I32, v);
+        let lo = self.b.ins().iconst(I32, 0);
+        let hi = self.b.ins().iconst(I32, 255);
+        let v = self.b.ins().smax(v, lo);
+        self.b.ins().smin(v, hi)
+    }
+
+    fn dequantize_scalar(&mut self, code: Value, q: QParams) -> Value {
+        let c = self.b.ins().uextend(I32, code);
+        let c = self.b.ins().iadd_imm_s(c, -(q.zero_point as i64));
+        let f = self.b.ins().fcvt_from_sint(F32, c);
+        let s = self.b.ins().f32const(q.scale);
+        self.b.ins().fmul(f, s)
+    }
+
+    /// f32 (interpreter order) to u8 codes, sixteen at a time, the tail one at a time.
+    fn quantize(&mut self, src: Value, dst: Value, size: usize, q: QParams) {
+        let total = self.b.ins().imul_imm_s(self.n, size as i64);
+        let chunks = self.b.ins().ushr_imm_s(total, 4);
+        let inv = self.splat_f32(1.0 / q.scale);
+        let zp = self.splat_f32(q.zero_point as f32);
+        self.for_loop(chunks, |e, i| {
+            let from = e.at(src, i, 64);
+            let v: [Value; 4] = std::array::from_fn(|k| {
+                let x = e.b.ins().load(F32X4, flags(), from, (16 * k) as i32);
+                e.quantize_vec(x, inv, zp)
+            });
+            let bytes = e.narrow(v);
+            let to = e.at(dst, i, 16);
+            e.b.ins().store(flags(), bytes, to, 0);
+        });
+        let done = self.b.ins().ishl_imm_s(chunks, 4);
+        let rest = self.b.ins().isub(total, done);
+        self.for_loop(rest, |e, i| {
+            let i = e.b.ins().iadd(i, done);
+            let from = e.at(src, i, 4);
+            let x = e.b.ins().load(F32, flags(), from, 0);
+            let c = e.quantize_scalar(x, q);
+            let to = e.at(dst, i, 1);
+            e.b.ins().istore8(flags(), c, to, 0);
+        });
+    }
+
+    fn dequantize(&mut self, src: Value, dst: Value, size: usize, q: QParams) {
+        let total = self.b.ins().imul_imm_s(self.n, size as i64);
+        self.for_loop(total, |e, i| {
+            let from = e.at(src, i, 1);
+            let c = e.b.ins().load(I8, flags(), from, 0);
+            let v = e.dequantize_scalar(c, q);
+            let to = e.at(dst, i, 4);
+            e.b.ins().store(flags(), v, to, 0);
+        });
+    }
+
+    /// Codes clamped to `[lo, hi]`, sixteen at a time (the last vector runs into the slack).
+    fn clamp(&mut self, src: Value, dst: Value, size: usize, lo: i32, hi: i32) {
+        let total = self.b.ins().imul_imm_s(self.n, size as i64);
+        let chunks = self.b.ins().iadd_imm_s(total, 15);
+        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
+        let lo_v = self.splat_u8(lo);
+        let hi_v = self.splat_u8(hi);
+        self.for_loop(chunks, |e, i| {
+            let from = e.at(src, i, 16);
+            let v = e.b.ins().load(I8X16, flags(), from, 0);
+            let v = e.b.ins().umax(v, lo_v);
+            let v = e.b.ins().umin(v, hi_v);
+            let to = e.at(dst, i, 16);
+            e.b.ins().store(flags(), v, to, 0);
+        });
+    }
+
+    fn splat_u8(&mut self, v: i32) -> Value {
+        let s = self.b.ins().iconst(I8, v.clamp(0, 255) as i64);
+        self.b.ins().splat(I8X16, s)
+    }
+
+    fn act(&mut self, act: Act, v: Value) -> Value {
+        // As the interpreter: `if v > 0 { v } else { 0 }`, then `if r > 6 { 6 } else { r }`.
+        let zero = self.b.ins().f32const(0.0);
+        match act {
+            Act::None => v,
+            Act::ReLU | Act::ReLU6 => {
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
+                let r = self.b.ins().select(pos, v, zero);
+                if act == Act::ReLU6 {
+                    let six = self.b.ins().f32const(6.0);
+                    let over = self.b.ins().fcmp(FloatCC::GreaterThan, r, six);
+                    self.b.ins().select(over, six, r)
+                } else {
+                    r
+                }
+            }
+        }
+    }
+
+    /// Loads element `i` of a tensor as f32 (dequantizing a code).
+    fn load_value(&mut self, x: &Tensor, i: Value) -> Value {
+        match x.q {
+            Some(q) => {
+                let p = self.at(x.ptr, i, 1);
+                let c = self.b.ins().load(I8, flags(), p, 0);
+                self.dequantize_scalar(c, q)
+            }
+            None => {
+                let p = self.at(x.ptr, i, 4);
+                self.b.ins().load(F32, flags(), p, 0)
+            }
+        }
+    }
+
+    /// Stores an f32 as element `i` (quantizing it if the tensor is u8).
+    fn store_value(&mut self, y: &Tensor, i: Value, v: Value) {
+        match y.q {
+            Some(q) => {
+                let c = self.quantize_scalar(v, q);
+                let p = self.at(y.ptr, i, 1);
+                self.b.ins().istore8(flags(), c, p, 0);
+            }
+            None => {
+                let p = self.at(y.ptr, i, 4);
+                self.b.ins().store(flags(), v, p, 0);
+            }
+        }
+    }
+
+    /// `Add`: dequantized inputs summed from +0.0 in input order, then quantized if u8.
+    fn add(&mut self, xs: &[Tensor], size: usize, q: Option<QParams>) -> Tensor {
+        let y = self.tensor(size, q, Order::Chw);
+        let total = self.b.ins().imul_imm_s(self.n, size as i64);
+        self.for_loop(total, |e, i| {
+            let mut sum = e.b.ins().f32const(0.0);
+            for x in xs {
+                let v = e.load_value(x, i);
+                sum = e.b.ins().fadd(sum, v);
+            }
+            e.store_value(&y, i, sum);
+        });
+        y
+    }
+
+    /// Per-channel `x · scale[c] + shift[c]` (dequantized and requantized when u8).
+    fn batch_norm(
+        &mut self,
+        x: Tensor,
+        c: usize,
+        plane: usize,
+        scale: &[f32],
+        shift: &[f32],
+        q: Option<QParams>,
+    ) -> Tensor {
+        let y = self.tensor(x.size, q, Order::Chw);
+        let scales = self.constant(&Self::f32_bytes(scale.iter().copied()));
+        let shifts = self.constant(&Self::f32_bytes(shift.iter().copied()));
+        self.for_samples(|e, s| {
+            e.for_const(c, |e, ch| {
+                let sp = e.at(scales, ch, 4);
+                let sc = e.b.ins().load(F32, flags(), sp, 0);
+                let hp = e.at(shifts, ch, 4);
+                let sh = e.b.ins().load(F32, flags(), hp, 0);
+                e.for_const(plane, |e, p| {
+                    let i = e.b.ins().imul_imm_s(s, x.size as i64);
+                    let i2 = e.b.ins().imul_imm_s(ch, plane as i64);
+                    let i = e.b.ins().iadd(i, i2);
+                    let i = e.b.ins().iadd(i, p);
+                    let v = e.load_value(&x, i);
+                    let v = e.b.ins().fmul(v, sc);
+                    let v = e.b.ins().fadd(v, sh);
+                    e.store_value(&y, i, v);
+                });
+            });
+        });
+        y
+    }
+
+    fn global_avg_pool(&mut self, x: Tensor, c: usize, plane: usize) -> Tensor {
+        let y = self.tensor(c, x.q, Order::Chw);
+        self.for_samples(|e, s| {
+            e.for_const(c, |e, ch| {
+                let base = e.b.ins().imul_imm_s(s, x.size as i64);
+                let off = e.b.ins().imul_imm_s(ch, plane as i64);
+                let base = e.b.ins().iadd(base, off);
+                let out = e.b.ins().imul_imm_s(s, c as i64);
+                let out = e.b.ins().iadd(out, ch);
+                match x.q {
+                    Some(_) => {
+                        let acc = e.b.declare_var(I32);
+                        let zero = e.b.ins().iconst(I32, 0);
+                        e.b.def_var(acc, zero);
+                        e.for_const(plane, |e, p| {
+                            let i = e.b.ins().iadd(base, p);
+                            let ptr = e.at(x.ptr, i, 1);
+                            let v = e.b.ins().uload8(I32, flags(), ptr, 0);
+                            let a = e.b.use_var(acc);
+                            let a = e.b.ins().iadd(a, v);
+                            e.b.def_var(acc, a);
+                        });
+                        let sum = e.b.use_var(acc);
+                        let avg = e.average_codes(sum, plane as i32);
+                        let ptr = e.at(y.ptr, out, 1);
+                        e.b.ins().istore8(flags(), avg, ptr, 0);
+                    }
+                    None => {
+                        let acc = e.b.declare_var(F32);
+                        let zero = e.b.ins().f32const(0.0);
+                        e.b.def_var(acc, zero);
+                        e.for_const(plane, |e, p| {
+                            let i = e.b.ins().iadd(base, p);
+                            let ptr = e.at(x.ptr, i, 4);
+                            let v = e.b.ins().load(F32, flags(), ptr, 0);
+                            let a = e.b.use_var(acc);
+                            let a = e.b.ins().fadd(a, v);
+                            e.b.def_var(acc, a);
+                        });
+                        let sum = e.b.use_var(acc);
+                        let n = e.b.ins().f32const(plane as f32);
+                        let avg = e.b.ins().fdiv(sum, n);
+                        let ptr = e.at(y.ptr, out, 4);
+                        e.b.ins().store(flags(), avg, ptr, 0);
+                    }
+                }
+            });
+        });
+        y
+    }
+
+    /// The interpreter's `average_codes(sum, n)`: `round_half_even(sum / n)`, clamped to a code.
+    fn average_codes(&mut self, sum: Value, n: i32) -> Value {
+        let f = self.b.ins().fcvt_from_sint(F32, sum);
+        let d = self.b.ins().f32const(n as f32);
+        let v = self.b.ins().fdiv(f, d);
+        let v = self.b.ins().nearest(v);
+        let v = self.b.ins().fcvt_to_sint_sat(I32, v);
+        let lo = self.b.ins().iconst(I32, 0);
+        let hi = self.b.ins().iconst(I32, 255);
+        let v = self.b.ins().smax(v, lo);
+        self.b.ins().smin(v, hi)
+    }
+
+    // ---- pooling -----------------------------------------------------------------------------
+
+    /// Copies each sample of an HWC tensor into a zero-bordered buffer filled with `fill`.
+    fn pad_hwc(&mut self, x: Tensor, shape: (usize, usize, usize), pad: (usize, usize), fill: i32) -> (Tensor, usize, usize) {
+        let (c, h, w) = shape;
+        let (hp, wp) = (h + 2 * pad.0, w + 2 * pad.1);
+        if pad == (0, 0) {
+            return (x, h, w);
+        }
+        let y = self.tensor(hp * wp * c, x.q, Order::Hwc(c, hp, wp));
+        let fill_v = self.splat_u8(fill);
+        let padded = hp * wp * c;
+        self.for_samples(|e, s| {
+            let dst = e.at(y.ptr, s, padded);
+            let chunks = e.imm(padded.div_ceil(16) as i64);
+            e.for_loop(chunks, |e, i| {
+                let p = e.at(dst, i, 16);
+                e.b.ins().store(flags(), fill_v, p, 0);
+            });
+            let src = e.at(x.ptr, s, x.size);
+            e.for_const(h, |e, r| {
+                let from = e.at(src, r, w * c);
+                let to = e.at(dst, r, wp * c);
+                let to = e.b.ins().iadd_imm_s(to, ((pad.0 * wp + pad.1) * c) as i64);
+                e.copy_bytes(from, to, w * c, true);
+            });
+        });
+        (y, hp, wp)
+    }
+
+    /// Copies `len` bytes; with `exact` the last piece is not written past `len`.
+    fn copy_bytes(&mut self, from: Value, to: Value, len: usize, exact: bool) {
+        let mut off = 0;
+        while off < len {
+            let left = len - off;
+            let (ty, size) = match left {
+                _ if left >= 16 || !exact => (I8X16, 16),
+                8..=15 => (I64, 8),
+                4..=7 => (I32, 4),
+                2..=3 => (cranelift_codegen::ir::types::I16, 2),
+                _ => (I8, 1),
+            };
+            let v = self.b.ins().load(ty, flags(), from, off as i32);
+            self.b.ins().store(flags(), v, to, off as i32);
+            off += size;
+        }
+    }
+
+    fn max_pool_u8(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], pool: &Pool2d) -> Tensor {
+        let (c, h, w) = chw(in_shape);
+        let (_, ho, wo) = chw(out_shape);
+        // Padding taps take code 0, which never wins a max of codes.
+        let (x, _, wp) = self.pad_hwc(x, (c, h, w), pool.padding, 0);
+        let y = self.tensor(c * ho * wo, x.q, Order::Hwc(c, ho, wo));
+        let (in_size, out_size) = (x.size, y.size);
+        self.for_samples(|e, s| {
+            let src = e.at(x.ptr, s, in_size);
+            let dst = e.at(y.ptr, s, out_size);
+            e.for_const(ho, |e, oh| {
+                let row = e.b.ins().imul_imm_s(oh, (pool.stride.0 * wp * c) as i64);
+                let row = e.b.ins().iadd(src, row);
+                e.for_const(wo, |e, ow| {
+                    let px = e.at(row, ow, pool.stride.1 * c);
+                    let out = e.b.ins().imul_imm_s(oh, wo as i64);
+                    let out = e.b.ins().iadd(out, ow);
+                    let out = e.at(dst, out, c);
+                    for chunk in 0..c.div_ceil(16) {
+                        let mut m = None;
+                        for i in 0..pool.kernel.0 {
+                            for j in 0..pool.kernel.1 {
+                                let off = ((i * wp + j) * c + chunk * 16) as i32;
+                                let v = e.b.ins().load(I8X16, flags(), px, off);
+                                m = Some(match m {
+                                    None => v,
+                                    Some(m) => e.b.ins().umax(m, v),
+                                });
+                            }
+                        }
+                        let m = m.expect("pool windows are not empty");
+                        e.b.ins().store(flags(), m, out, (chunk * 16) as i32);
+                    }
+                });
+            });
+        });
+        y
+    }
+
+    /// Max or average pooling one value at a time, in the interpreter's order (CHW). Padding taps
+    /// are left out of the window; average pooling divides by the full kernel size and counts a
+    /// padding tap as the zero point (a zero value).
+    fn pool_scalar(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], pool: &Pool2d, avg: bool) -> Tensor {
+        let (c, h, w) = chw(in_shape);
+        let (_, ho, wo) = chw(out_shape);
+        let y = self.tensor(c * ho * wo, x.q, Order::Chw);
+        let n = (pool.kernel.0 * pool.kernel.1) as i32;
+        self.for_samples(|e, s| {
+            e.for_const(c, |e, ch| {
+                let plane = e.b.ins().imul_imm_s(s, x.size as i64);
+                let off = e.b.ins().imul_imm_s(ch, (h * w) as i64);
+                let plane = e.b.ins().iadd(plane, off);
+                let out_plane = e.b.ins().imul_imm_s(s, y.size as i64);
+                let off = e.b.ins().imul_imm_s(ch, (ho * wo) as i64);
+                let out_plane = e.b.ins().iadd(out_plane, off);
+                e.for_const(ho, |e, oh| {
+                    e.for_const(wo, |e, ow| {
+                        // Taps are known now except for their position; emit each with its
+                        // bounds check.
+                        let (acc_ty, init) = match (x.q, avg) {
+                            (Some(_), _) => (I32, 0.0),
+                            (None, true) => (F32, 0.0),
+                            (None, false) => (F32, f32::NEG_INFINITY),
+                        };
+                        let acc = e.b.declare_var(acc_ty);
+                        let v0 = if acc_ty == I32 {
+                            e.b.ins().iconst(I32, 0)
+                        } else {
+                            e.b.ins().f32const(init)
+                        };
+                        e.b.def_var(acc, v0);
+                        let cnt = e.b.declare_var(I32);
+                        let zero = e.b.ins().iconst(I32, 0);
+                        e.b.def_var(cnt, zero);
+                        for i in 0..pool.kernel.0 {
+                            for j in 0..pool.kernel.1 {
+                                let ih = e.b.ins().imul_imm_s(oh, pool.stride.0 as i64);
+                                let ih = e.b.ins().iadd_imm_s(ih, i as i64 - pool.padding.0 as i64);
+                                let iw = e.b.ins().imul_imm_s(ow, pool.stride.1 as i64);
+                                let iw = e.b.ins().iadd_imm_s(iw, j as i64 - pool.padding.1 as i64);
+                                let inside = e.inside(ih, h, iw, w);
+                                let tap = e.b.create_block();
+                                let next = e.b.create_block();
+                                e.b.ins().brif(inside, tap, &[], next, &[]);
+                                e.b.switch_to_block(tap);
+                                let idx = e.b.ins().imul_imm_s(ih, w as i64);
+                                let idx = e.b.ins().iadd(idx, iw);
+                                let idx = e.b.ins().iadd(idx, plane);
+                                let a = e.b.use_var(acc);
+                                let a = match (x.q, avg) {
+                                    (Some(_), true) => {
+                                        let p = e.at(x.ptr, idx, 1);
+                                        let v = e.b.ins().uload8(I32, flags(), p, 0);
+                                        e.b.ins().iadd(a, v)
+                                    }
+                                    (Some(_), false) => unreachable!("u8 max pooling is vectorized"),
+                                    (None, true) => {
+                                        let v = e.load_value(&x, idx);
+                                        e.b.ins().fadd(a, v)
+                                    }
+                                    (None, false) => {
+                                        let v = e.load_value(&x, idx);
+                                        let gt = e.b.ins().fcmp(FloatCC::GreaterThan, v, a);
+                                        e.b.ins().select(gt, v, a)
+                                    }
+                                };
+                                e.b.def_var(acc, a);
+                                let k = e.b.use_var(cnt);
+                                let k = e.b.ins().iadd_imm_s(k, 1);
+                                e.b.def_var(cnt, k);
+                                e.b.ins().jump(next, &[]);
+                                e.b.switch_to_block(next);
+                            }
+                        }
+                        let a = e.b.use_var(acc);
+                        let out = e.b.ins().imul_imm_s(oh, wo as i64);
+                        let out = e.b.ins().iadd(out, ow);
+                        let out = e.b.ins().iadd(out, out_plane);
+                        match (x.q, avg) {
+                            (Some(q), _) => {
+                                let k = e.b.use_var(cnt);
+                                let full = e.b.ins().iconst(I32, n as i64);
+                                let missing = e.b.ins().isub(full, k);
+                                let pad = e.b.ins().imul_imm_s(missing, q.zero_point as i64);
+                                let sum = e.b.ins().iadd(a, pad);
+                                let v = e.average_codes(sum, n);
+                                let p = e.at(y.ptr, out, 1);
+                                e.b.ins().istore8(flags(), v, p, 0);
+                            }
+                            (None, true) => {
+                                let d = e.b.ins().f32const(n as f32);
+                                let v = e.b.ins().fdiv(a, d);
+                                e.store_value(&y, out, v);
+                            }
+                            (None, false) => e.store_value(&y, out, a),
+                        }
+                    });
+                });
+            });
+        });
+        y
+    }
+
+    /// Whether `0 <= ih < h && 0 <= iw < w` (unsigned compares catch the negatives).
+    fn inside(&mut self, ih: Value, h: usize, iw: Value, w: usize) -> Value {
+        let a = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, ih, h as i64);
+        let b = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iw, w as i64);
+        self.b.ins().band(a, b)
+    }
+
+    // ---- float layers ------------------------------------------------------------------------
+
+    /// A float convolution (or Linear as a 1x1 one) exactly as the interpreter sums: from +0.0,
+    /// channel, then kernel row, then kernel column, padding taps skipped; then bias and act.
+    fn float_conv(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], geom: &ConvGeom, w: &FWeights) -> Tensor {
+        let x = self.canonical(x);
+        let (_, h, wd) = chw(in_shape);
+        let (o_n, ho, wo) = chw(out_shape);
+        let y = self.tensor(o_n * ho * wo, None, Order::Chw);
+        let (kh, kw) = geom.kernel;
+        let cg = geom.in_channels / geom.groups;
+        let og = geom.out_channels / geom.groups;
+        let kg = cg * kh * kw;
+        let weights = self.constant(&Self::f32_bytes(w.weight.iter().copied()));
+        let biases = self.constant(&Self::f32_bytes(w.bias.iter().copied()));
+        let in_size = x.size;
+        self.for_samples(|e, s| {
+            let xs = e.at(x.ptr, s, in_size * 4);
+            let ys = e.at(y.ptr, s, o_n * ho * wo * 4);
+            e.for_const(o_n, |e, o| {
+                let g = e.b.ins().udiv_imm_s(o, og as i64);
+                let wrow = e.at(weights, o, kg * 4);
+                e.for_const(ho, |e, oh| {
+                    e.for_const(wo, |e, ow| {
+                        let acc = e.b.declare_var(F32);
+                        let zero = e.b.ins().f32const(0.0);
+                        e.b.def_var(acc, zero);
+                        e.for_const(cg, |e, c| {
+                            let ch = e.b.ins().imul_imm_s(g, cg as i64);
+                            let ch = e.b.ins().iadd(ch, c);
+                            let plane = e.at(xs, ch, h * wd * 4);
+                            let wc = e.at(wrow, c, kh * kw * 4);
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let ih = e.b.ins().imul_imm_s(oh, geom.stride.0 as i64);
+                                    let ih = e.b.ins().iadd_imm_s(ih, i as i64 - geom.padding.0 as i64);
+                                    let iw = e.b.ins().imul_imm_s(ow, geom.stride.1 as i64);
+                                    let iw = e.b.ins().iadd_imm_s(iw, j as i64 - geom.padding.1 as i64);
+                                    let inside = e.inside(ih, h, iw, wd);
+                                    let tap = e.b.create_block();
+                                    let next = e.b.create_block();
+                                    e.b.ins().brif(inside, tap, &[], next, &[]);
+                                    e.b.switch_to_block(tap);
+                                    let idx = e.b.ins().imul_imm_s(ih, wd as i64);
+                                    let idx = e.b.ins().iadd(idx, iw);
+                                    let p = e.at(plane, idx, 4);
+                                    let xv = e.b.ins().load(F32, flags(), p, 0);
+                                    let wv = e.b.ins().load(F32, flags(), wc, ((i * kw + j) * 4) as i32);
+                                    let prod = e.b.ins().fmul(xv, wv);
+                                    let a = e.b.use_var(acc);
+                                    let a = e.b.ins().fadd(a, prod);
+                                    e.b.def_var(acc, a);
+                                    e.b.ins().jump(next, &[]);
+                                    e.b.switch_to_block(next);
+                                }
+                            }
+                        });
+                        let a = e.b.use_var(acc);
+                        let bp = e.at(biases, o, 4);
+                        let bias = e.b.ins().load(F32, flags(), bp, 0);
+                        let v = e.b.ins().fadd(a, bias);
+                        let v = e.act(w.act, v);
+                        let out = e.b.ins().imul_imm_s(o, (ho * wo) as i64);
+                        let r = e.b.ins().imul_imm_s(oh, wo as i64);
+                        let out = e.b.ins().iadd(out, r);
+                        let out = e.b.ins().iadd(out, ow);
+                        let p = e.at(ys, out, 4);
+                        e.b.ins().store(flags(), v, p, 0);
+                    });
+                });
+            });
+        });
+        y
+    }
+
+    // ---- quantized convolution and GEMM -----------------------------------------------------
+
+    fn conv(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], geom: &ConvGeom, w: &QWeights, yq: QParams) -> Tensor {
+        let (c, h, wd) = chw(in_shape);
+        let (o_n, ho, wo) = chw(out_shape);
+        let xq = x.q.expect("u8 input");
+        let y = self.tensor(o_n * ho * wo, Some(yq), Order::Hwc(o_n, ho, wo));
+        let (kh, kw) = geom.kernel;
+        let (groups, cg, og) = (geom.groups, c / geom.groups, o_n / geom.groups);
+        let kg = cg * kh * kw;
+        let pointwise = kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
+        // Padding taps hold the zero point: a zero value, as the interpreter skips them.
+        let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
+        let k4 = kg.next_multiple_of(4);
+        let cols = if pointwise { None } else { Some(self.alloc(ho * wo * k4)) };
+        let rows = self.b.ins().imul_imm_s(self.n, (ho * wo) as i64);
+        for g in 0..groups {
+            let (a, a_stride) = match cols {
+                None => (xp.ptr, c),
+                Some(col) => {
+                    self.im2col(xp.ptr, xp.size, col, (c, wp), (ho, wo), geom, g, k4);
+                    (col, k4)
+                }
+            };
+            // Packed column t = (i·kw + j)·cg + ch; the interpreter's index is (ch·kh + i)·kw + j.
+            let wt = |o: usize, t: usize| {
+                let (tap, ch) = (t / cg, t % cg);
+                let (i, j) = (tap / kw, tap % kw);
+                w.weight[(g * og + o) * kg + (ch * kh + i) * kw + j]
+            };
+            let wg = QWeights {
+                weight: Vec::new(),
+                weight_scales: (0..og).map(|o| w.scale(g * og + o)).collect(),
+                bias: w.bias[g * og..(g + 1) * og].to_vec(),
+                clamp: w.clamp,
+            };
+            let out = self.b.ins().iadd_imm_s(y.ptr, (g * og) as i64);
+            self.gemm(
+                Gemm {
+                    a,
+                    a_stride,
+                    rows,
+                    k: kg,
+                    out,
+                    out_stride: o_n,
+                    o: og,
+                },
+                &wt,
+                &wg,
+                xq,
+                yq,
+            );
+        }
+        y
+    }
+
+    /// Writes the im2col rows of group `g` for every sample: row (s, oh, ow) holds the taps in
+    /// (i, j, channel) order, `k4` bytes apart. Pieces are copied sixteen bytes at a time and may
+    /// run past their end; later pieces and rows overwrite that, and the last runs into slack.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col(&mut self, x: Value, x_size: usize, col: Value, (c, wp): (usize, usize), (ho, wo): (usize, usize), geom: &ConvGeom, g: usize, k4: usize) {
+        let (kh, kw) = geom.kernel;
+        let cg = c / geom.groups;
+        self.for_samples(|e, s| {
+            let src = e.at(x, s, x_size);
+            let dst = e.at(col, s, ho * wo * k4);
+            e.for_const(ho, |e, oh| {
+                let src_row = e.at(src, oh, geom.stride.0 * wp * c);
+                let dst_row = e.at(dst, oh, wo * k4);
+                e.for_const(wo, |e, ow| {
+                    let from = e.at(src_row, ow, geom.stride.1 * c);
+                    let from = e.b.ins().iadd_imm_s(from, (g * cg) as i64);
+                    let to = e.at(dst_row, ow, k4);
+                    for i in 0..kh {
+                        if geom.groups == 1 {
+                            let f = e.b.ins().iadd_imm_s(from, (i * wp * c) as i64);
+                            let t = e.b.ins().iadd_imm_s(to, (i * kw * c) as i64);
+                            e.copy_bytes(f, t, kw * c, false);
+                        } else {
+                            for j in 0..kw {
+                                let f = e.b.ins().iadd_imm_s(from, ((i * wp + j) * c) as i64);
+                                let t = e.b.ins().iadd_imm_s(to, ((i * kw + j) * cg) as i64);
+                                e.copy_bytes(f, t, cg, false);
+                            }
+                        }
+                    }
+                });
+            });
+        });
+    }
+
+    /// `out[r][o] = requant(Σ_t a[r][t] · w(o, t) + bias[o] - zp·Σ_t w(o, t))` for `rows` rows.
+    ///
+    /// Weights are packed in blocks of [`BLOCK`] output channels: for each block and each group of
+    /// four columns, 32 bytes (channel-major, four columns per channel), the operand order of
+    /// `vpdpbusd`. A row's four activation bytes are broadcast to every lane.
+    fn gemm(&mut self, g: Gemm, wt: &dyn Fn(usize, usize) -> i8, w: &QWeights, xq: QParams, yq: QParams) {
+        let k4 = g.k.div_ceil(4);
+        let blocks = g.o.div_ceil(BLOCK);
+        let mut packed = Vec::with_capacity(blocks * k4 * 32);
+        for blk in 0..blocks {
+            for kk in 0..k4 {
+                for lane in 0..BLOCK {
+                    for t in 0..4 {
+                        let (o, col) = (blk * BLOCK + lane, kk * 4 + t);
+                        let v = if o < g.o && col < g.k { wt(o, col) } else { 0 };
+                        packed.push(v as u8);
+                    }
+                }
+            }
+        }
+        let bias = (0..blocks * BLOCK).map(|o| {
+            if o >= g.o {
+                return 0;
+            }
+            let wsum: i32 = (0..g.k).map(|t| wt(o, t) as i32).sum();
+            w.bias[o].wrapping_sub(xq.zero_point.wrapping_mul(wsum))
+        });
+        let bias = Self::i32_bytes(bias);
+        let mult = (0..blocks * BLOCK).map(|o| {
+            if o < g.o {
+                requant_multiplier(xq.scale, w.scale(o), yq.scale)
+            } else {
+                0.0
+            }
+        });
+        let mult = Self::f32_bytes(mult);
+        let k = Kernel {
+            weights: self.constant(&packed),
+            bias: self.constant(&bias),
+            mult: self.constant(&mult),
+            k4,
+            zp: yq.zero_point,
+            clamp: w.clamp,
+        };
+        let full = g.o / BLOCK;
+        // Rows four at a time, one block of channels at a time.
+        let quads = self.b.ins().ushr_imm_s(g.rows, 2);
+        self.for_loop(quads, |e, q| {
+            let r0 = e.b.ins().ishl_imm_s(q, 2);
+            e.gemm_blocks(&g, &k, r0, 4, full, blocks);
+        });
+        // The last rows one at a time, four blocks of channels at a time.
+        let done = self.b.ins().ishl_imm_s(quads, 2);
+        let rest = self.b.ins().isub(g.rows, done);
+        self.for_loop(rest, |e, r| {
+            let r0 = e.b.ins().iadd(done, r);
+            e.gemm_blocks(&g, &k, r0, 1, full, blocks);
+        });
+    }
+
+    /// All channel blocks for the rows `r0..r0 + rows`.
+    fn gemm_blocks(&mut self, g: &Gemm, k: &Kernel, r0: Value, rows: usize, full: usize, blocks: usize) {
+        let per = if rows == 1 { 4 } else { 1 };
+        let groups = full / per;
+        if groups > 0 {
+            let count = self.imm(groups as i64);
+            self.for_loop(count, |e, gi| {
+                let blk = e.b.ins().imul_imm_s(gi, per as i64);
+                e.microkernel(g, k, r0, rows, blk, per, BLOCK);
+            });
+        }
+        for blk in groups * per..blocks {
+            let b = self.imm(blk as i64);
+            let valid = (g.o - blk * BLOCK).min(BLOCK);
+            self.microkernel(g, k, r0, rows, b, 1, valid);
+        }
+    }
+
+    /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
+    /// and stores them (`valid` channels of each block).
+    #[allow(clippy::too_many_arguments)]
+    fn microkernel(&mut self, g: &Gemm, k: &Kernel, r0: Value, rows: usize, blk: Value, nblk: usize, valid: usize) {
+        let zero = self.splat_i32(0);
+        let accs: Vec<_> = (0..rows * nblk * 2)
+            .map(|_| {
+                let v = self.b.declare_var(I32X4);
+                self.b.def_var(v, zero);
+                v
+            })
+            .collect();
+        let a0 = self.at(g.a, r0, g.a_stride);
+        let w0 = self.at(k.weights, blk, k.k4 * 32);
+        let wstride = (k.k4 * 32) as i32;
+        let step = |e: &mut Self, a: Value, wp: Value, unroll: usize| {
+            for u in 0..unroll {
+                let ws: Vec<Value> = (0..nblk * 2)
+                    .map(|v| {
+                        let off = (v / 2) as i32 * wstride + (u * 32 + (v % 2) * 16) as i32;
+                        e.b.ins().load(I8X16, flags(), wp, off)
+                    })
+                    .collect();
+                for r in 0..rows {
+                    let off = (r * g.a_stride + u * 4) as i32;
+                    let word = e.b.ins().load(I32, flags(), a, off);
+                    let av = e.b.ins().splat(I32X4, word);
+                    let av = e.b.ins().bitcast(I8X16, MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), av);
+                    for (v, &wv) in ws.iter().enumerate() {
+                        let acc = accs[r * nblk * 2 + v];
+                        let old = e.b.use_var(acc);
+                        let new = e.dot(wv, av, old);
+                        e.b.def_var(acc, new);
+                    }
+                }
+            }
+        };
+        let unroll = [4, 2, 1].into_iter().find(|u| k.k4 % u == 0).expect("1 divides");
+        if k.k4 <= 8 {
+            step(self, a0, w0, k.k4);
+        } else {
+            let ap = self.b.declare_var(I64);
+            let wp = self.b.declare_var(I64);
+            self.b.def_var(ap, a0);
+            self.b.def_var(wp, w0);
+            let iters = self.imm((k.k4 / unroll) as i64);
+            self.for_loop(iters, |e, _| {
+                let a = e.b.use_var(ap);
+                let w = e.b.use_var(wp);
+                step(e, a, w, unroll);
+                let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
+                let w = e.b.ins().iadd_imm_s(w, (32 * unroll) as i64);
+                e.b.def_var(ap, a);
+                e.b.def_var(wp, w);
+            });
+        }
+        // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
+        let zp = self.splat_f32(k.zp as f32);
+        let lo = (k.clamp.0 > 0).then(|| self.splat_u8(k.clamp.0));
+        let hi = (k.clamp.1 < 255).then(|| self.splat_u8(k.clamp.1));
+        for bi in 0..nblk {
+            let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
+            let bias = self.at(k.bias, blk_i, BLOCK * 4);
+            let mult = self.at(k.mult, blk_i, BLOCK * 4);
+            let b0 = self.b.ins().load(I32X4, flags(), bias, 0);
+            let b1 = self.b.ins().load(I32X4, flags(), bias, 16);
+            let m0 = self.b.ins().load(F32X4, flags(), mult, 0);
+            let m1 = self.b.ins().load(F32X4, flags(), mult, 16);
+            for r in 0..rows {
+                let q: Vec<Value> = [(0, b0, m0), (1, b1, m1)]
+                    .into_iter()
+                    .map(|(v, bv, mv)| {
+                        let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
+                        let acc = self.b.ins().iadd(acc, bv);
+                        let f = self.b.ins().fcvt_from_sint(F32X4, acc);
+                        self.quantize_vec(f, mv, zp)
+                    })
+                    .collect();
+                let mut codes = self.narrow([q[0], q[1], q[0], q[1]]);
+                if let Some(lo) = lo {
+                    codes = self.b.ins().umax(codes, lo);
+                }
+                if let Some(hi) = hi {
+                    codes = self.b.ins().umin(codes, hi);
+                }
+                let row = self.b.ins().iadd_imm_s(r0, r as i64);
+                let out = self.at(g.out, row, g.out_stride);
+                let out = self.at(out, blk_i, BLOCK);
+                self.store_low_bytes(codes, out, valid);
+            }
+        }
+    }
+
+    /// Stores the low `len` (at most 8) bytes of a vector.
+    fn store_low_bytes(&mut self, v: Value, to: Value, len: usize) {
+        let mut off = 0;
+        let pieces = [(8, I64X2, I64), (4, I32X4, I32), (2, I16X8, cranelift_codegen::ir::types::I16), (1, I8X16, I8)];
+        for (size, vty, _) in pieces {
+            if len - off >= size {
+                let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                let cast = self.b.ins().bitcast(vty, le, v);
+                let lane = self.b.ins().extractlane(cast, (off / size) as u8);
+                self.b.ins().store(flags(), lane, to, off as i32);
+                off += size;
+            }
+        }
+    }
+
+    /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
+    /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
+    fn dot(&mut self, w: Value, a: Value, acc: Value) -> Value {
+        let b = &mut self.b;
+        let wl = b.ins().swiden_low(w);
+        let al = b.ins().uwiden_low(a);
+        let lo = b.ins().imul(wl, al);
+        let wh = b.ins().swiden_high(w);
+        let ah = b.ins().uwiden_high(a);
+        let hi = b.ins().imul(wh, ah);
+        let lo_l = b.ins().swiden_low(lo);
+        let lo_h = b.ins().swiden_high(lo);
+        let lo_s = b.ins().iadd_pairwise(lo_l, lo_h);
+        let hi_l = b.ins().swiden_low(hi);
+        let hi_h = b.ins().swiden_high(hi);
+        let hi_s = b.ins().iadd_pairwise(hi_l, hi_h);
+        let s = b.ins().iadd_pairwise(lo_s, hi_s);
+        b.ins().iadd(s, acc)
+    }
+}
+
+/// A GEMM's operands: `rows` rows of `k` u8 columns at `a` (`a_stride` bytes apart), `o` output
+/// channels stored at `out` (`out_stride` bytes between rows).
+struct Gemm {
+    a: Value,
+    a_stride: usize,
+    rows: Value,
+    k: usize,
+    out: Value,
+    out_stride: usize,
+    o: usize,
+}
+
+/// A GEMM's packed constants.
+struct Kernel {
+    weights: Value,
+    bias: Value,
+    mult: Value,
+    k4: usize,
+    zp: i32,
+    clamp: (i32, i32),
+}
