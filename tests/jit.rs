@@ -1,0 +1,467 @@
+//! The JIT against the reference interpreter: every output bit must match, on every spec, on
+//! each op alone with random shapes and parameters, and on random small networks.
+
+mod common;
+
+use proptest::prelude::*;
+use qatc::check::Pool2d;
+use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
+use qatc::ir::{Act, ConvGeom};
+use qatc::train::{self, engine::Mode, rng::Rng};
+use qatc::{interp, Model};
+
+/// Inputs in [-2, 2], with some exact zeros and some values far outside any observed range.
+fn inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..len)
+        .map(|_| match rng.below(20) {
+            0 => 0.0,
+            1 => rng.uniform(-1e4, 1e4),
+            _ => rng.uniform(-2.0, 2.0),
+        })
+        .collect()
+}
+
+/// Runs the graph compiled and interpreted on batches of several sizes (a partial tile, whole
+/// tiles and more than one thread's share) and requires identical bits.
+fn assert_bit_exact(graph: &QGraph, seed: u64) {
+    let compiled = Model::from_graph(graph.clone())
+        .expect("the graph verifies")
+        .compile()
+        .expect("the graph compiles");
+    let size: usize = graph.nodes[0].shape.iter().product();
+    let out: usize = graph.nodes[graph.output].shape.iter().product();
+    let mut rng = Rng::new(seed);
+    for batch in [1, 3, 8, 21] {
+        let x = inputs(batch * size, &mut rng);
+        let want = interp::run(graph, &x, batch).unwrap();
+        let got = compiled.run(&x).unwrap();
+        assert_eq!(got.len(), want.len());
+        if let Some(i) = (0..want.len()).find(|&i| want[i].to_bits() != got[i].to_bits()) {
+            panic!(
+                "{}: batch {batch}, sample {} output {}: JIT {} but the interpreter {}\n{}",
+                graph.name,
+                i / out,
+                i % out,
+                got[i],
+                want[i],
+                graph.to_text()
+            );
+        }
+    }
+}
+
+/// The converted graph of a spec with its initial weights and observers calibrated on random
+/// inputs (no data files needed).
+fn converted(name: &str, text: &str, seed: u64) -> QGraph {
+    let (result, source) = qatc::front_end(name, text);
+    let model = match result {
+        Ok(c) => c.model,
+        Err(d) => panic!("{}", qatc::diag::render(&d, &source.name, &source.text)),
+    };
+    let mut net = train::build_net(&model, seed).unwrap();
+    let size: usize = model.input.iter().product();
+    let mut rng = Rng::new(seed);
+    let observe = Mode {
+        training: false,
+        fake_quant: false,
+        observe: true,
+        bn_frozen: true,
+    };
+    for _ in 0..3 {
+        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.5, 1.5)).collect();
+        net.forward(&x, 8, observe, &mut rng);
+    }
+    qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: convert: {e}\n{text}"))
+}
+
+#[test]
+fn every_spec_is_bit_exact() {
+    for path in common::spec_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let graph = converted(&path.display().to_string(), &text, 5);
+        assert_bit_exact(&graph, 11);
+    }
+}
+
+#[test]
+fn trained_lenet_custom_is_bit_exact_on_test_images() {
+    // Trained weights and BatchNorm folding, a per-channel fc1 and a float fc3.
+    let path = common::root().join("specs/lenet_custom.qspec");
+    let (result, _) = qatc::front_end("lenet_custom", &std::fs::read_to_string(&path).unwrap());
+    let model = result.unwrap().model;
+    let mut cfg = model.train.clone().unwrap();
+    cfg.pretrain_epochs = 0;
+    let mut data = train::load_data(&model, &cfg, &common::root().join("specs")).unwrap();
+    let size = data.train.image_size();
+    data.train.images.truncate(512 * size);
+    data.train.labels.truncate(512);
+    let mut net = train::build_net(&model, 3).unwrap();
+    train::train(&mut net, &data, &cfg, 1, &mut train::Quiet);
+    let graph = qatc::convert::convert(&net).unwrap();
+    let compiled = Model::from_graph(graph.clone()).unwrap().compile().unwrap();
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let images: Vec<usize> = (0..300).collect();
+    train::batch_input(&data.test, &images, &cfg, &mut x, &mut labels);
+    let want = interp::run(&graph, &x, images.len()).unwrap();
+    let got = compiled.run(&x).unwrap();
+    let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "JIT and interpreter differ on test images");
+    let reference = interp::accuracy(&graph, &data.test, &cfg).unwrap();
+    let jit = interp::accuracy_of(
+        |x, _| compiled.run(x).map_err(|e| e.to_string()),
+        10,
+        &data.test,
+        &cfg,
+    )
+    .unwrap();
+    assert_eq!(jit, reference);
+}
+
+// ---- single ops with random shapes and parameters ----------------------------------------------
+
+fn u8_type(rng: &mut Rng) -> TensorType {
+    TensorType::U8(QParamsDef {
+        scale: 10f32.powf(rng.uniform(-3.0, 0.0)),
+        zero_point: rng.below(256) as i32,
+    })
+}
+
+fn node(name: &str, op: QOp, inputs: Vec<usize>, shape: Vec<usize>, ty: TensorType) -> QNode {
+    QNode {
+        name: name.into(),
+        op,
+        inputs,
+        shape,
+        ty,
+    }
+}
+
+fn qweights(out: usize, k: usize, rng: &mut Rng) -> QWeights {
+    let per_channel = rng.below(2) == 0;
+    let lo = rng.below(3) as i32 * 40;
+    QWeights {
+        weight: (0..out * k).map(|_| rng.below(256) as i32 as i8).collect(),
+        weight_scales: (0..if per_channel { out } else { 1 })
+            .map(|_| 10f32.powf(rng.uniform(-4.0, -1.0)))
+            .collect(),
+        bias: (0..out).map(|_| rng.below(20_001) as i32 - 10_000).collect(),
+        clamp: (lo, 255 - rng.below(3) as i32 * 50),
+    }
+}
+
+fn fweights(out: usize, k: usize, rng: &mut Rng) -> FWeights {
+    FWeights {
+        weight: (0..out * k).map(|_| rng.uniform(-0.5, 0.5)).collect(),
+        bias: (0..out).map(|_| rng.uniform(-0.5, 0.5)).collect(),
+        act: [Act::None, Act::ReLU, Act::ReLU6][rng.below(3)],
+    }
+}
+
+fn conv_out(size: usize, k: usize, s: usize, p: usize) -> usize {
+    (size + 2 * p - k) / s + 1
+}
+
+/// input -> quantize -> one random op (with whatever it needs before it) -> output.
+fn random_op_graph(seed: u64) -> QGraph {
+    let mut rng = Rng::new(seed);
+    let c = 1 + rng.below(6);
+    let (h, w) = (3 + rng.below(9), 3 + rng.below(9));
+    let mut nodes = vec![node("input", QOp::Input, vec![], vec![c, h, w], TensorType::F32)];
+    let in_q = u8_type(&mut rng);
+    nodes.push(node("q", QOp::Quantize, vec![0], vec![c, h, w], in_q));
+    let float = rng.below(3) == 0;
+    if float {
+        nodes.push(node("dq", QOp::Dequantize, vec![1], vec![c, h, w], TensorType::F32));
+    }
+    let x = nodes.len() - 1;
+    let ty = |rng: &mut Rng| if float { TensorType::F32 } else { u8_type(rng) };
+    let pool = |rng: &mut Rng| {
+        let k = (1 + rng.below(3)).min(h).min(w);
+        Pool2d {
+            kernel: (k, k),
+            stride: (1 + rng.below(2), 1 + rng.below(2)),
+            padding: (rng.below(k / 2 + 1), rng.below(k / 2 + 1)),
+        }
+    };
+    let push = |nodes: &mut Vec<QNode>, name: &str, op, inputs, shape, ty| {
+        nodes.push(node(name, op, inputs, shape, ty));
+    };
+    match rng.below(8) {
+        0 => {
+            // Conv2d, any geometry and groups (depthwise included).
+            let groups = [1, c][rng.below(2)];
+            let out = groups * (1 + rng.below(4));
+            let k = (1 + rng.below(4)).min(h).min(w);
+            let geom = ConvGeom {
+                in_channels: c,
+                out_channels: out,
+                kernel: (k, (1 + rng.below(4)).min(w)),
+                stride: (1 + rng.below(2), 1 + rng.below(2)),
+                padding: (rng.below(2), rng.below(2)),
+                groups,
+            };
+            let (ho, wo) = (
+                conv_out(h, geom.kernel.0, geom.stride.0, geom.padding.0),
+                conv_out(w, geom.kernel.1, geom.stride.1, geom.padding.1),
+            );
+            let kg = c / groups * geom.kernel.0 * geom.kernel.1;
+            let op = if float {
+                QOp::FloatConv2d {
+                    geom,
+                    w: fweights(out, kg, &mut rng),
+                }
+            } else {
+                QOp::Conv2d {
+                    geom,
+                    w: qweights(out, kg, &mut rng),
+                }
+            };
+            let t = ty(&mut rng);
+            push(&mut nodes, "op", op, vec![x], vec![out, ho, wo], t);
+        }
+        1 => {
+            // Flatten then Linear: after channels-last data the JIT permutes the weights.
+            let k = c * h * w;
+            let out = 1 + rng.below(40);
+            let t = nodes[x].ty;
+            push(&mut nodes, "flat", QOp::Flatten, vec![x], vec![k], t);
+            let op = if float {
+                QOp::FloatLinear {
+                    in_features: k,
+                    out_features: out,
+                    w: fweights(out, k, &mut rng),
+                }
+            } else {
+                QOp::Linear {
+                    in_features: k,
+                    out_features: out,
+                    w: qweights(out, k, &mut rng),
+                }
+            };
+            let t = ty(&mut rng);
+            push(&mut nodes, "op", op, vec![x + 1], vec![out], t);
+        }
+        2 => {
+            let op = if float {
+                QOp::FloatAct([Act::None, Act::ReLU, Act::ReLU6][rng.below(3)])
+            } else {
+                let lo = rng.below(128) as i32;
+                QOp::Clamp {
+                    lo,
+                    hi: lo + rng.below(128) as i32,
+                }
+            };
+            let t = nodes[x].ty;
+            push(&mut nodes, "op", op, vec![x], vec![c, h, w], t);
+        }
+        3 | 4 => {
+            let p = pool(&mut rng);
+            let (ho, wo) = (
+                conv_out(h, p.kernel.0, p.stride.0, p.padding.0),
+                conv_out(w, p.kernel.1, p.stride.1, p.padding.1),
+            );
+            let op = if rng.below(2) == 0 {
+                QOp::MaxPool2d(p)
+            } else {
+                QOp::AvgPool2d(p)
+            };
+            let t = nodes[x].ty;
+            push(&mut nodes, "op", op, vec![x], vec![c, ho, wo], t);
+        }
+        5 => {
+            let t = nodes[x].ty;
+            push(&mut nodes, "op", QOp::GlobalAvgPool, vec![x], vec![c, 1, 1], t);
+        }
+        6 => {
+            // Add of two differently quantized copies of the input.
+            let q2 = u8_type(&mut rng);
+            push(&mut nodes, "q2", QOp::Quantize, vec![0], vec![c, h, w], q2);
+            if float {
+                let n = nodes.len();
+                push(&mut nodes, "dq2", QOp::Dequantize, vec![n - 1], vec![c, h, w], TensorType::F32);
+            }
+            let t = ty(&mut rng);
+            let n = nodes.len();
+            push(&mut nodes, "op", QOp::Add, vec![x, n - 1], vec![c, h, w], t);
+        }
+        _ => {
+            let scale = (0..c).map(|_| rng.uniform(-2.0, 2.0)).collect();
+            let shift = (0..c).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let (op, t) = if float {
+                (QOp::FloatBatchNorm { scale, shift }, TensorType::F32)
+            } else {
+                (QOp::BatchNorm { scale, shift }, u8_type(&mut rng))
+            };
+            push(&mut nodes, "op", op, vec![x], vec![c, h, w], t);
+        }
+    }
+    let last = nodes.len() - 1;
+    let shape = nodes[last].shape.clone();
+    let output = if nodes[last].ty.is_quantized() && rng.below(2) == 0 {
+        nodes.push(node("out", QOp::Dequantize, vec![last], shape, TensorType::F32));
+        last + 1
+    } else {
+        last
+    };
+    QGraph {
+        name: format!("op{seed}"),
+        nodes,
+        output,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn each_op_alone_is_bit_exact(seed in any::<u64>()) {
+        let graph = random_op_graph(seed);
+        assert_bit_exact(&graph, seed ^ 1);
+    }
+}
+
+// ---- random small networks ---------------------------------------------------------------------
+
+/// A random valid spec: conv blocks (any geometry, BatchNorm, activations, pools, residual
+/// adds), then a classifier head; random backend and per-layer qconfigs, some layers float.
+fn random_spec(seed: u64) -> String {
+    let mut rng = Rng::new(seed);
+    let (mut c, mut h, mut w) = (1 + rng.below(3), 6 + rng.below(8), 6 + rng.below(8));
+    let mut s = format!("model g{seed} {{\n    input: [{c}, {h}, {w}]\n");
+    let mut names = Vec::new();
+    let mut prev = "input".to_string();
+    let blocks = 1 + rng.below(3);
+    for b in 0..blocks {
+        let out = 1 + rng.below(12);
+        let k = (1 + rng.below(3)).min(h).min(w);
+        let stride = 1 + rng.below(2);
+        let pad = rng.below(k / 2 + 1);
+        s.push_str(&format!(
+            "    conv{b}: Conv2d(out: {out}, kernel: {k}, stride: {stride}, padding: {pad})\n"
+        ));
+        names.push(format!("conv{b}"));
+        (c, h, w) = (out, conv_out(h, k, stride, pad), conv_out(w, k, stride, pad));
+        prev = format!("conv{b}");
+        if rng.below(2) == 0 {
+            s.push_str(&format!("    bn{b}: BatchNorm2d\n"));
+            prev = format!("bn{b}");
+        }
+        match rng.below(3) {
+            0 => {
+                s.push_str(&format!("    relu{b}: ReLU\n"));
+                prev = format!("relu{b}");
+            }
+            1 => {
+                s.push_str(&format!("    relu{b}: ReLU6\n"));
+                prev = format!("relu{b}");
+            }
+            _ => {}
+        }
+        if rng.below(3) == 0 && h >= 3 && w >= 3 {
+            s.push_str(&format!(
+                "    res{b}: Conv2d(out: {c}, kernel: 3, padding: 1)\n    sum{b}: Add({prev}, res{b})\n"
+            ));
+            names.push(format!("res{b}"));
+            prev = format!("sum{b}");
+        }
+        if h >= 2 && w >= 2 && rng.below(2) == 0 {
+            let kind = ["MaxPool2d", "AvgPool2d"][rng.below(2)];
+            let pad = rng.below(2);
+            s.push_str(&format!("    pool{b}: {kind}(kernel: 2, padding: {pad})\n"));
+            (h, w) = (conv_out(h, 2, 2, pad), conv_out(w, 2, 2, pad));
+            prev = format!("pool{b}");
+        }
+    }
+    if rng.below(3) == 0 {
+        s.push_str("    gap: GlobalAvgPool\n");
+    }
+    s.push_str("    flat: Flatten\n");
+    if rng.below(2) == 0 {
+        s.push_str(&format!("    fc0: Linear(out: {})\n    act: ReLU\n", 4 + rng.below(30)));
+        names.push("fc0".into());
+    }
+    s.push_str("    fc: Linear(out: 10)\n}\n\nquantize {\n");
+    let backend = ["fbgemm", "qnnpack"][rng.below(2)];
+    let default = ["qat(fbgemm)", "qat(qnnpack)", "qat(native)"][rng.below(3)];
+    s.push_str(&format!("    backend: {backend}\n    default: {default}\n"));
+    for name in &names {
+        if rng.below(5) == 0 {
+            s.push_str(&format!("    {name}: none\n"));
+        }
+    }
+    if rng.below(4) == 0 {
+        s.push_str("    fc: none\n");
+    }
+    s.push_str("}\n");
+    let _ = prev;
+    s
+}
+
+#[test]
+fn random_networks_are_bit_exact() {
+    for seed in 0..40 {
+        let text = random_spec(seed);
+        let graph = converted(&format!("g{seed}.qspec"), &text, seed);
+        assert_bit_exact(&graph, seed);
+    }
+}
+
+#[test]
+fn wrong_lengths_are_errors_not_undefined_behaviour() {
+    let text = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec")).unwrap();
+    let graph = converted("mlp", &text, 1);
+    let compiled = Model::from_graph(graph).unwrap().compile().unwrap();
+    assert_eq!(compiled.input_size(), 784);
+    let err = compiled.run(&[0.0; 783]).unwrap_err();
+    assert!(err.to_string().contains("783"), "{err}");
+    assert!(compiled.run(&[]).is_err());
+    let mut out = vec![0.0; 19];
+    let err = compiled.run_into(&[0.0; 2 * 784], &mut out).unwrap_err();
+    assert!(err.to_string().contains("20"), "{err}");
+    let mut out = vec![0.0; 20];
+    compiled.run_into(&[0.0; 2 * 784], &mut out).unwrap();
+}
+
+#[test]
+fn one_compiled_model_serves_many_threads() {
+    fn shareable<T: Send + Sync>(_: &T) {}
+    let text = std::fs::read_to_string(common::root().join("specs/lenet_mnist.qspec")).unwrap();
+    let graph = converted("lenet", &text, 2);
+    let compiled = Model::from_graph(graph.clone()).unwrap().compile().unwrap();
+    shareable(&compiled);
+    let x = inputs(5 * 784, &mut Rng::new(4));
+    let want = interp::run(&graph, &x, 5).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    assert_eq!(compiled.run(&x).unwrap(), want);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn no_page_is_writable_and_executable() {
+    let text = std::fs::read_to_string(common::root().join("specs/lenet_mnist.qspec")).unwrap();
+    let compiled = Model::from_graph(converted("lenet", &text, 2))
+        .unwrap()
+        .compile()
+        .unwrap();
+    compiled.run(&[0.5; 784]).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let wx: Vec<&str> = maps
+        .lines()
+        .filter(|l| {
+            let perms = l.split_whitespace().nth(1).unwrap_or("");
+            perms.contains('w') && perms.contains('x')
+        })
+        .collect();
+    assert!(wx.is_empty(), "writable and executable mappings: {wx:?}");
+    drop(compiled);
+}
