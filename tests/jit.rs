@@ -8,6 +8,7 @@ use qatc::check::Pool2d;
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
 use qatc::ir::{Act, ConvGeom};
 use qatc::train::{self, engine::Mode, rng::Rng};
+use qatc::jit::DotProduct;
 use qatc::{interp, Model};
 
 /// Inputs in [-2, 2], with some exact zeros and some values far outside any observed range.
@@ -23,11 +24,16 @@ fn inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
 
 /// Runs the graph compiled and interpreted on batches of several sizes (a partial tile, whole
 /// tiles and more than one thread's share) and requires identical bits.
+/// Both GEMM formulations are checked, whichever this CPU prefers.
 fn assert_bit_exact(graph: &QGraph, seed: u64) {
-    let compiled = Model::from_graph(graph.clone())
-        .expect("the graph verifies")
-        .compile()
-        .expect("the graph compiles");
+    let model = Model::from_graph(graph.clone()).expect("the graph verifies");
+    for dot in [DotProduct::U8, DotProduct::I16] {
+        let compiled = model.compile_using(dot).expect("the graph compiles");
+        assert_same(graph, &compiled, seed);
+    }
+}
+
+fn assert_same(graph: &QGraph, compiled: &qatc::Compiled, seed: u64) {
     let size: usize = graph.nodes[0].shape.iter().product();
     let out: usize = graph.nodes[graph.output].shape.iter().product();
     let mut rng = Rng::new(seed);
@@ -38,8 +44,9 @@ fn assert_bit_exact(graph: &QGraph, seed: u64) {
         assert_eq!(got.len(), want.len());
         if let Some(i) = (0..want.len()).find(|&i| want[i].to_bits() != got[i].to_bits()) {
             panic!(
-                "{}: batch {batch}, sample {} output {}: JIT {} but the interpreter {}\n{}",
+                "{} ({:?}): batch {batch}, sample {} output {}: JIT {} but the interpreter {}\n{}",
                 graph.name,
+                compiled.dot_product(),
                 i / out,
                 i % out,
                 got[i],

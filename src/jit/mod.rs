@@ -16,6 +16,8 @@
 
 pub mod emit;
 
+pub use emit::DotProduct;
+
 use std::cell::RefCell;
 use std::fmt;
 use std::path::Path;
@@ -92,17 +94,27 @@ impl Model {
 
     /// Compiles the model for this machine's CPU.
     pub fn compile(&self) -> Result<Compiled, Error> {
-        self.compile_with(None)
+        self.compile_with(None, None)
+    }
+
+    /// Compiles with a chosen GEMM formulation instead of the best one for this CPU (both are
+    /// exact; this is for tests and measurements).
+    pub fn compile_using(&self, dot: DotProduct) -> Result<Compiled, Error> {
+        self.compile_with(Some(dot), None)
     }
 
     /// Compiles and also returns the CLIF and disassembly.
     pub fn compile_listing(&self) -> Result<(Compiled, Listing), Error> {
         let mut listing = Listing::default();
-        let compiled = self.compile_with(Some(&mut listing))?;
+        let compiled = self.compile_with(None, Some(&mut listing))?;
         Ok((compiled, listing))
     }
 
-    fn compile_with(&self, listing: Option<&mut Listing>) -> Result<Compiled, Error> {
+    fn compile_with(
+        &self,
+        dot: Option<DotProduct>,
+        listing: Option<&mut Listing>,
+    ) -> Result<Compiled, Error> {
         let start = Instant::now();
         let mut flags = settings::builder();
         let set = |f: &mut settings::Builder, k: &str, v: &str| {
@@ -116,11 +128,12 @@ impl Model {
             .map_err(|e| Error(format!("this CPU is not supported by Cranelift: {e}")))?
             .finish(settings::Flags::new(flags))
             .map_err(|e| Error(format!("Cranelift: {e}")))?;
+        let dot = dot.unwrap_or_else(|| best_dot_product(&*isa));
         let mut module = JITModule::new(JITBuilder::with_isa(
             isa,
             cranelift_module::default_libcall_names(),
         ));
-        let def = define(&mut module, &self.graph, "qatc_run", listing)?;
+        let def = define(&mut module, &self.graph, "qatc_run", dot, listing)?;
         module
             .finalize_definitions()
             .map_err(|e| Error(format!("Cranelift: {e}")))?;
@@ -136,7 +149,28 @@ impl Model {
             out_size: self.output_size(),
             scratch_bytes: def.scratch_bytes,
             compile_time: start.elapsed(),
+            dot,
         })
+    }
+}
+
+/// The dot product that is fastest on a target: the u8 tree where it folds into one instruction
+/// (x86 with AVX-VNNI or AVX512-VNNI+VL, aarch64), i16 `pmaddwd` on other x86 CPUs.
+pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProduct {
+    if isa.name() != "x64" {
+        return DotProduct::U8;
+    }
+    let flags = isa.isa_flags();
+    let on = |name: &str| {
+        flags
+            .iter()
+            .any(|f| f.name == name && f.as_bool().unwrap_or(false))
+    };
+    let vnni = (on("has_avx") && on("has_avx_vnni")) || (on("has_avx512vl") && on("has_avx512vnni"));
+    if vnni {
+        DotProduct::U8
+    } else {
+        DotProduct::I16
     }
 }
 
@@ -154,6 +188,7 @@ pub fn define(
     module: &mut impl cranelift_module::Module,
     graph: &QGraph,
     name: &str,
+    dot: DotProduct,
     listing: Option<&mut Listing>,
 ) -> Result<Defined, Error> {
     let err = |e: cranelift_module::ModuleError| Error(format!("Cranelift: {e:?}"));
@@ -182,7 +217,7 @@ pub fn define(
         let p = b.block_params(entry).to_vec();
         let gv = module.declare_data_in_func(data, b.func);
         let base = b.ins().symbol_value(ptr, gv);
-        let lowered = emit::lower(&mut b, graph, [p[0], p[1], p[2], p[3]], base).map_err(Error)?;
+        let lowered = emit::lower(&mut b, graph, [p[0], p[1], p[2], p[3]], base, dot).map_err(Error)?;
         b.seal_all_blocks();
         b.finalize(module.target_config());
         lowered
@@ -226,6 +261,7 @@ pub struct Compiled {
     out_size: usize,
     scratch_bytes: usize,
     compile_time: Duration,
+    dot: DotProduct,
 }
 
 // SAFETY: after `finalize_definitions` the module's code and constants are never written again
@@ -263,6 +299,11 @@ impl Compiled {
     /// Bytes of scratch memory each calling thread keeps for the entry function.
     pub fn scratch_bytes(&self) -> usize {
         self.scratch_bytes
+    }
+
+    /// The GEMM formulation the code uses.
+    pub fn dot_product(&self) -> DotProduct {
+        self.dot
     }
 
     /// How long compiling took.
