@@ -86,12 +86,22 @@ enum Command {
         json: bool,
     },
     /// Compile a converted model (.qmodel) to native code and print the int8 IR, the Cranelift IR
-    /// (CLIF) or the machine code.
+    /// (CLIF) or the machine code; or write a relocatable object and its C header.
     Compile {
         model: PathBuf,
-        /// What to print.
+        /// What to make.
         #[arg(long, value_enum, default_value_t = Emit::Ir)]
         emit: Emit,
+        /// Generate code for this architecture (x86_64, aarch64) instead of this machine.
+        #[arg(long)]
+        target: Option<String>,
+        /// CPU features of the target, comma-separated: x86_64 avx, avx2, avx512vnni, avxvnni;
+        /// aarch64 dotprod, i8mm.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Where to write the object or header (default: <model>.o / <model>.h).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         /// Also print the compile time and the scratch memory per call (to stderr).
         #[arg(short, long)]
         verbose: bool,
@@ -134,6 +144,10 @@ enum Emit {
     Clif,
     /// The generated machine code.
     Asm,
+    /// A relocatable object (ELF) with the entry point and the weights.
+    Obj,
+    /// A C header declaring the object's entry point and sizes.
+    Header,
 }
 
 /// Exit status for bad input (a malformed spec, a missing file): the same as clap's usage errors.
@@ -194,8 +208,11 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Compile {
             model,
             emit,
+            target,
+            features,
+            output,
             verbose,
-        } => compile(&model, emit, verbose),
+        } => compile(&model, emit, target.as_deref(), &features, output, verbose),
         Command::Bench {
             model,
             batch,
@@ -288,25 +305,81 @@ fn load_model(path: &Path) -> Result<qatc::Model, String> {
     qatc::Model::load(path).map_err(|e| format!("error: {e}\n"))
 }
 
-fn compile(model_path: &Path, emit: Emit, verbose: bool) -> Result<(), String> {
+fn compile(
+    model_path: &Path,
+    emit: Emit,
+    target: Option<&str>,
+    features: &[String],
+    output: Option<PathBuf>,
+    verbose: bool,
+) -> Result<(), String> {
+    use qatc::jit::target;
     let model = load_model(model_path)?;
-    let (compiled, listing) = model
-        .compile_listing()
-        .map_err(|e| format!("error: {e}\n"))?;
+    let err = |e: qatc::jit::Error| format!("error: {e}\n");
+    if emit == Emit::Ir {
+        print!("{}", model.graph().to_text());
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    let name = format!("qatc_{}_run", c_identifier(&model.graph().name));
+    // The host JIT for listings of this machine; an object for anything else.
+    let (listing, scratch, dot) = if target.is_none() && matches!(emit, Emit::Clif | Emit::Asm) {
+        let options = qatc::jit::Options {
+            dot_product: None,
+            listing: true,
+        };
+        let (compiled, listing) = model.compile_with(&options).map_err(err)?;
+        (
+            listing.unwrap_or_default(),
+            compiled.scratch_bytes(),
+            compiled.dot_product(),
+        )
+    } else {
+        let arch = match target {
+            Some(t) => t.parse().map_err(err)?,
+            None => target::host_arch().map_err(err)?,
+        };
+        let isa = target::isa(arch, features).map_err(err)?;
+        let object = target::object(model.graph(), isa, &name).map_err(err)?;
+        let default_name = |ext: &str| PathBuf::from(format!("{}.{ext}", model.graph().name));
+        match emit {
+            Emit::Obj => {
+                let path = output.clone().unwrap_or_else(|| default_name("o"));
+                std::fs::write(&path, &object.bytes)
+                    .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
+                eprintln!("wrote {} (entry point `{name}`)", path.display());
+            }
+            Emit::Header => {
+                let path = output.clone().unwrap_or_else(|| default_name("h"));
+                let text = target::c_header(model.graph(), &name, object.scratch_bytes);
+                std::fs::write(&path, text)
+                    .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            _ => {}
+        }
+        (object.listing, object.scratch_bytes, object.dot)
+    };
     match emit {
-        Emit::Ir => print!("{}", model.graph().to_text()),
         Emit::Clif => print!("{}", listing.clif),
         Emit::Asm => print!("{}", listing.asm),
+        _ => {}
     }
     if verbose {
         eprintln!(
-            "compiled {} in {:.2} ms; {} bytes of scratch per call (per thread)",
+            "compiled {} in {:.2} ms ({dot:?} dot products); {scratch} bytes of scratch per call",
             model.graph().name,
-            compiled.compile_time().as_secs_f64() * 1e3,
-            compiled.scratch_bytes()
+            start.elapsed().as_secs_f64() * 1e3,
         );
     }
     Ok(())
+}
+
+/// A model name as a C identifier.
+fn c_identifier(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 fn bench(model_path: &Path, batches: &[usize], threads: usize, json: bool) -> Result<(), String> {

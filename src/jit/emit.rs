@@ -35,14 +35,20 @@ const SLACK: usize = 64;
 /// Output channels per weight block of a GEMM (two i32x4 accumulators).
 const BLOCK: usize = 8;
 
-/// How a GEMM multiplies u8 activations by i8 weights; both are exact.
+/// How a GEMM multiplies u8 activations by i8 weights. Every form is exact; they differ in which
+/// instructions Cranelift can fold them into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotProduct {
-    /// Four u8·i8 products per i32 lane in the widening tree that Cranelift folds into one
-    /// `vpdpbusd` (x86 AVX-VNNI / AVX512-VNNI) or `usdot`/`sdot` (aarch64).
-    U8,
+    /// Four u8·i8 products per i32 lane, signed operand first: the tree Cranelift folds into one
+    /// `vpdpbusd` on x86 with AVX-VNNI or AVX512-VNNI (and computes exactly elsewhere).
+    Vnni,
+    /// The same tree with the unsigned operand first: one `usdot` on aarch64 with FEAT_I8MM.
+    Usdot,
+    /// Activations shifted to signed (`code ^ 0x80` = `code - 128`, folded into the bias), four
+    /// i8·i8 products per lane: one `sdot` on aarch64 with FEAT_DotProd.
+    Sdot,
     /// Activations widened to i16 once, weights stored as i16, two products per lane with
-    /// `pmaddwd`: twice as fast as the tree's generic lowering on x86 without VNNI.
+    /// `pmaddwd`: about twice as fast as the tree's generic lowering on x86 without VNNI.
     I16,
 }
 
@@ -50,8 +56,17 @@ impl DotProduct {
     /// Columns one dot step consumes per output channel.
     fn columns(self) -> usize {
         match self {
-            DotProduct::U8 => 4,
             DotProduct::I16 => 2,
+            _ => 4,
+        }
+    }
+
+    /// The value the GEMM subtracts from each activation code (the input zero point, plus 128
+    /// where the activations are shifted to signed).
+    fn offset(self, zero_point: i32) -> i32 {
+        match self {
+            DotProduct::Sdot => zero_point - 128,
+            _ => zero_point,
         }
     }
 }
@@ -1012,10 +1027,7 @@ impl Emitter<'_, '_> {
         // Padding taps hold the zero point: a zero value, as the interpreter skips them.
         let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
         // im2col rows hold `kg` columns rounded up to whole dot steps, in the GEMM's element type.
-        let elem = match self.dot {
-            DotProduct::U8 => 1,
-            DotProduct::I16 => 2,
-        };
+        let elem = if self.dot == DotProduct::I16 { 2 } else { 1 };
         let row = kg.next_multiple_of(4);
         let cols = (!pointwise).then(|| self.alloc_one(ho * wo * row * elem));
         let rows = self.imm((ho * wo) as i64);
@@ -1137,8 +1149,10 @@ impl Emitter<'_, '_> {
                     for t in 0..per {
                         let (o, col) = (blk * BLOCK + lane, kk * per + t);
                         let v = if o < o_n && col < k_cols { wt(o, col) } else { 0 };
-                        // i16 products: stored as bytes, widened after loading.
-                        packed.push(v as u8);
+                        match self.dot {
+                            DotProduct::I16 => packed.extend((v as i16).to_le_bytes()),
+                            _ => packed.push(v as u8),
+                        }
                     }
                 }
             }
@@ -1148,7 +1162,8 @@ impl Emitter<'_, '_> {
                 return 0;
             }
             let wsum: i32 = (0..k_cols).map(|t| wt(o, t) as i32).sum();
-            w.bias[o].wrapping_sub(xq.zero_point.wrapping_mul(wsum))
+            let offset = self.dot.offset(xq.zero_point);
+            w.bias[o].wrapping_sub(offset.wrapping_mul(wsum))
         });
         let bias = Self::i32_bytes(bias);
         let mult = (0..blocks * BLOCK).map(|o| {
@@ -1160,7 +1175,6 @@ impl Emitter<'_, '_> {
         });
         let mult = Self::f32_bytes(mult);
         Kernel {
-            dot: self.dot,
             weights: self.constant(&packed),
             bias: self.constant(&bias),
             mult: self.constant(&mult),
@@ -1276,58 +1290,60 @@ impl Emitter<'_, '_> {
         let step_bytes = k.step_bytes();
         let w0 = self.at(k.weights, blk, k.k4 * step_bytes);
         let wstride = (k.k4 * step_bytes) as i32;
-        // One step: every row's next four activation bytes (one 16-byte load, then a lane
-        // broadcast) times every weight vector. Weight loads are pure (constants) so Cranelift
-        // places them at their use; activation loads stay in order, one vector per row.
-        let mask = self.broadcast_mask();
-        let step = |e: &mut Self, a: Value, wp: Value| {
+        // A group of `steps` (at most 4) dot steps: one 16-byte activation load per row covers
+        // them all, and lane `u` broadcast to every lane feeds step `u`. Weight loads are pure
+        // (constants), so Cranelift places them at their use; activation loads stay in order.
+        let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
+        let sign = (self.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
+        let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
             let rows_a: Vec<Value> = (0..rows)
                 .map(|r| {
                     let v = e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32);
-                    e.b.ins().shuffle(v, v, mask)
+                    match sign {
+                        Some(bit) => e.b.ins().bxor(v, bit),
+                        None => v,
+                    }
                 })
                 .collect();
-            for (r, &av) in rows_a.iter().enumerate() {
-                for v in 0..nblk * 2 {
-                    let wv = match e.dot {
-                        DotProduct::U8 => {
-                            let off = (v / 2) as i32 * wstride + ((v % 2) * 16) as i32;
-                            e.b.ins().load(I8X16, constant(), wp, off)
-                        }
-                        DotProduct::I16 => {
-                            let off = (v / 2) as i32 * wstride;
-                            let bytes = e.b.ins().load(I8X16, constant(), wp, off);
-                            if v % 2 == 0 {
-                                e.b.ins().swiden_low(bytes)
-                            } else {
-                                e.b.ins().swiden_high(bytes)
-                            }
-                        }
-                    };
-                    let acc = accs[r * nblk * 2 + v];
-                    let old = e.b.use_var(acc);
-                    let new = match e.dot {
-                        DotProduct::U8 => e.dot_u8(wv, av, old),
-                        DotProduct::I16 => e.dot_i16(wv, av, old),
-                    };
-                    e.b.def_var(acc, new);
+            for (u, &mask) in masks.iter().enumerate().take(steps) {
+                for (r, &va) in rows_a.iter().enumerate() {
+                    let av = e.b.ins().shuffle(va, va, mask);
+                    for v in 0..nblk * 2 {
+                        let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
+                        let wv = e.b.ins().load(I8X16, constant(), wp, off);
+                        let acc = accs[r * nblk * 2 + v];
+                        let old = e.b.use_var(acc);
+                        let new = match e.dot {
+                            DotProduct::I16 => e.dot_i16(wv, av, old),
+                            _ => e.dot_u8(wv, av, old),
+                        };
+                        e.b.def_var(acc, new);
+                    }
                 }
             }
         };
+        // Weights shared by several rows stay live for the whole group, so only a single row
+        // unrolls (four steps per activation load); sixteen registers hold no more.
+        let unroll = if rows == 1 { 4 } else { 1 };
         let ap = self.b.declare_var(I64);
         let wp = self.b.declare_var(I64);
         self.b.def_var(ap, a0);
         self.b.def_var(wp, w0);
-        let iters = self.imm(k.k4 as i64);
+        let iters = self.imm((k.k4 / unroll) as i64);
         self.for_loop(iters, |e, _| {
             let a = e.b.use_var(ap);
             let w = e.b.use_var(wp);
-            step(e, a, w);
-            let a = e.b.ins().iadd_imm_s(a, 4);
-            let w = e.b.ins().iadd_imm_s(w, step_bytes as i64);
+            group(e, a, w, unroll);
+            let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
+            let w = e.b.ins().iadd_imm_s(w, (step_bytes * unroll) as i64);
             e.b.def_var(ap, a);
             e.b.def_var(wp, w);
         });
+        if k.k4 % unroll != 0 {
+            let a = self.b.use_var(ap);
+            let w = self.b.use_var(wp);
+            group(self, a, w, k.k4 % unroll);
+        }
         // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
         let zp = self.splat_f32(k.zp as f32);
         let lo = (k.clamp.0 > 0).then(|| self.splat_u8(k.clamp.0));
@@ -1383,13 +1399,18 @@ impl Emitter<'_, '_> {
     /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
     /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
     fn dot_u8(&mut self, w: Value, a: Value, acc: Value) -> Value {
+        let dot = self.dot;
         let b = &mut self.b;
-        let wl = b.ins().swiden_low(w);
-        let al = b.ins().uwiden_low(a);
-        let lo = b.ins().imul(wl, al);
-        let wh = b.ins().swiden_high(w);
-        let ah = b.ins().uwiden_high(a);
-        let hi = b.ins().imul(wh, ah);
+        let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
+        let (al, ah) = match dot {
+            DotProduct::Sdot => (b.ins().swiden_low(a), b.ins().swiden_high(a)),
+            _ => (b.ins().uwiden_low(a), b.ins().uwiden_high(a)),
+        };
+        // The operand order each target's rule matches: x86 signed first, aarch64 unsigned first.
+        let (lo, hi) = match dot {
+            DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
+            _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
+        };
         let lo_l = b.ins().swiden_low(lo);
         let lo_h = b.ins().swiden_high(lo);
         let lo_s = b.ins().iadd_pairwise(lo_l, lo_h);
@@ -1417,9 +1438,9 @@ impl Emitter<'_, '_> {
         b.ins().iadd(s, acc)
     }
 
-    /// A shuffle mask that copies lane 0 (bytes 0..4) to all four i32 lanes: `pshufd $0`.
-    fn broadcast_mask(&mut self) -> cranelift_codegen::ir::Immediate {
-        let bytes: Vec<u8> = (0..16).map(|i| (i % 4) as u8).collect();
+    /// A shuffle mask that copies i32 lane `lane` to all four lanes: one `pshufd`.
+    fn broadcast_mask(&mut self, lane: usize) -> cranelift_codegen::ir::Immediate {
+        let bytes: Vec<u8> = (0..16).map(|i| (4 * lane + i % 4) as u8).collect();
         self.b.func.dfg.immediates.push(bytes.into())
     }
 
@@ -1474,19 +1495,16 @@ struct Gemm {
 }
 
 impl Kernel {
-    /// Bytes of packed weights per dot step of one block of channels.
+    /// Bytes of packed weights per dot step of one block of channels (eight i32 lanes of four
+    /// u8 or two i16 columns).
     fn step_bytes(&self) -> usize {
-        match self.dot {
-            DotProduct::U8 => 32,
-            DotProduct::I16 => 16,
-        }
+        32
     }
 }
 
 /// A GEMM's packed constants.
 #[derive(Clone)]
 struct Kernel {
-    dot: DotProduct,
     blocks: usize,
     weights: Value,
     bias: Value,

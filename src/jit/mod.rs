@@ -15,6 +15,7 @@
 //! lengths first. The output is bit for bit the reference interpreter's ([`crate::interp`]).
 
 pub mod emit;
+pub mod target;
 
 pub use emit::DotProduct;
 
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, InstBuilder, UserFuncName};
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -50,6 +50,16 @@ impl std::error::Error for Error {}
 #[derive(Clone, Debug)]
 pub struct Model {
     graph: QGraph,
+}
+
+/// How to compile.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The GEMM formulation; `None` picks the fastest exact one for the CPU. Both give the same
+    /// bits; forcing one is for tests and measurements.
+    pub dot_product: Option<DotProduct>,
+    /// Keep the CLIF and the disassembly.
+    pub listing: bool,
 }
 
 /// What a compilation can show besides the code.
@@ -94,46 +104,21 @@ impl Model {
 
     /// Compiles the model for this machine's CPU.
     pub fn compile(&self) -> Result<Compiled, Error> {
-        self.compile_with(None, None)
+        Ok(self.compile_with(&Options::default())?.0)
     }
 
-    /// Compiles with a chosen GEMM formulation instead of the best one for this CPU (both are
-    /// exact; this is for tests and measurements).
-    pub fn compile_using(&self, dot: DotProduct) -> Result<Compiled, Error> {
-        self.compile_with(Some(dot), None)
-    }
-
-    /// Compiles and also returns the CLIF and disassembly.
-    pub fn compile_listing(&self) -> Result<(Compiled, Listing), Error> {
-        let mut listing = Listing::default();
-        let compiled = self.compile_with(None, Some(&mut listing))?;
-        Ok((compiled, listing))
-    }
-
-    fn compile_with(
-        &self,
-        dot: Option<DotProduct>,
-        listing: Option<&mut Listing>,
-    ) -> Result<Compiled, Error> {
+    /// Compiles with options; returns the listing too when asked for.
+    pub fn compile_with(&self, options: &Options) -> Result<(Compiled, Option<Listing>), Error> {
         let start = Instant::now();
-        let mut flags = settings::builder();
-        let set = |f: &mut settings::Builder, k: &str, v: &str| {
-            f.set(k, v)
-                .map_err(|e| Error(format!("Cranelift setting {k}: {e}")))
-        };
-        set(&mut flags, "opt_level", "speed")?;
-        set(&mut flags, "use_colocated_libcalls", "false")?;
-        set(&mut flags, "is_pic", "false")?;
-        let isa = cranelift_native::builder()
-            .map_err(|e| Error(format!("this CPU is not supported by Cranelift: {e}")))?
-            .finish(settings::Flags::new(flags))
-            .map_err(|e| Error(format!("Cranelift: {e}")))?;
+        let isa = target::host_isa()?;
+        let dot = options.dot_product;
+        let mut listing = options.listing.then(Listing::default);
         let dot = dot.unwrap_or_else(|| best_dot_product(&*isa));
         let mut module = JITModule::new(JITBuilder::with_isa(
             isa,
             cranelift_module::default_libcall_names(),
         ));
-        let def = define(&mut module, &self.graph, "qatc_run", dot, listing)?;
+        let def = define(&mut module, &self.graph, "qatc_run", dot, listing.as_mut())?;
         module
             .finalize_definitions()
             .map_err(|e| Error(format!("Cranelift: {e}")))?;
@@ -142,7 +127,7 @@ impl Model {
         // signature (four pointer-sized integers, the system calling convention, no returns).
         // It stays valid until `module` is freed, which `Compiled` owns and frees only on drop.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(code) };
-        Ok(Compiled {
+        let compiled = Compiled {
             entry,
             module: Some(module),
             in_size: self.input_size(),
@@ -150,27 +135,34 @@ impl Model {
             scratch_bytes: def.scratch_bytes,
             compile_time: start.elapsed(),
             dot,
-        })
+        };
+        Ok((compiled, listing))
     }
 }
 
-/// The dot product that is fastest on a target: the u8 tree where it folds into one instruction
-/// (x86 with AVX-VNNI or AVX512-VNNI+VL, aarch64), i16 `pmaddwd` on other x86 CPUs.
+/// The dot product that is fastest on a target: the form that folds into one instruction
+/// (`vpdpbusd` on x86 with AVX-VNNI or AVX512-VNNI+VL, `usdot` with FEAT_I8MM, `sdot` with
+/// FEAT_DotProd), else i16 `pmaddwd` on x86 and the unsigned tree on aarch64.
 pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProduct {
-    if isa.name() != "x64" {
-        return DotProduct::U8;
-    }
     let flags = isa.isa_flags();
     let on = |name: &str| {
         flags
             .iter()
             .any(|f| f.name == name && f.as_bool().unwrap_or(false))
     };
-    let vnni = (on("has_avx") && on("has_avx_vnni")) || (on("has_avx512vl") && on("has_avx512vnni"));
-    if vnni {
-        DotProduct::U8
-    } else {
-        DotProduct::I16
+    match isa.name() {
+        "x64" => {
+            let vnni = (on("has_avx") && on("has_avx_vnni"))
+                || (on("has_avx512vl") && on("has_avx512vnni"));
+            if vnni {
+                DotProduct::Vnni
+            } else {
+                DotProduct::I16
+            }
+        }
+        _ if on("has_i8mm") => DotProduct::Usdot,
+        _ if on("has_dotprod") => DotProduct::Sdot,
+        _ => DotProduct::Usdot,
     }
 }
 
