@@ -1,0 +1,78 @@
+//! What the code generator makes: CLIF snapshots of a small network (changes to codegen show in
+//! review) and the dot-product instructions each target folds the GEMM into.
+
+mod common;
+
+use qatc::int8::QGraph;
+use qatc::jit::target::{self, Arch};
+use qatc::train::{self, engine::Mode, rng::Rng};
+
+/// tiny.qspec converted with its initial weights and observers calibrated on random inputs.
+fn tiny() -> QGraph {
+    graph_of(&common::root().join("tests/data/tiny.qspec"))
+}
+
+fn graph_of(path: &std::path::Path) -> QGraph {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
+    let model = result.expect("the spec checks").model;
+    let mut net = train::build_net(&model, 1).unwrap();
+    let size: usize = model.input.iter().product();
+    let mut rng = Rng::new(1);
+    let observe = Mode {
+        training: false,
+        fake_quant: false,
+        observe: true,
+        bn_frozen: true,
+    };
+    let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    net.forward(&x, 8, observe, &mut rng);
+    qatc::convert::convert(&net).unwrap()
+}
+
+fn listing(graph: &QGraph, arch: Arch, features: &[&str]) -> qatc::jit::Listing {
+    let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    let isa = target::isa(arch, &features).unwrap();
+    target::object(graph, isa, "qatc_tiny_run").unwrap().listing
+}
+
+#[test]
+fn clif_of_a_small_network() {
+    // The x86 VNNI form and the i16 form; each target's choice is deterministic.
+    let graph = tiny();
+    insta::assert_snapshot!(
+        "tiny_vnni_clif",
+        listing(&graph, Arch::X86_64, &["avx512vnni"]).clif
+    );
+    insta::assert_snapshot!("tiny_i16_clif", listing(&graph, Arch::X86_64, &["avx2"]).clif);
+}
+
+fn count(text: &str, mnemonic: &str) -> usize {
+    text.lines()
+        .filter(|l| l.split_whitespace().next() == Some(mnemonic))
+        .count()
+}
+
+#[test]
+fn each_target_folds_the_gemm_into_its_dot_instruction() {
+    let graph = graph_of(&common::root().join("specs/lenet_mnist.qspec"));
+    let vnni = listing(&graph, Arch::X86_64, &["avx512vnni"]).asm;
+    let avx2 = listing(&graph, Arch::X86_64, &["avx2"]).asm;
+    let i8mm = listing(&graph, Arch::Aarch64, &["i8mm"]).asm;
+    let dotprod = listing(&graph, Arch::Aarch64, &["dotprod"]).asm;
+    let plain = listing(&graph, Arch::Aarch64, &[]).asm;
+    assert!(count(&vnni, "vpdpbusd") >= 10, "no vpdpbusd:\n{vnni}");
+    assert!(count(&avx2, "vpdpbusd") == 0 && count(&avx2, "vpmaddwd") >= 10);
+    assert!(count(&i8mm, "usdot") >= 10, "no usdot:\n{i8mm}");
+    assert!(count(&dotprod, "sdot") >= 10 && count(&dotprod, "usdot") == 0);
+    assert!(count(&plain, "sdot") + count(&plain, "usdot") == 0);
+    // The VNNI inner loop is loads, lane broadcasts and vpdpbusd: no widening left in it.
+    let inner = vnni
+        .split("\nblock")
+        .filter(|b| count(b, "vpdpbusd") > 0)
+        .min_by_key(|b| b.lines().count())
+        .expect("a block with vpdpbusd");
+    for widening in ["vpmovsxbw", "vpmovzxbw", "vpmullw", "vpmaddwd"] {
+        assert_eq!(count(inner, widening), 0, "{widening} in\n{inner}");
+    }
+}
