@@ -7,8 +7,6 @@ use clap::{Parser, Subcommand};
 
 use qatc::diag::{self, Diag};
 
-
-
 /// mimalloc keeps freed pages for reuse; the system allocator hands large blocks back to the
 /// OS, and training (which frees and reallocates the same large buffers every batch) then
 /// spends much of its time in page faults.
@@ -402,13 +400,19 @@ fn bench(model_path: &Path, batches: &[usize], threads: usize, json: bool) -> Re
     let mut out = serde_json::Map::new();
     out.insert("model".into(), graph.name.clone().into());
     out.insert("threads".into(), threads.into());
-    out.insert("compile_ms".into(), ((compile_ms * 100.0).round() / 100.0).into());
+    out.insert(
+        "compile_ms".into(),
+        ((compile_ms * 100.0).round() / 100.0).into(),
+    );
     if !json {
         println!(
             "{}: compiled in {compile_ms:.2} ms (median of 5); {threads} threads",
             graph.name
         );
-        println!("{:<8} {:>16} {:>16} {:>9}", "batch", "jit", "reference", "speedup");
+        println!(
+            "{:<8} {:>16} {:>16} {:>9}",
+            "batch", "jit", "reference", "speedup"
+        );
     }
     for &b in batches {
         let (jit, reference, unit) = if b == 1 {

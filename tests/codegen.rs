@@ -44,7 +44,10 @@ fn clif_of_a_small_network() {
         "tiny_vnni_clif",
         listing(&graph, Arch::X86_64, &["avx512vnni"]).clif
     );
-    insta::assert_snapshot!("tiny_i16_clif", listing(&graph, Arch::X86_64, &["avx2"]).clif);
+    insta::assert_snapshot!(
+        "tiny_i16_clif",
+        listing(&graph, Arch::X86_64, &["avx2"]).clif
+    );
 }
 
 fn count(text: &str, mnemonic: &str) -> usize {

@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use qatc::check::Pool2d;
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
 use qatc::ir::{Act, ConvGeom};
-use qatc::train::{self, engine::Mode, rng::Rng};
 use qatc::jit::DotProduct;
+use qatc::train::{self, engine::Mode, rng::Rng};
 use qatc::{interp, Model};
 
 /// Inputs in [-2, 2], with some exact zeros and some values far outside any observed range.
@@ -27,7 +27,12 @@ fn inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
 /// Every GEMM formulation is checked (each is exact on any CPU), whichever this one prefers.
 fn assert_bit_exact(graph: &QGraph, seed: u64) {
     let model = Model::from_graph(graph.clone()).expect("the graph verifies");
-    for dot in [DotProduct::Vnni, DotProduct::Usdot, DotProduct::Sdot, DotProduct::I16] {
+    for dot in [
+        DotProduct::Vnni,
+        DotProduct::Usdot,
+        DotProduct::Sdot,
+        DotProduct::I16,
+    ] {
         let options = qatc::jit::Options {
             dot_product: Some(dot),
             listing: false,
@@ -115,7 +120,10 @@ fn trained_lenet_custom_is_bit_exact_on_test_images() {
     train::batch_input(&data.test, &images, &cfg, &mut x, &mut labels);
     let want = interp::run(&graph, &x, images.len()).unwrap();
     let got = compiled.run(&x).unwrap();
-    let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+    let same = want
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "JIT and interpreter differ on test images");
     let reference = interp::accuracy(&graph, &data.test, &cfg).unwrap();
     let jit = interp::accuracy_of(
@@ -155,7 +163,9 @@ fn qweights(out: usize, k: usize, rng: &mut Rng) -> QWeights {
         weight_scales: (0..if per_channel { out } else { 1 })
             .map(|_| 10f32.powf(rng.uniform(-4.0, -1.0)))
             .collect(),
-        bias: (0..out).map(|_| rng.below(20_001) as i32 - 10_000).collect(),
+        bias: (0..out)
+            .map(|_| rng.below(20_001) as i32 - 10_000)
+            .collect(),
         clamp: (lo, 255 - rng.below(3) as i32 * 50),
     }
 }
@@ -177,12 +187,24 @@ fn random_op_graph(seed: u64) -> QGraph {
     let mut rng = Rng::new(seed);
     let c = 1 + rng.below(6);
     let (h, w) = (3 + rng.below(9), 3 + rng.below(9));
-    let mut nodes = vec![node("input", QOp::Input, vec![], vec![c, h, w], TensorType::F32)];
+    let mut nodes = vec![node(
+        "input",
+        QOp::Input,
+        vec![],
+        vec![c, h, w],
+        TensorType::F32,
+    )];
     let in_q = u8_type(&mut rng);
     nodes.push(node("q", QOp::Quantize, vec![0], vec![c, h, w], in_q));
     let float = rng.below(3) == 0;
     if float {
-        nodes.push(node("dq", QOp::Dequantize, vec![1], vec![c, h, w], TensorType::F32));
+        nodes.push(node(
+            "dq",
+            QOp::Dequantize,
+            vec![1],
+            vec![c, h, w],
+            TensorType::F32,
+        ));
     }
     let x = nodes.len() - 1;
     let ty = |rng: &mut Rng| if float { TensorType::F32 } else { u8_type(rng) };
@@ -281,7 +303,14 @@ fn random_op_graph(seed: u64) -> QGraph {
         }
         5 => {
             let t = nodes[x].ty;
-            push(&mut nodes, "op", QOp::GlobalAvgPool, vec![x], vec![c, 1, 1], t);
+            push(
+                &mut nodes,
+                "op",
+                QOp::GlobalAvgPool,
+                vec![x],
+                vec![c, 1, 1],
+                t,
+            );
         }
         6 => {
             // Add of two differently quantized copies of the input.
@@ -289,7 +318,14 @@ fn random_op_graph(seed: u64) -> QGraph {
             push(&mut nodes, "q2", QOp::Quantize, vec![0], vec![c, h, w], q2);
             if float {
                 let n = nodes.len();
-                push(&mut nodes, "dq2", QOp::Dequantize, vec![n - 1], vec![c, h, w], TensorType::F32);
+                push(
+                    &mut nodes,
+                    "dq2",
+                    QOp::Dequantize,
+                    vec![n - 1],
+                    vec![c, h, w],
+                    TensorType::F32,
+                );
             }
             let t = ty(&mut rng);
             let n = nodes.len();
@@ -309,7 +345,13 @@ fn random_op_graph(seed: u64) -> QGraph {
     let last = nodes.len() - 1;
     let shape = nodes[last].shape.clone();
     let output = if nodes[last].ty.is_quantized() && rng.below(2) == 0 {
-        nodes.push(node("out", QOp::Dequantize, vec![last], shape, TensorType::F32));
+        nodes.push(node(
+            "out",
+            QOp::Dequantize,
+            vec![last],
+            shape,
+            TensorType::F32,
+        ));
         last + 1
     } else {
         last
@@ -355,7 +397,11 @@ fn random_spec(seed: u64) -> String {
             "    conv{b}: Conv2d(out: {out}, kernel: {k}, stride: {stride}, padding: {pad})\n"
         ));
         names.push(format!("conv{b}"));
-        (c, h, w) = (out, conv_out(h, k, stride, pad), conv_out(w, k, stride, pad));
+        (c, h, w) = (
+            out,
+            conv_out(h, k, stride, pad),
+            conv_out(w, k, stride, pad),
+        );
         prev = format!("conv{b}");
         if rng.below(2) == 0 {
             s.push_str(&format!("    bn{b}: BatchNorm2d\n"));
@@ -392,7 +438,10 @@ fn random_spec(seed: u64) -> String {
     }
     s.push_str("    flat: Flatten\n");
     if rng.below(2) == 0 {
-        s.push_str(&format!("    fc0: Linear(out: {})\n    act: ReLU\n", 4 + rng.below(30)));
+        s.push_str(&format!(
+            "    fc0: Linear(out: {})\n    act: ReLU\n",
+            4 + rng.below(30)
+        ));
         names.push("fc0".into());
     }
     s.push_str("    fc: Linear(out: 10)\n}\n\nquantize {\n");

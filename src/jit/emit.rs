@@ -740,7 +740,13 @@ impl Emitter<'_, '_> {
     // ---- pooling -----------------------------------------------------------------------------
 
     /// Copies each sample of an HWC tensor into a zero-bordered buffer filled with `fill`.
-    fn pad_hwc(&mut self, x: Tensor, shape: (usize, usize, usize), pad: (usize, usize), fill: i32) -> (Tensor, usize, usize) {
+    fn pad_hwc(
+        &mut self,
+        x: Tensor,
+        shape: (usize, usize, usize),
+        pad: (usize, usize),
+        fill: i32,
+    ) -> (Tensor, usize, usize) {
         let (c, h, w) = shape;
         let (hp, wp) = (h + 2 * pad.0, w + 2 * pad.1);
         if pad == (0, 0) {
@@ -785,7 +791,13 @@ impl Emitter<'_, '_> {
         }
     }
 
-    fn max_pool_u8(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], pool: &Pool2d) -> Tensor {
+    fn max_pool_u8(
+        &mut self,
+        x: Tensor,
+        in_shape: &[usize],
+        out_shape: &[usize],
+        pool: &Pool2d,
+    ) -> Tensor {
         let (c, h, w) = chw(in_shape);
         let (_, ho, wo) = chw(out_shape);
         // Padding taps take code 0, which never wins a max of codes.
@@ -827,7 +839,14 @@ impl Emitter<'_, '_> {
     /// Max or average pooling one value at a time, in the interpreter's order (CHW). Padding taps
     /// are left out of the window; average pooling divides by the full kernel size and counts a
     /// padding tap as the zero point (a zero value).
-    fn pool_scalar(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], pool: &Pool2d, avg: bool) -> Tensor {
+    fn pool_scalar(
+        &mut self,
+        x: Tensor,
+        in_shape: &[usize],
+        out_shape: &[usize],
+        pool: &Pool2d,
+        avg: bool,
+    ) -> Tensor {
         let (c, h, w) = chw(in_shape);
         let (_, ho, wo) = chw(out_shape);
         let y = self.tensor(c * ho * wo, x.q, Order::Chw);
@@ -880,7 +899,9 @@ impl Emitter<'_, '_> {
                                         let v = e.b.ins().uload8(I32, flags(), p, 0);
                                         e.b.ins().iadd(a, v)
                                     }
-                                    (Some(_), false) => unreachable!("u8 max pooling is vectorized"),
+                                    (Some(_), false) => {
+                                        unreachable!("u8 max pooling is vectorized")
+                                    }
                                     (None, true) => {
                                         let v = e.load_value(&x, idx);
                                         e.b.ins().fadd(a, v)
@@ -930,8 +951,14 @@ impl Emitter<'_, '_> {
 
     /// Whether `0 <= ih < h && 0 <= iw < w` (unsigned compares catch the negatives).
     fn inside(&mut self, ih: Value, h: usize, iw: Value, w: usize) -> Value {
-        let a = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, ih, h as i64);
-        let b = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iw, w as i64);
+        let a = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::UnsignedLessThan, ih, h as i64);
+        let b = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::UnsignedLessThan, iw, w as i64);
         self.b.ins().band(a, b)
     }
 
@@ -939,7 +966,14 @@ impl Emitter<'_, '_> {
 
     /// A float convolution (or Linear as a 1x1 one) exactly as the interpreter sums: from +0.0,
     /// channel, then kernel row, then kernel column, padding taps skipped; then bias and act.
-    fn float_conv(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], geom: &ConvGeom, w: &FWeights) -> Tensor {
+    fn float_conv(
+        &mut self,
+        x: Tensor,
+        in_shape: &[usize],
+        out_shape: &[usize],
+        geom: &ConvGeom,
+        w: &FWeights,
+    ) -> Tensor {
         let x = self.canonical(x);
         let (_, h, wd) = chw(in_shape);
         let (o_n, ho, wo) = chw(out_shape);
@@ -970,9 +1004,11 @@ impl Emitter<'_, '_> {
                             for i in 0..kh {
                                 for j in 0..kw {
                                     let ih = e.b.ins().imul_imm_s(oh, geom.stride.0 as i64);
-                                    let ih = e.b.ins().iadd_imm_s(ih, i as i64 - geom.padding.0 as i64);
+                                    let ih =
+                                        e.b.ins().iadd_imm_s(ih, i as i64 - geom.padding.0 as i64);
                                     let iw = e.b.ins().imul_imm_s(ow, geom.stride.1 as i64);
-                                    let iw = e.b.ins().iadd_imm_s(iw, j as i64 - geom.padding.1 as i64);
+                                    let iw =
+                                        e.b.ins().iadd_imm_s(iw, j as i64 - geom.padding.1 as i64);
                                     let inside = e.inside(ih, h, iw, wd);
                                     let tap = e.b.create_block();
                                     let next = e.b.create_block();
@@ -982,7 +1018,8 @@ impl Emitter<'_, '_> {
                                     let idx = e.b.ins().iadd(idx, iw);
                                     let p = e.at(plane, idx, 4);
                                     let xv = e.b.ins().load(F32, flags(), p, 0);
-                                    let wv = e.b.ins().load(F32, flags(), wc, ((i * kw + j) * 4) as i32);
+                                    let wv =
+                                        e.b.ins().load(F32, flags(), wc, ((i * kw + j) * 4) as i32);
                                     let prod = e.b.ins().fmul(xv, wv);
                                     let a = e.b.use_var(acc);
                                     let a = e.b.ins().fadd(a, prod);
@@ -1015,7 +1052,15 @@ impl Emitter<'_, '_> {
     /// A quantized convolution, one sample at a time (its im2col rows stay in cache): per group,
     /// im2col then a GEMM over the sample's pixels. A 1x1, stride 1, unpadded convolution is a
     /// GEMM on the input itself.
-    fn conv(&mut self, x: Tensor, in_shape: &[usize], out_shape: &[usize], geom: &ConvGeom, w: &QWeights, yq: QParams) -> Tensor {
+    fn conv(
+        &mut self,
+        x: Tensor,
+        in_shape: &[usize],
+        out_shape: &[usize],
+        geom: &ConvGeom,
+        w: &QWeights,
+        yq: QParams,
+    ) -> Tensor {
         let (c, h, wd) = chw(in_shape);
         let (o_n, ho, wo) = chw(out_shape);
         let xq = x.q.expect("u8 input");
@@ -1023,7 +1068,8 @@ impl Emitter<'_, '_> {
         let (kh, kw) = geom.kernel;
         let (groups, cg, og) = (geom.groups, c / geom.groups, o_n / geom.groups);
         let kg = cg * kh * kw;
-        let pointwise = kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
+        let pointwise =
+            kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
         // Padding taps hold the zero point: a zero value, as the interpreter skips them.
         let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
         // im2col rows hold `kg` columns rounded up to whole dot steps, in the GEMM's element type.
@@ -1089,7 +1135,9 @@ impl Emitter<'_, '_> {
             let lo = self.b.ins().uwiden_low(v);
             let hi = self.b.ins().uwiden_high(v);
             self.b.ins().store(flags(), lo, to, (chunk * 32) as i32);
-            self.b.ins().store(flags(), hi, to, (chunk * 32 + 16) as i32);
+            self.b
+                .ins()
+                .store(flags(), hi, to, (chunk * 32 + 16) as i32);
         }
     }
 
@@ -1105,7 +1153,17 @@ impl Emitter<'_, '_> {
     /// 2). Pieces are copied sixteen codes at a time and may run past their end; later pieces
     /// and rows overwrite that, and the last runs into slack.
     #[allow(clippy::too_many_arguments)]
-    fn im2col(&mut self, src: Value, col: Value, (c, wp): (usize, usize), (ho, wo): (usize, usize), geom: &ConvGeom, g: usize, row: usize, elem: usize) {
+    fn im2col(
+        &mut self,
+        src: Value,
+        col: Value,
+        (c, wp): (usize, usize),
+        (ho, wo): (usize, usize),
+        geom: &ConvGeom,
+        g: usize,
+        row: usize,
+        elem: usize,
+    ) {
         let (kh, kw) = geom.kernel;
         let cg = c / geom.groups;
         e_for_rows(self, ho, wo, |e, oh, ow| {
@@ -1138,7 +1196,15 @@ impl Emitter<'_, '_> {
     /// four columns, 32 bytes (channel-major, four columns per channel), the operand order of
     /// `vpdpbusd`. A row's four activation bytes are broadcast to every lane.
     /// Packs a GEMM's weights (`wt(o, column)`) and requantization constants.
-    fn pack(&mut self, k_cols: usize, o_n: usize, wt: &dyn Fn(usize, usize) -> i8, w: &QWeights, xq: QParams, yq: QParams) -> Kernel {
+    fn pack(
+        &mut self,
+        k_cols: usize,
+        o_n: usize,
+        wt: &dyn Fn(usize, usize) -> i8,
+        w: &QWeights,
+        xq: QParams,
+        yq: QParams,
+    ) -> Kernel {
         let per = self.dot.columns();
         let steps = k_cols.div_ceil(per);
         let blocks = o_n.div_ceil(BLOCK);
@@ -1148,7 +1214,11 @@ impl Emitter<'_, '_> {
                 for lane in 0..BLOCK {
                     for t in 0..per {
                         let (o, col) = (blk * BLOCK + lane, kk * per + t);
-                        let v = if o < o_n && col < k_cols { wt(o, col) } else { 0 };
+                        let v = if o < o_n && col < k_cols {
+                            wt(o, col)
+                        } else {
+                            0
+                        };
                         match self.dot {
                             DotProduct::I16 => packed.extend((v as i16).to_le_bytes()),
                             _ => packed.push(v as u8),
@@ -1257,7 +1327,15 @@ impl Emitter<'_, '_> {
     }
 
     /// All channel blocks for the rows `r0..r0 + rows`.
-    fn gemm_blocks(&mut self, g: &Gemm, k: &Kernel, r0: Value, rows: usize, full: usize, blocks: usize) {
+    fn gemm_blocks(
+        &mut self,
+        g: &Gemm,
+        k: &Kernel,
+        r0: Value,
+        rows: usize,
+        full: usize,
+        blocks: usize,
+    ) {
         let per = if rows == 1 { 4 } else { 1 };
         let groups = full / per;
         if groups > 0 {
@@ -1277,7 +1355,16 @@ impl Emitter<'_, '_> {
     /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
     /// and stores them (`valid` channels of each block).
     #[allow(clippy::too_many_arguments)]
-    fn microkernel(&mut self, g: &Gemm, k: &Kernel, r0: Value, rows: usize, blk: Value, nblk: usize, valid: usize) {
+    fn microkernel(
+        &mut self,
+        g: &Gemm,
+        k: &Kernel,
+        r0: Value,
+        rows: usize,
+        blk: Value,
+        nblk: usize,
+        valid: usize,
+    ) {
         let zero = self.splat_i32(0);
         let accs: Vec<_> = (0..rows * nblk * 2)
             .map(|_| {
@@ -1339,7 +1426,7 @@ impl Emitter<'_, '_> {
             e.b.def_var(ap, a);
             e.b.def_var(wp, w);
         });
-        if k.k4 % unroll != 0 {
+        if !k.k4.is_multiple_of(unroll) {
             let a = self.b.use_var(ap);
             let w = self.b.use_var(wp);
             group(self, a, w, k.k4 % unroll);
@@ -1384,10 +1471,16 @@ impl Emitter<'_, '_> {
     /// Stores the low `len` (at most 8) bytes of a vector.
     fn store_low_bytes(&mut self, v: Value, to: Value, len: usize) {
         let mut off = 0;
-        let pieces = [(8, I64X2, I64), (4, I32X4, I32), (2, I16X8, cranelift_codegen::ir::types::I16), (1, I8X16, I8)];
+        let pieces = [
+            (8, I64X2, I64),
+            (4, I32X4, I32),
+            (2, I16X8, cranelift_codegen::ir::types::I16),
+            (1, I8X16, I8),
+        ];
         for (size, vty, _) in pieces {
             if len - off >= size {
-                let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                let le =
+                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
                 let cast = self.b.ins().bitcast(vty, le, v);
                 let lane = self.b.ins().extractlane(cast, (off / size) as u8);
                 self.b.ins().store(flags(), lane, to, off as i32);
@@ -1473,7 +1566,12 @@ fn little() -> MemFlagsData {
 }
 
 /// `body(oh, ow)` for every output pixel.
-fn e_for_rows(e: &mut Emitter, ho: usize, wo: usize, body: impl FnOnce(&mut Emitter, Value, Value)) {
+fn e_for_rows(
+    e: &mut Emitter,
+    ho: usize,
+    wo: usize,
+    body: impl FnOnce(&mut Emitter, Value, Value),
+) {
     e.for_const(ho, |e, oh| e.for_const(wo, |e, ow| body(e, oh, ow)));
 }
 

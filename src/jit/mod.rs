@@ -209,7 +209,8 @@ pub fn define(
         let p = b.block_params(entry).to_vec();
         let gv = module.declare_data_in_func(data, b.func);
         let base = b.ins().symbol_value(ptr, gv);
-        let lowered = emit::lower(&mut b, graph, [p[0], p[1], p[2], p[3]], base, dot).map_err(Error)?;
+        let lowered =
+            emit::lower(&mut b, graph, [p[0], p[1], p[2], p[3]], base, dot).map_err(Error)?;
         b.seal_all_blocks();
         b.finalize(module.target_config());
         lowered

@@ -37,9 +37,19 @@ const FEATURES: &[(Arch, &str, &[&str])] = &[
     (
         Arch::X86_64,
         "avx512vnni",
-        &["has_avx", "has_avx2", "has_avx512f", "has_avx512vl", "has_avx512vnni"],
+        &[
+            "has_avx",
+            "has_avx2",
+            "has_avx512f",
+            "has_avx512vl",
+            "has_avx512vnni",
+        ],
     ),
-    (Arch::X86_64, "avxvnni", &["has_avx", "has_avx2", "has_avx_vnni"]),
+    (
+        Arch::X86_64,
+        "avxvnni",
+        &["has_avx", "has_avx2", "has_avx_vnni"],
+    ),
     (Arch::Aarch64, "dotprod", &["has_dotprod"]),
     (Arch::Aarch64, "i8mm", &["has_dotprod", "has_i8mm"]),
 ];
@@ -92,7 +102,13 @@ pub fn isa(arch: Arch, features: &[String]) -> Result<OwnedTargetIsa, Error> {
             .map_err(|e| Error(format!("Cranelift setting {name}: {e}")))
     };
     if arch == Arch::X86_64 {
-        for base in ["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt"] {
+        for base in [
+            "has_sse3",
+            "has_ssse3",
+            "has_sse41",
+            "has_sse42",
+            "has_popcnt",
+        ] {
             enable(base)?;
         }
     }

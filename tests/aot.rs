@@ -1,0 +1,168 @@
+//! Ahead-of-time objects: each spec's model compiled to an object for x86_64 and for aarch64,
+//! linked with a C harness (no Rust at run time) and run natively or under qemu-aarch64; every
+//! output byte must equal the reference interpreter's on this machine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qatc::int8::QGraph;
+use qatc::jit::target::{self, Arch};
+use qatc::train::{self, engine::Mode, rng::Rng};
+
+fn converted(path: &Path, seed: u64) -> QGraph {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
+    let model = result.expect("the spec checks").model;
+    let mut net = train::build_net(&model, seed).unwrap();
+    let size: usize = model.input.iter().product();
+    let mut rng = Rng::new(seed);
+    let observe = Mode {
+        training: false,
+        fake_quant: false,
+        observe: true,
+        bn_frozen: true,
+    };
+    for _ in 0..3 {
+        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.5, 1.5)).collect();
+        net.forward(&x, 8, observe, &mut rng);
+    }
+    qatc::convert::convert(&net).unwrap()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A scratch directory of this test run.
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qatc-aot-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the graph for `arch` with `features`, links it with the harness using `cc`, runs it
+/// (under `runner` if given) and compares its outputs with the interpreter's, bit for bit.
+fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str], dir: &Path) {
+    let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    let tag = format!("{}_{arch:?}_{}", graph.name, features.join("_"));
+    let name = format!("qatc_{}_run", graph.name);
+    let isa = target::isa(arch, &features).unwrap();
+    let object = target::object(graph, isa, &name).unwrap();
+    let obj = dir.join(format!("{tag}.o"));
+    let header = dir.join(format!("{tag}.h"));
+    let exe = dir.join(&tag);
+    std::fs::write(&obj, &object.bytes).unwrap();
+    std::fs::write(
+        &header,
+        target::c_header(graph, &name, object.scratch_bytes),
+    )
+    .unwrap();
+    let upper = format!("QATC_{}", graph.name.to_uppercase());
+    run(Command::new(cc)
+        .args(["-O1", "-Wall", "-Werror", "-include"])
+        .arg(&header)
+        .arg(format!("-DRUN={name}"))
+        .arg(format!("-DINPUT_SIZE={upper}_INPUT_SIZE"))
+        .arg(format!("-DOUTPUT_SIZE={upper}_OUTPUT_SIZE"))
+        .arg(format!("-DSCRATCH_BYTES={upper}_SCRATCH_BYTES"))
+        .arg(common::root().join("tests/data/harness.c"))
+        .arg(&obj)
+        .arg("-o")
+        .arg(&exe));
+    let size: usize = graph.nodes[0].shape.iter().product();
+    let batch = 13;
+    let mut rng = Rng::new(9);
+    let x: Vec<f32> = (0..batch * size)
+        .map(|i| {
+            if i % 17 == 0 {
+                rng.uniform(-1e3, 1e3)
+            } else {
+                rng.uniform(-2.0, 2.0)
+            }
+        })
+        .collect();
+    let input = dir.join(format!("{tag}.in"));
+    let output = dir.join(format!("{tag}.out"));
+    std::fs::write(
+        &input,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let mut cmd = match runner {
+        [] => Command::new(&exe),
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&exe);
+            c
+        }
+    };
+    run(cmd.arg(&input).arg(&output));
+    let want: Vec<u8> = qatc::interp::run(graph, &x, batch)
+        .unwrap()
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let got = std::fs::read(&output).unwrap();
+    assert!(
+        got == want,
+        "{tag}: the object's outputs differ from the interpreter's"
+    );
+}
+
+fn graphs() -> Vec<QGraph> {
+    common::spec_files()
+        .iter()
+        .map(|p| converted(p, 4))
+        .collect()
+}
+
+#[test]
+fn x86_64_objects_match_the_interpreter() {
+    if std::env::consts::ARCH != "x86_64" || !have("cc") {
+        eprintln!("skipped: needs an x86_64 machine with a C compiler (cc)");
+        return;
+    }
+    let dir = work_dir("x86");
+    for graph in graphs() {
+        // The baseline (i16 dot products) and AVX2; VNNI code needs a VNNI CPU to run.
+        for features in [&[][..], &["avx2"]] {
+            check(&graph, Arch::X86_64, features, "cc", &[], &dir);
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn aarch64_objects_match_the_interpreter_under_qemu() {
+    let (cc, qemu) = ("aarch64-linux-gnu-gcc", "qemu-aarch64");
+    if !have(cc) || !have(qemu) {
+        eprintln!(
+            "skipped: needs {cc} and {qemu} (Debian: gcc-aarch64-linux-gnu qemu-user; .ci/run installs them)"
+        );
+        return;
+    }
+    let dir = work_dir("aarch64");
+    let runner = [qemu, "-cpu", "max", "-L", "/usr/aarch64-linux-gnu"];
+    for graph in graphs() {
+        // Plain NEON, FEAT_DotProd (sdot) and FEAT_I8MM (usdot).
+        for features in [&[][..], &["dotprod"], &["i8mm"]] {
+            check(&graph, Arch::Aarch64, features, cc, &runner, &dir);
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

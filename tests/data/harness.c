@@ -1,0 +1,39 @@
+/* Test harness for qatc objects: runs the model on the float32 file argv[1] (samples one after
+ * another) and writes the outputs to argv[2]. Built by tests/aot.rs with -DRUN=<entry point>
+ * and -include <the model's header>; INPUT_SIZE, OUTPUT_SIZE and SCRATCH_BYTES name its
+ * macros. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s INPUT OUTPUT\n", argv[0]);
+        return 2;
+    }
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) {
+        perror(argv[1]);
+        return 2;
+    }
+    fseek(f, 0, SEEK_END);
+    long bytes = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    int64_t batch = bytes / (long)sizeof(float) / INPUT_SIZE;
+    float *input = malloc(bytes);
+    float *output = malloc(batch * OUTPUT_SIZE * sizeof(float));
+    uint8_t *scratch = malloc(SCRATCH_BYTES);
+    if (!input || !output || !scratch || fread(input, 1, bytes, f) != (size_t)bytes) {
+        fprintf(stderr, "cannot read %s\n", argv[1]);
+        return 2;
+    }
+    fclose(f);
+    RUN(input, output, batch, scratch);
+    FILE *g = fopen(argv[2], "wb");
+    if (!g || fwrite(output, sizeof(float), batch * OUTPUT_SIZE, g) != (size_t)(batch * OUTPUT_SIZE)) {
+        perror(argv[2]);
+        return 2;
+    }
+    fclose(g);
+    return 0;
+}
