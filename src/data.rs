@@ -224,6 +224,28 @@ fn parse_idx<'a>(
     }
 }
 
+/// Appends images of 8-bit pixels (`channels` planes of `plane` pixels each, images one after
+/// another) to `out` as training sees them: `p / 255` normalized by each channel's mean and std
+/// (a single value serves every channel).
+pub fn normalize(
+    pixels: &[u8],
+    (channels, plane): (usize, usize),
+    mean: &[f32],
+    std: &[f32],
+    out: &mut Vec<f32>,
+) {
+    let channels = channels.max(1);
+    for (k, pixels) in pixels.chunks(plane.max(1)).enumerate() {
+        let c = k % channels;
+        let (mean, std) = (
+            mean[c.min(mean.len().saturating_sub(1))],
+            std[c.min(std.len().saturating_sub(1))],
+        );
+        let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
+        out.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
+    }
+}
+
 /// An IDX image file (N x H x W) and its label file (N).
 pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, String> {
     let image_bytes = read_file(images_path)?;

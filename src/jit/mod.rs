@@ -50,6 +50,8 @@ impl std::error::Error for Error {}
 #[derive(Clone, Debug)]
 pub struct Model {
     graph: QGraph,
+    /// The spec the model was trained from, when known.
+    spec: Option<String>,
 }
 
 /// How to compile.
@@ -77,15 +79,52 @@ impl Model {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
             .map_err(|e| Error(format!("cannot read {}: {e}", path.display())))?;
-        let (graph, _) = crate::qmodel::from_bytes(&bytes)
+        let (graph, info) = crate::qmodel::from_bytes(&bytes)
             .map_err(|e| Error(format!("{}: {e}", path.display())))?;
-        Ok(Model { graph })
+        Ok(Model {
+            graph,
+            spec: Some(info.spec),
+        })
     }
 
     /// A model from a graph; the graph must pass [`crate::int8::verify`].
     pub fn from_graph(graph: QGraph) -> Result<Model, Error> {
         crate::int8::verify(&graph).map_err(|e| Error(e.join("; ")))?;
-        Ok(Model { graph })
+        Ok(Model { graph, spec: None })
+    }
+
+    /// The per-channel input normalization (mean, std) of the model's training data, from the
+    /// spec stored in the `.qmodel`.
+    pub fn normalization(&self) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let spec = self
+            .spec
+            .as_deref()
+            .ok_or_else(|| Error("the model carries no spec".into()))?;
+        let (checked, _) = crate::front_end("the model's spec", spec);
+        let train = checked
+            .map_err(|_| Error("the model's stored spec does not check".into()))?
+            .model
+            .train
+            .ok_or_else(|| Error("the model's spec has no `train` block".into()))?;
+        Ok((train.mean, train.std))
+    }
+
+    /// Turns 8-bit images (C, H, W each, one after another) into the model's input, normalized
+    /// as in training.
+    pub fn normalize(&self, pixels: &[u8]) -> Result<Vec<f32>, Error> {
+        let size = self.input_size();
+        if pixels.is_empty() || !pixels.len().is_multiple_of(size) {
+            return Err(Error(format!(
+                "{} pixels are not whole images of {size}",
+                pixels.len()
+            )));
+        }
+        let (mean, std) = self.normalization()?;
+        let shape = &self.graph.nodes[0].shape;
+        let channels = if shape.len() == 3 { shape[0] } else { 1 };
+        let mut out = Vec::with_capacity(pixels.len());
+        crate::data::normalize(pixels, (channels, size / channels), &mean, &std, &mut out);
+        Ok(out)
     }
 
     pub fn graph(&self) -> &QGraph {

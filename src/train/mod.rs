@@ -191,14 +191,7 @@ pub fn batch_input(
     x.clear();
     labels.clear();
     for &i in indices {
-        for (c, pixels) in data.image(i).chunks_exact(plane).enumerate() {
-            let (mean, std) = (
-                cfg.mean[c.min(cfg.mean.len() - 1)],
-                cfg.std[c.min(cfg.std.len() - 1)],
-            );
-            let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
-            x.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
-        }
+        crate::data::normalize(data.image(i), (data.shape[0], plane), &cfg.mean, &cfg.std, x);
         labels.push(data.labels[i]);
     }
     debug_assert_eq!(x.len(), indices.len() * size);
