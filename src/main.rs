@@ -349,7 +349,9 @@ fn compile(
             }
             Emit::Header => {
                 let path = output.clone().unwrap_or_else(|| default_name("h"));
-                let text = target::c_header(model.graph(), &name, object.scratch_bytes);
+                let norm = model.normalization().ok();
+                let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
+                let text = target::c_header(model.graph(), &name, object.scratch_bytes, norm);
                 std::fs::write(&path, text)
                     .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
                 eprintln!("wrote {}", path.display());

@@ -67,19 +67,12 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
     let header = dir.join(format!("{tag}.h"));
     let exe = dir.join(&tag);
     std::fs::write(&obj, &object.bytes).unwrap();
-    std::fs::write(
-        &header,
-        target::c_header(graph, &name, object.scratch_bytes),
-    )
-    .unwrap();
-    let upper = format!("QATC_{}", graph.name.to_uppercase());
+    let norm: (&[f32], &[f32]) = (&[0.5], &[0.25]);
+    let text = target::c_header(graph, &name, object.scratch_bytes, Some(norm));
+    std::fs::write(&header, text).unwrap();
     run(Command::new(cc)
         .args(["-O1", "-Wall", "-Werror", "-include"])
         .arg(&header)
-        .arg(format!("-DRUN={name}"))
-        .arg(format!("-DINPUT_SIZE={upper}_INPUT_SIZE"))
-        .arg(format!("-DOUTPUT_SIZE={upper}_OUTPUT_SIZE"))
-        .arg(format!("-DSCRATCH_BYTES={upper}_SCRATCH_BYTES"))
         .arg(common::root().join("tests/data/harness.c"))
         .arg(&obj)
         .arg("-o")

@@ -1,7 +1,6 @@
 /* Test harness for qatc objects: runs the model on the float32 file argv[1] (samples one after
- * another) and writes the outputs to argv[2]. Built by tests/aot.rs with -DRUN=<entry point>
- * and -include <the model's header>; INPUT_SIZE, OUTPUT_SIZE and SCRATCH_BYTES name its
- * macros. */
+ * another) and writes the outputs to argv[2]. Built by tests/aot.rs with
+ * -include <the model's header>, whose generic names it uses. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,18 +18,18 @@ int main(int argc, char **argv) {
     fseek(f, 0, SEEK_END);
     long bytes = ftell(f);
     fseek(f, 0, SEEK_SET);
-    int64_t batch = bytes / (long)sizeof(float) / INPUT_SIZE;
+    int64_t batch = bytes / (long)sizeof(float) / QATC_MODEL_INPUT_SIZE;
     float *input = malloc(bytes);
-    float *output = malloc(batch * OUTPUT_SIZE * sizeof(float));
-    uint8_t *scratch = malloc(SCRATCH_BYTES);
+    float *output = malloc(batch * QATC_MODEL_OUTPUT_SIZE * sizeof(float));
+    uint8_t *scratch = malloc(QATC_MODEL_SCRATCH_BYTES);
     if (!input || !output || !scratch || fread(input, 1, bytes, f) != (size_t)bytes) {
         fprintf(stderr, "cannot read %s\n", argv[1]);
         return 2;
     }
     fclose(f);
-    RUN(input, output, batch, scratch);
+    QATC_MODEL_RUN(input, output, batch, scratch);
     FILE *g = fopen(argv[2], "wb");
-    if (!g || fwrite(output, sizeof(float), batch * OUTPUT_SIZE, g) != (size_t)(batch * OUTPUT_SIZE)) {
+    if (!g || fwrite(output, sizeof(float), batch * QATC_MODEL_OUTPUT_SIZE, g) != (size_t)(batch * QATC_MODEL_OUTPUT_SIZE)) {
         perror(argv[2]);
         return 2;
     }
