@@ -57,8 +57,14 @@ fn classify(model: &Path, images: &Path, labels: &Path) -> Result<(), Box<dyn st
         .zip(&data.labels)
         .filter(|(p, l)| **p == **l as usize)
         .count();
-    println!("first predictions: {:?}", &predictions[..predictions.len().min(12)]);
-    println!("labels:            {:?}", &data.labels[..data.labels.len().min(12)]);
+    println!(
+        "first predictions: {:?}",
+        &predictions[..predictions.len().min(12)]
+    );
+    println!(
+        "labels:            {:?}",
+        &data.labels[..data.labels.len().min(12)]
+    );
     println!(
         "int8 accuracy on {} images: {:.2} % (compiled in {:.1} ms)",
         data.len(),

@@ -191,7 +191,13 @@ pub fn batch_input(
     x.clear();
     labels.clear();
     for &i in indices {
-        crate::data::normalize(data.image(i), (data.shape[0], plane), &cfg.mean, &cfg.std, x);
+        crate::data::normalize(
+            data.image(i),
+            (data.shape[0], plane),
+            &cfg.mean,
+            &cfg.std,
+            x,
+        );
         labels.push(data.labels[i]);
     }
     debug_assert_eq!(x.len(), indices.len() * size);
