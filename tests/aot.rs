@@ -159,3 +159,53 @@ fn aarch64_objects_match_the_interpreter_under_qemu() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn the_c_host_example_builds_and_classifies() {
+    if std::env::consts::ARCH != "x86_64" || !have("cc") || !have("make") {
+        eprintln!("skipped: needs cc and make");
+        return;
+    }
+    // A lenet .qmodel (initial weights, calibrated observers) carrying its spec.
+    let spec = common::root().join("specs/lenet_mnist.qspec");
+    let graph = converted(&spec, 6);
+    let info = qatc::qmodel::Info {
+        backend: "fbgemm".into(),
+        spec: std::fs::read_to_string(&spec).unwrap(),
+        qatc_version: "test".into(),
+    };
+    let dir = work_dir("c_host");
+    let model = dir.join("model.qmodel");
+    std::fs::write(&model, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+    for file in ["main.c", "Makefile"] {
+        std::fs::copy(
+            common::root().join("examples/c_host").join(file),
+            dir.join(file),
+        )
+        .unwrap();
+    }
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&dir)
+        .arg("run")
+        .arg(format!("ROOT={}", common::root().display()))
+        .arg(format!("QATC={}", env!("CARGO_BIN_EXE_qatc")))
+        .arg(format!("MODEL={}", model.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same accuracy as the interpreter on the same images.
+    let (result, _) = qatc::front_end("lenet", &info.spec);
+    let model = result.unwrap().model;
+    let cfg = model.train.clone().unwrap();
+    let data = train::load_data(&model, &cfg, &common::root().join("specs")).unwrap();
+    let acc = qatc::interp::accuracy(&graph, &data.test, &cfg).unwrap();
+    let want = format!("int8 accuracy on {} images: {acc:.2} %", data.test.len());
+    assert!(stdout.contains(&want), "expected `{want}` in\n{stdout}");
+    std::fs::remove_dir_all(dir).ok();
+}

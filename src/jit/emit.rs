@@ -1383,18 +1383,18 @@ impl Emitter<'_, '_> {
         let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
         let sign = (self.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
         let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
+            // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
+            // feeds each step.
             let rows_a: Vec<Value> = (0..rows)
-                .map(|r| {
-                    let v = e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32);
-                    match sign {
-                        Some(bit) => e.b.ins().bxor(v, bit),
-                        None => v,
-                    }
-                })
+                .map(|r| e.b.ins().load(I8X16, in_loop(), a, (r * g.a_stride) as i32))
                 .collect();
             for (u, &mask) in masks.iter().enumerate().take(steps) {
                 for (r, &va) in rows_a.iter().enumerate() {
                     let av = e.b.ins().shuffle(va, va, mask);
+                    let av = match sign {
+                        Some(bit) => e.b.ins().bxor(av, bit),
+                        None => av,
+                    };
                     for v in 0..nblk * 2 {
                         let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
                         let wv = e.b.ins().load(I8X16, constant(), wp, off);
@@ -1521,12 +1521,13 @@ impl Emitter<'_, '_> {
         let b = &mut self.b;
         let a = b.ins().bitcast(I16X8, little(), a);
         let w = b.ins().bitcast(I16X8, little(), w);
+        // Activations first: `pmaddwd` can then take the weights straight from memory.
         let wl = b.ins().swiden_low(w);
         let al = b.ins().swiden_low(a);
-        let lo = b.ins().imul(wl, al);
+        let lo = b.ins().imul(al, wl);
         let wh = b.ins().swiden_high(w);
         let ah = b.ins().swiden_high(a);
-        let hi = b.ins().imul(wh, ah);
+        let hi = b.ins().imul(ah, wh);
         let s = b.ins().iadd_pairwise(lo, hi);
         b.ins().iadd(s, acc)
     }
@@ -1559,6 +1560,14 @@ fn constant() -> MemFlagsData {
         .with_notrap()
         .with_readonly()
         .with_can_move()
+}
+
+/// Flags of an activation load inside a GEMM's column loop. Nothing in that loop stores, and the
+/// address depends on the loop's pointer, so the load may be treated as pure: it cannot be
+/// hoisted out of the loop or merged with a load before the stores that wrote its data. Being
+/// pure, Cranelift can fold it into its use (a broadcast from memory).
+fn in_loop() -> MemFlagsData {
+    constant()
 }
 
 fn little() -> MemFlagsData {
