@@ -1386,7 +1386,7 @@ impl Emitter<'_, '_> {
             // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
             // feeds each step.
             let rows_a: Vec<Value> = (0..rows)
-                .map(|r| e.b.ins().load(I8X16, in_loop(), a, (r * g.a_stride) as i32))
+                .map(|r| e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32))
                 .collect();
             for (u, &mask) in masks.iter().enumerate().take(steps) {
                 for (r, &va) in rows_a.iter().enumerate() {
@@ -1560,14 +1560,6 @@ fn constant() -> MemFlagsData {
         .with_notrap()
         .with_readonly()
         .with_can_move()
-}
-
-/// Flags of an activation load inside a GEMM's column loop. Nothing in that loop stores, and the
-/// address depends on the loop's pointer, so the load may be treated as pure: it cannot be
-/// hoisted out of the loop or merged with a load before the stores that wrote its data. Being
-/// pure, Cranelift can fold it into its use (a broadcast from memory).
-fn in_loop() -> MemFlagsData {
-    constant()
 }
 
 fn little() -> MemFlagsData {
