@@ -29,7 +29,7 @@ use crate::ir::{Act, ConvGeom};
 use crate::quant::numerics::{requant_multiplier, QParams};
 
 /// Samples processed together by every op.
-pub const TILE: usize = 8;
+pub const TILE: usize = 32;
 /// Bytes after every scratch region that vector loads and stores may run over into.
 const SLACK: usize = 64;
 /// Output channels per weight block of a GEMM (two i32x4 accumulators).
