@@ -118,6 +118,10 @@ enum Command {
         /// compile_ms) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Force a GEMM form instead of this CPU's best (all are exact): vnni, usdot, sdot,
+        /// i16, pairs.
+        #[arg(long)]
+        dot: Option<String>,
     },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
@@ -216,7 +220,10 @@ fn run(cli: Cli) -> Result<(), String> {
             batch,
             threads,
             json,
-        } => with_threads(threads, |threads| bench(&model, &batch, threads, json)),
+            dot,
+        } => with_threads(threads, |threads| {
+            bench(&model, &batch, threads, json, dot.as_deref())
+        }),
         Command::BenchTrain {
             specs,
             epochs,
@@ -382,15 +389,41 @@ fn c_identifier(name: &str) -> String {
         .collect()
 }
 
-fn bench(model_path: &Path, batches: &[usize], threads: usize, json: bool) -> Result<(), String> {
+fn bench(
+    model_path: &Path,
+    batches: &[usize],
+    threads: usize,
+    json: bool,
+    dot: Option<&str>,
+) -> Result<(), String> {
+    use qatc::jit::DotProduct;
     if batches.contains(&0) {
         return Err("error: --batch sizes must be at least 1\n".into());
     }
+    let dot_product = match dot {
+        None => None,
+        Some("vnni") => Some(DotProduct::Vnni),
+        Some("usdot") => Some(DotProduct::Usdot),
+        Some("sdot") => Some(DotProduct::Sdot),
+        Some("i16") => Some(DotProduct::I16),
+        Some("pairs") => Some(DotProduct::Pairs),
+        Some(other) => {
+            return Err(format!(
+                "error: unknown --dot `{other}` (vnni, usdot, sdot, i16, pairs)\n"
+            ))
+        }
+    };
+    let options = qatc::jit::Options {
+        dot_product,
+        listing: false,
+    };
     let model = load_model(model_path)?;
     let mut compile_times = Vec::new();
     let mut compiled = None;
     for _ in 0..5 {
-        let c = model.compile().map_err(|e| format!("error: {e}\n"))?;
+        let (c, _) = model
+            .compile_with(&options)
+            .map_err(|e| format!("error: {e}\n"))?;
         compile_times.push(c.compile_time());
         compiled = Some(c);
     }
@@ -408,8 +441,9 @@ fn bench(model_path: &Path, batches: &[usize], threads: usize, json: bool) -> Re
     );
     if !json {
         println!(
-            "{}: compiled in {compile_ms:.2} ms (median of 5); {threads} threads",
-            graph.name
+            "{}: compiled in {compile_ms:.2} ms (median of 5, {:?} dot products); {threads} threads",
+            graph.name,
+            compiled.dot_product()
         );
         println!(
             "{:<8} {:>16} {:>16} {:>9}",

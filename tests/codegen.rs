@@ -38,14 +38,15 @@ fn listing(graph: &QGraph, arch: Arch, features: &[&str]) -> qatc::jit::Listing 
 
 #[test]
 fn clif_of_a_small_network() {
-    // The x86 VNNI form and the i16 form; each target's choice is deterministic.
+    // The x86 VNNI form and the AVX2 one (pmaddubsw pairs, an i16 fallback); each target's
+    // choice is deterministic.
     let graph = tiny();
     insta::assert_snapshot!(
         "tiny_vnni_clif",
         listing(&graph, Arch::X86_64, &["avx512vnni"]).clif
     );
     insta::assert_snapshot!(
-        "tiny_i16_clif",
+        "tiny_avx2_clif",
         listing(&graph, Arch::X86_64, &["avx2"]).clif
     );
 }
@@ -65,7 +66,8 @@ fn each_target_folds_the_gemm_into_its_dot_instruction() {
     let dotprod = listing(&graph, Arch::Aarch64, &["dotprod"]).asm;
     let plain = listing(&graph, Arch::Aarch64, &[]).asm;
     assert!(count(&vnni, "vpdpbusd") >= 10, "no vpdpbusd:\n{vnni}");
-    assert!(count(&avx2, "vpdpbusd") == 0 && count(&avx2, "vpmaddwd") >= 10);
+    assert!(count(&avx2, "vpdpbusd") == 0 && count(&avx2, "vpmaddubsw") >= 10);
+    assert!(count(&avx2, "vpmaddwd") >= 10, "no i16 fallback:\n{avx2}");
     assert!(count(&i8mm, "usdot") >= 10, "no usdot:\n{i8mm}");
     assert!(count(&dotprod, "sdot") >= 10 && count(&dotprod, "usdot") == 0);
     assert!(count(&plain, "sdot") + count(&plain, "usdot") == 0);

@@ -50,6 +50,11 @@ pub enum DotProduct {
     /// Activations widened to i16 once, weights stored as i16, two products per lane with
     /// `pmaddwd`: about twice as fast as the tree's generic lowering on x86 without VNNI.
     I16,
+    /// x86 without VNNI: `pmaddubsw` (u8·i8 pairs summed in i16, saturating) then `pmaddwd`
+    /// by ones, used only when every activation code of a GEMM call is below 128, which a check
+    /// at run time establishes: then no pair sum reaches the i16 limit (2·127·128 < 32768) and
+    /// the result is exact. Otherwise that call runs the [`DotProduct::I16`] form.
+    Pairs,
 }
 
 impl DotProduct {
@@ -330,7 +335,7 @@ impl Emitter<'_, '_> {
                         out_stride: *out_features,
                         o: *out_features,
                     };
-                    self.gemm(gemm, &kernel);
+                    self.run_gemm(gemm, &kernel);
                     y
                 }
                 QOp::Conv2d { geom, w } => {
@@ -1117,7 +1122,7 @@ impl Emitter<'_, '_> {
                     out_stride: o_n,
                     o: og,
                 };
-                e.gemm(gemm, k);
+                e.run_gemm(gemm, k);
             }
         });
         y
@@ -1195,7 +1200,8 @@ impl Emitter<'_, '_> {
     /// Weights are packed in blocks of [`BLOCK`] output channels: for each block and each group of
     /// four columns, 32 bytes (channel-major, four columns per channel), the operand order of
     /// `vpdpbusd`. A row's four activation bytes are broadcast to every lane.
-    /// Packs a GEMM's weights (`wt(o, column)`) and requantization constants.
+    /// Packs a GEMM's weights (`wt(o, column)`) and requantization constants, with the exact
+    /// fallback's too where the form needs one.
     fn pack(
         &mut self,
         k_cols: usize,
@@ -1204,8 +1210,27 @@ impl Emitter<'_, '_> {
         w: &QWeights,
         xq: QParams,
         yq: QParams,
+    ) -> Packed {
+        let main = self.pack_for(self.dot, k_cols, o_n, wt, w, xq, yq);
+        let fallback = (self.dot == DotProduct::Pairs).then(|| Kernel {
+            compact: true,
+            ..self.pack_for(DotProduct::I16, k_cols, o_n, wt, w, xq, yq)
+        });
+        Packed { main, fallback }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pack_for(
+        &mut self,
+        dot: DotProduct,
+        k_cols: usize,
+        o_n: usize,
+        wt: &dyn Fn(usize, usize) -> i8,
+        w: &QWeights,
+        xq: QParams,
+        yq: QParams,
     ) -> Kernel {
-        let per = self.dot.columns();
+        let per = dot.columns();
         let steps = k_cols.div_ceil(per);
         let blocks = o_n.div_ceil(BLOCK);
         let mut packed = Vec::with_capacity(blocks * steps * 32);
@@ -1219,7 +1244,7 @@ impl Emitter<'_, '_> {
                         } else {
                             0
                         };
-                        match self.dot {
+                        match dot {
                             DotProduct::I16 => packed.extend((v as i16).to_le_bytes()),
                             _ => packed.push(v as u8),
                         }
@@ -1232,7 +1257,7 @@ impl Emitter<'_, '_> {
                 return 0;
             }
             let wsum: i32 = (0..k_cols).map(|t| wt(o, t) as i32).sum();
-            let offset = self.dot.offset(xq.zero_point);
+            let offset = dot.offset(xq.zero_point);
             w.bias[o].wrapping_sub(offset.wrapping_mul(wsum))
         });
         let bias = Self::i32_bytes(bias);
@@ -1245,6 +1270,8 @@ impl Emitter<'_, '_> {
         });
         let mult = Self::f32_bytes(mult);
         Kernel {
+            dot,
+            compact: false,
             weights: self.constant(&packed),
             bias: self.constant(&bias),
             mult: self.constant(&mult),
@@ -1258,7 +1285,7 @@ impl Emitter<'_, '_> {
     fn gemm(&mut self, g: Gemm, k: &Kernel) {
         let blocks = k.blocks;
         // With i16 products, rows not widened yet are widened once into a buffer of their own.
-        let g = if self.dot == DotProduct::I16 && !g.wide {
+        let g = if k.dot == DotProduct::I16 && !g.wide {
             let per_sample = g.a_stride * g.rows_per_sample;
             let wide = if g.samples == 1 {
                 self.alloc_one(2 * per_sample)
@@ -1279,7 +1306,10 @@ impl Emitter<'_, '_> {
         let k = k.clone();
         let full = g.o / BLOCK;
         let a_bytes = g.samples * g.rows_per_sample * g.a_stride;
-        if k.k4 * k.step_bytes() * blocks <= a_bytes {
+        if k.compact {
+            let rows = g.rows;
+            self.for_loop(rows, |e, r| e.gemm_blocks(&g, &k, r, 1, full, blocks));
+        } else if k.k4 * k.step_bytes() * blocks <= a_bytes {
             // Few weights, many rows (convolutions): rows outer, the weights stay in cache.
             let quads = self.b.ins().ushr_imm_s(g.rows, 2);
             self.for_loop(quads, |e, q| {
@@ -1381,7 +1411,7 @@ impl Emitter<'_, '_> {
         // them all, and lane `u` broadcast to every lane feeds step `u`. Weight loads are pure
         // (constants), so Cranelift places them at their use; activation loads stay in order.
         let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
-        let sign = (self.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
+        let sign = (k.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
         let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
             // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
             // feeds each step.
@@ -1400,9 +1430,10 @@ impl Emitter<'_, '_> {
                         let wv = e.b.ins().load(I8X16, constant(), wp, off);
                         let acc = accs[r * nblk * 2 + v];
                         let old = e.b.use_var(acc);
-                        let new = match e.dot {
+                        let new = match k.dot {
                             DotProduct::I16 => e.dot_i16(wv, av, old),
-                            _ => e.dot_u8(wv, av, old),
+                            DotProduct::Pairs => e.dot_pairs(wv, av, old),
+                            dot => e.dot_u8(dot, wv, av, old),
                         };
                         e.b.def_var(acc, new);
                     }
@@ -1491,8 +1522,7 @@ impl Emitter<'_, '_> {
 
     /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
     /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
-    fn dot_u8(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let dot = self.dot;
+    fn dot_u8(&mut self, dot: DotProduct, w: Value, a: Value, acc: Value) -> Value {
         let b = &mut self.b;
         let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
         let (al, ah) = match dot {
@@ -1538,6 +1568,59 @@ impl Emitter<'_, '_> {
         self.b.func.dfg.immediates.push(bytes.into())
     }
 
+    /// `acc + Σ` of each lane's four u8·i8 products as `pmaddubsw` (pairs, in i16) and
+    /// `pmaddwd` by ones (the pairs summed into i32). Exact when no code exceeds 127.
+    fn dot_pairs(&mut self, w: Value, a: Value, acc: Value) -> Value {
+        let b = &mut self.b;
+        let pairs = b.ins().x86_pmaddubsw(w, a);
+        let lo = b.ins().swiden_low(pairs);
+        let hi = b.ins().swiden_high(pairs);
+        let s = b.ins().iadd_pairwise(lo, hi);
+        b.ins().iadd(s, acc)
+    }
+
+    /// Runs a GEMM with its main kernel, or with the exact fallback when any activation code
+    /// of this call (the `rows` rows) is 128 or more.
+    fn run_gemm(&mut self, g: Gemm, p: &Packed) {
+        let Some(fallback) = &p.fallback else {
+            return self.gemm(g, &p.main);
+        };
+        let bytes = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
+        let small = self.all_below_128(g.a, bytes);
+        let fast = self.b.create_block();
+        let exact = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(small, fast, &[], exact, &[]);
+        self.b.switch_to_block(fast);
+        self.gemm(g.clone(), &p.main);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(exact);
+        self.gemm(g, fallback);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
+    /// Whether every byte of `bytes` bytes at `ptr` is below 128: the bytes ORed sixteen at a
+    /// time, then their high bits. The last vector may read into the slack, whose bytes are codes
+    /// of the same tensor or zeros, so this can only be more cautious.
+    fn all_below_128(&mut self, ptr: Value, bytes: Value) -> Value {
+        let acc = self.b.declare_var(I8X16);
+        let zero = self.splat_u8(0);
+        self.b.def_var(acc, zero);
+        let chunks = self.b.ins().iadd_imm_s(bytes, 15);
+        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
+        self.for_loop(chunks, |e, i| {
+            let p = e.at(ptr, i, 16);
+            let v = e.b.ins().load(I8X16, flags(), p, 0);
+            let a = e.b.use_var(acc);
+            let a = e.b.ins().bor(a, v);
+            e.b.def_var(acc, a);
+        });
+        let all = self.b.use_var(acc);
+        let high = self.b.ins().vhigh_bits(I32, all);
+        self.b.ins().icmp_imm_s(IntCC::Equal, high, 0)
+    }
+
     /// Zero-extends `count` codes to i16, sixteen at a time (running into the slack).
     fn widen(&mut self, src: Value, dst: Value, count: Value) {
         let chunks = self.b.ins().iadd_imm_s(count, 15);
@@ -1578,6 +1661,7 @@ fn e_for_rows(
 
 /// A GEMM's operands: `rows` rows of `k` u8 columns at `a` (`a_stride` bytes apart), `o` output
 /// channels stored at `out` (`out_stride` bytes between rows).
+#[derive(Clone)]
 struct Gemm {
     a: Value,
     a_stride: usize,
@@ -1601,9 +1685,19 @@ impl Kernel {
     }
 }
 
+/// A GEMM's kernels: the one to run, and the exact one to run instead when a run-time check
+/// finds the first could saturate.
+struct Packed {
+    main: Kernel,
+    fallback: Option<Kernel>,
+}
+
 /// A GEMM's packed constants.
 #[derive(Clone)]
 struct Kernel {
+    dot: DotProduct,
+    /// Emit one row at a time only: less code (and compile time) for a kernel that rarely runs.
+    compact: bool,
     blocks: usize,
     weights: Value,
     bias: Value,

@@ -181,7 +181,8 @@ impl Model {
 
 /// The dot product that is fastest on a target: the form that folds into one instruction
 /// (`vpdpbusd` on x86 with AVX-VNNI or AVX512-VNNI+VL, `usdot` with FEAT_I8MM, `sdot` with
-/// FEAT_DotProd), else i16 `pmaddwd` on x86 and the unsigned tree on aarch64.
+/// FEAT_DotProd), else `pmaddubsw` pairs with an exact i16 fallback on x86 and the unsigned tree
+/// on aarch64.
 pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProduct {
     let flags = isa.isa_flags();
     let on = |name: &str| {
@@ -195,6 +196,8 @@ pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProdu
                 || (on("has_avx512vl") && on("has_avx512vnni"));
             if vnni {
                 DotProduct::Vnni
+            } else if on("has_ssse3") {
+                DotProduct::Pairs
             } else {
                 DotProduct::I16
             }

@@ -58,7 +58,14 @@ const FEATURES: &[(Arch, &str, &[&str])] = &[
 /// position-independent executables.
 fn shared_flags(pic: bool) -> Result<settings::Flags, Error> {
     let mut flags = settings::builder();
+    // Cranelift's IR verifier runs in debug builds (and so in tests); release builds skip it.
+    let verify = if cfg!(debug_assertions) {
+        "true"
+    } else {
+        "false"
+    };
     for (k, v) in [
+        ("enable_verifier", verify),
         ("opt_level", "speed"),
         ("use_colocated_libcalls", "false"),
         ("is_pic", if pic { "true" } else { "false" }),
