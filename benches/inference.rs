@@ -5,26 +5,10 @@
 
 use std::path::Path;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qatc::train::{self, engine::Mode, rng::Rng};
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-fn converted(path: &Path) -> qatc::int8::QGraph {
-    let text = std::fs::read_to_string(path).unwrap();
-    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
-    let model = result.expect("the spec checks").model;
-    let mut net = train::build_net(&model, 0).unwrap();
-    let size: usize = model.input.iter().product();
-    let mut rng = Rng::new(0);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
-    let x: Vec<f32> = (0..16 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    net.forward(&x, 16, observe, &mut rng);
-    qatc::convert::convert(&net).unwrap()
-}
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn inference(c: &mut Criterion) {
     let mut specs: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("specs"))
@@ -34,7 +18,8 @@ fn inference(c: &mut Criterion) {
         .collect();
     specs.sort();
     for spec in specs {
-        let graph = converted(&spec);
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let graph = common::calibrated(&spec.display().to_string(), &text, 0, 1, 1.0);
         let model = qatc::Model::from_graph(graph.clone()).unwrap();
         let compiled = model.compile().unwrap();
         let name = graph.name.clone();

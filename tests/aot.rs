@@ -9,27 +9,7 @@ use std::process::Command;
 
 use qatc::int8::QGraph;
 use qatc::jit::target::{self, Arch};
-use qatc::train::{self, engine::Mode, rng::Rng};
-
-fn converted(path: &Path, seed: u64) -> QGraph {
-    let text = std::fs::read_to_string(path).unwrap();
-    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
-    let model = result.expect("the spec checks").model;
-    let mut net = train::build_net(&model, seed).unwrap();
-    let size: usize = model.input.iter().product();
-    let mut rng = Rng::new(seed);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
-    for _ in 0..3 {
-        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.5, 1.5)).collect();
-        net.forward(&x, 8, observe, &mut rng);
-    }
-    qatc::convert::convert(&net).unwrap()
-}
+use qatc::train::{self, rng::Rng};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -120,7 +100,7 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
 fn graphs() -> Vec<QGraph> {
     common::spec_files()
         .iter()
-        .map(|p| converted(p, 4))
+        .map(|p| common::calibrated_file(p, 4))
         .collect()
 }
 
@@ -168,7 +148,7 @@ fn the_c_host_example_builds_and_classifies() {
     }
     // A lenet .qmodel (initial weights, calibrated observers) carrying its spec.
     let spec = common::root().join("specs/lenet_mnist.qspec");
-    let graph = converted(&spec, 6);
+    let graph = common::calibrated_file(&spec, 6);
     let info = qatc::qmodel::Info {
         backend: "fbgemm".into(),
         spec: std::fs::read_to_string(&spec).unwrap(),

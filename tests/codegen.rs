@@ -5,29 +5,17 @@ mod common;
 
 use qatc::int8::QGraph;
 use qatc::jit::target::{self, Arch};
-use qatc::train::{self, engine::Mode, rng::Rng};
+
+/// A spec converted with its initial weights and observers calibrated on one batch of random
+/// inputs (the snapshots depend on exactly this).
+fn graph_of_file(path: &std::path::Path) -> QGraph {
+    let text = std::fs::read_to_string(path).unwrap();
+    common::calibrated(&path.display().to_string(), &text, 1, 1, 1.0)
+}
 
 /// tiny.qspec converted with its initial weights and observers calibrated on random inputs.
 fn tiny() -> QGraph {
-    graph_of(&common::root().join("tests/data/tiny.qspec"))
-}
-
-fn graph_of(path: &std::path::Path) -> QGraph {
-    let text = std::fs::read_to_string(path).unwrap();
-    let (result, _) = qatc::front_end(&path.display().to_string(), &text);
-    let model = result.expect("the spec checks").model;
-    let mut net = train::build_net(&model, 1).unwrap();
-    let size: usize = model.input.iter().product();
-    let mut rng = Rng::new(1);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
-    let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    net.forward(&x, 8, observe, &mut rng);
-    qatc::convert::convert(&net).unwrap()
+    graph_of_file(&common::root().join("tests/data/tiny.qspec"))
 }
 
 fn listing(graph: &QGraph, arch: Arch, features: &[&str]) -> qatc::jit::Listing {
@@ -59,7 +47,7 @@ fn count(text: &str, mnemonic: &str) -> usize {
 
 #[test]
 fn each_target_folds_the_gemm_into_its_dot_instruction() {
-    let graph = graph_of(&common::root().join("specs/lenet_mnist.qspec"));
+    let graph = graph_of_file(&common::root().join("specs/lenet_mnist.qspec"));
     let vnni = listing(&graph, Arch::X86_64, &["avx512vnni"]).asm;
     let avx2 = listing(&graph, Arch::X86_64, &["avx2"]).asm;
     let i8mm = listing(&graph, Arch::Aarch64, &["i8mm"]).asm;

@@ -8,7 +8,7 @@ use qatc::check::Pool2d;
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
 use qatc::ir::{Act, ConvGeom};
 use qatc::jit::DotProduct;
-use qatc::train::{self, engine::Mode, rng::Rng};
+use qatc::train::{self, rng::Rng};
 use qatc::{interp, Model};
 
 /// Inputs in [-2, 2], with some exact zeros and some values far outside any observed range.
@@ -72,35 +72,11 @@ fn assert_same(graph: &QGraph, compiled: &qatc::Compiled, seed: u64) {
     }
 }
 
-/// The converted graph of a spec with its initial weights and observers calibrated on random
-/// inputs (no data files needed).
-fn converted(name: &str, text: &str, seed: u64) -> QGraph {
-    let (result, source) = qatc::front_end(name, text);
-    let model = match result {
-        Ok(c) => c.model,
-        Err(d) => panic!("{}", qatc::diag::render(&d, &source.name, &source.text)),
-    };
-    let mut net = train::build_net(&model, seed).unwrap();
-    let size: usize = model.input.iter().product();
-    let mut rng = Rng::new(seed);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
-    for _ in 0..3 {
-        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.5, 1.5)).collect();
-        net.forward(&x, 8, observe, &mut rng);
-    }
-    qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: convert: {e}\n{text}"))
-}
-
 #[test]
 fn every_spec_is_bit_exact() {
     for path in common::spec_files() {
         let text = std::fs::read_to_string(&path).unwrap();
-        let graph = converted(&path.display().to_string(), &text, 5);
+        let graph = common::calibrated(&path.display().to_string(), &text, 5, 3, 1.5);
         assert_bit_exact(&graph, 11);
     }
 }
@@ -561,7 +537,7 @@ fn random_spec(seed: u64) -> String {
 fn random_networks_are_bit_exact() {
     for seed in 0..40 {
         let text = random_spec(seed);
-        let graph = converted(&format!("g{seed}.qspec"), &text, seed);
+        let graph = common::calibrated(&format!("g{seed}.qspec"), &text, seed, 3, 1.5);
         assert_bit_exact(&graph, seed);
     }
 }
@@ -569,7 +545,7 @@ fn random_networks_are_bit_exact() {
 #[test]
 fn wrong_lengths_are_errors_not_undefined_behaviour() {
     let text = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec")).unwrap();
-    let graph = converted("mlp", &text, 1);
+    let graph = common::calibrated("mlp", &text, 1, 3, 1.5);
     let compiled = Model::from_graph(graph).unwrap().compile().unwrap();
     assert_eq!(compiled.input_size(), 784);
     let err = compiled.run(&[0.0; 783]).unwrap_err();
@@ -586,7 +562,7 @@ fn wrong_lengths_are_errors_not_undefined_behaviour() {
 fn one_compiled_model_serves_many_threads() {
     fn shareable<T: Send + Sync>(_: &T) {}
     let text = std::fs::read_to_string(common::root().join("specs/lenet_mnist.qspec")).unwrap();
-    let graph = converted("lenet", &text, 2);
+    let graph = common::calibrated("lenet", &text, 2, 3, 1.5);
     let compiled = Model::from_graph(graph.clone()).unwrap().compile().unwrap();
     shareable(&compiled);
     let x = inputs(5 * 784, &mut Rng::new(4));
@@ -605,7 +581,7 @@ fn one_compiled_model_serves_many_threads() {
 #[test]
 fn no_page_is_writable_and_executable() {
     let text = std::fs::read_to_string(common::root().join("specs/lenet_mnist.qspec")).unwrap();
-    let compiled = Model::from_graph(converted("lenet", &text, 2))
+    let compiled = Model::from_graph(common::calibrated("lenet", &text, 2, 3, 1.5))
         .unwrap()
         .compile()
         .unwrap();

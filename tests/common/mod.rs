@@ -23,3 +23,40 @@ pub fn spec_files() -> Vec<PathBuf> {
 pub fn stem(path: &Path) -> String {
     path.file_stem().unwrap().to_string_lossy().into_owned()
 }
+
+/// A spec's model converted to int8 without data files: its initial weights (from `seed`) and
+/// its observers calibrated on `batches` batches of 8 inputs uniform in `[-range, range]`.
+pub fn calibrated(
+    name: &str,
+    text: &str,
+    seed: u64,
+    batches: usize,
+    range: f32,
+) -> qatc::int8::QGraph {
+    use qatc::train::{self, engine::Mode, rng::Rng};
+    let (result, source) = qatc::front_end(name, text);
+    let model = match result {
+        Ok(c) => c.model,
+        Err(d) => panic!("{}", qatc::diag::render(&d, &source.name, &source.text)),
+    };
+    let mut net = train::build_net(&model, seed).unwrap();
+    let size: usize = model.input.iter().product();
+    let mut rng = Rng::new(seed);
+    let observe = Mode {
+        training: false,
+        fake_quant: false,
+        observe: true,
+        bn_frozen: true,
+    };
+    for _ in 0..batches {
+        let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-range, range)).collect();
+        net.forward(&x, 8, observe, &mut rng);
+    }
+    qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: convert: {e}\n{text}"))
+}
+
+/// [`calibrated`] for a spec file, three batches in [-1.5, 1.5].
+pub fn calibrated_file(path: &Path, seed: u64) -> qatc::int8::QGraph {
+    let text = std::fs::read_to_string(path).unwrap();
+    calibrated(&path.display().to_string(), &text, seed, 3, 1.5)
+}
