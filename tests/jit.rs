@@ -597,3 +597,30 @@ fn no_page_is_writable_and_executable() {
     assert!(wx.is_empty(), "writable and executable mappings: {wx:?}");
     drop(compiled);
 }
+
+#[test]
+fn models_needing_too_much_scratch_are_refused() {
+    // 16.7M values a sample, as f32, u8 and f32 again: over 2 GiB for a tile of samples.
+    let shape = vec![64, 512, 512];
+    let graph = QGraph {
+        name: "huge".into(),
+        nodes: vec![
+            node("input", QOp::Input, vec![], shape.clone(), TensorType::F32),
+            node(
+                "q",
+                QOp::Quantize,
+                vec![0],
+                shape.clone(),
+                u8_type(&mut Rng::new(1)),
+            ),
+            node("dq", QOp::Dequantize, vec![1], shape, TensorType::F32),
+        ],
+        output: 2,
+    };
+    let err = Model::from_graph(graph)
+        .unwrap()
+        .compile()
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("scratch"), "{err}");
+}

@@ -210,6 +210,9 @@ pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProdu
 
 type EntryFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *mut u8);
 
+/// The most scratch memory a compiled model may need per call (per thread).
+pub const MAX_SCRATCH: usize = 1 << 31;
+
 /// A defined entry function.
 pub struct Defined {
     pub func: cranelift_module::FuncId,
@@ -257,6 +260,15 @@ pub fn define(
         b.finalize(module.target_config());
         lowered
     };
+    if lowered.scratch_bytes > MAX_SCRATCH {
+        return Err(Error(format!(
+            "model `{}` needs {} bytes of scratch memory per call (tiles of {} samples); \
+             more than {MAX_SCRATCH} is refused",
+            graph.name,
+            lowered.scratch_bytes,
+            emit::TILE
+        )));
+    }
     let want = listing.is_some();
     if want {
         ctx.set_disasm(true);
