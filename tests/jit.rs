@@ -624,3 +624,94 @@ fn models_needing_too_much_scratch_are_refused() {
         .expect("refused");
     assert!(err.to_string().contains("scratch"), "{err}");
 }
+
+/// `qatc compile` and `qatc bench` on a .qmodel, and their errors.
+#[test]
+fn compile_and_bench_commands() {
+    let spec = common::root().join("specs/mnist_mlp.qspec");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let graph = common::calibrated("mlp", &text, 1, 3, 1.5);
+    let info = qatc::qmodel::Info {
+        backend: "fbgemm".into(),
+        spec: text,
+        qatc_version: "test".into(),
+    };
+    let dir = std::env::temp_dir().join(format!("qatc-cli-jit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("mlp.qmodel");
+    std::fs::write(&model, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+    let qatc = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let m = model.to_str().unwrap();
+
+    let out = qatc(&["compile", m, "--emit", "clif", "-v"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("function"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("compiled mlp in"));
+
+    let obj = dir.join("m.o");
+    let out = qatc(&[
+        "compile",
+        m,
+        "--target",
+        "aarch64",
+        "--features",
+        "i8mm",
+        "--emit",
+        "obj",
+        "-o",
+        obj.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&std::fs::read(&obj).unwrap()[..4], b"\x7fELF");
+
+    let out = qatc(&["compile", m, "--target", "riscv", "--emit", "obj"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target `riscv`"));
+    let out = qatc(&[
+        "compile",
+        m,
+        "--target",
+        "aarch64",
+        "--features",
+        "sve",
+        "--emit",
+        "asm",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown Aarch64 feature `sve`"));
+
+    let out = qatc(&["bench", m, "--batch", "1,16", "--json", "--threads", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "jit_b1_us",
+        "jit_b16_img_s",
+        "ref_b1_us",
+        "ref_b16_img_s",
+        "compile_ms",
+    ] {
+        assert!(
+            json[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {json}"
+        );
+    }
+
+    let missing = dir.join("nope.qmodel");
+    let out = qatc(&["bench", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.qmodel"));
+    std::fs::remove_dir_all(dir).ok();
+}
