@@ -76,15 +76,7 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
         x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
     )
     .unwrap();
-    let mut cmd = match runner {
-        [] => Command::new(&exe),
-        [first, rest @ ..] => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&exe);
-            c
-        }
-    };
-    run(cmd.arg(&input).arg(&output));
+    run(runner_cmd(runner, &exe).arg(&input).arg(&output));
     let want: Vec<u8> = qatc::interp::run(graph, &x, batch)
         .unwrap()
         .iter()
@@ -95,6 +87,44 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
         got == want,
         "{tag}: the object's outputs differ from the interpreter's"
     );
+
+    // The u8 entry, where the model has one: the interpreter's input and output codes.
+    if qatc::jit::emit::u8_entry(graph).is_some() {
+        let quantize = graph.nodes.iter().position(|n| n.inputs == [0]).unwrap();
+        let out = match &graph.nodes[graph.output] {
+            n if n.ty.is_quantized() => graph.output,
+            n => n.inputs[0],
+        };
+        let (mut codes_in, mut want) = (Vec::new(), Vec::new());
+        for sample in x.chunks(size) {
+            let values = qatc::interp::run_all(graph, sample);
+            for (i, dst) in [(quantize, &mut codes_in), (out, &mut want)] {
+                match &values[i] {
+                    qatc::interp::Value::U8(c) => dst.extend(c),
+                    other => panic!("expected codes, got {other:?}"),
+                }
+            }
+        }
+        std::fs::write(&input, &codes_in).unwrap();
+        run(runner_cmd(runner, &exe).arg(&input).arg(&output).arg("u8"));
+        let got = std::fs::read(&output).unwrap();
+        assert!(
+            got == want,
+            "{tag}: the object's u8 entry differs from the interpreter"
+        );
+    }
+}
+
+/// The command that runs `exe`, under `runner` if there is one.
+fn runner_cmd(runner: &[&str], exe: &Path) -> Command {
+    match runner {
+        [] => Command::new(exe),
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+    }
 }
 
 fn graphs() -> Vec<QGraph> {

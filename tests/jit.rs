@@ -42,6 +42,36 @@ fn assert_bit_exact(graph: &QGraph, seed: u64) {
     }
 }
 
+/// The u8 entry against the interpreter's codes: the input's quantize node and the output's
+/// codes (before a final dequantize), sample by sample.
+fn assert_same_u8(graph: &QGraph, compiled: &qatc::Compiled, x: &[f32]) {
+    let Some(_) = compiled.u8_qparams() else {
+        assert!(compiled.run_u8(&vec![0; compiled.input_size()]).is_err());
+        return;
+    };
+    let quantize = graph.nodes.iter().position(|n| n.inputs == [0]).unwrap();
+    let out = match &graph.nodes[graph.output] {
+        n if n.ty.is_quantized() => graph.output,
+        n => n.inputs[0],
+    };
+    let (mut codes_in, mut want) = (Vec::new(), Vec::new());
+    for sample in x.chunks(compiled.input_size()) {
+        let values = interp::run_all(graph, sample);
+        let codes = |i: usize| match &values[i] {
+            interp::Value::U8(c) => c.clone(),
+            other => panic!("expected codes, got {other:?}"),
+        };
+        codes_in.extend(codes(quantize));
+        want.extend(codes(out));
+    }
+    assert_eq!(
+        compiled.run_u8(&codes_in).unwrap(),
+        want,
+        "{}: u8 entry",
+        graph.name
+    );
+}
+
 fn assert_same(graph: &QGraph, compiled: &qatc::Compiled, seed: u64) {
     let size: usize = graph.nodes[0].shape.iter().product();
     let out: usize = graph.nodes[graph.output].shape.iter().product();
@@ -57,6 +87,7 @@ fn assert_same(graph: &QGraph, compiled: &qatc::Compiled, seed: u64) {
         let want = interp::run(graph, &x, batch).unwrap();
         let got = compiled.run(&x).unwrap();
         assert_eq!(got.len(), want.len());
+        assert_same_u8(graph, compiled, &x);
         if let Some(i) = (0..want.len()).find(|&i| want[i].to_bits() != got[i].to_bits()) {
             panic!(
                 "{} ({:?}): batch {batch}, sample {} output {}: JIT {} but the interpreter {}\n{}",

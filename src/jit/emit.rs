@@ -137,16 +137,69 @@ pub struct Emitter<'a, 'b> {
 
 /// Emits the body of the entry function into `b`, whose current block has the four parameters.
 /// `const_base` is the address of the constants data object.
+/// The two entry points of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// f32 in, f32 out: the input is quantized and the output dequantized inside.
+    F32,
+    /// quint8 codes in (the input's quantization) and codes out (the output's, before its
+    /// dequantize): for models whose input feeds only a quantize and whose output is quantized.
+    U8,
+}
+
+/// Whether a graph has a u8-in/u8-out entry: its input feeds only `Quantize` nodes and its
+/// output is quantized or the dequantize of a quantized node. Returns the input's and the
+/// output's quantization parameters.
+pub fn u8_entry(graph: &QGraph) -> Option<(QParams, QParams)> {
+    let readers: Vec<&crate::int8::QNode> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.inputs.contains(&0))
+        .collect();
+    let input_q = match readers.as_slice() {
+        [first, rest @ ..] if matches!(first.op, QOp::Quantize) => {
+            let q = first.ty.qparams()?;
+            rest.iter()
+                .all(|n| matches!(n.op, QOp::Quantize) && n.ty.qparams() == Some(q))
+                .then_some(q)?
+        }
+        _ => return None,
+    };
+    Some((input_q, u8_output(graph)?.1))
+}
+
+/// The node whose codes are the u8 entry's output, and their parameters.
+fn u8_output(graph: &QGraph) -> Option<(usize, QParams)> {
+    let out = &graph.nodes[graph.output];
+    match (&out.op, out.ty.qparams()) {
+        (_, Some(q)) => Some((graph.output, q)),
+        (QOp::Dequantize, None) => {
+            let src = out.inputs[0];
+            Some((src, graph.nodes[src].ty.qparams()?))
+        }
+        _ => None,
+    }
+}
+
 pub fn lower(
     b: &mut FunctionBuilder,
     graph: &QGraph,
     params: [Value; 4],
     const_base: Value,
     dot: DotProduct,
+    entry: Entry,
 ) -> Result<Lowered, String> {
     let [input, output, batch, scratch_base] = params;
     let in_size: usize = graph.nodes[0].shape.iter().product();
     let out_size: usize = graph.nodes[graph.output].shape.iter().product();
+    if entry == Entry::U8 && u8_entry(graph).is_none() {
+        return Err(format!(
+            "model `{}` has no u8 entry point: its input must feed only quantize nodes and its \
+             output must be quantized",
+            graph.name
+        ));
+    }
+    let elem = if entry == Entry::U8 { 1 } else { 4 };
     let zero = b.ins().iconst(I64, 0);
     let mut e = Emitter {
         b,
@@ -161,11 +214,11 @@ pub fn lower(
         let left = e.b.ins().isub(batch, t);
         let tile = e.b.ins().iconst(I64, TILE as i64);
         e.n = e.b.ins().umin(left, tile);
-        let in_off = e.b.ins().imul_imm_s(t, (in_size * 4) as i64);
+        let in_off = e.b.ins().imul_imm_s(t, (in_size * elem) as i64);
         let in_ptr = e.b.ins().iadd(input, in_off);
-        let out_off = e.b.ins().imul_imm_s(t, (out_size * 4) as i64);
+        let out_off = e.b.ins().imul_imm_s(t, (out_size * elem) as i64);
         let out_ptr = e.b.ins().iadd(output, out_off);
-        e.graph(graph, in_ptr, out_ptr)
+        e.graph(graph, in_ptr, out_ptr, entry)
     })?;
     e.b.ins().return_(&[]);
     Ok(Lowered {
@@ -281,7 +334,13 @@ impl Emitter<'_, '_> {
 
     // ---- the graph ---------------------------------------------------------------------------
 
-    fn graph(&mut self, graph: &QGraph, input: Value, output: Value) -> Result<(), String> {
+    fn graph(
+        &mut self,
+        graph: &QGraph,
+        input: Value,
+        output: Value,
+        entry: Entry,
+    ) -> Result<(), String> {
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
             let arg = |k: usize| values[node.inputs[k]].expect("inputs come first");
@@ -293,6 +352,13 @@ impl Emitter<'_, '_> {
                     ptr: input,
                     size,
                     q: None,
+                    order: Order::Chw,
+                },
+                QOp::Quantize if entry == Entry::U8 && node.inputs[0] == 0 => Tensor {
+                    // The caller passes the input's codes.
+                    ptr: input,
+                    size,
+                    q: out_q,
                     order: Order::Chw,
                 },
                 QOp::Quantize => {
@@ -414,6 +480,18 @@ impl Emitter<'_, '_> {
                 }
             };
             values.push(Some(t));
+        }
+        if entry == Entry::U8 {
+            let (node, _) = u8_output(graph).expect("checked by lower");
+            let out = self.canonical(values[node].expect("the output node exists"));
+            let total = self.b.ins().imul_imm_s(self.n, out.size as i64);
+            self.for_loop(total, |e, i| {
+                let src = e.at(out.ptr, i, 1);
+                let v = e.b.ins().load(I8, flags(), src, 0);
+                let dst = e.at(output, i, 1);
+                e.b.ins().store(flags(), v, dst, 0);
+            });
+            return Ok(());
         }
         let out = self.canonical(values[graph.output].expect("the output node exists"));
         match out.q {

@@ -18,6 +18,7 @@ pub mod emit;
 pub mod target;
 
 pub use emit::DotProduct;
+use emit::Entry;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -33,6 +34,7 @@ use cranelift_module::{DataDescription, Linkage, Module as _};
 use rayon::prelude::*;
 
 use crate::int8::QGraph;
+use crate::quant::numerics::QParams;
 
 /// An error from loading, compiling or running a model.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,8 +168,15 @@ impl Model {
         // signature (four pointer-sized integers, the system calling convention, no returns).
         // It stays valid until `module` is freed, which `Compiled` owns and frees only on drop.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(code) };
+        let entry_u8 = def.func_u8.map(|f| {
+            let code = module.get_finalized_function(f);
+            // SAFETY: as above, for the u8 entry `define` built with this signature.
+            unsafe { std::mem::transmute::<*const u8, EntryU8Fn>(code) }
+        });
         let compiled = Compiled {
             entry,
+            entry_u8,
+            qparams_u8: emit::u8_entry(&self.graph),
             module: Some(module),
             in_size: self.input_size(),
             out_size: self.output_size(),
@@ -209,13 +218,16 @@ pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProdu
 }
 
 type EntryFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *mut u8);
+type EntryU8Fn = unsafe extern "C" fn(*const u8, *mut u8, i64, *mut u8);
 
 /// The most scratch memory a compiled model may need per call (per thread).
 pub const MAX_SCRATCH: usize = 1 << 31;
 
-/// A defined entry function.
+/// A model's defined entry functions.
 pub struct Defined {
     pub func: cranelift_module::FuncId,
+    /// The u8-in/u8-out entry, for models that have one ([`emit::u8_entry`]).
+    pub func_u8: Option<cranelift_module::FuncId>,
     pub scratch_bytes: usize,
 }
 
@@ -233,60 +245,39 @@ pub fn define(
     if ptr != I64 {
         return Err(Error("qatc generates code for 64-bit targets only".into()));
     }
-    let consts_name = format!("{name}_consts");
     let data = module
-        .declare_data(&consts_name, Linkage::Local, false, false)
+        .declare_data(&format!("{name}_consts"), Linkage::Local, false, false)
         .map_err(err)?;
-    let mut sig = module.make_signature();
-    sig.params.extend([AbiParam::new(ptr); 4]);
-    let func = module
-        .declare_function(name, Linkage::Export, &sig)
-        .map_err(err)?;
-    let mut ctx = Context::new();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, func.as_u32());
-    let mut fctx = FunctionBuilderContext::new();
-    let lowered = {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let gv = module.declare_data_in_func(data, b.func);
-        let base = b.ins().symbol_value(ptr, gv);
-        let lowered =
-            emit::lower(&mut b, graph, [p[0], p[1], p[2], p[3]], base, dot).map_err(Error)?;
-        b.seal_all_blocks();
-        b.finalize(module.target_config());
-        lowered
+    let (func, lowered) = define_entry(module, graph, name, dot, Entry::F32, data, listing)?;
+    // The u8 entry packs the same constants in the same order: it shares the data object.
+    let func_u8 = match emit::u8_entry(graph) {
+        Some(_) => {
+            let (f, l) = define_entry(
+                module,
+                graph,
+                &format!("{name}_u8"),
+                dot,
+                Entry::U8,
+                data,
+                None,
+            )?;
+            if l.consts != lowered.consts {
+                return Err(Error(
+                    "internal error: the two entries' constants differ".into(),
+                ));
+            }
+            Some((f, l.scratch_bytes))
+        }
+        None => None,
     };
-    if lowered.scratch_bytes > MAX_SCRATCH {
+    let scratch_bytes = lowered.scratch_bytes.max(func_u8.map_or(0, |f| f.1));
+    if scratch_bytes > MAX_SCRATCH {
         return Err(Error(format!(
-            "model `{}` needs {} bytes of scratch memory per call (tiles of {} samples); \
-             more than {MAX_SCRATCH} is refused",
+            "model `{}` needs {scratch_bytes} bytes of scratch memory per call (tiles of {} \
+             samples); more than {MAX_SCRATCH} is refused",
             graph.name,
-            lowered.scratch_bytes,
             emit::TILE
         )));
-    }
-    let want = listing.is_some();
-    if want {
-        ctx.set_disasm(true);
-    }
-    let clif = if want {
-        ctx.func.display().to_string()
-    } else {
-        String::new()
-    };
-    module
-        .define_function(func, &mut ctx)
-        .map_err(|e| Error(format!("Cranelift could not compile the model: {e:?}")))?;
-    if let Some(l) = listing {
-        l.clif = clif;
-        l.asm = ctx
-            .compiled_code()
-            .and_then(|c| c.vcode.clone())
-            .unwrap_or_default();
     }
     let mut desc = DataDescription::new();
     let mut consts = lowered.consts;
@@ -296,13 +287,65 @@ pub fn define(
     module.define_data(data, &desc).map_err(err)?;
     Ok(Defined {
         func,
-        scratch_bytes: lowered.scratch_bytes,
+        func_u8: func_u8.map(|f| f.0),
+        scratch_bytes,
     })
+}
+
+/// Declares and defines one entry function of the model.
+fn define_entry(
+    module: &mut impl cranelift_module::Module,
+    graph: &QGraph,
+    name: &str,
+    dot: DotProduct,
+    entry: Entry,
+    data: cranelift_module::DataId,
+    listing: Option<&mut Listing>,
+) -> Result<(cranelift_module::FuncId, emit::Lowered), Error> {
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.extend([AbiParam::new(ptr); 4]);
+    let func = module
+        .declare_function(name, Linkage::Export, &sig)
+        .map_err(|e| Error(format!("Cranelift: {e:?}")))?;
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, func.as_u32());
+    let mut fctx = FunctionBuilderContext::new();
+    let lowered = {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let p = b.block_params(block).to_vec();
+        let gv = module.declare_data_in_func(data, b.func);
+        let base = b.ins().symbol_value(ptr, gv);
+        let params = [p[0], p[1], p[2], p[3]];
+        let lowered = emit::lower(&mut b, graph, params, base, dot, entry).map_err(Error)?;
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+        lowered
+    };
+    let clif = listing.as_ref().map(|_| ctx.func.display().to_string());
+    ctx.set_disasm(listing.is_some());
+    module
+        .define_function(func, &mut ctx)
+        .map_err(|e| Error(format!("Cranelift could not compile the model: {e:?}")))?;
+    if let Some(l) = listing {
+        l.clif = clif.unwrap_or_default();
+        l.asm = ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.clone())
+            .unwrap_or_default();
+    }
+    Ok((func, lowered))
 }
 
 /// A compiled model. Cheap to call, safe to share between threads.
 pub struct Compiled {
     entry: EntryFn,
+    entry_u8: Option<EntryU8Fn>,
+    qparams_u8: Option<(QParams, QParams)>,
     module: Option<JITModule>,
     in_size: usize,
     out_size: usize,
@@ -361,27 +404,16 @@ impl Compiled {
     /// Runs a batch (samples one after another, each `input_size()` values in the model's input
     /// shape, CHW) and returns `output_size()` values per sample.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>, Error> {
-        let batch = self.batch_of(input)?;
+        let batch = self.batch_of_len(input.len())?;
         let mut out = vec![0.0; batch * self.out_size];
         self.run_into(input, &mut out)?;
         Ok(out)
     }
 
-    fn batch_of(&self, input: &[f32]) -> Result<usize, Error> {
-        if input.is_empty() || !input.len().is_multiple_of(self.in_size) {
-            return Err(Error(format!(
-                "input has {} values, not a positive multiple of the model's input size {}",
-                input.len(),
-                self.in_size
-            )));
-        }
-        Ok(input.len() / self.in_size)
-    }
-
     /// Runs a batch into `output`, which must hold `output_size()` values per input sample.
     /// Batches of more than one tile are split over the current rayon pool's threads.
     pub fn run_into(&self, input: &[f32], output: &mut [f32]) -> Result<(), Error> {
-        let batch = self.batch_of(input)?;
+        let batch = self.batch_of_len(input.len())?;
         if output.len() != batch * self.out_size {
             return Err(Error(format!(
                 "output has room for {} values; {batch} samples need {}",
@@ -402,28 +434,90 @@ impl Compiled {
         Ok(())
     }
 
-    /// Runs the entry function on whole samples; lengths are checked by the callers.
-    fn call(&self, input: &[f32], output: &mut [f32]) {
-        let batch = input.len() / self.in_size;
-        assert!(input.len() == batch * self.in_size && output.len() == batch * self.out_size);
+    /// The quantization of the u8 entry's input and output codes, for models that have one
+    /// (the input feeds only a quantize, the output is quantized).
+    pub fn u8_qparams(&self) -> Option<(QParams, QParams)> {
+        self.qparams_u8
+    }
+
+    /// Runs a batch of input codes (already quantized with the input's parameters, see
+    /// [`Compiled::u8_qparams`]) and returns the output codes, before any dequantize. Models
+    /// without a u8 entry give an error.
+    pub fn run_u8(&self, input: &[u8]) -> Result<Vec<u8>, Error> {
+        let batch = self.batch_of_len(input.len())?;
+        let mut out = vec![0; batch * self.out_size];
+        self.run_u8_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Compiled::run_u8`] into `output`, which must hold `output_size()` codes per sample.
+    pub fn run_u8_into(&self, input: &[u8], output: &mut [u8]) -> Result<(), Error> {
+        let entry = self.entry_u8.ok_or_else(|| {
+            Error("this model has no u8 entry (its input or output is not quantized)".into())
+        })?;
+        let batch = self.batch_of_len(input.len())?;
+        if output.len() != batch * self.out_size {
+            return Err(Error(format!(
+                "output has room for {} codes; {batch} samples need {}",
+                output.len(),
+                batch * self.out_size
+            )));
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
+        let call = |i: &[u8], o: &mut [u8]| {
+            let n = i.len() / self.in_size;
+            assert!(i.len() == n * self.in_size && o.len() == n * self.out_size);
+            self.with_scratch(|scratch| {
+                // SAFETY: `entry` reads `n · in_size` codes from `i` and writes `n · out_size`
+                // codes to `o` (checked just above) and at most `scratch_bytes` of scratch; it
+                // was built for this signature and this CPU by `compile`.
+                unsafe { entry(i.as_ptr(), o.as_mut_ptr(), n as i64, scratch) }
+            })
+        };
+        if threads == 1 || batch <= emit::TILE {
+            call(input, output);
+        } else {
+            input
+                .par_chunks(per * self.in_size)
+                .zip(output.par_chunks_mut(per * self.out_size))
+                .for_each(|(i, o)| call(i, o));
+        }
+        Ok(())
+    }
+
+    fn batch_of_len(&self, len: usize) -> Result<usize, Error> {
+        if len == 0 || !len.is_multiple_of(self.in_size) {
+            return Err(Error(format!(
+                "input has {len} values, not a positive multiple of the model's input size {}",
+                self.in_size
+            )));
+        }
+        Ok(len / self.in_size)
+    }
+
+    /// Calls `f` with this thread's scratch memory, at least `scratch_bytes` long.
+    fn with_scratch(&self, f: impl FnOnce(*mut u8)) {
         SCRATCH.with(|s| {
             let mut scratch = s.borrow_mut();
             if scratch.len() < self.scratch_bytes {
                 scratch.resize(self.scratch_bytes, 0);
             }
+            f(scratch.as_mut_ptr())
+        })
+    }
+
+    /// Runs the entry function on whole samples; lengths are checked by the callers.
+    fn call(&self, input: &[f32], output: &mut [f32]) {
+        let batch = input.len() / self.in_size;
+        assert!(input.len() == batch * self.in_size && output.len() == batch * self.out_size);
+        self.with_scratch(|scratch| {
             // SAFETY: the function reads `batch · in_size` f32 from `input` and writes
             // `batch · out_size` f32 to `output` (both checked just above) and at most
-            // `scratch_bytes` bytes of `scratch` (its length, checked above); it reads its
-            // constants from its own data object and nothing else. It was built for this
+            // `scratch_bytes` bytes of `scratch` (`with_scratch` gives at least that); it reads
+            // its constants from its own data object and nothing else. It was built for this
             // signature and this CPU by `compile`.
-            unsafe {
-                (self.entry)(
-                    input.as_ptr(),
-                    output.as_mut_ptr(),
-                    batch as i64,
-                    scratch.as_mut_ptr(),
-                )
-            }
+            unsafe { (self.entry)(input.as_ptr(), output.as_mut_ptr(), batch as i64, scratch) }
         });
     }
 }

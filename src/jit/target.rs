@@ -209,6 +209,19 @@ pub fn c_header(
             floats(std)
         ));
     }
+    if let Some((iq, oq)) = super::emit::u8_entry(graph) {
+        h.push_str(&format!(
+            "\n/* The same model on quint8 codes: `input` holds batch * INPUT_SIZE codes quantized\n\
+             * as round(x / INPUT_SCALE) + INPUT_ZERO_POINT (clamped to 0..255); `output` receives\n\
+             * batch * OUTPUT_SIZE codes, value = (code - OUTPUT_ZERO_POINT) * OUTPUT_SCALE. */\n\
+             #define {upper}_INPUT_SCALE {:?}f\n\
+             #define {upper}_INPUT_ZERO_POINT {}\n\
+             #define {upper}_OUTPUT_SCALE {:?}f\n\
+             #define {upper}_OUTPUT_ZERO_POINT {}\n\
+             void {name}_u8(const uint8_t *input, uint8_t *output, int64_t batch, uint8_t *scratch);\n",
+            iq.scale, iq.zero_point, oq.scale, oq.zero_point
+        ));
+    }
     h.push_str(&format!(
         "\n#ifndef QATC_NO_GENERIC_NAMES\n\
          #define QATC_MODEL_RUN {name}\n\
@@ -216,6 +229,9 @@ pub fn c_header(
          #define QATC_MODEL_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n\
          #define QATC_MODEL_SCRATCH_BYTES {upper}_SCRATCH_BYTES\n"
     ));
+    if super::emit::u8_entry(graph).is_some() {
+        h.push_str(&format!("#define QATC_MODEL_RUN_U8 {name}_u8\n"));
+    }
     if normalization.is_some() {
         h.push_str(&format!(
             "#define QATC_MODEL_NORM_CHANNELS {upper}_NORM_CHANNELS\n\
