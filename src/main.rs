@@ -352,7 +352,12 @@ fn compile(
                 let path = output.clone().unwrap_or_else(|| default_name("o"));
                 std::fs::write(&path, &object.bytes)
                     .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
-                eprintln!("wrote {} (entry point `{name}`)", path.display());
+                let u8_entry = if qatc::jit::emit::u8_entry(model.graph()).is_some() {
+                    format!(" and `{name}_u8`")
+                } else {
+                    String::new()
+                };
+                eprintln!("wrote {} (entry points `{name}`{u8_entry})", path.display());
             }
             Emit::Header => {
                 let path = output.clone().unwrap_or_else(|| default_name("h"));
