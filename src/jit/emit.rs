@@ -17,23 +17,28 @@
 //! (`Σ(x - zp)·w = Σ x·w - zp·Σw`, wrapping, exact whenever the interpreter's sum is). Every float
 //! step (quantize, requantize, dequantize, float layers) performs the interpreter's operations in
 //! its order, so the result is bit-exact.
+//!
+//! This file walks the graph and lowers every op but the quantized convolutions and GEMMs, which
+//! live in `gemm.rs` (more methods of the same [`Emitter`]).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32, F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
+use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::check::Pool2d;
-use crate::int8::{FWeights, QGraph, QOp, QWeights};
+use crate::int8::{FWeights, QGraph, QOp};
+
+use super::gemm::Gemm;
 use crate::ir::{Act, ConvGeom};
-use crate::quant::numerics::{requant_multiplier, QParams};
+use crate::quant::numerics::QParams;
 
 /// Samples processed together by every op.
 pub const TILE: usize = 32;
 /// Bytes after every scratch region that vector loads and stores may run over into.
 const SLACK: usize = 64;
 /// Output channels per weight block of a GEMM (two i32x4 accumulators).
-const BLOCK: usize = 8;
+pub(super) const BLOCK: usize = 8;
 
 /// How a GEMM multiplies u8 activations by i8 weights. Every form is exact; they differ in which
 /// instructions Cranelift can fold them into.
@@ -59,7 +64,7 @@ pub enum DotProduct {
 
 impl DotProduct {
     /// Columns one dot step consumes per output channel.
-    fn columns(self) -> usize {
+    pub(super) fn columns(self) -> usize {
         match self {
             DotProduct::I16 => 2,
             _ => 4,
@@ -68,7 +73,7 @@ impl DotProduct {
 
     /// The value the GEMM subtracts from each activation code (the input zero point, plus 128
     /// where the activations are shifted to signed).
-    fn offset(self, zero_point: i32) -> i32 {
+    pub(super) fn offset(self, zero_point: i32) -> i32 {
         match self {
             DotProduct::Sdot => zero_point - 128,
             _ => zero_point,
@@ -86,7 +91,7 @@ pub struct Lowered {
 
 /// Element order of a tensor in memory.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Order {
+pub(super) enum Order {
     /// The interpreter's order: C, H, W (or flat).
     Chw,
     /// Channels last, for a tensor of one sample's shape (c, h, w) (possibly flattened since).
@@ -94,13 +99,13 @@ enum Order {
 }
 
 #[derive(Clone, Copy)]
-struct Tensor {
-    ptr: Value,
+pub(super) struct Tensor {
+    pub(super) ptr: Value,
     /// Elements per sample.
-    size: usize,
+    pub(super) size: usize,
     /// `None` for f32.
-    q: Option<QParams>,
-    order: Order,
+    pub(super) q: Option<QParams>,
+    pub(super) order: Order,
 }
 
 impl Tensor {
@@ -113,26 +118,26 @@ impl Tensor {
     }
 }
 
-fn chw(shape: &[usize]) -> (usize, usize, usize) {
+pub(super) fn chw(shape: &[usize]) -> (usize, usize, usize) {
     match shape {
         [c, h, w] => (*c, *h, *w),
         _ => (shape.iter().product(), 1, 1),
     }
 }
 
-fn flags() -> MemFlagsData {
+pub(super) fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
 pub struct Emitter<'a, 'b> {
-    pub b: &'a mut FunctionBuilder<'b>,
+    pub(super) b: &'a mut FunctionBuilder<'b>,
     consts: Vec<u8>,
     scratch: usize,
     const_base: Value,
     scratch_base: Value,
     /// Samples in the current tile (1..=TILE).
-    n: Value,
-    dot: DotProduct,
+    pub(super) n: Value,
+    pub(super) dot: DotProduct,
 }
 
 /// Emits the body of the entry function into `b`, whose current block has the four parameters.
@@ -231,13 +236,13 @@ impl Emitter<'_, '_> {
     // ---- memory ------------------------------------------------------------------------------
 
     /// A scratch region for a tile of tensors of `bytes` per sample.
-    fn alloc(&mut self, bytes: usize) -> Value {
+    pub(super) fn alloc(&mut self, bytes: usize) -> Value {
         let off = self.scratch.next_multiple_of(64);
         self.scratch = off + TILE * bytes + SLACK;
         self.b.ins().iadd_imm_s(self.scratch_base, off as i64)
     }
 
-    fn tensor(&mut self, size: usize, q: Option<QParams>, order: Order) -> Tensor {
+    pub(super) fn tensor(&mut self, size: usize, q: Option<QParams>, order: Order) -> Tensor {
         let bytes = size * if q.is_some() { 1 } else { 4 };
         Tensor {
             ptr: self.alloc(bytes),
@@ -247,37 +252,44 @@ impl Emitter<'_, '_> {
         }
     }
 
+    /// Scratch for one sample's worth of `bytes` (plus slack), not a tile's.
+    pub(super) fn alloc_one(&mut self, bytes: usize) -> Value {
+        let off = self.scratch.next_multiple_of(64);
+        self.scratch = off + bytes + SLACK;
+        self.b.ins().iadd_imm_s(self.scratch_base, off as i64)
+    }
+
     /// Appends constants (16-byte aligned) and returns their address.
-    fn constant(&mut self, bytes: &[u8]) -> Value {
+    pub(super) fn constant(&mut self, bytes: &[u8]) -> Value {
         let off = self.consts.len().next_multiple_of(16);
         self.consts.resize(off, 0);
         self.consts.extend_from_slice(bytes);
         self.b.ins().iadd_imm_s(self.const_base, off as i64)
     }
 
-    fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
+    pub(super) fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
         v.into_iter().flat_map(i32::to_le_bytes).collect()
     }
 
-    fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    pub(super) fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
         v.into_iter().flat_map(f32::to_le_bytes).collect()
     }
 
-    fn at(&mut self, ptr: Value, index: Value, scale: usize) -> Value {
+    pub(super) fn at(&mut self, ptr: Value, index: Value, scale: usize) -> Value {
         let off = self.b.ins().imul_imm_s(index, scale as i64);
         self.b.ins().iadd(ptr, off)
     }
 
-    fn imm(&mut self, v: i64) -> Value {
+    pub(super) fn imm(&mut self, v: i64) -> Value {
         self.b.ins().iconst(I64, v)
     }
 
-    fn splat_f32(&mut self, v: f32) -> Value {
+    pub(super) fn splat_f32(&mut self, v: f32) -> Value {
         let s = self.b.ins().f32const(v);
         self.b.ins().splat(F32X4, s)
     }
 
-    fn splat_i32(&mut self, v: i32) -> Value {
+    pub(super) fn splat_i32(&mut self, v: i32) -> Value {
         let s = self.b.ins().iconst(I32, v as i64);
         self.b.ins().splat(I32X4, s)
     }
@@ -285,7 +297,7 @@ impl Emitter<'_, '_> {
     // ---- control flow ------------------------------------------------------------------------
 
     /// `for i in (0..count).step_by(step) { body(i) }`; `count` is a runtime i64.
-    fn for_loop_step<R>(
+    pub(super) fn for_loop_step<R>(
         &mut self,
         count: Value,
         step: i64,
@@ -308,7 +320,7 @@ impl Emitter<'_, '_> {
         Ok(r)
     }
 
-    fn for_loop(&mut self, count: Value, body: impl FnOnce(&mut Self, Value)) {
+    pub(super) fn for_loop(&mut self, count: Value, body: impl FnOnce(&mut Self, Value)) {
         let _ = self.for_loop_step(count, 1, |e, i| {
             body(e, i);
             Ok(())
@@ -316,7 +328,7 @@ impl Emitter<'_, '_> {
     }
 
     /// A loop with a count known now; a count of one emits the body once, without a loop.
-    fn for_const(&mut self, count: usize, body: impl FnOnce(&mut Self, Value)) {
+    pub(super) fn for_const(&mut self, count: usize, body: impl FnOnce(&mut Self, Value)) {
         if count == 1 {
             let zero = self.imm(0);
             body(self, zero);
@@ -327,7 +339,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Loops over the samples of the tile.
-    fn for_samples(&mut self, body: impl FnOnce(&mut Self, Value)) {
+    pub(super) fn for_samples(&mut self, body: impl FnOnce(&mut Self, Value)) {
         let n = self.n;
         self.for_loop(n, body);
     }
@@ -562,7 +574,7 @@ impl Emitter<'_, '_> {
 
     /// The interpreter's `quantize`: `clamp(round_half_even(x · (1/s)) + zp, 0, 255)`, the clamp
     /// done by saturating conversion and narrowing (equal for every input, NaN giving 0).
-    fn quantize_vec(&mut self, v: Value, inv: Value, zp: Value) -> Value {
+    pub(super) fn quantize_vec(&mut self, v: Value, inv: Value, zp: Value) -> Value {
         let v = self.b.ins().fmul(v, inv);
         let v = self.b.ins().nearest(v);
         let v = self.b.ins().fadd(v, zp);
@@ -570,7 +582,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Narrows four i32x4 to sixteen u8 with saturation.
-    fn narrow(&mut self, v: [Value; 4]) -> Value {
+    pub(super) fn narrow(&mut self, v: [Value; 4]) -> Value {
         let a = self.b.ins().snarrow(v[0], v[1]);
         let b = self.b.ins().snarrow(v[2], v[3]);
         self.b.ins().unarrow(a, b)
@@ -653,7 +665,7 @@ impl Emitter<'_, '_> {
         });
     }
 
-    fn splat_u8(&mut self, v: i32) -> Value {
+    pub(super) fn splat_u8(&mut self, v: i32) -> Value {
         let s = self.b.ins().iconst(I8, v.clamp(0, 255) as i64);
         self.b.ins().splat(I8X16, s)
     }
@@ -823,7 +835,7 @@ impl Emitter<'_, '_> {
     // ---- pooling -----------------------------------------------------------------------------
 
     /// Copies each sample of an HWC tensor into a zero-bordered buffer filled with `fill`.
-    fn pad_hwc(
+    pub(super) fn pad_hwc(
         &mut self,
         x: Tensor,
         shape: (usize, usize, usize),
@@ -857,7 +869,7 @@ impl Emitter<'_, '_> {
     }
 
     /// Copies `len` bytes; with `exact` the last piece is not written past `len`.
-    fn copy_bytes(&mut self, from: Value, to: Value, len: usize, exact: bool) {
+    pub(super) fn copy_bytes(&mut self, from: Value, to: Value, len: usize, exact: bool) {
         let mut off = 0;
         while off < len {
             let left = len - off;
@@ -1129,658 +1141,4 @@ impl Emitter<'_, '_> {
         });
         y
     }
-
-    // ---- quantized convolution and GEMM -----------------------------------------------------
-
-    /// A quantized convolution, one sample at a time (its im2col rows stay in cache): per group,
-    /// im2col then a GEMM over the sample's pixels. A 1x1, stride 1, unpadded convolution is a
-    /// GEMM on the input itself.
-    fn conv(
-        &mut self,
-        x: Tensor,
-        in_shape: &[usize],
-        out_shape: &[usize],
-        geom: &ConvGeom,
-        w: &QWeights,
-        yq: QParams,
-    ) -> Tensor {
-        let (c, h, wd) = chw(in_shape);
-        let (o_n, ho, wo) = chw(out_shape);
-        let xq = x.q.expect("u8 input");
-        let y = self.tensor(o_n * ho * wo, Some(yq), Order::Hwc(o_n, ho, wo));
-        let (kh, kw) = geom.kernel;
-        let (groups, cg, og) = (geom.groups, c / geom.groups, o_n / geom.groups);
-        let kg = cg * kh * kw;
-        let pointwise =
-            kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
-        // Padding taps hold the zero point: a zero value, as the interpreter skips them.
-        let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
-        // im2col rows hold `kg` columns rounded up to whole dot steps, in the GEMM's element type.
-        let elem = if self.dot == DotProduct::I16 { 2 } else { 1 };
-        let row = kg.next_multiple_of(4);
-        let cols = (!pointwise).then(|| self.alloc_one(ho * wo * row * elem));
-        let rows = self.imm((ho * wo) as i64);
-        let packed: Vec<_> = (0..groups)
-            .map(|g| {
-                // Packed column t = (i·kw + j)·cg + ch; the interpreter's is (ch·kh + i)·kw + j.
-                let wt = |o: usize, t: usize| {
-                    let (tap, ch) = (t / cg, t % cg);
-                    let (i, j) = (tap / kw, tap % kw);
-                    w.weight[(g * og + o) * kg + (ch * kh + i) * kw + j]
-                };
-                let wg = QWeights {
-                    weight: Vec::new(),
-                    weight_scales: (0..og).map(|o| w.scale(g * og + o)).collect(),
-                    bias: w.bias[g * og..(g + 1) * og].to_vec(),
-                    clamp: w.clamp,
-                };
-                self.pack(kg, og, &wt, &wg, xq, yq)
-            })
-            .collect();
-        self.for_samples(|e, s| {
-            let xs = e.at(xp.ptr, s, xp.size);
-            let ys = e.at(y.ptr, s, y.size);
-            for (g, k) in packed.iter().enumerate() {
-                let (a, a_stride, wide) = match cols {
-                    None => (xs, c, false),
-                    Some(col) => {
-                        e.im2col(xs, col, (c, wp), (ho, wo), geom, g, row, elem);
-                        (col, row * elem, elem == 2)
-                    }
-                };
-                let out = e.b.ins().iadd_imm_s(ys, (g * og) as i64);
-                let gemm = Gemm {
-                    a,
-                    a_stride,
-                    rows,
-                    rows_per_sample: ho * wo,
-                    samples: 1,
-                    wide,
-                    out,
-                    out_stride: o_n,
-                    o: og,
-                };
-                e.run_gemm(gemm, k);
-            }
-        });
-        y
-    }
-
-    /// Copies `len` codes as codes (`elem` 1) or widened to i16 (`elem` 2), sixteen at a time:
-    /// the last piece may run past `len`.
-    fn copy_codes(&mut self, from: Value, to: Value, len: usize, elem: usize) {
-        if elem == 1 {
-            self.copy_bytes(from, to, len, false);
-            return;
-        }
-        for chunk in 0..len.div_ceil(16) {
-            let v = self.b.ins().load(I8X16, flags(), from, (chunk * 16) as i32);
-            let lo = self.b.ins().uwiden_low(v);
-            let hi = self.b.ins().uwiden_high(v);
-            self.b.ins().store(flags(), lo, to, (chunk * 32) as i32);
-            self.b
-                .ins()
-                .store(flags(), hi, to, (chunk * 32 + 16) as i32);
-        }
-    }
-
-    /// Scratch for one sample's worth of `bytes` (plus slack), not a tile's.
-    fn alloc_one(&mut self, bytes: usize) -> Value {
-        let off = self.scratch.next_multiple_of(64);
-        self.scratch = off + bytes + SLACK;
-        self.b.ins().iadd_imm_s(self.scratch_base, off as i64)
-    }
-
-    /// Writes one sample's im2col rows of group `g`: row (oh, ow) holds the taps in (i, j,
-    /// channel) order, `row` elements of `elem` bytes apart (codes widened to i16 when `elem` is
-    /// 2). Pieces are copied sixteen codes at a time and may run past their end; later pieces
-    /// and rows overwrite that, and the last runs into slack.
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &mut self,
-        src: Value,
-        col: Value,
-        (c, wp): (usize, usize),
-        (ho, wo): (usize, usize),
-        geom: &ConvGeom,
-        g: usize,
-        row: usize,
-        elem: usize,
-    ) {
-        let (kh, kw) = geom.kernel;
-        let cg = c / geom.groups;
-        e_for_rows(self, ho, wo, |e, oh, ow| {
-            let from = e.b.ins().imul_imm_s(oh, (geom.stride.0 * wp * c) as i64);
-            let from = e.b.ins().iadd(src, from);
-            let from = e.at(from, ow, geom.stride.1 * c);
-            let from = e.b.ins().iadd_imm_s(from, (g * cg) as i64);
-            let r = e.b.ins().imul_imm_s(oh, wo as i64);
-            let r = e.b.ins().iadd(r, ow);
-            let to = e.at(col, r, row * elem);
-            for i in 0..kh {
-                if geom.groups == 1 {
-                    let f = e.b.ins().iadd_imm_s(from, (i * wp * c) as i64);
-                    let t = e.b.ins().iadd_imm_s(to, (i * kw * c * elem) as i64);
-                    e.copy_codes(f, t, kw * c, elem);
-                } else {
-                    for j in 0..kw {
-                        let f = e.b.ins().iadd_imm_s(from, ((i * wp + j) * c) as i64);
-                        let t = e.b.ins().iadd_imm_s(to, ((i * kw + j) * cg * elem) as i64);
-                        e.copy_codes(f, t, cg, elem);
-                    }
-                }
-            }
-        });
-    }
-
-    /// `out[r][o] = requant(Σ_t a[r][t] · w(o, t) + bias[o] - zp·Σ_t w(o, t))` for `rows` rows.
-    ///
-    /// Weights are packed in blocks of [`BLOCK`] output channels: for each block and each group of
-    /// four columns, 32 bytes (channel-major, four columns per channel), the operand order of
-    /// `vpdpbusd`. A row's four activation bytes are broadcast to every lane.
-    /// Packs a GEMM's weights (`wt(o, column)`) and requantization constants, with the exact
-    /// fallback's too where the form needs one.
-    fn pack(
-        &mut self,
-        k_cols: usize,
-        o_n: usize,
-        wt: &dyn Fn(usize, usize) -> i8,
-        w: &QWeights,
-        xq: QParams,
-        yq: QParams,
-    ) -> Packed {
-        let main = self.pack_for(self.dot, k_cols, o_n, wt, w, xq, yq);
-        let fallback = (self.dot == DotProduct::Pairs).then(|| Kernel {
-            compact: true,
-            ..self.pack_for(DotProduct::I16, k_cols, o_n, wt, w, xq, yq)
-        });
-        Packed { main, fallback }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn pack_for(
-        &mut self,
-        dot: DotProduct,
-        k_cols: usize,
-        o_n: usize,
-        wt: &dyn Fn(usize, usize) -> i8,
-        w: &QWeights,
-        xq: QParams,
-        yq: QParams,
-    ) -> Kernel {
-        let per = dot.columns();
-        let steps = k_cols.div_ceil(per);
-        let blocks = o_n.div_ceil(BLOCK);
-        let mut packed = Vec::with_capacity(blocks * steps * 32);
-        for blk in 0..blocks {
-            for kk in 0..steps {
-                for lane in 0..BLOCK {
-                    for t in 0..per {
-                        let (o, col) = (blk * BLOCK + lane, kk * per + t);
-                        let v = if o < o_n && col < k_cols {
-                            wt(o, col)
-                        } else {
-                            0
-                        };
-                        match dot {
-                            DotProduct::I16 => packed.extend((v as i16).to_le_bytes()),
-                            _ => packed.push(v as u8),
-                        }
-                    }
-                }
-            }
-        }
-        let bias = (0..blocks * BLOCK).map(|o| {
-            if o >= o_n {
-                return 0;
-            }
-            let wsum: i32 = (0..k_cols).map(|t| wt(o, t) as i32).sum();
-            let offset = dot.offset(xq.zero_point);
-            w.bias[o].wrapping_sub(offset.wrapping_mul(wsum))
-        });
-        let bias = Self::i32_bytes(bias);
-        let mult = (0..blocks * BLOCK).map(|o| {
-            if o < o_n {
-                requant_multiplier(xq.scale, w.scale(o), yq.scale)
-            } else {
-                0.0
-            }
-        });
-        let mult = Self::f32_bytes(mult);
-        Kernel {
-            dot,
-            compact: false,
-            weights: self.constant(&packed),
-            bias: self.constant(&bias),
-            mult: self.constant(&mult),
-            k4: steps,
-            blocks,
-            zp: yq.zero_point,
-            clamp: w.clamp,
-        }
-    }
-
-    fn gemm(&mut self, g: Gemm, k: &Kernel) {
-        let blocks = k.blocks;
-        // With i16 products, rows not widened yet are widened once into a buffer of their own.
-        let g = if k.dot == DotProduct::I16 && !g.wide {
-            let per_sample = g.a_stride * g.rows_per_sample;
-            let wide = if g.samples == 1 {
-                self.alloc_one(2 * per_sample)
-            } else {
-                self.alloc(2 * per_sample)
-            };
-            let total = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
-            self.widen(g.a, wide, total);
-            Gemm {
-                a: wide,
-                a_stride: 2 * g.a_stride,
-                wide: true,
-                ..g
-            }
-        } else {
-            g
-        };
-        let k = k.clone();
-        let full = g.o / BLOCK;
-        let a_bytes = g.samples * g.rows_per_sample * g.a_stride;
-        if k.compact {
-            let rows = g.rows;
-            self.for_loop(rows, |e, r| e.gemm_blocks(&g, &k, r, 1, full, blocks));
-        } else if k.k4 * k.step_bytes() * blocks <= a_bytes {
-            // Few weights, many rows (convolutions): rows outer, the weights stay in cache.
-            let quads = self.b.ins().ushr_imm_s(g.rows, 2);
-            self.for_loop(quads, |e, q| {
-                let r0 = e.b.ins().ishl_imm_s(q, 2);
-                e.gemm_blocks(&g, &k, r0, 4, full, blocks);
-            });
-            let done = self.b.ins().ishl_imm_s(quads, 2);
-            let rest = self.b.ins().isub(g.rows, done);
-            self.for_loop(rest, |e, r| {
-                let r0 = e.b.ins().iadd(done, r);
-                e.gemm_blocks(&g, &k, r0, 1, full, blocks);
-            });
-        } else {
-            // Many weights, few rows (Linear on a tile of samples): each group of weight blocks
-            // is read from memory once per tile and used for every row.
-            let groups = full / 4;
-            let emit_rows = |e: &mut Self, blk: Value, sub: usize, valid: usize| {
-                let quads = e.b.ins().ushr_imm_s(g.rows, 2);
-                e.for_loop(quads, |e, q| {
-                    let r0 = e.b.ins().ishl_imm_s(q, 2);
-                    for sb in 0..sub {
-                        let b = e.b.ins().iadd_imm_s(blk, sb as i64);
-                        e.microkernel(&g, &k, r0, 4, b, 1, valid);
-                    }
-                });
-                let done = e.b.ins().ishl_imm_s(quads, 2);
-                let rest = e.b.ins().isub(g.rows, done);
-                e.for_loop(rest, |e, r| {
-                    let r0 = e.b.ins().iadd(done, r);
-                    e.microkernel(&g, &k, r0, 1, blk, sub, valid);
-                });
-            };
-            if groups > 0 {
-                let count = self.imm(groups as i64);
-                self.for_loop(count, |e, gi| {
-                    let blk = e.b.ins().imul_imm_s(gi, 4);
-                    emit_rows(e, blk, 4, BLOCK);
-                });
-            }
-            for blk in groups * 4..blocks {
-                let b = self.imm(blk as i64);
-                emit_rows(self, b, 1, (g.o - blk * BLOCK).min(BLOCK));
-            }
-        }
-    }
-
-    /// All channel blocks for the rows `r0..r0 + rows`.
-    fn gemm_blocks(
-        &mut self,
-        g: &Gemm,
-        k: &Kernel,
-        r0: Value,
-        rows: usize,
-        full: usize,
-        blocks: usize,
-    ) {
-        let per = if rows == 1 { 4 } else { 1 };
-        let groups = full / per;
-        if groups > 0 {
-            let count = self.imm(groups as i64);
-            self.for_loop(count, |e, gi| {
-                let blk = e.b.ins().imul_imm_s(gi, per as i64);
-                e.microkernel(g, k, r0, rows, blk, per, BLOCK);
-            });
-        }
-        for blk in groups * per..blocks {
-            let b = self.imm(blk as i64);
-            let valid = (g.o - blk * BLOCK).min(BLOCK);
-            self.microkernel(g, k, r0, rows, b, 1, valid);
-        }
-    }
-
-    /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
-    /// and stores them (`valid` channels of each block).
-    #[allow(clippy::too_many_arguments)]
-    fn microkernel(
-        &mut self,
-        g: &Gemm,
-        k: &Kernel,
-        r0: Value,
-        rows: usize,
-        blk: Value,
-        nblk: usize,
-        valid: usize,
-    ) {
-        let zero = self.splat_i32(0);
-        let accs: Vec<_> = (0..rows * nblk * 2)
-            .map(|_| {
-                let v = self.b.declare_var(I32X4);
-                self.b.def_var(v, zero);
-                v
-            })
-            .collect();
-        let a0 = self.at(g.a, r0, g.a_stride);
-        let step_bytes = k.step_bytes();
-        let w0 = self.at(k.weights, blk, k.k4 * step_bytes);
-        let wstride = (k.k4 * step_bytes) as i32;
-        // A group of `steps` (at most 4) dot steps: one 16-byte activation load per row covers
-        // them all, and lane `u` broadcast to every lane feeds step `u`. Weight loads are pure
-        // (constants), so Cranelift places them at their use; activation loads stay in order.
-        let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
-        let sign = (k.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
-        let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
-            // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
-            // feeds each step.
-            let rows_a: Vec<Value> = (0..rows)
-                .map(|r| e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32))
-                .collect();
-            for (u, &mask) in masks.iter().enumerate().take(steps) {
-                for (r, &va) in rows_a.iter().enumerate() {
-                    let av = e.b.ins().shuffle(va, va, mask);
-                    let av = match sign {
-                        Some(bit) => e.b.ins().bxor(av, bit),
-                        None => av,
-                    };
-                    for v in 0..nblk * 2 {
-                        let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
-                        let wv = e.b.ins().load(I8X16, constant(), wp, off);
-                        let acc = accs[r * nblk * 2 + v];
-                        let old = e.b.use_var(acc);
-                        let new = match k.dot {
-                            DotProduct::I16 => e.dot_i16(wv, av, old),
-                            DotProduct::Pairs => e.dot_pairs(wv, av, old),
-                            dot => e.dot_u8(dot, wv, av, old),
-                        };
-                        e.b.def_var(acc, new);
-                    }
-                }
-            }
-        };
-        // Weights shared by several rows stay live for the whole group, so only a single row
-        // unrolls (four steps per activation load); sixteen registers hold no more.
-        let unroll = if rows == 1 { 4 } else { 1 };
-        let ap = self.b.declare_var(I64);
-        let wp = self.b.declare_var(I64);
-        self.b.def_var(ap, a0);
-        self.b.def_var(wp, w0);
-        let iters = self.imm((k.k4 / unroll) as i64);
-        self.for_loop(iters, |e, _| {
-            let a = e.b.use_var(ap);
-            let w = e.b.use_var(wp);
-            group(e, a, w, unroll);
-            let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
-            let w = e.b.ins().iadd_imm_s(w, (step_bytes * unroll) as i64);
-            e.b.def_var(ap, a);
-            e.b.def_var(wp, w);
-        });
-        if !k.k4.is_multiple_of(unroll) {
-            let a = self.b.use_var(ap);
-            let w = self.b.use_var(wp);
-            group(self, a, w, k.k4 % unroll);
-        }
-        // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
-        let zp = self.splat_f32(k.zp as f32);
-        let lo = (k.clamp.0 > 0).then(|| self.splat_u8(k.clamp.0));
-        let hi = (k.clamp.1 < 255).then(|| self.splat_u8(k.clamp.1));
-        for bi in 0..nblk {
-            let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
-            let bias = self.at(k.bias, blk_i, BLOCK * 4);
-            let mult = self.at(k.mult, blk_i, BLOCK * 4);
-            let b0 = self.b.ins().load(I32X4, flags(), bias, 0);
-            let b1 = self.b.ins().load(I32X4, flags(), bias, 16);
-            let m0 = self.b.ins().load(F32X4, flags(), mult, 0);
-            let m1 = self.b.ins().load(F32X4, flags(), mult, 16);
-            for r in 0..rows {
-                let q: Vec<Value> = [(0, b0, m0), (1, b1, m1)]
-                    .into_iter()
-                    .map(|(v, bv, mv)| {
-                        let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
-                        let acc = self.b.ins().iadd(acc, bv);
-                        let f = self.b.ins().fcvt_from_sint(F32X4, acc);
-                        self.quantize_vec(f, mv, zp)
-                    })
-                    .collect();
-                let mut codes = self.narrow([q[0], q[1], q[0], q[1]]);
-                if let Some(lo) = lo {
-                    codes = self.b.ins().umax(codes, lo);
-                }
-                if let Some(hi) = hi {
-                    codes = self.b.ins().umin(codes, hi);
-                }
-                let row = self.b.ins().iadd_imm_s(r0, r as i64);
-                let out = self.at(g.out, row, g.out_stride);
-                let out = self.at(out, blk_i, BLOCK);
-                self.store_low_bytes(codes, out, valid);
-            }
-        }
-    }
-
-    /// Stores the low `len` (at most 8) bytes of a vector.
-    fn store_low_bytes(&mut self, v: Value, to: Value, len: usize) {
-        let mut off = 0;
-        let pieces = [
-            (8, I64X2, I64),
-            (4, I32X4, I32),
-            (2, I16X8, cranelift_codegen::ir::types::I16),
-            (1, I8X16, I8),
-        ];
-        for (size, vty, _) in pieces {
-            if len - off >= size {
-                let le =
-                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-                let cast = self.b.ins().bitcast(vty, le, v);
-                let lane = self.b.ins().extractlane(cast, (off / size) as u8);
-                self.b.ins().store(flags(), lane, to, off as i32);
-                off += size;
-            }
-        }
-    }
-
-    /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
-    /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
-    fn dot_u8(&mut self, dot: DotProduct, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
-        let (al, ah) = match dot {
-            DotProduct::Sdot => (b.ins().swiden_low(a), b.ins().swiden_high(a)),
-            _ => (b.ins().uwiden_low(a), b.ins().uwiden_high(a)),
-        };
-        // The operand order each target's rule matches: x86 signed first, aarch64 unsigned first.
-        let (lo, hi) = match dot {
-            DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
-            _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
-        };
-        let lo_l = b.ins().swiden_low(lo);
-        let lo_h = b.ins().swiden_high(lo);
-        let lo_s = b.ins().iadd_pairwise(lo_l, lo_h);
-        let hi_l = b.ins().swiden_low(hi);
-        let hi_h = b.ins().swiden_high(hi);
-        let hi_s = b.ins().iadd_pairwise(hi_l, hi_h);
-        let s = b.ins().iadd_pairwise(lo_s, hi_s);
-        b.ins().iadd(s, acc)
-    }
-}
-
-impl Emitter<'_, '_> {
-    /// `acc + (w0·a0 + w1·a1)` per i32 lane of i16 pairs: the tree Cranelift lowers to `pmaddwd`.
-    fn dot_i16(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let a = b.ins().bitcast(I16X8, little(), a);
-        let w = b.ins().bitcast(I16X8, little(), w);
-        // Activations first: `pmaddwd` can then take the weights straight from memory.
-        let wl = b.ins().swiden_low(w);
-        let al = b.ins().swiden_low(a);
-        let lo = b.ins().imul(al, wl);
-        let wh = b.ins().swiden_high(w);
-        let ah = b.ins().swiden_high(a);
-        let hi = b.ins().imul(ah, wh);
-        let s = b.ins().iadd_pairwise(lo, hi);
-        b.ins().iadd(s, acc)
-    }
-
-    /// A shuffle mask that copies i32 lane `lane` to all four lanes: one `pshufd`.
-    fn broadcast_mask(&mut self, lane: usize) -> cranelift_codegen::ir::Immediate {
-        let bytes: Vec<u8> = (0..16).map(|i| (4 * lane + i % 4) as u8).collect();
-        self.b.func.dfg.immediates.push(bytes.into())
-    }
-
-    /// `acc + Σ` of each lane's four u8·i8 products as `pmaddubsw` (pairs, in i16) and
-    /// `pmaddwd` by ones (the pairs summed into i32). Exact when no code exceeds 127.
-    fn dot_pairs(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let pairs = b.ins().x86_pmaddubsw(w, a);
-        let lo = b.ins().swiden_low(pairs);
-        let hi = b.ins().swiden_high(pairs);
-        let s = b.ins().iadd_pairwise(lo, hi);
-        b.ins().iadd(s, acc)
-    }
-
-    /// Runs a GEMM with its main kernel, or with the exact fallback when any activation code
-    /// of this call (the `rows` rows) is 128 or more.
-    fn run_gemm(&mut self, g: Gemm, p: &Packed) {
-        let Some(fallback) = &p.fallback else {
-            return self.gemm(g, &p.main);
-        };
-        let bytes = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
-        let small = self.all_below_128(g.a, bytes);
-        let fast = self.b.create_block();
-        let exact = self.b.create_block();
-        let done = self.b.create_block();
-        self.b.ins().brif(small, fast, &[], exact, &[]);
-        self.b.switch_to_block(fast);
-        self.gemm(g.clone(), &p.main);
-        self.b.ins().jump(done, &[]);
-        self.b.switch_to_block(exact);
-        self.gemm(g, fallback);
-        self.b.ins().jump(done, &[]);
-        self.b.switch_to_block(done);
-    }
-
-    /// Whether every byte of `bytes` bytes at `ptr` is below 128: the bytes ORed sixteen at a
-    /// time, then their high bits. The last vector may read into the slack, whose bytes are codes
-    /// of the same tensor or zeros, so this can only be more cautious.
-    fn all_below_128(&mut self, ptr: Value, bytes: Value) -> Value {
-        let acc = self.b.declare_var(I8X16);
-        let zero = self.splat_u8(0);
-        self.b.def_var(acc, zero);
-        let chunks = self.b.ins().iadd_imm_s(bytes, 15);
-        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
-        self.for_loop(chunks, |e, i| {
-            let p = e.at(ptr, i, 16);
-            let v = e.b.ins().load(I8X16, flags(), p, 0);
-            let a = e.b.use_var(acc);
-            let a = e.b.ins().bor(a, v);
-            e.b.def_var(acc, a);
-        });
-        let all = self.b.use_var(acc);
-        let high = self.b.ins().vhigh_bits(I32, all);
-        self.b.ins().icmp_imm_s(IntCC::Equal, high, 0)
-    }
-
-    /// Zero-extends `count` codes to i16, sixteen at a time (running into the slack).
-    fn widen(&mut self, src: Value, dst: Value, count: Value) {
-        let chunks = self.b.ins().iadd_imm_s(count, 15);
-        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
-        self.for_loop(chunks, |e, i| {
-            let from = e.at(src, i, 16);
-            let v = e.b.ins().load(I8X16, flags(), from, 0);
-            let lo = e.b.ins().uwiden_low(v);
-            let hi = e.b.ins().uwiden_high(v);
-            let to = e.at(dst, i, 32);
-            e.b.ins().store(flags(), lo, to, 0);
-            e.b.ins().store(flags(), hi, to, 16);
-        });
-    }
-}
-
-/// Flags of a load from the constants: they never change, so the load is pure.
-fn constant() -> MemFlagsData {
-    MemFlagsData::new()
-        .with_notrap()
-        .with_readonly()
-        .with_can_move()
-}
-
-fn little() -> MemFlagsData {
-    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
-}
-
-/// `body(oh, ow)` for every output pixel.
-fn e_for_rows(
-    e: &mut Emitter,
-    ho: usize,
-    wo: usize,
-    body: impl FnOnce(&mut Emitter, Value, Value),
-) {
-    e.for_const(ho, |e, oh| e.for_const(wo, |e, ow| body(e, oh, ow)));
-}
-
-/// A GEMM's operands: `rows` rows of `k` u8 columns at `a` (`a_stride` bytes apart), `o` output
-/// channels stored at `out` (`out_stride` bytes between rows).
-#[derive(Clone)]
-struct Gemm {
-    a: Value,
-    a_stride: usize,
-    rows: Value,
-    /// Rows per sample (`rows` is this times the samples).
-    rows_per_sample: usize,
-    /// Samples the rows hold at most.
-    samples: usize,
-    /// Whether the rows are already i16.
-    wide: bool,
-    out: Value,
-    out_stride: usize,
-    o: usize,
-}
-
-impl Kernel {
-    /// Bytes of packed weights per dot step of one block of channels (eight i32 lanes of four
-    /// u8 or two i16 columns).
-    fn step_bytes(&self) -> usize {
-        32
-    }
-}
-
-/// A GEMM's kernels: the one to run, and the exact one to run instead when a run-time check
-/// finds the first could saturate.
-struct Packed {
-    main: Kernel,
-    fallback: Option<Kernel>,
-}
-
-/// A GEMM's packed constants.
-#[derive(Clone)]
-struct Kernel {
-    dot: DotProduct,
-    /// Emit one row at a time only: less code (and compile time) for a kernel that rarely runs.
-    compact: bool,
-    blocks: usize,
-    weights: Value,
-    bias: Value,
-    mult: Value,
-    k4: usize,
-    zp: i32,
-    clamp: (i32, i32),
 }

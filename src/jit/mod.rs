@@ -15,6 +15,7 @@
 //! lengths first. The output is bit for bit the reference interpreter's ([`crate::interp`]).
 
 pub mod emit;
+mod gemm;
 pub mod target;
 
 pub use emit::DotProduct;

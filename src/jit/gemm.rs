@@ -1,0 +1,662 @@
+//! Quantized convolutions and GEMMs: im2col, weight packing, the register-blocked microkernels
+//! for each dot-product form, requantization of the accumulators, and the run-time check that
+//! picks the `pmaddubsw` kernel or its exact fallback. Everything else an op needs lives in
+//! [`super::emit`]; this file only adds methods to its emitter.
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+
+use super::emit::{chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
+use crate::int8::QWeights;
+use crate::ir::ConvGeom;
+use crate::quant::numerics::{requant_multiplier, QParams};
+
+impl Emitter<'_, '_> {
+    // ---- quantized convolution and GEMM -----------------------------------------------------
+
+    /// A quantized convolution, one sample at a time (its im2col rows stay in cache): per group,
+    /// im2col then a GEMM over the sample's pixels. A 1x1, stride 1, unpadded convolution is a
+    /// GEMM on the input itself.
+    pub(super) fn conv(
+        &mut self,
+        x: Tensor,
+        in_shape: &[usize],
+        out_shape: &[usize],
+        geom: &ConvGeom,
+        w: &QWeights,
+        yq: QParams,
+    ) -> Tensor {
+        let (c, h, wd) = chw(in_shape);
+        let (o_n, ho, wo) = chw(out_shape);
+        let xq = x.q.expect("u8 input");
+        let y = self.tensor(o_n * ho * wo, Some(yq), Order::Hwc(o_n, ho, wo));
+        let (kh, kw) = geom.kernel;
+        let (groups, cg, og) = (geom.groups, c / geom.groups, o_n / geom.groups);
+        let kg = cg * kh * kw;
+        let pointwise =
+            kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
+        // Padding taps hold the zero point: a zero value, as the interpreter skips them.
+        let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
+        // im2col rows hold `kg` columns rounded up to whole dot steps, in the GEMM's element type.
+        let elem = if self.dot == DotProduct::I16 { 2 } else { 1 };
+        let row = kg.next_multiple_of(4);
+        let cols = (!pointwise).then(|| self.alloc_one(ho * wo * row * elem));
+        let rows = self.imm((ho * wo) as i64);
+        let packed: Vec<_> = (0..groups)
+            .map(|g| {
+                // Packed column t = (i·kw + j)·cg + ch; the interpreter's is (ch·kh + i)·kw + j.
+                let wt = |o: usize, t: usize| {
+                    let (tap, ch) = (t / cg, t % cg);
+                    let (i, j) = (tap / kw, tap % kw);
+                    w.weight[(g * og + o) * kg + (ch * kh + i) * kw + j]
+                };
+                let wg = QWeights {
+                    weight: Vec::new(),
+                    weight_scales: (0..og).map(|o| w.scale(g * og + o)).collect(),
+                    bias: w.bias[g * og..(g + 1) * og].to_vec(),
+                    clamp: w.clamp,
+                };
+                self.pack(kg, og, &wt, &wg, xq, yq)
+            })
+            .collect();
+        self.for_samples(|e, s| {
+            let xs = e.at(xp.ptr, s, xp.size);
+            let ys = e.at(y.ptr, s, y.size);
+            for (g, k) in packed.iter().enumerate() {
+                let (a, a_stride, wide) = match cols {
+                    None => (xs, c, false),
+                    Some(col) => {
+                        e.im2col(xs, col, (c, wp), (ho, wo), geom, g, row, elem);
+                        (col, row * elem, elem == 2)
+                    }
+                };
+                let out = e.b.ins().iadd_imm_s(ys, (g * og) as i64);
+                let gemm = Gemm {
+                    a,
+                    a_stride,
+                    rows,
+                    rows_per_sample: ho * wo,
+                    samples: 1,
+                    wide,
+                    out,
+                    out_stride: o_n,
+                    o: og,
+                };
+                e.run_gemm(gemm, k);
+            }
+        });
+        y
+    }
+
+    /// Copies `len` codes as codes (`elem` 1) or widened to i16 (`elem` 2), sixteen at a time:
+    /// the last piece may run past `len`.
+    fn copy_codes(&mut self, from: Value, to: Value, len: usize, elem: usize) {
+        if elem == 1 {
+            self.copy_bytes(from, to, len, false);
+            return;
+        }
+        for chunk in 0..len.div_ceil(16) {
+            let v = self.b.ins().load(I8X16, flags(), from, (chunk * 16) as i32);
+            let lo = self.b.ins().uwiden_low(v);
+            let hi = self.b.ins().uwiden_high(v);
+            self.b.ins().store(flags(), lo, to, (chunk * 32) as i32);
+            self.b
+                .ins()
+                .store(flags(), hi, to, (chunk * 32 + 16) as i32);
+        }
+    }
+
+    /// Writes one sample's im2col rows of group `g`: row (oh, ow) holds the taps in (i, j,
+    /// channel) order, `row` elements of `elem` bytes apart (codes widened to i16 when `elem` is
+    /// 2). Pieces are copied sixteen codes at a time and may run past their end; later pieces
+    /// and rows overwrite that, and the last runs into slack.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col(
+        &mut self,
+        src: Value,
+        col: Value,
+        (c, wp): (usize, usize),
+        (ho, wo): (usize, usize),
+        geom: &ConvGeom,
+        g: usize,
+        row: usize,
+        elem: usize,
+    ) {
+        let (kh, kw) = geom.kernel;
+        let cg = c / geom.groups;
+        e_for_rows(self, ho, wo, |e, oh, ow| {
+            let from = e.b.ins().imul_imm_s(oh, (geom.stride.0 * wp * c) as i64);
+            let from = e.b.ins().iadd(src, from);
+            let from = e.at(from, ow, geom.stride.1 * c);
+            let from = e.b.ins().iadd_imm_s(from, (g * cg) as i64);
+            let r = e.b.ins().imul_imm_s(oh, wo as i64);
+            let r = e.b.ins().iadd(r, ow);
+            let to = e.at(col, r, row * elem);
+            for i in 0..kh {
+                if geom.groups == 1 {
+                    let f = e.b.ins().iadd_imm_s(from, (i * wp * c) as i64);
+                    let t = e.b.ins().iadd_imm_s(to, (i * kw * c * elem) as i64);
+                    e.copy_codes(f, t, kw * c, elem);
+                } else {
+                    for j in 0..kw {
+                        let f = e.b.ins().iadd_imm_s(from, ((i * wp + j) * c) as i64);
+                        let t = e.b.ins().iadd_imm_s(to, ((i * kw + j) * cg * elem) as i64);
+                        e.copy_codes(f, t, cg, elem);
+                    }
+                }
+            }
+        });
+    }
+
+    /// `out[r][o] = requant(Σ_t a[r][t] · w(o, t) + bias[o] - zp·Σ_t w(o, t))` for `rows` rows.
+    ///
+    /// Weights are packed in blocks of [`BLOCK`] output channels: for each block and each group of
+    /// four columns, 32 bytes (channel-major, four columns per channel), the operand order of
+    /// `vpdpbusd`. A row's four activation bytes are broadcast to every lane.
+    /// Packs a GEMM's weights (`wt(o, column)`) and requantization constants, with the exact
+    /// fallback's too where the form needs one.
+    pub(super) fn pack(
+        &mut self,
+        k_cols: usize,
+        o_n: usize,
+        wt: &dyn Fn(usize, usize) -> i8,
+        w: &QWeights,
+        xq: QParams,
+        yq: QParams,
+    ) -> Packed {
+        let main = self.pack_for(self.dot, k_cols, o_n, wt, w, xq, yq);
+        let fallback = (self.dot == DotProduct::Pairs).then(|| Kernel {
+            compact: true,
+            ..self.pack_for(DotProduct::I16, k_cols, o_n, wt, w, xq, yq)
+        });
+        Packed { main, fallback }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pack_for(
+        &mut self,
+        dot: DotProduct,
+        k_cols: usize,
+        o_n: usize,
+        wt: &dyn Fn(usize, usize) -> i8,
+        w: &QWeights,
+        xq: QParams,
+        yq: QParams,
+    ) -> Kernel {
+        let per = dot.columns();
+        let steps = k_cols.div_ceil(per);
+        let blocks = o_n.div_ceil(BLOCK);
+        let mut packed = Vec::with_capacity(blocks * steps * 32);
+        for blk in 0..blocks {
+            for kk in 0..steps {
+                for lane in 0..BLOCK {
+                    for t in 0..per {
+                        let (o, col) = (blk * BLOCK + lane, kk * per + t);
+                        let v = if o < o_n && col < k_cols {
+                            wt(o, col)
+                        } else {
+                            0
+                        };
+                        match dot {
+                            DotProduct::I16 => packed.extend((v as i16).to_le_bytes()),
+                            _ => packed.push(v as u8),
+                        }
+                    }
+                }
+            }
+        }
+        let bias = (0..blocks * BLOCK).map(|o| {
+            if o >= o_n {
+                return 0;
+            }
+            let wsum: i32 = (0..k_cols).map(|t| wt(o, t) as i32).sum();
+            let offset = dot.offset(xq.zero_point);
+            w.bias[o].wrapping_sub(offset.wrapping_mul(wsum))
+        });
+        let bias = Self::i32_bytes(bias);
+        let mult = (0..blocks * BLOCK).map(|o| {
+            if o < o_n {
+                requant_multiplier(xq.scale, w.scale(o), yq.scale)
+            } else {
+                0.0
+            }
+        });
+        let mult = Self::f32_bytes(mult);
+        Kernel {
+            dot,
+            compact: false,
+            weights: self.constant(&packed),
+            bias: self.constant(&bias),
+            mult: self.constant(&mult),
+            k4: steps,
+            blocks,
+            zp: yq.zero_point,
+            clamp: w.clamp,
+        }
+    }
+
+    fn gemm(&mut self, g: Gemm, k: &Kernel) {
+        let blocks = k.blocks;
+        // With i16 products, rows not widened yet are widened once into a buffer of their own.
+        let g = if k.dot == DotProduct::I16 && !g.wide {
+            let per_sample = g.a_stride * g.rows_per_sample;
+            let wide = if g.samples == 1 {
+                self.alloc_one(2 * per_sample)
+            } else {
+                self.alloc(2 * per_sample)
+            };
+            let total = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
+            self.widen(g.a, wide, total);
+            Gemm {
+                a: wide,
+                a_stride: 2 * g.a_stride,
+                wide: true,
+                ..g
+            }
+        } else {
+            g
+        };
+        let k = k.clone();
+        let full = g.o / BLOCK;
+        let a_bytes = g.samples * g.rows_per_sample * g.a_stride;
+        if k.compact {
+            let rows = g.rows;
+            self.for_loop(rows, |e, r| e.gemm_blocks(&g, &k, r, 1, full, blocks));
+        } else if k.k4 * k.step_bytes() * blocks <= a_bytes {
+            // Few weights, many rows (convolutions): rows outer, the weights stay in cache.
+            let quads = self.b.ins().ushr_imm_s(g.rows, 2);
+            self.for_loop(quads, |e, q| {
+                let r0 = e.b.ins().ishl_imm_s(q, 2);
+                e.gemm_blocks(&g, &k, r0, 4, full, blocks);
+            });
+            let done = self.b.ins().ishl_imm_s(quads, 2);
+            let rest = self.b.ins().isub(g.rows, done);
+            self.for_loop(rest, |e, r| {
+                let r0 = e.b.ins().iadd(done, r);
+                e.gemm_blocks(&g, &k, r0, 1, full, blocks);
+            });
+        } else {
+            // Many weights, few rows (Linear on a tile of samples): each group of weight blocks
+            // is read from memory once per tile and used for every row.
+            let groups = full / 4;
+            let emit_rows = |e: &mut Self, blk: Value, sub: usize, valid: usize| {
+                let quads = e.b.ins().ushr_imm_s(g.rows, 2);
+                e.for_loop(quads, |e, q| {
+                    let r0 = e.b.ins().ishl_imm_s(q, 2);
+                    for sb in 0..sub {
+                        let b = e.b.ins().iadd_imm_s(blk, sb as i64);
+                        e.microkernel(&g, &k, r0, 4, b, 1, valid);
+                    }
+                });
+                let done = e.b.ins().ishl_imm_s(quads, 2);
+                let rest = e.b.ins().isub(g.rows, done);
+                e.for_loop(rest, |e, r| {
+                    let r0 = e.b.ins().iadd(done, r);
+                    e.microkernel(&g, &k, r0, 1, blk, sub, valid);
+                });
+            };
+            if groups > 0 {
+                let count = self.imm(groups as i64);
+                self.for_loop(count, |e, gi| {
+                    let blk = e.b.ins().imul_imm_s(gi, 4);
+                    emit_rows(e, blk, 4, BLOCK);
+                });
+            }
+            for blk in groups * 4..blocks {
+                let b = self.imm(blk as i64);
+                emit_rows(self, b, 1, (g.o - blk * BLOCK).min(BLOCK));
+            }
+        }
+    }
+
+    /// All channel blocks for the rows `r0..r0 + rows`.
+    fn gemm_blocks(
+        &mut self,
+        g: &Gemm,
+        k: &Kernel,
+        r0: Value,
+        rows: usize,
+        full: usize,
+        blocks: usize,
+    ) {
+        let per = if rows == 1 { 4 } else { 1 };
+        let groups = full / per;
+        if groups > 0 {
+            let count = self.imm(groups as i64);
+            self.for_loop(count, |e, gi| {
+                let blk = e.b.ins().imul_imm_s(gi, per as i64);
+                e.microkernel(g, k, r0, rows, blk, per, BLOCK);
+            });
+        }
+        for blk in groups * per..blocks {
+            let b = self.imm(blk as i64);
+            let valid = (g.o - blk * BLOCK).min(BLOCK);
+            self.microkernel(g, k, r0, rows, b, 1, valid);
+        }
+    }
+
+    /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
+    /// and stores them (`valid` channels of each block).
+    #[allow(clippy::too_many_arguments)]
+    fn microkernel(
+        &mut self,
+        g: &Gemm,
+        k: &Kernel,
+        r0: Value,
+        rows: usize,
+        blk: Value,
+        nblk: usize,
+        valid: usize,
+    ) {
+        let zero = self.splat_i32(0);
+        let accs: Vec<_> = (0..rows * nblk * 2)
+            .map(|_| {
+                let v = self.b.declare_var(I32X4);
+                self.b.def_var(v, zero);
+                v
+            })
+            .collect();
+        let a0 = self.at(g.a, r0, g.a_stride);
+        let step_bytes = k.step_bytes();
+        let w0 = self.at(k.weights, blk, k.k4 * step_bytes);
+        let wstride = (k.k4 * step_bytes) as i32;
+        // A group of `steps` (at most 4) dot steps: one 16-byte activation load per row covers
+        // them all, and lane `u` broadcast to every lane feeds step `u`. Weight loads are pure
+        // (constants), so Cranelift places them at their use; activation loads stay in order.
+        let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
+        let sign = (k.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
+        let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
+            // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
+            // feeds each step.
+            let rows_a: Vec<Value> = (0..rows)
+                .map(|r| e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32))
+                .collect();
+            for (u, &mask) in masks.iter().enumerate().take(steps) {
+                for (r, &va) in rows_a.iter().enumerate() {
+                    let av = e.b.ins().shuffle(va, va, mask);
+                    let av = match sign {
+                        Some(bit) => e.b.ins().bxor(av, bit),
+                        None => av,
+                    };
+                    for v in 0..nblk * 2 {
+                        let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
+                        let wv = e.b.ins().load(I8X16, constant(), wp, off);
+                        let acc = accs[r * nblk * 2 + v];
+                        let old = e.b.use_var(acc);
+                        let new = match k.dot {
+                            DotProduct::I16 => e.dot_i16(wv, av, old),
+                            DotProduct::Pairs => e.dot_pairs(wv, av, old),
+                            dot => e.dot_u8(dot, wv, av, old),
+                        };
+                        e.b.def_var(acc, new);
+                    }
+                }
+            }
+        };
+        // Weights shared by several rows stay live for the whole group, so only a single row
+        // unrolls (four steps per activation load); sixteen registers hold no more.
+        let unroll = if rows == 1 { 4 } else { 1 };
+        let ap = self.b.declare_var(I64);
+        let wp = self.b.declare_var(I64);
+        self.b.def_var(ap, a0);
+        self.b.def_var(wp, w0);
+        let iters = self.imm((k.k4 / unroll) as i64);
+        self.for_loop(iters, |e, _| {
+            let a = e.b.use_var(ap);
+            let w = e.b.use_var(wp);
+            group(e, a, w, unroll);
+            let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
+            let w = e.b.ins().iadd_imm_s(w, (step_bytes * unroll) as i64);
+            e.b.def_var(ap, a);
+            e.b.def_var(wp, w);
+        });
+        if !k.k4.is_multiple_of(unroll) {
+            let a = self.b.use_var(ap);
+            let w = self.b.use_var(wp);
+            group(self, a, w, k.k4 % unroll);
+        }
+        // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
+        let zp = self.splat_f32(k.zp as f32);
+        let lo = (k.clamp.0 > 0).then(|| self.splat_u8(k.clamp.0));
+        let hi = (k.clamp.1 < 255).then(|| self.splat_u8(k.clamp.1));
+        for bi in 0..nblk {
+            let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
+            let bias = self.at(k.bias, blk_i, BLOCK * 4);
+            let mult = self.at(k.mult, blk_i, BLOCK * 4);
+            let b0 = self.b.ins().load(I32X4, flags(), bias, 0);
+            let b1 = self.b.ins().load(I32X4, flags(), bias, 16);
+            let m0 = self.b.ins().load(F32X4, flags(), mult, 0);
+            let m1 = self.b.ins().load(F32X4, flags(), mult, 16);
+            for r in 0..rows {
+                let q: Vec<Value> = [(0, b0, m0), (1, b1, m1)]
+                    .into_iter()
+                    .map(|(v, bv, mv)| {
+                        let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
+                        let acc = self.b.ins().iadd(acc, bv);
+                        let f = self.b.ins().fcvt_from_sint(F32X4, acc);
+                        self.quantize_vec(f, mv, zp)
+                    })
+                    .collect();
+                let mut codes = self.narrow([q[0], q[1], q[0], q[1]]);
+                if let Some(lo) = lo {
+                    codes = self.b.ins().umax(codes, lo);
+                }
+                if let Some(hi) = hi {
+                    codes = self.b.ins().umin(codes, hi);
+                }
+                let row = self.b.ins().iadd_imm_s(r0, r as i64);
+                let out = self.at(g.out, row, g.out_stride);
+                let out = self.at(out, blk_i, BLOCK);
+                self.store_low_bytes(codes, out, valid);
+            }
+        }
+    }
+
+    /// Stores the low `len` (at most 8) bytes of a vector.
+    fn store_low_bytes(&mut self, v: Value, to: Value, len: usize) {
+        let mut off = 0;
+        let pieces = [
+            (8, I64X2, I64),
+            (4, I32X4, I32),
+            (2, I16X8, cranelift_codegen::ir::types::I16),
+            (1, I8X16, I8),
+        ];
+        for (size, vty, _) in pieces {
+            if len - off >= size {
+                let le =
+                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                let cast = self.b.ins().bitcast(vty, le, v);
+                let lane = self.b.ins().extractlane(cast, (off / size) as u8);
+                self.b.ins().store(flags(), lane, to, off as i32);
+                off += size;
+            }
+        }
+    }
+
+    /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
+    /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
+    fn dot_u8(&mut self, dot: DotProduct, w: Value, a: Value, acc: Value) -> Value {
+        let b = &mut self.b;
+        let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
+        let (al, ah) = match dot {
+            DotProduct::Sdot => (b.ins().swiden_low(a), b.ins().swiden_high(a)),
+            _ => (b.ins().uwiden_low(a), b.ins().uwiden_high(a)),
+        };
+        // The operand order each target's rule matches: x86 signed first, aarch64 unsigned first.
+        let (lo, hi) = match dot {
+            DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
+            _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
+        };
+        let lo_l = b.ins().swiden_low(lo);
+        let lo_h = b.ins().swiden_high(lo);
+        let lo_s = b.ins().iadd_pairwise(lo_l, lo_h);
+        let hi_l = b.ins().swiden_low(hi);
+        let hi_h = b.ins().swiden_high(hi);
+        let hi_s = b.ins().iadd_pairwise(hi_l, hi_h);
+        let s = b.ins().iadd_pairwise(lo_s, hi_s);
+        b.ins().iadd(s, acc)
+    }
+}
+
+impl Emitter<'_, '_> {
+    /// `acc + (w0·a0 + w1·a1)` per i32 lane of i16 pairs: the tree Cranelift lowers to `pmaddwd`.
+    fn dot_i16(&mut self, w: Value, a: Value, acc: Value) -> Value {
+        let b = &mut self.b;
+        let a = b.ins().bitcast(I16X8, little(), a);
+        let w = b.ins().bitcast(I16X8, little(), w);
+        // Activations first: `pmaddwd` can then take the weights straight from memory.
+        let wl = b.ins().swiden_low(w);
+        let al = b.ins().swiden_low(a);
+        let lo = b.ins().imul(al, wl);
+        let wh = b.ins().swiden_high(w);
+        let ah = b.ins().swiden_high(a);
+        let hi = b.ins().imul(ah, wh);
+        let s = b.ins().iadd_pairwise(lo, hi);
+        b.ins().iadd(s, acc)
+    }
+
+    /// A shuffle mask that copies i32 lane `lane` to all four lanes: one `pshufd`.
+    fn broadcast_mask(&mut self, lane: usize) -> cranelift_codegen::ir::Immediate {
+        let bytes: Vec<u8> = (0..16).map(|i| (4 * lane + i % 4) as u8).collect();
+        self.b.func.dfg.immediates.push(bytes.into())
+    }
+
+    /// `acc + Σ` of each lane's four u8·i8 products as `pmaddubsw` (pairs, in i16) and
+    /// `pmaddwd` by ones (the pairs summed into i32). Exact when no code exceeds 127.
+    fn dot_pairs(&mut self, w: Value, a: Value, acc: Value) -> Value {
+        let b = &mut self.b;
+        let pairs = b.ins().x86_pmaddubsw(w, a);
+        let lo = b.ins().swiden_low(pairs);
+        let hi = b.ins().swiden_high(pairs);
+        let s = b.ins().iadd_pairwise(lo, hi);
+        b.ins().iadd(s, acc)
+    }
+
+    /// Runs a GEMM with its main kernel, or with the exact fallback when any activation code
+    /// of this call (the `rows` rows) is 128 or more.
+    pub(super) fn run_gemm(&mut self, g: Gemm, p: &Packed) {
+        let Some(fallback) = &p.fallback else {
+            return self.gemm(g, &p.main);
+        };
+        let bytes = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
+        let small = self.all_below_128(g.a, bytes);
+        let fast = self.b.create_block();
+        let exact = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(small, fast, &[], exact, &[]);
+        self.b.switch_to_block(fast);
+        self.gemm(g.clone(), &p.main);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(exact);
+        self.gemm(g, fallback);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
+    /// Whether every byte of `bytes` bytes at `ptr` is below 128: the bytes ORed sixteen at a
+    /// time, then their high bits. The last vector may read into the slack, whose bytes are codes
+    /// of the same tensor or zeros, so this can only be more cautious.
+    fn all_below_128(&mut self, ptr: Value, bytes: Value) -> Value {
+        let acc = self.b.declare_var(I8X16);
+        let zero = self.splat_u8(0);
+        self.b.def_var(acc, zero);
+        let chunks = self.b.ins().iadd_imm_s(bytes, 15);
+        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
+        self.for_loop(chunks, |e, i| {
+            let p = e.at(ptr, i, 16);
+            let v = e.b.ins().load(I8X16, flags(), p, 0);
+            let a = e.b.use_var(acc);
+            let a = e.b.ins().bor(a, v);
+            e.b.def_var(acc, a);
+        });
+        let all = self.b.use_var(acc);
+        let high = self.b.ins().vhigh_bits(I32, all);
+        self.b.ins().icmp_imm_s(IntCC::Equal, high, 0)
+    }
+
+    /// Zero-extends `count` codes to i16, sixteen at a time (running into the slack).
+    fn widen(&mut self, src: Value, dst: Value, count: Value) {
+        let chunks = self.b.ins().iadd_imm_s(count, 15);
+        let chunks = self.b.ins().ushr_imm_s(chunks, 4);
+        self.for_loop(chunks, |e, i| {
+            let from = e.at(src, i, 16);
+            let v = e.b.ins().load(I8X16, flags(), from, 0);
+            let lo = e.b.ins().uwiden_low(v);
+            let hi = e.b.ins().uwiden_high(v);
+            let to = e.at(dst, i, 32);
+            e.b.ins().store(flags(), lo, to, 0);
+            e.b.ins().store(flags(), hi, to, 16);
+        });
+    }
+}
+
+/// Flags of a load from the constants: they never change, so the load is pure.
+fn constant() -> MemFlagsData {
+    MemFlagsData::new()
+        .with_notrap()
+        .with_readonly()
+        .with_can_move()
+}
+
+fn little() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
+/// `body(oh, ow)` for every output pixel.
+fn e_for_rows(
+    e: &mut Emitter,
+    ho: usize,
+    wo: usize,
+    body: impl FnOnce(&mut Emitter, Value, Value),
+) {
+    e.for_const(ho, |e, oh| e.for_const(wo, |e, ow| body(e, oh, ow)));
+}
+
+/// A GEMM's operands: `rows` rows of `k` u8 columns at `a` (`a_stride` bytes apart), `o` output
+/// channels stored at `out` (`out_stride` bytes between rows).
+#[derive(Clone)]
+pub(super) struct Gemm {
+    pub(super) a: Value,
+    pub(super) a_stride: usize,
+    pub(super) rows: Value,
+    /// Rows per sample (`rows` is this times the samples).
+    pub(super) rows_per_sample: usize,
+    /// Samples the rows hold at most.
+    pub(super) samples: usize,
+    /// Whether the rows are already i16.
+    pub(super) wide: bool,
+    pub(super) out: Value,
+    pub(super) out_stride: usize,
+    pub(super) o: usize,
+}
+
+impl Kernel {
+    /// Bytes of packed weights per dot step of one block of channels (eight i32 lanes of four
+    /// u8 or two i16 columns).
+    fn step_bytes(&self) -> usize {
+        32
+    }
+}
+
+/// A GEMM's kernels: the one to run, and the exact one to run instead when a run-time check
+/// finds the first could saturate.
+pub(super) struct Packed {
+    main: Kernel,
+    fallback: Option<Kernel>,
+}
+
+/// A GEMM's packed constants.
+#[derive(Clone)]
+struct Kernel {
+    dot: DotProduct,
+    /// Emit one row at a time only: less code (and compile time) for a kernel that rarely runs.
+    compact: bool,
+    blocks: usize,
+    weights: Value,
+    bias: Value,
+    mult: Value,
+    k4: usize,
+    zp: i32,
+    clamp: (i32, i32),
+}
