@@ -332,6 +332,7 @@ fn compile(
         let options = qatc::jit::Options {
             dot_product: None,
             listing: true,
+            u8_entry: false,
         };
         let (compiled, listing) = model.compile_with(&options).map_err(err)?;
         (
@@ -421,6 +422,7 @@ fn bench(
     let options = qatc::jit::Options {
         dot_product,
         listing: false,
+        u8_entry: false,
     };
     let model = load_model(model_path)?;
     let mut compile_times = Vec::new();

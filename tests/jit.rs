@@ -36,6 +36,7 @@ fn assert_bit_exact(graph: &QGraph, seed: u64) {
         let options = qatc::jit::Options {
             dot_product: Some(dot),
             listing: false,
+            u8_entry: true,
         };
         let (compiled, _) = model.compile_with(&options).expect("the graph compiles");
         assert_same(graph, &compiled, seed);
@@ -459,6 +460,7 @@ fn pairs_at_the_i16_limit_are_exact() {
     let options = qatc::jit::Options {
         dot_product: Some(DotProduct::Pairs),
         listing: false,
+        u8_entry: false,
     };
     let (compiled, _) = Model::from_graph(graph.clone())
         .unwrap()

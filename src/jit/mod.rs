@@ -65,6 +65,9 @@ pub struct Options {
     pub dot_product: Option<DotProduct>,
     /// Keep the CLIF and the disassembly.
     pub listing: bool,
+    /// Also compile the u8-in/u8-out entry ([`Compiled::run_u8`]), which doubles the compile
+    /// time; objects always have it.
+    pub u8_entry: bool,
 }
 
 /// What a compilation can show besides the code.
@@ -160,7 +163,14 @@ impl Model {
             isa,
             cranelift_module::default_libcall_names(),
         ));
-        let def = define(&mut module, &self.graph, "qatc_run", dot, listing.as_mut())?;
+        let def = define(
+            &mut module,
+            &self.graph,
+            "qatc_run",
+            dot,
+            options.u8_entry,
+            listing.as_mut(),
+        )?;
         module
             .finalize_definitions()
             .map_err(|e| Error(format!("Cranelift: {e}")))?;
@@ -177,7 +187,7 @@ impl Model {
         let compiled = Compiled {
             entry,
             entry_u8,
-            qparams_u8: emit::u8_entry(&self.graph),
+            qparams_u8: emit::u8_entry(&self.graph).filter(|_| options.u8_entry),
             module: Some(module),
             in_size: self.input_size(),
             out_size: self.output_size(),
@@ -239,6 +249,7 @@ pub fn define(
     graph: &QGraph,
     name: &str,
     dot: DotProduct,
+    with_u8: bool,
     listing: Option<&mut Listing>,
 ) -> Result<Defined, Error> {
     let err = |e: cranelift_module::ModuleError| Error(format!("Cranelift: {e:?}"));
@@ -251,7 +262,7 @@ pub fn define(
         .map_err(err)?;
     let (func, lowered) = define_entry(module, graph, name, dot, Entry::F32, data, listing)?;
     // The u8 entry packs the same constants in the same order: it shares the data object.
-    let func_u8 = match emit::u8_entry(graph) {
+    let func_u8 = match emit::u8_entry(graph).filter(|_| with_u8) {
         Some(_) => {
             let (f, l) = define_entry(
                 module,
@@ -435,8 +446,9 @@ impl Compiled {
         Ok(())
     }
 
-    /// The quantization of the u8 entry's input and output codes, for models that have one
-    /// (the input feeds only a quantize, the output is quantized).
+    /// The quantization of the u8 entry's input and output codes, when it was compiled
+    /// (`Options::u8_entry`) and the model has one (the input feeds only a quantize, the output is
+    /// quantized).
     pub fn u8_qparams(&self) -> Option<(QParams, QParams)> {
         self.qparams_u8
     }
@@ -454,7 +466,11 @@ impl Compiled {
     /// [`Compiled::run_u8`] into `output`, which must hold `output_size()` codes per sample.
     pub fn run_u8_into(&self, input: &[u8], output: &mut [u8]) -> Result<(), Error> {
         let entry = self.entry_u8.ok_or_else(|| {
-            Error("this model has no u8 entry (its input or output is not quantized)".into())
+            Error(
+                "no u8 entry: compile with `Options { u8_entry: true, .. }` (models whose input \
+                 or output is not quantized have none)"
+                    .into(),
+            )
         })?;
         let batch = self.batch_of_len(input.len())?;
         if output.len() != batch * self.out_size {

@@ -250,7 +250,7 @@ pub fn object(graph: &QGraph, isa: OwnedTargetIsa, name: &str) -> Result<Object,
         .map_err(|e| Error(format!("Cranelift: {e}")))?;
     let mut module = ObjectModule::new(builder);
     let mut listing = Listing::default();
-    let def = define(&mut module, graph, name, dot, Some(&mut listing))?;
+    let def = define(&mut module, graph, name, dot, true, Some(&mut listing))?;
     let bytes = module
         .finish()
         .emit()
