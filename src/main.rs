@@ -326,7 +326,7 @@ fn compile(
         return Ok(());
     }
     let start = std::time::Instant::now();
-    let name = format!("qatc_{}_run", c_identifier(&model.graph().name));
+    let name = format!("qatc_{}_run", target::c_identifier(&model.graph().name));
     // The host JIT for listings of this machine; an object for anything else.
     let (listing, scratch, dot) = if target.is_none() && matches!(emit, Emit::Clif | Emit::Asm) {
         let options = qatc::jit::Options {
@@ -386,13 +386,6 @@ fn compile(
         );
     }
     Ok(())
-}
-
-/// A model name as a C identifier.
-fn c_identifier(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 fn bench(

@@ -90,21 +90,7 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
 
     // The u8 entry, where the model has one: the interpreter's input and output codes.
     if qatc::jit::emit::u8_entry(graph).is_some() {
-        let quantize = graph.nodes.iter().position(|n| n.inputs == [0]).unwrap();
-        let out = match &graph.nodes[graph.output] {
-            n if n.ty.is_quantized() => graph.output,
-            n => n.inputs[0],
-        };
-        let (mut codes_in, mut want) = (Vec::new(), Vec::new());
-        for sample in x.chunks(size) {
-            let values = qatc::interp::run_all(graph, sample);
-            for (i, dst) in [(quantize, &mut codes_in), (out, &mut want)] {
-                match &values[i] {
-                    qatc::interp::Value::U8(c) => dst.extend(c),
-                    other => panic!("expected codes, got {other:?}"),
-                }
-            }
-        }
+        let (codes_in, want) = common::u8_entry_codes(graph, &x);
         std::fs::write(&input, &codes_in).unwrap();
         run(runner_cmd(runner, &exe).arg(&input).arg(&output).arg("u8"));
         let got = std::fs::read(&output).unwrap();

@@ -3,23 +3,14 @@
 
 mod common;
 
+use common::node;
 use qatc::check::Pool2d;
-use qatc::int8::{QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
+use qatc::int8::{QGraph, QOp, QParamsDef, QWeights, TensorType};
 use qatc::interp;
 use qatc::train::{self, engine::Mode, rng::Rng, Quiet};
 
 fn u8(scale: f32, zero_point: i32) -> TensorType {
     TensorType::U8(QParamsDef { scale, zero_point })
-}
-
-fn node(name: &str, op: QOp, inputs: Vec<usize>, shape: Vec<usize>, ty: TensorType) -> QNode {
-    QNode {
-        name: name.into(),
-        op,
-        inputs,
-        shape,
-        ty,
-    }
 }
 
 /// input -> quantize -> `op` -> dequantize.

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::node;
 use proptest::prelude::*;
 use qatc::check::Pool2d;
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
@@ -50,21 +51,7 @@ fn assert_same_u8(graph: &QGraph, compiled: &qatc::Compiled, x: &[f32]) {
         assert!(compiled.run_u8(&vec![0; compiled.input_size()]).is_err());
         return;
     };
-    let quantize = graph.nodes.iter().position(|n| n.inputs == [0]).unwrap();
-    let out = match &graph.nodes[graph.output] {
-        n if n.ty.is_quantized() => graph.output,
-        n => n.inputs[0],
-    };
-    let (mut codes_in, mut want) = (Vec::new(), Vec::new());
-    for sample in x.chunks(compiled.input_size()) {
-        let values = interp::run_all(graph, sample);
-        let codes = |i: usize| match &values[i] {
-            interp::Value::U8(c) => c.clone(),
-            other => panic!("expected codes, got {other:?}"),
-        };
-        codes_in.extend(codes(quantize));
-        want.extend(codes(out));
-    }
+    let (codes_in, want) = common::u8_entry_codes(graph, x);
     assert_eq!(
         compiled.run_u8(&codes_in).unwrap(),
         want,
@@ -157,16 +144,6 @@ fn u8_type(rng: &mut Rng) -> TensorType {
         scale: 10f32.powf(rng.uniform(-3.0, 0.0)),
         zero_point: rng.below(256) as i32,
     })
-}
-
-fn node(name: &str, op: QOp, inputs: Vec<usize>, shape: Vec<usize>, ty: TensorType) -> QNode {
-    QNode {
-        name: name.into(),
-        op,
-        inputs,
-        shape,
-        ty,
-    }
 }
 
 fn qweights(out: usize, k: usize, rng: &mut Rng) -> QWeights {

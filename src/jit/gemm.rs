@@ -505,7 +505,6 @@ impl Emitter<'_, '_> {
         let b = &mut self.b;
         let a = b.ins().bitcast(I16X8, little(), a);
         let w = b.ins().bitcast(I16X8, little(), w);
-        // Activations first: `pmaddwd` can then take the weights straight from memory.
         let wl = b.ins().swiden_low(w);
         let al = b.ins().swiden_low(a);
         let lo = b.ins().imul(al, wl);

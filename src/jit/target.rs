@@ -151,6 +151,13 @@ pub struct Object {
     pub dot: DotProduct,
 }
 
+/// A model name as a C identifier (other characters become `_`).
+pub fn c_identifier(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// The C header declaring an object's entry point `name`, its sizes and, when known, the input
 /// normalization (mean, std per channel). Besides the model's own names (`QATC_<MODEL>_...`) it
 /// defines generic aliases (`QATC_MODEL_...`) for programs built around one model; define
@@ -161,12 +168,7 @@ pub fn c_header(
     scratch_bytes: usize,
     normalization: Option<(&[f32], &[f32])>,
 ) -> String {
-    let ident: String = graph
-        .name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let upper = format!("QATC_{}", ident.to_uppercase());
+    let upper = format!("QATC_{}", c_identifier(&graph.name).to_uppercase());
     let size = |n: usize| -> usize { graph.nodes[n].shape.iter().product() };
     let shape = |n: usize| format!("{:?}", graph.nodes[n].shape);
     let floats = |v: &[f32]| {

@@ -60,3 +60,43 @@ pub fn calibrated_file(path: &Path, seed: u64) -> qatc::int8::QGraph {
     let text = std::fs::read_to_string(path).unwrap();
     calibrated(&path.display().to_string(), &text, seed, 3, 1.5)
 }
+
+/// A node of an int8 graph.
+pub fn node(
+    name: &str,
+    op: qatc::int8::QOp,
+    inputs: Vec<usize>,
+    shape: Vec<usize>,
+    ty: qatc::int8::TensorType,
+) -> qatc::int8::QNode {
+    qatc::int8::QNode {
+        name: name.into(),
+        op,
+        inputs,
+        shape,
+        ty,
+    }
+}
+
+/// What the u8 entry point must compute on the f32 samples `x`, from the interpreter: the codes
+/// of the quantize reading the input (its input) and the output's codes before a final
+/// dequantize (its output).
+pub fn u8_entry_codes(graph: &qatc::int8::QGraph, x: &[f32]) -> (Vec<u8>, Vec<u8>) {
+    let size: usize = graph.nodes[0].shape.iter().product();
+    let quantize = graph.nodes.iter().position(|n| n.inputs == [0]).unwrap();
+    let out = match &graph.nodes[graph.output] {
+        n if n.ty.is_quantized() => graph.output,
+        n => n.inputs[0],
+    };
+    let (mut codes_in, mut codes_out) = (Vec::new(), Vec::new());
+    for sample in x.chunks(size) {
+        let values = qatc::interp::run_all(graph, sample);
+        for (i, dst) in [(quantize, &mut codes_in), (out, &mut codes_out)] {
+            match &values[i] {
+                qatc::interp::Value::U8(c) => dst.extend(c),
+                other => panic!("expected codes, got {other:?}"),
+            }
+        }
+    }
+    (codes_in, codes_out)
+}
