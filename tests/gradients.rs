@@ -17,7 +17,7 @@ fn net(spec: &str, fuse: bool, seed: u64) -> Net {
         graph = passes::fuse::fuse(&graph);
     }
     ir::verify(&graph).unwrap();
-    Net::new(graph, &mut Rng::new(seed))
+    Net::new(graph, seed)
 }
 
 const TRAIN: Mode = Mode {
@@ -209,7 +209,7 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         .pop()
         .unwrap()
         .1;
-    let mut net = Net::new(graph, &mut Rng::new(5));
+    let mut net = Net::new(graph, 5);
     // Weights large enough that some clip once the observer has seen smaller ones.
     let batch = 6;
     let mut rng = Rng::new(9);

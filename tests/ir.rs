@@ -113,7 +113,7 @@ fn int8_graph_of_every_spec_is_snapshotted() {
             .pop()
             .unwrap()
             .1;
-        let mut net = Net::new(prepared, &mut Rng::new(0));
+        let mut net = Net::new(prepared, 0);
         let size: usize = net.graph.nodes[0].shape.iter().product();
         let mut rng = Rng::new(1);
         let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();

@@ -1,6 +1,8 @@
 """PyTorch eager-mode QAT of specs/lenet_mnist.qspec, for comparing qatc against the workflow it
 replaces: same data (data/mnist10k), model, fbgemm qconfig, SGD(0.01, 0.9), batch 64, 5 epochs.
 Prints, per epoch: the logits' observer range, train loss, fake-quant test accuracy, images/s.
+qatc draws from torch's generator, so `seed: N` in the spec starts from the same weights and visits
+the batches in the same order as this script with SEED N.
 
     pip install torch==2.9.1 && python3 tools/torch_lenet_qat.py SEED
 """

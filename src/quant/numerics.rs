@@ -9,7 +9,12 @@
 //! - qparams from a range (torch's `_calculate_qparams`): the range is widened to include 0;
 //!   affine: `scale = (max - min) / (qmax - qmin)`, `zp = qmin - round(min / scale)` clamped;
 //!   symmetric: `scale = max(-min, max) / ((qmax - qmin) / 2)`, `zp = 0` for qint8 and 128 for
-//!   quint8 (the midpoint of a custom range); `scale` is at least `f32::EPSILON`.
+//!   quint8 (the midpoint of a custom range); `scale` is at least `f32::EPSILON`. Convert and
+//!   post-training calibration use these.
+//! - qparams during QAT with a moving-average observer (torch's `FusedMovingAvgObsFakeQuantize`,
+//!   which `get_default_qat_qconfig` uses, calls fbgemm's `ChooseQuantizationParams`): see
+//!   [`qparams_for_fake_quant`]. Symmetric weights then get
+//!   `scale = max(-min / 128, max / 127)` rather than `max(-min, max) / 127.5`.
 //! - requantization of an int8 layer (fbgemm's): the i32 accumulator
 //!   `Σ (x_q - x_zp) · w_q + bias_q` (the input zero point folded in with the weight sums; weights
 //!   are symmetric, zero point 0; `bias_q = round(bias / (x_scale · w_scale))`) is multiplied in f32
@@ -91,6 +96,74 @@ pub fn qparams_from_range(min: f32, max: f32, range: &QRange) -> QParams {
             }
         }
     }
+}
+
+/// Scale and zero point as fbgemm's `ChooseQuantizationParams` computes them (with
+/// `preserve_sparsity` for symmetric schemes), which torch's fused observer + fake-quant op uses
+/// during QAT. It differs from [`qparams_from_range`] in four ways:
+/// - symmetric: the range is widened to `[-128·m, 127·m]` with `m = max(-min/128, max/127)`
+///   (for qint8), only when `min < 0 < max`; otherwise the grid is affine over `[min, max]`;
+/// - the scale is computed in f64 and rounded once to f32; a zero (or reciprocal-overflowing)
+///   scale becomes 0.1 and one below 6.1e-5 is raised to 6.1e-5, the range widened to match;
+/// - the zero point comes from whichever end of the range gives the smaller rounding error;
+/// - the zero point is rounded half to even and clamped to `[qmin, qmax]`.
+pub fn qparams_for_fake_quant(min: f32, max: f32, range: &QRange) -> QParams {
+    const SMALL_SCALE: f32 = 6.1e-5;
+    let (qmin, qmax) = (range.quant_min, range.quant_max);
+    let symmetric = range.scheme == Scheme::Symmetric;
+    let (mut min, mut max) = (min, max);
+    if min < 0.0 && max > 0.0 && symmetric {
+        let sym_qmin = -((qmax - qmin) / 2 + 1);
+        let sym_qmax = (qmax - qmin) / 2;
+        let m = f64::from(
+            (min / sym_qmin as f32)
+                .abs()
+                .max((max / sym_qmax as f32).abs()),
+        );
+        min = (m * f64::from(sym_qmin)) as f32;
+        max = (m * f64::from(sym_qmax)) as f32;
+    }
+    min = min.min(0.0);
+    max = max.max(0.0);
+    let steps = f64::from(qmax) - f64::from(qmin);
+    let mut scale = ((f64::from(max) - f64::from(min)) / steps) as f32;
+    if scale == 0.0 || (1.0 / scale).is_infinite() {
+        scale = 0.1;
+    }
+    if scale < SMALL_SCALE {
+        let original = scale;
+        scale = SMALL_SCALE;
+        if min == 0.0 {
+            max = SMALL_SCALE * (qmax - qmin) as f32;
+        } else if max == 0.0 {
+            min = -SMALL_SCALE * (qmax - qmin) as f32;
+        } else {
+            let amplifier = SMALL_SCALE / original;
+            min *= amplifier;
+            max *= amplifier;
+        }
+    }
+    let s = f64::from(scale);
+    let (lo, hi) = (f64::from(min) / s, f64::from(max) / s);
+    let from_min = f64::from(qmin) - lo;
+    let from_max = f64::from(qmax) - hi;
+    let mut zero_point =
+        if f64::from(qmin.unsigned_abs()) + lo.abs() < f64::from(qmax.unsigned_abs()) + hi.abs() {
+            from_min
+        } else {
+            from_max
+        };
+    if min < 0.0 && max > 0.0 && symmetric {
+        zero_point = (f64::from(qmin) + f64::from(qmax)) / 2.0;
+    }
+    let zero_point = if zero_point < f64::from(qmin) {
+        qmin
+    } else if zero_point > f64::from(qmax) {
+        qmax
+    } else {
+        zero_point.round_ties_even() as i32
+    };
+    QParams { scale, zero_point }
 }
 
 /// Quantizes one value to the integer grid.
@@ -185,6 +258,87 @@ pub fn average_codes(sum: i32, n: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Golden values from torch 2.9.1 on x86_64: the `scale` and `zero_point` buffers of
+    /// `get_default_qat_qconfig("fbgemm")`'s activation and weight fake quants after one
+    /// forward of a tensor whose (per-channel) min and max are the first two columns.
+    #[test]
+    #[allow(clippy::excessive_precision)] // the f32 values as torch printed them, in f64 digits
+    fn fake_quant_qparams_match_torchs_fused_observer() {
+        let range = |scheme, quant_min, quant_max| QRange {
+            dtype: if quant_min < 0 {
+                DType::Qint8
+            } else {
+                DType::Quint8
+            },
+            scheme,
+            quant_min,
+            quant_max,
+        };
+        let weights = range(Scheme::Symmetric, -128, 127);
+        let acts = range(Scheme::Affine, 0, 127);
+        let cases: &[(f32, f32, &QRange, f64, i32)] = &[
+            (-2e-6, 1e-6, &weights, 6.0999998822808266e-05, 0),
+            (0.0, 0.0, &weights, 0.10000000149011612, 127),
+            (-1e-3, 1e-3, &weights, 6.0999998822808266e-05, 0),
+            (1e-5, 3e-5, &weights, 6.0999998822808266e-05, -128),
+            (-1e-30, 1e-30, &weights, 6.0999998822808266e-05, 0),
+            (-3.0, 5.0, &weights, 0.03937007859349251, 0),
+            (
+                0.2505785822868347,
+                2.1152193546295166,
+                &weights,
+                0.008294978179037571,
+                -128,
+            ),
+            (
+                -1.6959311962127686,
+                1.237657904624939,
+                &weights,
+                0.013249462470412254,
+                0,
+            ),
+            (
+                -1.5550950765609741,
+                1.85300612449646,
+                &weights,
+                0.014590599574148655,
+                0,
+            ),
+            (
+                -1.7066433429718018,
+                -0.004785737954080105,
+                &weights,
+                0.006692719180136919,
+                127,
+            ),
+            (0.0, 0.0, &acts, 0.10000000149011612, 0),
+            (1e-7, 1e-6, &acts, 6.0999998822808266e-05, 0),
+            (-1.0, 1.0, &acts, 0.015748031437397003, 64),
+            (-0.3, 2.7, &acts, 0.023622047156095505, 13),
+            (0.5, 3.0, &acts, 0.023622047156095505, 0),
+            (-2.0, -0.5, &acts, 0.015748031437397003, 127),
+            (-1e-4, 1e-4, &acts, 6.0999998822808266e-05, 64),
+            (-0.123456, 0.987654, &acts, 0.008748897351324558, 14),
+            (-1.0, 0.0039, &acts, 0.007904724217951298, 127),
+        ];
+        for &(min, max, range, scale, zero_point) in cases {
+            let got = qparams_for_fake_quant(min, max, range);
+            assert_eq!(
+                got,
+                QParams {
+                    scale: scale as f32,
+                    zero_point
+                },
+                "[{min}, {max}] on {}..{}",
+                range.quant_min,
+                range.quant_max
+            );
+        }
+        // The observer's own rule (convert's) differs for symmetric weights: max(-min, max) / 127.5.
+        let convert = qparams_from_range(-1.6959311962127686, 1.237657904624939, &weights);
+        assert_eq!(convert.scale, 1.6959311962127686f32 / 127.5);
+    }
 
     fn range(dtype: DType, scheme: Scheme, quant_min: i32, quant_max: i32) -> QRange {
         QRange {

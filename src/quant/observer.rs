@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::numerics::{qparams_from_range, QParams, QRange};
+use super::numerics::{qparams_for_fake_quant, qparams_from_range, QParams, QRange};
 use super::qconfig::FakeQuantConfig;
 
 /// The running range of one fake-quant node.
@@ -74,7 +74,24 @@ impl Observer {
 
     /// Quantization parameters per channel (or one). An observer that saw nothing gives torch's
     /// defaults for an empty observer: scale 1, zero point 0.
+    /// This is the observer's `calculate_qparams`, which torch's convert uses.
     pub fn qparams(&self) -> Vec<QParams> {
+        self.qparams_with(qparams_from_range)
+    }
+
+    /// Quantization parameters for fake quantization during QAT. Moving-average observers
+    /// compute them as torch's fused observer + fake-quant module does (fbgemm's
+    /// `ChooseQuantizationParams`, see [`qparams_for_fake_quant`]); min/max observers as torch's
+    /// `FakeQuantize` does, with [`Observer::qparams`].
+    pub fn fake_quant_qparams(&self) -> Vec<QParams> {
+        if self.config.observer.is_moving_average() {
+            self.qparams_with(qparams_for_fake_quant)
+        } else {
+            self.qparams()
+        }
+    }
+
+    fn qparams_with(&self, rule: fn(f32, f32, &QRange) -> QParams) -> Vec<QParams> {
         if !self.is_initialized() {
             return vec![QParams {
                 scale: 1.0,
@@ -85,7 +102,7 @@ impl Observer {
         self.min
             .iter()
             .zip(&self.max)
-            .map(|(&lo, &hi)| qparams_from_range(lo, hi, &range))
+            .map(|(&lo, &hi)| rule(lo, hi, &range))
             .collect()
     }
 }

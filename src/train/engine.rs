@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::kernels::{self, ConvDims};
 use super::rng::Rng;
+use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
 use crate::ir::{BnAttrs, Graph, Node, Op};
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
 use crate::quant::observer::Observer;
@@ -146,18 +147,32 @@ struct BnTape {
 pub struct Net {
     pub graph: Graph,
     pub states: Vec<NodeState>,
+    /// The random stream the parameters were drawn from, left where the initialisation left
+    /// it: training takes each epoch's batch order from it, as a PyTorch script seeded once
+    /// draws its model and then its `randperm`s from one generator.
+    pub generator: TorchGenerator,
 }
 
 impl Net {
-    /// A network with PyTorch's default initialisation (kaiming-uniform weights, uniform
-    /// biases with bound 1/sqrt(fan_in), BatchNorm gamma 1 and beta 0).
-    pub fn new(graph: Graph, rng: &mut Rng) -> Net {
+    /// A network with PyTorch's default initialisation, drawn as `torch.manual_seed(seed)`
+    /// followed by building the layers in graph order would draw it: kaiming-uniform weights
+    /// and uniform biases (bound 1/sqrt(fan_in)), weight before bias; BatchNorm gamma 1, beta 0.
+    /// Then the stream moves on as `prepare_qat` moves it (see [`qat_swap_draws`]).
+    pub fn new(graph: Graph, seed: u64) -> Net {
+        let mut generator = TorchGenerator::new(seed);
         let states = graph
             .nodes
             .iter()
-            .map(|node| init_state(node, rng))
+            .map(|node| init_state(node, &mut generator))
             .collect();
-        Net { graph, states }
+        for node in &graph.nodes {
+            generator.discard(qat_swap_draws(node));
+        }
+        Net {
+            graph,
+            states,
+            generator,
+        }
     }
 
     /// Every parameter, in a fixed order.
@@ -380,7 +395,7 @@ impl Net {
                         observe_parallel(obs, x);
                     }
                     if mode.fake_quant && qat {
-                        let q = obs.qparams()[0];
+                        let q = obs.fake_quant_qparams()[0];
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
                         let mut y = kernels::copy(x);
                         y.par_chunks_mut(CHUNK).for_each(|c| {
@@ -619,8 +634,40 @@ impl Net {
     }
 }
 
-fn init_state(node: &Node, rng: &mut Rng) -> NodeState {
-    let uniform = |rng: &mut Rng, n: usize, bound: f32| {
+/// How many draws `prepare_qat` takes for `node`: it swaps each QAT Linear and Conv2d (fused or
+/// not) for its QAT module, whose constructor draws a fresh initialisation that `from_float` then
+/// overwrites with the float module's. A fused Conv+BN (`ConvBn2d`) draws its weight, then
+/// BatchNorm's gamma, then its bias.
+fn qat_swap_draws(node: &Node) -> usize {
+    let qat = node
+        .qconfig
+        .as_ref()
+        .is_some_and(|q| q.mode == QuantMode::Qat);
+    match &node.op {
+        Op::Linear {
+            in_features,
+            out_features,
+            bias,
+            weight_fq: Some(_),
+            ..
+        } if qat => out_features * (in_features + usize::from(*bias)),
+        Op::Conv2d {
+            geom,
+            bias,
+            bn,
+            weight_fq: Some(_),
+            ..
+        } if qat => {
+            let fan_in = geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1;
+            let o = geom.out_channels;
+            o * (fan_in + usize::from(*bias) + usize::from(bn.is_some()))
+        }
+        _ => 0,
+    }
+}
+
+fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
+    let uniform = |rng: &mut TorchGenerator, n: usize, bound: f64| {
         (0..n)
             .map(|_| rng.uniform(-bound, bound))
             .collect::<Vec<f32>>()
@@ -634,14 +681,16 @@ fn init_state(node: &Node, rng: &mut Rng) -> NodeState {
             weight_fq,
             ..
         } => {
-            // kaiming_uniform_(a=sqrt(5)) gives the bound 1/sqrt(fan_in), as does the bias.
-            let bound = 1.0 / (*in_features as f32).sqrt();
-            let w = uniform(rng, in_features * out_features, bound);
+            let w = uniform(
+                rng,
+                in_features * out_features,
+                kaiming_uniform_bound(*in_features),
+            );
             let b = bias.then(|| {
                 Param::new(
                     format!("{}.bias", node.name),
                     vec![*out_features],
-                    uniform(rng, *out_features, bound),
+                    uniform(rng, *out_features, bias_bound(*in_features)),
                 )
             });
             NodeState::Linear {
@@ -662,14 +711,13 @@ fn init_state(node: &Node, rng: &mut Rng) -> NodeState {
             ..
         } => {
             let fan_in = geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1;
-            let bound = 1.0 / (fan_in as f32).sqrt();
             let o = geom.out_channels;
-            let w = uniform(rng, o * fan_in, bound);
+            let w = uniform(rng, o * fan_in, kaiming_uniform_bound(fan_in));
             let b = bias.then(|| {
                 Param::new(
                     format!("{}.bias", node.name),
                     vec![o],
-                    uniform(rng, o, bound),
+                    uniform(rng, o, bias_bound(fan_in)),
                 )
             });
             NodeState::Conv {
@@ -742,7 +790,7 @@ fn weight_tape(
             obs.observe(&used, out_channels);
         }
         if qat && mode.fake_quant {
-            let qparams = obs.qparams();
+            let qparams = obs.fake_quant_qparams();
             let cfg = obs.config;
             let mut m = vec![false; used.len()];
             let per_row = qparams.len() == out_channels && out_channels > 1;

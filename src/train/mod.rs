@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod optim;
 pub mod report;
 pub mod rng;
+pub mod torch_rng;
 
 use std::time::Instant;
 
@@ -85,11 +86,11 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> TrainOutcome {
     let quantized = net.graph.nodes.iter().any(|n| n.qconfig.is_some());
+    // Dropout's masks; the batch order comes from the network's torch-compatible generator.
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
     let mut optimizer = optim::Optimizer::new(cfg.optimizer.clone());
     let n = data.train.len();
     let batches = n.div_ceil(cfg.batch);
-    let mut order: Vec<usize> = (0..n).collect();
     let mut stats = Vec::new();
     let mut float_acc = None;
     let mut total_images = 0usize;
@@ -112,7 +113,7 @@ pub fn train(
         };
         let lr = optim::learning_rate(optimizer.base_lr(), cfg.schedule.as_ref(), epoch, epochs);
         progress.epoch_start(epoch + 1, epochs, phase, batches);
-        rng.shuffle(&mut order);
+        let order = net.generator.randperm(n);
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for chunk in order.chunks(cfg.batch) {
@@ -209,7 +210,7 @@ pub fn build_net(model: &crate::check::CheckedModel, seed: u64) -> Result<Net, S
     let graph = crate::ir::lower(model);
     let stages = crate::passes::run(&graph, crate::passes::QAT_PIPELINE)?;
     let prepared = stages.into_iter().last().map_or(graph, |(_, g)| g);
-    Ok(Net::new(prepared, &mut Rng::new(seed)))
+    Ok(Net::new(prepared, seed))
 }
 
 /// Loads a spec's data (paths relative to `spec_dir`, then the working directory) and checks
