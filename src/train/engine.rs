@@ -594,9 +594,8 @@ impl Net {
                         .zip(input(0).par_chunks(CHUNK))
                         .for_each(|(gs, xs)| {
                             for (g, &x) in gs.iter_mut().zip(xs) {
-                                if !fake_quant_passes(x, *q, inv, *lo, *hi) {
-                                    *g = 0.0
-                                }
+                                let pass = fake_quant_passes(x, *q, inv, *lo, *hi);
+                                *g = if pass { *g } else { 0.0 };
                             }
                         });
                     vec![Some(dy)]
@@ -810,11 +809,9 @@ fn mask_gradient(grad: &mut [f32], mask: &[bool]) {
     grad.par_chunks_mut(CHUNK)
         .zip(mask.par_chunks(CHUNK))
         .for_each(|(g, m)| {
-            g.iter_mut().zip(m).for_each(|(g, &m)| {
-                if !m {
-                    *g = 0.0
-                }
-            })
+            g.iter_mut()
+                .zip(m)
+                .for_each(|(g, &m)| *g = if m { *g } else { 0.0 })
         });
 }
 
