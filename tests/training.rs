@@ -39,14 +39,47 @@ fn lenet_qat_learns_in_a_reduced_schedule() {
         losses.windows(2).all(|w| w[1] < w[0]),
         "loss falls every epoch: {losses:?}"
     );
+    // PyTorch 2.9.1 with the same seed, init and batch order reaches 95.35 % after 4 epochs.
     assert!(
-        outcome.final_acc >= 93.0,
+        outcome.final_acc >= 95.0,
         "fake-quant test accuracy {} after 4 epochs",
         outcome.final_acc
     );
     // Fake quantization is really on: the quantized and float evaluations differ.
     let float_acc = train::evaluate(&mut net, &data.test, &cfg, false);
     assert_ne!(float_acc, outcome.final_acc);
+}
+
+/// `torch.manual_seed(0)`, the LeNet of tools/torch_lenet_qat.py, fuse_modules_qat and
+/// prepare_qat, then `torch.randperm(8000)`: the values torch 2.9.1 prints.
+#[test]
+fn seed_zero_draws_what_torch_draws() {
+    let spec = checked("specs/lenet_mnist.qspec");
+    let mut net = train::build_net(&spec.model, 0).unwrap();
+    let tensors = qatc::train::checkpoint::state_tensors(&net);
+    let values = |name: &str| {
+        let (_, _, data) = tensors.iter().find(|(n, _, _)| n == name).unwrap();
+        data.clone()
+    };
+    let conv1 = values("conv1.weight");
+    let want = [
+        -0.0014973640209063888,
+        0.10728871822357178,
+        -0.16460902988910675,
+    ];
+    assert_eq!(conv1[..3], want.map(|v: f64| v as f32));
+    let fc3 = values("fc3.bias");
+    let want = [
+        -0.014520934782922268,
+        0.10605019330978394,
+        0.0726744532585144,
+    ];
+    assert_eq!(fc3[7..], want.map(|v: f64| v as f32));
+    // The first epoch's order comes after prepare_qat's throw-away draws.
+    assert_eq!(
+        net.generator.randperm(8000)[..6],
+        [4585, 923, 5652, 7450, 6874, 3245]
+    );
 }
 
 #[test]
