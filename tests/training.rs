@@ -51,7 +51,8 @@ fn lenet_qat_learns_in_a_reduced_schedule() {
 }
 
 /// `torch.manual_seed(0)`, the LeNet of tools/torch_lenet_qat.py, fuse_modules_qat and
-/// prepare_qat, then `torch.randperm(8000)`: the values torch 2.9.1 prints.
+/// prepare_qat, then `torch.randperm(8000)`: the values torch 2.9.1 prints. Likewise for
+/// lenet_custom with its qconfigs.
 #[test]
 fn seed_zero_draws_what_torch_draws() {
     let spec = checked("specs/lenet_mnist.qspec");
@@ -79,6 +80,14 @@ fn seed_zero_draws_what_torch_draws() {
     assert_eq!(
         net.generator.randperm(8000)[..6],
         [4585, 923, 5652, 7450, 6874, 3245]
+    );
+    // lenet_custom (seed 1): prepare_qat swaps two ConvBnReLU2d (weight, gamma, bias drawn) and
+    // two LinearReLU, and leaves the float fc3 alone.
+    let spec = checked("specs/lenet_custom.qspec");
+    let mut net = train::build_net(&spec.model, 1).unwrap();
+    assert_eq!(
+        net.generator.randperm(8000)[..6],
+        [5114, 3384, 4550, 2847, 4750, 1934]
     );
 }
 
