@@ -1,5 +1,6 @@
-//! A small deterministic random generator (xoshiro256**, seeded by SplitMix64): the same seed
-//! gives the same run, bit for bit, on any machine.
+//! A small deterministic random generator (xoshiro256**, seeded by SplitMix64) for dropout masks,
+//! tests and benchmarks: the same seed gives the same stream on any machine. Initialisation and
+//! batch order use PyTorch's generator instead ([`super::torch_rng`]).
 
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -46,13 +47,5 @@ impl Rng {
     /// Uniform in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
     }
 }
