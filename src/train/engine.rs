@@ -157,7 +157,8 @@ impl Net {
     /// A network with PyTorch's default initialisation, drawn as `torch.manual_seed(seed)`
     /// followed by building the layers in graph order would draw it: kaiming-uniform weights
     /// and uniform biases (bound 1/sqrt(fan_in)), weight before bias; BatchNorm gamma 1, beta 0.
-    /// Then the stream moves on as `prepare_qat` moves it (see [`qat_swap_draws`]).
+    /// Then the stream moves on as `prepare_qat` moves it: each QAT Linear and Conv2d is rebuilt
+    /// as its QAT module, whose constructor draws a throw-away initialisation.
     pub fn new(graph: Graph, seed: u64) -> Net {
         let mut generator = TorchGenerator::new(seed);
         let states = graph
