@@ -56,6 +56,13 @@ pub struct ConvGeom {
     pub groups: usize,
 }
 
+impl ConvGeom {
+    /// Products per output value: input channels per group times the kernel's taps.
+    pub fn fan_in(&self) -> usize {
+        self.in_channels / self.groups * self.kernel.0 * self.kernel.1
+    }
+}
+
 /// BatchNorm settings of a standalone or fused BatchNorm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BnAttrs {

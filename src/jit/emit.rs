@@ -23,7 +23,7 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64, I8, I8X16};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::check::Pool2d;
@@ -496,27 +496,13 @@ impl Emitter<'_, '_> {
         if entry == Entry::U8 {
             let (node, _) = u8_output(graph).expect("checked by lower");
             let out = self.canonical(values[node].expect("the output node exists"));
-            let total = self.b.ins().imul_imm_s(self.n, out.size as i64);
-            self.for_loop(total, |e, i| {
-                let src = e.at(out.ptr, i, 1);
-                let v = e.b.ins().load(I8, flags(), src, 0);
-                let dst = e.at(output, i, 1);
-                e.b.ins().store(flags(), v, dst, 0);
-            });
+            self.copy_out(out, output, I8);
             return Ok(());
         }
         let out = self.canonical(values[graph.output].expect("the output node exists"));
         match out.q {
             Some(q) => self.dequantize(out.ptr, output, out.size, q),
-            None => {
-                let total = self.b.ins().imul_imm_s(self.n, out.size as i64);
-                self.for_loop(total, |e, i| {
-                    let src = e.at(out.ptr, i, 4);
-                    let v = e.b.ins().load(F32, flags(), src, 0);
-                    let dst = e.at(output, i, 4);
-                    e.b.ins().store(flags(), v, dst, 0);
-                });
-            }
+            None => self.copy_out(out, output, F32),
         }
         Ok(())
     }
@@ -866,6 +852,18 @@ impl Emitter<'_, '_> {
             });
         });
         (y, hp, wp)
+    }
+
+    /// Copies the batch's values of `x` (of type `ty`) to `output`, one value per step.
+    fn copy_out(&mut self, x: Tensor, output: Value, ty: Type) {
+        let size = ty.bytes() as usize;
+        let total = self.b.ins().imul_imm_s(self.n, x.size as i64);
+        self.for_loop(total, |e, i| {
+            let src = e.at(x.ptr, i, size);
+            let v = e.b.ins().load(ty, flags(), src, 0);
+            let dst = e.at(output, i, size);
+            e.b.ins().store(flags(), v, dst, 0);
+        });
     }
 
     /// Copies `len` bytes; with `exact` the last piece is not written past `len`.

@@ -488,14 +488,18 @@ impl Emitter<'_, '_> {
             DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
             _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
         };
-        let lo_l = b.ins().swiden_low(lo);
-        let lo_h = b.ins().swiden_high(lo);
-        let lo_s = b.ins().iadd_pairwise(lo_l, lo_h);
-        let hi_l = b.ins().swiden_low(hi);
-        let hi_h = b.ins().swiden_high(hi);
-        let hi_s = b.ins().iadd_pairwise(hi_l, hi_h);
-        let s = b.ins().iadd_pairwise(lo_s, hi_s);
-        b.ins().iadd(s, acc)
+        let lo_s = self.widen_pairs(lo);
+        let hi_s = self.widen_pairs(hi);
+        let s = self.b.ins().iadd_pairwise(lo_s, hi_s);
+        self.b.ins().iadd(s, acc)
+    }
+
+    /// Adjacent lanes summed into lanes twice as wide:
+    /// `iadd_pairwise(swiden_low(v), swiden_high(v))`.
+    fn widen_pairs(&mut self, v: Value) -> Value {
+        let lo = self.b.ins().swiden_low(v);
+        let hi = self.b.ins().swiden_high(v);
+        self.b.ins().iadd_pairwise(lo, hi)
     }
 }
 
@@ -524,12 +528,9 @@ impl Emitter<'_, '_> {
     /// `acc + Σ` of each lane's four u8·i8 products as `pmaddubsw` (pairs, in i16) and
     /// `pmaddwd` by ones (the pairs summed into i32). Exact when no code exceeds 127.
     fn dot_pairs(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let pairs = b.ins().x86_pmaddubsw(w, a);
-        let lo = b.ins().swiden_low(pairs);
-        let hi = b.ins().swiden_high(pairs);
-        let s = b.ins().iadd_pairwise(lo, hi);
-        b.ins().iadd(s, acc)
+        let pairs = self.b.ins().x86_pmaddubsw(w, a);
+        let s = self.widen_pairs(pairs);
+        self.b.ins().iadd(s, acc)
     }
 
     /// Runs a GEMM with its main kernel, or with the exact fallback when any activation code

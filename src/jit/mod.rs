@@ -425,25 +425,7 @@ impl Compiled {
     /// Runs a batch into `output`, which must hold `output_size()` values per input sample.
     /// Batches of more than one tile are split over the current rayon pool's threads.
     pub fn run_into(&self, input: &[f32], output: &mut [f32]) -> Result<(), Error> {
-        let batch = self.batch_of_len(input.len())?;
-        if output.len() != batch * self.out_size {
-            return Err(Error(format!(
-                "output has room for {} values; {batch} samples need {}",
-                output.len(),
-                batch * self.out_size
-            )));
-        }
-        let threads = rayon::current_num_threads().max(1);
-        let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
-        if threads == 1 || batch <= emit::TILE {
-            self.call(input, output);
-        } else {
-            input
-                .par_chunks(per * self.in_size)
-                .zip(output.par_chunks_mut(per * self.out_size))
-                .for_each(|(i, o)| self.call(i, o));
-        }
-        Ok(())
+        self.split(input, output, "values", |i, o| self.call(i, o))
     }
 
     /// The quantization of the u8 entry's input and output codes, when it was compiled
@@ -472,17 +454,7 @@ impl Compiled {
                     .into(),
             )
         })?;
-        let batch = self.batch_of_len(input.len())?;
-        if output.len() != batch * self.out_size {
-            return Err(Error(format!(
-                "output has room for {} codes; {batch} samples need {}",
-                output.len(),
-                batch * self.out_size
-            )));
-        }
-        let threads = rayon::current_num_threads().max(1);
-        let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
-        let call = |i: &[u8], o: &mut [u8]| {
+        self.split(input, output, "codes", |i, o| {
             let n = i.len() / self.in_size;
             assert!(i.len() == n * self.in_size && o.len() == n * self.out_size);
             self.with_scratch(|scratch| {
@@ -491,7 +463,29 @@ impl Compiled {
                 // was built for this signature and this CPU by `compile`.
                 unsafe { entry(i.as_ptr(), o.as_mut_ptr(), n as i64, scratch) }
             })
-        };
+        })
+    }
+
+    /// Checks that `output` holds `output_size()` `what` per input sample, then runs `call` on
+    /// whole samples: once, or, for batches of more than one tile, on one part per thread of the
+    /// current rayon pool.
+    fn split<I: Sync, O: Send>(
+        &self,
+        input: &[I],
+        output: &mut [O],
+        what: &str,
+        call: impl Fn(&[I], &mut [O]) + Sync,
+    ) -> Result<(), Error> {
+        let batch = self.batch_of_len(input.len())?;
+        if output.len() != batch * self.out_size {
+            return Err(Error(format!(
+                "output has room for {} {what}; {batch} samples need {}",
+                output.len(),
+                batch * self.out_size
+            )));
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
         if threads == 1 || batch <= emit::TILE {
             call(input, output);
         } else {

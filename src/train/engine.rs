@@ -658,7 +658,7 @@ fn qat_swap_draws(node: &Node) -> usize {
             weight_fq: Some(_),
             ..
         } if qat => {
-            let fan_in = geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1;
+            let fan_in = geom.fan_in();
             let o = geom.out_channels;
             o * (fan_in + usize::from(*bias) + usize::from(bn.is_some()))
         }
@@ -710,7 +710,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
             weight_fq,
             ..
         } => {
-            let fan_in = geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1;
+            let fan_in = geom.fan_in();
             let o = geom.out_channels;
             let w = uniform(rng, o * fan_in, kaiming_uniform_bound(fan_in));
             let b = bias.then(|| {

@@ -218,7 +218,7 @@ impl ConvDims {
             wo: out_shape[2],
             cg: geom.in_channels / geom.groups,
             og: geom.out_channels / geom.groups,
-            kg: geom.in_channels / geom.groups * geom.kernel.0 * geom.kernel.1,
+            kg: geom.fan_in(),
         }
     }
 
