@@ -94,33 +94,80 @@ impl Diag {
     }
 }
 
-/// Renders diagnostics as plain text (no colour), in the order given.
+/// Diagnostics rendered at most; the rest are counted. A file of garbage gives thousands of
+/// errors, and only the first ones help.
+pub const MAX_RENDERED: usize = 50;
+
+/// Source lines longer than this are not echoed: the diagnostic names the line and column only.
+const MAX_ECHOED_LINE: usize = 400;
+
+/// Renders diagnostics as plain text (no colour), in the order given: at most [`MAX_RENDERED`],
+/// each in time proportional to its own lines (a long line is not echoed), after one pass over
+/// the source. Lines break at `\n`, `\r\n` and a lone `\r`, as the parser counts them.
 pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
-    let file = SimpleFile::new(file_name, source);
+    // A lone CR becomes LF (one byte for one): codespan breaks lines at LF only.
+    let display: std::borrow::Cow<str> = if source.contains('\r') {
+        let mut bytes = source.as_bytes().to_vec();
+        for i in 0..bytes.len() {
+            if bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+                bytes[i] = b'\n';
+            }
+        }
+        String::from_utf8(bytes)
+            .expect("replacing an ASCII byte keeps UTF-8")
+            .into()
+    } else {
+        source.into()
+    };
+    let file = SimpleFile::new(file_name, display.as_ref());
     let config = Config {
         chars: Chars::ascii(),
         ..Config::default()
     };
     let mut out = String::new();
-    for diag in diags {
+    for diag in diags.iter().take(MAX_RENDERED) {
         let mut d = match diag.severity {
             Severity::Error => Diagnostic::error(),
             Severity::Warning => Diagnostic::warning(),
         }
         .with_message(&diag.message)
         .with_notes(diag.notes.clone());
+        let mut location = None;
         if let Some(span) = diag.span {
-            let end = span.end.min(source.len());
-            let start = span.start.min(end);
-            d = d.with_labels(vec![
-                Label::primary((), start..end).with_message(&diag.label)
-            ]);
+            let end = floor_char_boundary(&display, span.end.min(display.len()));
+            let start = floor_char_boundary(&display, span.start.min(end));
+            let line_start = display[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = display[end..].find('\n').map_or(display.len(), |i| end + i);
+            if line_end - line_start > MAX_ECHOED_LINE {
+                let line = display[..start].matches('\n').count() + 1;
+                let column = display[line_start..start].chars().count() + 1;
+                location = Some(format!("{file_name}:{line}:{column}"));
+            } else {
+                d = d.with_labels(vec![
+                    Label::primary((), start..end).with_message(&diag.label)
+                ]);
+            }
         }
-        match term::emit_into_string(&config, &file, &d) {
-            Ok(text) => out.push_str(&text),
+        match (location, term::emit_into_string(&config, &file, &d)) {
+            (Some(at), Ok(text)) => {
+                // The message and notes without the (too long) source line.
+                let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
+                out.push_str(&format!("{head}\n  --> {at}\n"));
+                if !diag.label.is_empty() {
+                    out.push_str(&format!("  = {}\n", diag.label));
+                }
+                out.push_str(rest);
+            }
+            (None, Ok(text)) => out.push_str(&text),
             // A span outside the file is a bug of ours; still say what the user needs to know.
-            Err(_) => out.push_str(&format!("error: {}\n", diag.message)),
+            (_, Err(_)) => out.push_str(&format!("error: {}\n", diag.message)),
         }
+    }
+    if diags.len() > MAX_RENDERED {
+        out.push_str(&format!(
+            "... {} more diagnostics not shown\n",
+            diags.len() - MAX_RENDERED
+        ));
     }
     let n_errors = diags.iter().filter(|d| d.is_error()).count();
     if n_errors > 0 {
@@ -128,6 +175,14 @@ pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
         out.push_str(&format!("{file_name}: {n_errors} error{plural}\n"));
     }
     out
+}
+
+/// The largest char boundary of `s` at or before `i` (`i <= s.len()`).
+pub fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// The closest candidate to `word`, if one is close enough to be a plausible typo.

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::Pool2d;
 use crate::ir::{Act, ConvGeom};
-use crate::quant::numerics::QParams;
+use crate::limits;
+use crate::quant::numerics::{requant_multiplier, QParams};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QGraph {
@@ -258,9 +259,6 @@ impl QGraph {
 /// Reduction lengths above this could overflow the i32 accumulator of u8 x i8 products.
 pub const MAX_REDUCTION: usize = (i32::MAX as usize) / (255 * 128);
 
-/// Sizes above this many elements per sample are refused (no model here comes near).
-const MAX_ELEMENTS: usize = 1 << 26;
-
 /// Checks every invariant the interpreter relies on: the input node first and only first, inputs
 /// from earlier nodes, dtypes each op accepts, shapes by each op's rule, array lengths, weight
 /// scales finite and positive, zero points inside 0..255, clamps inside the code range, reduction
@@ -283,18 +281,22 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             err(format!("bad shape {:?}", node.shape));
             continue;
         }
-        if node
-            .shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .is_none_or(|n| n > MAX_ELEMENTS)
-        {
-            err(format!("shape {:?} is too large", node.shape));
+        if limits::elements(&node.shape).is_none() {
+            err(format!(
+                "shape {:?} is too large: {} values per sample; at most {}",
+                node.shape,
+                limits::count_text(limits::approx_elements(&node.shape)),
+                limits::count_text(limits::MAX_ELEMENTS as f64)
+            ));
             continue;
         }
         if let TensorType::U8(q) = node.ty {
-            if !(q.scale.is_finite() && q.scale > 0.0) {
-                err(format!("scale {} is not finite and positive", q.scale));
+            // Quantizing multiplies by `1 / scale`: both must be finite and normal.
+            if !(q.scale.is_normal() && q.scale > 0.0 && (1.0 / q.scale).is_normal()) {
+                err(format!(
+                    "scale {} is not a positive normal number with a normal inverse",
+                    q.scale
+                ));
             }
             if !(0..=255).contains(&q.zero_point) {
                 err(format!(
@@ -358,20 +360,57 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 types(same, "add takes inputs of its own kind and one shape")
             }
         }
-        if let QOp::Clamp { .. } = node.op {
+        if let QOp::Clamp { lo, hi } = node.op {
             types(x.ty == node.ty, "clamp keeps its input's parameters");
+            types(
+                0 <= lo && lo <= hi && hi <= 255,
+                &format!("clamp {lo}..{hi} is not a range of codes inside 0..255"),
+            );
+        }
+        if let QOp::FloatLinear { w, .. } | QOp::FloatConv2d { w, .. } = &node.op {
+            types(
+                w.weight.iter().chain(&w.bias).all(|v| v.is_finite()),
+                "float weights and biases must be finite",
+            );
+        }
+        // Requantization multipliers must be finite and normal, so that no product with an
+        // accumulator is NaN and every engine rounds the same values.
+        if let (QOp::Linear { w, .. } | QOp::Conv2d { w, .. }, Some(xq), Some(yq)) =
+            (&node.op, x.ty.qparams(), node.ty.qparams())
+        {
+            let bad = (0..w.weight_scales.len())
+                .map(|o| requant_multiplier(xq.scale, w.scale(o), yq.scale))
+                .find(|m| !m.is_normal());
+            if let Some(m) = bad {
+                types(
+                    false,
+                    &format!(
+                        "requantization multiplier {m} (input scale x weight scale / output \
+                         scale) is not a normal number"
+                    ),
+                );
+            }
         }
         let errs_before = errors.len();
         let mut shape_err = |msg: String| errors.push(format!("node `{}`: {msg}", node.name));
-        let window =
-            |k: (usize, usize), s: (usize, usize), p: (usize, usize)| -> Option<Vec<usize>> {
-                let [c, h, w] = x.shape[..] else { return None };
-                let (ph, pw) = (h + 2 * p.0, w + 2 * p.1);
-                if k.0 == 0 || k.1 == 0 || s.0 == 0 || s.1 == 0 || k.0 > ph || k.1 > pw {
-                    return None;
+        let window = |k: (usize, usize),
+                      s: (usize, usize),
+                      p: (usize, usize),
+                      err: &mut dyn FnMut(String)|
+         -> Option<Vec<usize>> {
+            let [c, h, w] = x.shape[..] else { return None };
+            match limits::window((c, h, w), k, s, p) {
+                Ok((ho, wo)) => Some(vec![c, ho, wo]),
+                Err(e) => {
+                    err(format!(
+                        "window kernel {k:?}, stride {s:?}, padding {p:?} on {:?}: {}",
+                        x.shape,
+                        window_error_text(e)
+                    ));
+                    None
                 }
-                Some(vec![c, (ph - k.0) / s.0 + 1, (pw - k.1) / s.1 + 1])
-            };
+            }
+        };
         let expected: Option<Vec<usize>> = match &node.op {
             QOp::Input => None,
             QOp::Quantize | QOp::Dequantize | QOp::Clamp { .. } | QOp::FloatAct(_) | QOp::Add => {
@@ -390,7 +429,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                         p.padding, p.kernel
                     ));
                 }
-                window(p.kernel, p.stride, p.padding)
+                window(p.kernel, p.stride, p.padding, &mut shape_err)
             }
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                 if x.shape.len() != 3
@@ -435,8 +474,21 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 shape_err("conv with zero groups".into());
                 None
             }
+            QOp::Conv2d { geom, .. } | QOp::FloatConv2d { geom, .. }
+                if conv_reduction(geom).is_none() =>
+            {
+                shape_err(format!(
+                    "conv of {} input channels in {} groups with kernel {:?} has too many \
+                     products per output (at most {})",
+                    geom.in_channels,
+                    geom.groups,
+                    geom.kernel,
+                    limits::MAX_PARAMS
+                ));
+                None
+            }
             QOp::Conv2d { geom, w } => {
-                let k = conv_reduction(geom);
+                let k = conv_reduction(geom).expect("checked above");
                 check_weights(
                     &mut shape_err,
                     w.weight.len(),
@@ -445,10 +497,10 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     geom.out_channels,
                 );
                 check_qweights(&mut shape_err, w, geom.out_channels, k);
-                conv_shape(geom, &x.shape, window)
+                conv_shape(geom, &x.shape, |k, s, p| window(k, s, p, &mut shape_err))
             }
             QOp::FloatConv2d { geom, w } => {
-                let k = conv_reduction(geom);
+                let k = conv_reduction(geom).expect("checked above");
                 check_weights(
                     &mut shape_err,
                     w.weight.len(),
@@ -456,7 +508,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     k,
                     geom.out_channels,
                 );
-                conv_shape(geom, &x.shape, window)
+                conv_shape(geom, &x.shape, |k, s, p| window(k, s, p, &mut shape_err))
             }
         };
         if errors.len() == errs_before {
@@ -481,14 +533,31 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
     }
 }
 
-fn conv_reduction(geom: &ConvGeom) -> usize {
-    geom.in_channels / geom.groups.max(1) * geom.kernel.0 * geom.kernel.1
+/// A convolution's products per output, checked ([`limits::fan_in`]).
+pub fn conv_reduction(geom: &ConvGeom) -> Option<usize> {
+    limits::fan_in(geom.in_channels, geom.groups, geom.kernel)
+}
+
+fn window_error_text(e: limits::WindowError) -> String {
+    use limits::WindowError::*;
+    match e {
+        OutOfRange => format!(
+            "kernel and stride must be 1 to {0}, padding at most {0}",
+            limits::MAX_WINDOW
+        ),
+        TooManyTaps => format!("more than {} kernel taps", limits::MAX_KERNEL_TAPS),
+        KernelTooLarge(h, w) => format!("the kernel is larger than the {h}x{w} padded input"),
+        PaddedTooLarge => format!(
+            "the padded input has more than {} values",
+            limits::MAX_ELEMENTS
+        ),
+    }
 }
 
 fn conv_shape(
     geom: &ConvGeom,
     x: &[usize],
-    window: impl Fn((usize, usize), (usize, usize), (usize, usize)) -> Option<Vec<usize>>,
+    mut window: impl FnMut((usize, usize), (usize, usize), (usize, usize)) -> Option<Vec<usize>>,
 ) -> Option<Vec<usize>> {
     let divides = geom.in_channels.is_multiple_of(geom.groups)
         && geom.out_channels.is_multiple_of(geom.groups);

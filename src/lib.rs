@@ -31,6 +31,7 @@ pub mod int8;
 pub mod interp;
 pub mod ir;
 pub mod jit;
+pub mod limits;
 pub mod passes;
 pub mod qmodel;
 pub mod quant;

@@ -178,10 +178,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
                 fill_quantized(w, &mut take, out, k, node_scales(&file, &name))?;
             }
             QOp::Conv2d { w, geom } => {
-                let (out, k) = (
-                    geom.out_channels,
-                    geom.in_channels / geom.groups.max(1) * geom.kernel.0 * geom.kernel.1,
-                );
+                let k = fan_in(geom, &name)?;
+                let out = geom.out_channels;
                 fill_quantized(w, &mut take, out, k, node_scales(&file, &name))?;
             }
             QOp::FloatLinear {
@@ -193,7 +191,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
                 w.bias = f32s(take("bias", Dtype::F32, &[*out_features])?);
             }
             QOp::FloatConv2d { w, geom } => {
-                let k = geom.in_channels / geom.groups.max(1) * geom.kernel.0 * geom.kernel.1;
+                let k = fan_in(geom, &name)?;
                 w.weight = f32s(take("weight", Dtype::F32, &[geom.out_channels, k])?);
                 w.bias = f32s(take("bias", Dtype::F32, &[geom.out_channels])?);
             }
@@ -225,6 +223,20 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
         qatc_version: get("qatc.version"),
     };
     Ok((graph, info))
+}
+
+/// A convolution's products per output, or an error when its geometry cannot give one.
+fn fan_in(geom: &crate::ir::ConvGeom, name: &str) -> Result<usize, String> {
+    int8::conv_reduction(geom).ok_or_else(|| {
+        format!(
+            "node `{name}`: a conv of {} input channels in {} groups with kernel {:?} is not \
+             possible (zero groups, or more than {} products per output)",
+            geom.in_channels,
+            geom.groups,
+            geom.kernel,
+            crate::limits::MAX_PARAMS
+        )
+    })
 }
 
 /// The number of weight scales the file holds for a node (1 or one per channel), if any.

@@ -35,8 +35,13 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Builds the graph for `arch` with `features`, links it with the harness using `cc`, runs it
-/// (under `runner` if given) and compares its outputs with the interpreter's, bit for bit.
+/// The batch sizes every object runs: partial, whole and more than one tile of 32 samples.
+const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 31, 32, 33];
+
+/// Builds the graph for `arch` with `features`, links it with the harness using `cc`, runs both
+/// entries (under `runner` if given) on every batch size in [`BATCHES`] with the input, output and
+/// scratch each ending at a guard page (`tests/data/harness.c`), and compares the outputs with
+/// the interpreter's, bit for bit.
 fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str], dir: &Path) {
     let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
     let tag = format!("{}_{arch:?}_{}", graph.name, features.join("_"));
@@ -58,7 +63,8 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
         .arg("-o")
         .arg(&exe));
     let size: usize = graph.nodes[0].shape.iter().product();
-    let batch = 13;
+    let out_size: usize = graph.nodes[graph.output].shape.iter().product();
+    let batch = *BATCHES.iter().max().unwrap();
     let mut rng = Rng::new(9);
     let x: Vec<f32> = (0..batch * size)
         .map(|i| {
@@ -71,31 +77,47 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
         .collect();
     let input = dir.join(format!("{tag}.in"));
     let output = dir.join(format!("{tag}.out"));
+    let batches: Vec<String> = BATCHES.iter().map(|b| b.to_string()).collect();
     std::fs::write(
         &input,
         x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
     )
     .unwrap();
-    run(runner_cmd(runner, &exe).arg(&input).arg(&output));
-    let want: Vec<u8> = qatc::interp::run(graph, &x, batch)
+    run(runner_cmd(runner, &exe)
+        .arg(&input)
+        .arg(&output)
+        .arg("f32")
+        .args(&batches));
+    // Samples are independent: a batch's outputs are the first ones of the largest batch.
+    let all: Vec<u8> = qatc::interp::run(graph, &x, batch)
         .unwrap()
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
+    let want = |elem: usize, all: &[u8]| -> Vec<u8> {
+        BATCHES
+            .iter()
+            .flat_map(|b| all[..b * out_size * elem].to_vec())
+            .collect()
+    };
     let got = std::fs::read(&output).unwrap();
     assert!(
-        got == want,
+        got == want(4, &all),
         "{tag}: the object's outputs differ from the interpreter's"
     );
 
     // The u8 entry, where the model has one: the interpreter's input and output codes.
     if qatc::jit::emit::u8_entry(graph).is_some() {
-        let (codes_in, want) = common::u8_entry_codes(graph, &x);
+        let (codes_in, all) = common::u8_entry_codes(graph, &x);
         std::fs::write(&input, &codes_in).unwrap();
-        run(runner_cmd(runner, &exe).arg(&input).arg(&output).arg("u8"));
+        run(runner_cmd(runner, &exe)
+            .arg(&input)
+            .arg(&output)
+            .arg("u8")
+            .args(&batches));
         let got = std::fs::read(&output).unwrap();
         assert!(
-            got == want,
+            got == want(1, &all),
             "{tag}: the object's u8 entry differs from the interpreter"
         );
     }
@@ -120,6 +142,22 @@ fn graphs() -> Vec<QGraph> {
         .collect()
 }
 
+/// The VNNI feature sets (as `qatc compile --features` names them) this CPU can run.
+fn host_vnni_features() -> Vec<&'static [&'static str]> {
+    let mut sets: Vec<&'static [&'static str]> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512vnni") && has!("avx512vl") {
+            sets.push(&["avx512vnni"]);
+        }
+        if has!("avxvnni") {
+            sets.push(&["avxvnni"]);
+        }
+    }
+    sets
+}
+
 #[test]
 fn x86_64_objects_match_the_interpreter() {
     if std::env::consts::ARCH != "x86_64" || !have("cc") {
@@ -128,8 +166,11 @@ fn x86_64_objects_match_the_interpreter() {
     }
     let dir = work_dir("x86");
     for graph in graphs() {
-        // The baseline (i16 dot products) and AVX2; VNNI code needs a VNNI CPU to run.
-        for features in [&[][..], &["avx2"]] {
+        // The baseline (i16 dot products), AVX2 (`pmaddubsw` pairs) and, where this CPU has them,
+        // AVX512-VNNI or AVX-VNNI (`vpdpbusd`).
+        let mut feature_sets: Vec<&[&str]> = vec![&[], &["avx2"]];
+        feature_sets.extend(host_vnni_features());
+        for features in feature_sets {
             check(&graph, Arch::X86_64, features, "cc", &[], &dir);
         }
     }

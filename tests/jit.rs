@@ -28,12 +28,7 @@ fn inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
 /// Every GEMM formulation is checked (each is exact on any CPU), whichever this one prefers.
 fn assert_bit_exact(graph: &QGraph, seed: u64) {
     let model = Model::from_graph(graph.clone()).expect("the graph verifies");
-    for dot in [
-        DotProduct::Vnni,
-        DotProduct::Usdot,
-        DotProduct::Sdot,
-        DotProduct::I16,
-    ] {
+    for dot in runnable_forms() {
         let options = qatc::jit::Options {
             dot_product: Some(dot),
             listing: false,
@@ -42,6 +37,21 @@ fn assert_bit_exact(graph: &QGraph, seed: u64) {
         let (compiled, _) = model.compile_with(&options).expect("the graph compiles");
         assert_same(graph, &compiled, seed);
     }
+}
+
+/// Every GEMM form this CPU can run: all of them on x86 (where `Pairs`, the default without
+/// VNNI, uses `pmaddubsw`), all but `Pairs` elsewhere.
+fn runnable_forms() -> Vec<DotProduct> {
+    let mut forms = vec![
+        DotProduct::Vnni,
+        DotProduct::Usdot,
+        DotProduct::Sdot,
+        DotProduct::I16,
+    ];
+    if cfg!(target_arch = "x86_64") {
+        forms.push(DotProduct::Pairs);
+    }
+    forms
 }
 
 /// The u8 entry against the interpreter's codes: the input's quantize node and the output's
@@ -97,6 +107,67 @@ fn every_spec_is_bit_exact() {
         let text = std::fs::read_to_string(&path).unwrap();
         let graph = common::calibrated(&path.display().to_string(), &text, 5, 3, 1.5);
         assert_bit_exact(&graph, 11);
+    }
+}
+
+/// Both entries of every spec, in every form this CPU runs, on batches of 1 to 33 samples, with
+/// the input, the output and the scratch memory each ending at an inaccessible page: a read or
+/// write past any of them crashes the test. The results must still be the interpreter's.
+#[test]
+fn every_entry_stays_inside_the_callers_buffers() {
+    use common::guard::Guarded;
+    const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 31, 32, 33];
+    let largest = BATCHES[BATCHES.len() - 1];
+    for path in common::spec_files() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let graph = common::calibrated(&path.display().to_string(), &text, 5, 3, 1.5);
+        let model = Model::from_graph(graph.clone()).unwrap();
+        let (size, out) = (model.input_size(), model.output_size());
+        let mut rng = Rng::new(21);
+        let x = inputs(largest * size, &mut rng);
+        // Samples are independent: a batch's outputs are the first ones of the largest batch.
+        let want = interp::run(&graph, &x, largest).unwrap();
+        let codes = qatc::jit::emit::u8_entry(&graph).map(|_| common::u8_entry_codes(&graph, &x));
+        for dot in runnable_forms() {
+            let options = qatc::jit::Options {
+                dot_product: Some(dot),
+                listing: false,
+                u8_entry: true,
+            };
+            let (compiled, _) = model.compile_with(&options).unwrap();
+            let mut scratch = Guarded::new(compiled.scratch_bytes());
+            let what = |b: usize| format!("{} ({dot:?}), batch {b}", graph.name);
+            for b in BATCHES {
+                let mut input = Guarded::new(4 * b * size);
+                let mut output = Guarded::new(4 * b * out);
+                input.f32s().copy_from_slice(&x[..b * size]);
+                compiled
+                    .run_with_scratch(input.f32s(), output.f32s(), scratch.bytes())
+                    .unwrap();
+                let same = output
+                    .f32s()
+                    .iter()
+                    .zip(&want[..b * out])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{}: f32 entry differs from the interpreter", what(b));
+
+                let Some((codes_in, codes_want)) = &codes else {
+                    continue;
+                };
+                let mut input = Guarded::new(b * size);
+                let mut output = Guarded::new(b * out);
+                input.bytes().copy_from_slice(&codes_in[..b * size]);
+                compiled
+                    .run_u8_with_scratch(input.bytes(), output.bytes(), scratch.bytes())
+                    .unwrap();
+                assert_eq!(
+                    output.bytes(),
+                    &codes_want[..b * out],
+                    "{}: u8 entry",
+                    what(b)
+                );
+            }
+        }
     }
 }
 

@@ -182,12 +182,12 @@ fn crafted_bad_files_are_refused() {
         (
             "zero scale",
             edit_op("conv1", |n| n["ty"]["U8"]["scale"] = json!(0.0)),
-            "not finite and positive",
+            "not a positive normal number",
         ),
         (
             "negative scale",
             edit_op("pool1", |n| n["ty"]["U8"]["scale"] = json!(-1.0)),
-            "not finite and positive",
+            "not a positive normal number",
         ),
         (
             "zero point 300",

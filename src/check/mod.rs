@@ -13,6 +13,7 @@ use serde::Serialize;
 pub use table::model_table;
 
 use crate::diag::{suggest, Diag, Span};
+use crate::limits;
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
 
@@ -310,11 +311,12 @@ fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
     let mut shapes: Vec<Option<Vec<usize>>> = vec![None; layers.len()];
     let mut kinds: Vec<Option<(LayerKind, usize, usize)>> = vec![None; layers.len()];
     let input_shape = &m.input.node;
+    let input_ok = check_size(input_shape, m.input.span, "the input", diags);
     for &i in &order {
         let in_shapes: Option<Vec<Vec<usize>>> = sources[i]
             .iter()
             .map(|s| match s {
-                Some(Source::Input) => Some(input_shape.clone()),
+                Some(Source::Input) => input_ok.then(|| input_shape.clone()),
                 Some(Source::Layer(j)) => shapes[*j].clone(),
                 None => None,
             })
@@ -323,8 +325,11 @@ fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
         if let Some((kind, out, params, macs)) =
             infer_layer(&layers[i], &in_shapes, &sources[i], &names, diags)
         {
-            shapes[i] = Some(out);
-            kinds[i] = Some((kind, params, macs));
+            let what = format!("the output of `{}`", layers[i].name.node);
+            if check_size(&out, layers[i].op.span, &what, diags) {
+                shapes[i] = Some(out);
+                kinds[i] = Some((kind, params, macs));
+            }
         }
     }
 
@@ -503,6 +508,42 @@ fn warn_unused(
 
 // ---------------------------------------------------------------------------------------- shapes
 
+/// Whether a shape's values per sample are within [`limits::MAX_ELEMENTS`]; an error at `span`
+/// if not.
+fn check_size(shape: &[usize], span: Span, what: &str, diags: &mut Vec<Diag>) -> bool {
+    if limits::elements(shape).is_some() {
+        return true;
+    }
+    diags.push(
+        Diag::error(
+            span,
+            format!(
+                "{what} is too large: {} values per sample; at most {}",
+                limits::count_text(limits::approx_elements(shape)),
+                limits::count_text(limits::MAX_ELEMENTS as f64)
+            ),
+        )
+        .with_label(format!("gives {}", shape_text(shape))),
+    );
+    false
+}
+
+/// An error for a layer whose weights are over [`limits::MAX_PARAMS`].
+fn too_many_weights(layer: &ast::Layer, count: f64, diags: &mut Vec<Diag>) {
+    diags.push(
+        Diag::error(
+            layer.op.span,
+            format!(
+                "`{}` has too many weights: {}; at most {}",
+                layer.name.node,
+                limits::count_text(count),
+                limits::count_text(limits::MAX_PARAMS as f64)
+            ),
+        )
+        .with_label("too many weights"),
+    );
+}
+
 fn shape_text(shape: &[usize]) -> String {
     format!(
         "[{}]",
@@ -588,8 +629,12 @@ fn infer_layer(
                 out_features: *out,
                 bias,
             };
-            let params = in_features * out + if bias { *out } else { 0 };
-            Some((kind, vec![*out], params, in_features * out))
+            let Some(weights) = limits::weights(*out, *in_features) else {
+                too_many_weights(layer, *out as f64 * *in_features as f64, diags);
+                return None;
+            };
+            let params = weights + if bias { *out } else { 0 };
+            Some((kind, vec![*out], params, weights))
         }
         Op::Conv2d {
             out,
@@ -611,9 +656,18 @@ fn infer_layer(
                 );
                 return None;
             }
-            let (ho, wo) = window_output(layer, "kernel", (h, w), kernel, stride, padding, diags)?;
+            let (ho, wo) = window_output(layer, (c, h, w), kernel, stride, padding, diags)?;
             let bias = bias.unwrap_or(true);
+            // The window's taps are bounded, so this fits; the weights may still be too many.
             let per_out = (c / groups) * kernel.0 * kernel.1;
+            let Some(weights) = limits::weights(*out, per_out) else {
+                too_many_weights(layer, *out as f64 * per_out as f64, diags);
+                return None;
+            };
+            let Some(out_values) = limits::elements(&[*out, ho, wo]) else {
+                check_size(&[*out, ho, wo], span, "the output", diags);
+                return None;
+            };
             let kind = LayerKind::Conv2d {
                 in_channels: c,
                 out_channels: *out,
@@ -623,8 +677,9 @@ fn infer_layer(
                 groups,
                 bias,
             };
-            let params = out * per_out + if bias { *out } else { 0 };
-            Some((kind, vec![*out, ho, wo], params, out * ho * wo * per_out))
+            let params = weights + if bias { *out } else { 0 };
+            // At most 2^26 values of at most 2^28 products each: no overflow.
+            Some((kind, vec![*out, ho, wo], params, out_values * per_out))
         }
         Op::MaxPool2d(pool) | Op::AvgPool2d(pool) => {
             let (c, h, w) = want_chw(diags)?;
@@ -642,7 +697,7 @@ fn infer_layer(
                 );
                 return None;
             }
-            let (ho, wo) = window_output(layer, "kernel", (h, w), kernel, stride, padding, diags)?;
+            let (ho, wo) = window_output(layer, (c, h, w), kernel, stride, padding, diags)?;
             let p = Pool2d {
                 kernel,
                 stride,
@@ -717,39 +772,67 @@ fn infer_layer(
     }
 }
 
-/// Output size of a sliding window (conv or pool), as PyTorch computes it (floor mode).
+/// Output size of a sliding window (conv or pool), as PyTorch computes it (floor mode), within
+/// the limits of [`limits::window`].
 fn window_output(
     layer: &ast::Layer,
-    arg: &str,
-    (h, w): (usize, usize),
+    (c, h, w): (usize, usize, usize),
     kernel: (usize, usize),
     stride: (usize, usize),
     padding: (usize, usize),
     diags: &mut Vec<Diag>,
 ) -> Option<(usize, usize)> {
-    let (ph, pw) = (h + 2 * padding.0, w + 2 * padding.1);
-    if kernel.0 > ph || kernel.1 > pw {
-        let padded = if padding == (0, 0) {
-            String::new()
-        } else {
-            " after padding".to_string()
-        };
-        diags.push(
+    use limits::WindowError;
+    let arg_span = |arg: &str| layer.arg_spans.get(arg).unwrap_or(layer.op.span);
+    let d = match limits::window((c, h, w), kernel, stride, padding) {
+        Ok(hw) => return Some(hw),
+        Err(WindowError::KernelTooLarge(ph, pw)) => {
+            let padded = if padding == (0, 0) {
+                String::new()
+            } else {
+                " after padding".to_string()
+            };
             Diag::error(
-                layer.arg_spans.get(arg).unwrap_or(layer.op.span),
+                arg_span("kernel"),
                 format!(
                     "`{}` kernel {}x{} is larger than its {}x{} input{padded}",
                     layer.name.node, kernel.0, kernel.1, ph, pw
                 ),
             )
-            .with_label("kernel larger than the input"),
-        );
-        return None;
-    }
-    Some((
-        (ph - kernel.0) / stride.0 + 1,
-        (pw - kernel.1) / stride.1 + 1,
-    ))
+            .with_label("kernel larger than the input")
+        }
+        Err(WindowError::TooManyTaps) => Diag::error(
+            arg_span("kernel"),
+            format!(
+                "`{}` kernel {}x{} has more than {} taps",
+                layer.name.node,
+                kernel.0,
+                kernel.1,
+                limits::MAX_KERNEL_TAPS
+            ),
+        )
+        .with_label("kernel too large"),
+        Err(WindowError::PaddedTooLarge) => Diag::error(
+            arg_span("padding"),
+            format!(
+                "`{}` pads its [{c}, {h}, {w}] input to more than {} values per sample",
+                layer.name.node,
+                limits::count_text(limits::MAX_ELEMENTS as f64)
+            ),
+        )
+        .with_label("too much padding"),
+        // The spec's integers are at most 2^24 = MAX_WINDOW, and kernel and stride at least 1.
+        Err(WindowError::OutOfRange) => Diag::error(
+            layer.op.span,
+            format!(
+                "`{}` has a kernel, stride or padding outside 0..{}",
+                layer.name.node,
+                limits::MAX_WINDOW
+            ),
+        ),
+    };
+    diags.push(d);
+    None
 }
 
 // ---------------------------------------------------------------------------------------- qconfigs

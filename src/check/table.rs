@@ -47,12 +47,12 @@ pub fn model_table(m: &CheckedModel) -> String {
             if layer.params == 0 {
                 String::new()
             } else {
-                thousands(layer.params)
+                thousands(layer.params as u128)
             },
             if layer.macs == 0 {
                 String::new()
             } else {
-                si(layer.macs)
+                si(layer.macs as u128)
             },
             layer
                 .qconfig
@@ -60,8 +60,9 @@ pub fn model_table(m: &CheckedModel) -> String {
                 .map_or("float".to_string(), |q| q.name.clone()),
         ]);
     }
-    let total_params: usize = m.layers.iter().map(|l| l.params).sum();
-    let total_macs: usize = m.layers.iter().map(|l| l.macs).sum();
+    // Each layer's counts are bounded (`crate::limits`), their sums over many layers are not.
+    let total_params: u128 = m.layers.iter().map(|l| l.params as u128).sum();
+    let total_macs: u128 = m.layers.iter().map(|l| l.macs as u128).sum();
     rows.push([
         "total".into(),
         String::new(),
@@ -96,10 +97,12 @@ pub fn model_table(m: &CheckedModel) -> String {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             // Numbers right-aligned, text left-aligned.
+            // (Padding by hand: a format width above 65535 panics, and names may be longer.)
+            let pad = " ".repeat(widths[c] - cell.len());
             if c == 4 || c == 5 {
-                let _ = write!(line, "{cell:>w$}  ", w = widths[c]);
+                let _ = write!(line, "{pad}{cell}  ");
             } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+                let _ = write!(line, "{cell}{pad}  ");
             }
         }
         let _ = writeln!(out, "{}", line.trim_end());
@@ -145,7 +148,7 @@ pub fn model_table(m: &CheckedModel) -> String {
 }
 
 /// `44426` -> `44,426`.
-pub fn thousands(n: usize) -> String {
+pub fn thousands(n: u128) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -158,7 +161,7 @@ pub fn thousands(n: usize) -> String {
 }
 
 /// `1121960` -> `1.12M`, `230400` -> `230.4K`.
-pub fn si(n: usize) -> String {
+pub fn si(n: u128) -> String {
     match n {
         0..=999 => n.to_string(),
         1_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),

@@ -101,6 +101,8 @@ pub(super) enum Order {
 #[derive(Clone, Copy)]
 pub(super) struct Tensor {
     pub(super) ptr: Value,
+    /// Where the tensor lives: the caller's buffer (exact) or scratch (with slack).
+    pub(super) memory: Memory,
     /// Elements per sample.
     pub(super) size: usize,
     /// `None` for f32.
@@ -116,6 +118,20 @@ impl Tensor {
             4
         }
     }
+}
+
+/// Who owns a tensor's memory, which decides how it may be read.
+///
+/// Caller memory ends where the caller says: only a reader that stays inside the tile's
+/// `n · size` elements may use it (the f32 quantize, whose vector loads cover whole chunks and
+/// whose tail is scalar). [`Emitter::graph`] gives every other reader a copy in scratch, made
+/// once per tile by an exact loop. The caller's output is written by `copy_out` and `dequantize`
+/// only, one element at a time, `n · size` of them. Scratch regions are followed by [`SLACK`] bytes, so readers
+/// of scratch may load and store whole vectors past a tensor's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Memory {
+    Caller,
+    Scratch,
 }
 
 pub(super) fn chw(shape: &[usize]) -> (usize, usize, usize) {
@@ -246,6 +262,7 @@ impl Emitter<'_, '_> {
         let bytes = size * if q.is_some() { 1 } else { 4 };
         Tensor {
             ptr: self.alloc(bytes),
+            memory: Memory::Scratch,
             size,
             q,
             order,
@@ -353,26 +370,36 @@ impl Emitter<'_, '_> {
         output: Value,
         entry: Entry,
     ) -> Result<(), String> {
+        let input_q = match entry {
+            Entry::U8 => u8_entry(graph).map(|(q, _)| q),
+            Entry::F32 => None,
+        };
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
+            // Caller memory is read in place only by the f32 quantize (see `Memory`); any other
+            // reader gets the tile copied into scratch, once.
+            let reads_exactly = matches!(node.op, QOp::Quantize) && entry == Entry::F32;
+            for &i in &node.inputs {
+                if let Some(x) = values[i].filter(|x| x.memory == Memory::Caller && !reads_exactly)
+                {
+                    values[i] = Some(self.copy_to_scratch(x));
+                }
+            }
             let arg = |k: usize| values[node.inputs[k]].expect("inputs come first");
             let in_shape = |k: usize| graph.nodes[node.inputs[k]].shape.as_slice();
             let size: usize = node.shape.iter().product();
             let out_q = node.ty.qparams();
             let t = match &node.op {
                 QOp::Input => Tensor {
+                    // The caller's samples: f32 values, or the input's codes for the u8 entry.
                     ptr: input,
+                    memory: Memory::Caller,
                     size,
-                    q: None,
+                    q: input_q,
                     order: Order::Chw,
                 },
-                QOp::Quantize if entry == Entry::U8 && node.inputs[0] == 0 => Tensor {
-                    // The caller passes the input's codes.
-                    ptr: input,
-                    size,
-                    q: out_q,
-                    order: Order::Chw,
-                },
+                // The u8 entry's input already holds this quantize's codes.
+                QOp::Quantize if entry == Entry::U8 && node.inputs[0] == 0 => arg(0),
                 QOp::Quantize => {
                     let x = arg(0);
                     let y = self.tensor(size, out_q, Order::Chw);
@@ -864,6 +891,31 @@ impl Emitter<'_, '_> {
             let dst = e.at(output, i, size);
             e.b.ins().store(flags(), v, dst, 0);
         });
+    }
+
+    /// A copy of a caller tensor's tile in scratch, copied sixteen bytes at a time and the tail
+    /// one byte at a time: nothing outside the tile's `n · size` elements is read.
+    fn copy_to_scratch(&mut self, x: Tensor) -> Tensor {
+        let eb = x.elem_bytes();
+        let y = self.tensor(x.size, x.q, x.order);
+        let bytes = self.b.ins().imul_imm_s(self.n, (x.size * eb) as i64);
+        let chunks = self.b.ins().ushr_imm_s(bytes, 4);
+        self.for_loop(chunks, |e, i| {
+            let from = e.at(x.ptr, i, 16);
+            let v = e.b.ins().load(I8X16, flags(), from, 0);
+            let to = e.at(y.ptr, i, 16);
+            e.b.ins().store(flags(), v, to, 0);
+        });
+        let done = self.b.ins().ishl_imm_s(chunks, 4);
+        let rest = self.b.ins().isub(bytes, done);
+        self.for_loop(rest, |e, i| {
+            let i = e.b.ins().iadd(i, done);
+            let from = e.at(x.ptr, i, 1);
+            let v = e.b.ins().load(I8, flags(), from, 0);
+            let to = e.at(y.ptr, i, 1);
+            e.b.ins().store(flags(), v, to, 0);
+        });
+        y
     }
 
     /// Copies `len` bytes; with `exact` the last piece is not written past `len`.

@@ -228,6 +228,7 @@ pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProdu
     }
 }
 
+/// An entry point: input, output, batch size, scratch (see [`emit`]).
 type EntryFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *mut u8);
 type EntryU8Fn = unsafe extern "C" fn(*const u8, *mut u8, i64, *mut u8);
 
@@ -425,7 +426,9 @@ impl Compiled {
     /// Runs a batch into `output`, which must hold `output_size()` values per input sample.
     /// Batches of more than one tile are split over the current rayon pool's threads.
     pub fn run_into(&self, input: &[f32], output: &mut [f32]) -> Result<(), Error> {
-        self.split(input, output, "values", |i, o| self.call(i, o))
+        self.split(input, output, "values", |i, o| {
+            self.with_scratch(|scratch| self.call(self.entry, i, o, scratch))
+        })
     }
 
     /// The quantization of the u8 entry's input and output codes, when it was compiled
@@ -447,23 +450,73 @@ impl Compiled {
 
     /// [`Compiled::run_u8`] into `output`, which must hold `output_size()` codes per sample.
     pub fn run_u8_into(&self, input: &[u8], output: &mut [u8]) -> Result<(), Error> {
-        let entry = self.entry_u8.ok_or_else(|| {
+        let entry = self.u8_entry_fn()?;
+        self.split(input, output, "codes", |i, o| {
+            self.with_scratch(|scratch| self.call(entry, i, o, scratch))
+        })
+    }
+
+    /// [`Compiled::run_into`] on the calling thread with scratch memory of the caller's, at
+    /// least [`Compiled::scratch_bytes`] long (no alignment needed): for hosts that manage their
+    /// own memory. A buffer of the wrong length is an error.
+    pub fn run_with_scratch(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut [u8],
+    ) -> Result<(), Error> {
+        self.check_lengths(input.len(), output.len(), scratch.len(), "values")?;
+        self.call(self.entry, input, output, scratch.as_mut_ptr());
+        Ok(())
+    }
+
+    /// [`Compiled::run_u8_into`] on the calling thread with the caller's scratch memory, as
+    /// [`Compiled::run_with_scratch`].
+    pub fn run_u8_with_scratch(
+        &self,
+        input: &[u8],
+        output: &mut [u8],
+        scratch: &mut [u8],
+    ) -> Result<(), Error> {
+        let entry = self.u8_entry_fn()?;
+        self.check_lengths(input.len(), output.len(), scratch.len(), "codes")?;
+        self.call(entry, input, output, scratch.as_mut_ptr());
+        Ok(())
+    }
+
+    fn u8_entry_fn(&self) -> Result<EntryU8Fn, Error> {
+        self.entry_u8.ok_or_else(|| {
             Error(
                 "no u8 entry: compile with `Options { u8_entry: true, .. }` (models whose input \
                  or output is not quantized have none)"
                     .into(),
             )
-        })?;
-        self.split(input, output, "codes", |i, o| {
-            let n = i.len() / self.in_size;
-            assert!(i.len() == n * self.in_size && o.len() == n * self.out_size);
-            self.with_scratch(|scratch| {
-                // SAFETY: `entry` reads `n · in_size` codes from `i` and writes `n · out_size`
-                // codes to `o` (checked just above) and at most `scratch_bytes` of scratch; it
-                // was built for this signature and this CPU by `compile`.
-                unsafe { entry(i.as_ptr(), o.as_mut_ptr(), n as i64, scratch) }
-            })
         })
+    }
+
+    /// Checks an input length (whole samples), the output's (`output_size()` per sample) and
+    /// the scratch's (at least `scratch_bytes()`).
+    fn check_lengths(
+        &self,
+        input: usize,
+        output: usize,
+        scratch: usize,
+        what: &str,
+    ) -> Result<usize, Error> {
+        let batch = self.batch_of_len(input)?;
+        if output != batch * self.out_size {
+            return Err(Error(format!(
+                "output has room for {output} {what}; {batch} samples need {}",
+                batch * self.out_size
+            )));
+        }
+        if scratch < self.scratch_bytes {
+            return Err(Error(format!(
+                "scratch has {scratch} bytes; the model needs {}",
+                self.scratch_bytes
+            )));
+        }
+        Ok(batch)
     }
 
     /// Checks that `output` holds `output_size()` `what` per input sample, then runs `call` on
@@ -476,14 +529,7 @@ impl Compiled {
         what: &str,
         call: impl Fn(&[I], &mut [O]) + Sync,
     ) -> Result<(), Error> {
-        let batch = self.batch_of_len(input.len())?;
-        if output.len() != batch * self.out_size {
-            return Err(Error(format!(
-                "output has room for {} {what}; {batch} samples need {}",
-                output.len(),
-                batch * self.out_size
-            )));
-        }
+        let batch = self.check_lengths(input.len(), output.len(), usize::MAX, what)?;
         let threads = rayon::current_num_threads().max(1);
         let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
         if threads == 1 || batch <= emit::TILE {
@@ -518,17 +564,27 @@ impl Compiled {
         })
     }
 
-    /// Runs the entry function on whole samples; lengths are checked by the callers.
-    fn call(&self, input: &[f32], output: &mut [f32]) {
+    /// Runs an entry function on whole samples.
+    ///
+    /// Panics unless `input` holds whole samples and `output` room for exactly their outputs
+    /// (the public callers check and return errors first); `scratch` must point to at least
+    /// `scratch_bytes` writable bytes no other thread uses during the call.
+    fn call<T>(
+        &self,
+        entry: unsafe extern "C" fn(*const T, *mut T, i64, *mut u8),
+        input: &[T],
+        output: &mut [T],
+        scratch: *mut u8,
+    ) {
         let batch = input.len() / self.in_size;
         assert!(input.len() == batch * self.in_size && output.len() == batch * self.out_size);
-        self.with_scratch(|scratch| {
-            // SAFETY: the function reads `batch · in_size` f32 from `input` and writes
-            // `batch · out_size` f32 to `output` (both checked just above) and at most
-            // `scratch_bytes` bytes of `scratch` (`with_scratch` gives at least that); it reads
-            // its constants from its own data object and nothing else. It was built for this
-            // signature and this CPU by `compile`.
-            unsafe { (self.entry)(input.as_ptr(), output.as_mut_ptr(), batch as i64, scratch) }
-        });
+        // SAFETY: the function reads exactly `batch · in_size` elements from `input` and writes
+        // exactly `batch · out_size` to `output`, both checked just above: caller memory is read
+        // and written element-exactly by construction (`emit::Memory`), and tests put both
+        // against guard pages. It writes at most `scratch_bytes` bytes of `scratch` (the
+        // callers give at least that, for this thread alone), reads its constants from its own
+        // data object and nothing else, and was built with this signature for this CPU by
+        // `compile`.
+        unsafe { entry(input.as_ptr(), output.as_mut_ptr(), batch as i64, scratch) }
     }
 }

@@ -28,18 +28,23 @@ fn model(out: &mut String, m: &Model) {
         .max()
         .unwrap_or(0)
         + 1;
+    // `key` padded to `width` by hand: a format width above 65535 panics, and names may be
+    // longer.
+    let entry = |out: &mut String, key: &str, value: &str| {
+        let pad = " ".repeat(width.saturating_sub(key.len()));
+        let _ = writeln!(out, "    {key}{pad} {value}");
+    };
     let _ = writeln!(out, "model {} {{", m.name.node);
-    let _ = writeln!(out, "    {:width$} {}", "input:", list(m.input.node.iter()));
+    entry(&mut *out, "input:", &list(m.input.node.iter()));
     for layer in &m.layers {
-        let _ = writeln!(
-            out,
-            "    {:width$} {}",
-            format!("{}:", layer.name.node),
-            layer_text(layer)
+        entry(
+            &mut *out,
+            &format!("{}:", layer.name.node),
+            &layer_text(layer),
         );
     }
     if let Some(output) = &m.output {
-        let _ = writeln!(out, "    {:width$} {}", "output:", output.node);
+        entry(&mut *out, "output:", &output.node);
     }
     out.push_str("}\n");
 }

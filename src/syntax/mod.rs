@@ -58,7 +58,12 @@ pub fn parse_yaml(source: &str) -> Result<Spec, Vec<Diag>> {
     serde_yaml::from_str(source).map_err(|e| {
         let span = e
             .location()
-            .map(|loc| Span::new(loc.index(), (loc.index() + 1).min(source.len())))
+            .map(|loc| {
+                // One whole character at the byte the error names.
+                let start = crate::diag::floor_char_boundary(source, loc.index().min(source.len()));
+                let width = source[start..].chars().next().map_or(0, char::len_utf8);
+                Span::new(start, start + width)
+            })
             .unwrap_or_default();
         let message = format!("invalid YAML spec: {e}");
         vec![if source.is_empty() {
