@@ -203,6 +203,22 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// [`suggest`] for a checker that has `so_far` diagnostics already: past [`MAX_RENDERED`] no one
+/// reads the suggestion, and comparing each of thousands of unknown names with thousands of
+/// names is quadratic, so the diagnostic is kept as it is.
+pub fn suggest_among<'a>(
+    so_far: usize,
+    diag: Diag,
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Diag {
+    if so_far < MAX_RENDERED {
+        suggest(diag, word, candidates)
+    } else {
+        diag
+    }
+}
+
 /// `help: did you mean `x`?` when a candidate is close to `word`.
 pub fn suggest<'a>(diag: Diag, word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Diag {
     match did_you_mean(word, candidates) {

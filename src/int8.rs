@@ -272,6 +272,16 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
         errors.push(format!("the output {} is not a node", g.output));
     }
     let mut names = std::collections::HashSet::new();
+    // Shapes that the rules below may compute with (each node's own error is reported below).
+    let shape_ok: Vec<bool> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            (1..=3).contains(&n.shape.len())
+                && !n.shape.contains(&0)
+                && limits::elements(&n.shape).is_some()
+        })
+        .collect();
     for (i, node) in g.nodes.iter().enumerate() {
         let mut err = |msg: String| errors.push(format!("node `{}`: {msg}", node.name));
         if !names.insert(node.name.as_str()) {
@@ -328,9 +338,13 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             err(format!("reads node {j}, which is not before it"));
             continue;
         }
+        if node.inputs.iter().any(|&j| !shape_ok[j]) {
+            // Its input's shape was reported; nothing can be computed from it.
+            continue;
+        }
         let x = &g.nodes[node.inputs[0]];
         let (in_u8, out_u8) = (x.ty.is_quantized(), node.ty.is_quantized());
-        let in_len: usize = x.shape.iter().product();
+        let in_len = limits::elements(&x.shape).expect("checked above");
         let mut types = |ok: bool, what: &str| {
             if !ok {
                 errors.push(format!("node `{}`: {what}", node.name));
@@ -423,7 +437,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             },
             QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => {
                 // As PyTorch: padding at most half the kernel, so no window is all padding.
-                if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
+                if p.padding.0 > p.kernel.0 / 2 || p.padding.1 > p.kernel.1 / 2 {
                     shape_err(format!(
                         "pool padding {:?} exceeds half its kernel {:?}",
                         p.padding, p.kernel

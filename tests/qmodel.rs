@@ -325,6 +325,62 @@ fn crafted_bad_files_are_refused() {
             "",
         ),
     ];
+    // What a fuzzing run found (issue: hardening): sizes that wrapped, ranges the engines read
+    // differently, multipliers that overflow.
+    let found: Vec<(&str, Vec<u8>, &str)> =
+        vec![
+        (
+            "pool padding near 2^63 (wrapped the window arithmetic, then a wild write)",
+            edit_op("pool1", |n| {
+                n["op"]["MaxPool2d"]["padding"] = json!([(1u64 << 63) - 1, 0])
+            }),
+            "padding",
+        ),
+        (
+            "conv kernel 2^32 x 2^32 (wrapped the reduction length to 0, then a hang)",
+            edit_op("conv1", |n| {
+                n["op"]["Conv2d"]["geom"]["kernel"] = json!([1u64 << 32, 1u64 << 32])
+            }),
+            "is not possible",
+        ),
+        (
+            "clamp lo > hi (panicked the interpreter)",
+            edit_op("pool1", |n| {
+                n["op"] = json!({"Clamp": {"lo": 200, "hi": 100}});
+                n["shape"] = json!([16, 24, 24]);
+            }),
+            "clamp 200..100 is not a range of codes",
+        ),
+        (
+            "clamp outside 0..255 (wrapped by the interpreter, saturated by the JIT)",
+            edit_op("pool1", |n| {
+                n["op"] = json!({"Clamp": {"lo": -5, "hi": 300}});
+                n["shape"] = json!([16, 24, 24]);
+            }),
+            "clamp -5..300 is not a range of codes",
+        ),
+        (
+            "infinite requantization multiplier (NaN codes that the engines clamped differently)",
+            with_graph(&good, |g| {
+                let q = node_index(g, "input.quant");
+                g["nodes"][q]["ty"]["U8"]["scale"] = json!(1e38);
+                let c = node_index(g, "conv1");
+                g["nodes"][c]["ty"]["U8"]["scale"] = json!(1e-30);
+            }),
+            "requantization multiplier inf",
+        ),
+        (
+            "subnormal scale (an infinite inverse)",
+            edit_op("conv1", |n| n["ty"]["U8"]["scale"] = json!(1e-40)),
+            "not a positive normal number",
+        ),
+        (
+            "shape product past 2^64 (wrapped to a small size)",
+            edit_op("conv1", |n| n["shape"] = json!([1u64 << 32, 1u64 << 32, 16])),
+            "too large",
+        ),
+    ];
+    let cases: Vec<_> = cases.into_iter().chain(found).collect();
     assert!(cases.len() >= 30);
     let mut wrong = Vec::new();
     for (what, bytes, expected) in cases {

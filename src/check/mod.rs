@@ -12,7 +12,7 @@ use serde::Serialize;
 
 pub use table::model_table;
 
-use crate::diag::{suggest, Diag, Span};
+use crate::diag::{suggest, suggest_among, Diag, Span};
 use crate::limits;
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
@@ -292,7 +292,8 @@ fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
                     None => {
                         let d = Diag::error(input.span, format!("no layer named `{}`", input.node))
                             .with_label("unknown input");
-                        diags.push(suggest(
+                        diags.push(suggest_among(
+                            diags.len(),
                             d,
                             &input.node,
                             names.iter().copied().chain(["input"]),
@@ -665,7 +666,8 @@ fn infer_layer(
                 return None;
             };
             let Some(out_values) = limits::elements(&[*out, ho, wo]) else {
-                check_size(&[*out, ho, wo], span, "the output", diags);
+                let what = format!("the output of `{}`", layer.name.node);
+                check_size(&[*out, ho, wo], span, &what, diags);
                 return None;
             };
             let kind = LayerKind::Conv2d {
@@ -686,7 +688,7 @@ fn infer_layer(
             let kernel = pool.kernel.hw();
             let stride = pool.stride.map_or(kernel, ast::Size2::hw);
             let padding = pool.padding.map_or((0, 0), ast::Size2::hw);
-            if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
+            if padding.0 > kernel.0 / 2 || padding.1 > kernel.1 / 2 {
                 diags.push(
                     Diag::error(
                         arg_span("padding"),
@@ -906,7 +908,7 @@ fn resolve_qconfigs(
                 None => {
                     let d = Diag::error(r.span, format!("no qconfig named `{name}`"))
                         .with_label("not defined in this `quantize` block");
-                    let d = suggest(d, name, qconfig_names.iter().copied())
+                    let d = suggest_among(diags.len(), d, name, qconfig_names.iter().copied())
                         .with_help(format!("define it with `qconfig {name} {{ activation: ..., weight: ... }}`, or use a preset such as `qat({})`", backend.name()));
                     diags.push(d);
                     None
@@ -953,7 +955,8 @@ fn resolve_qconfigs(
                     .with_note(
                         "inside `quantize`, `NAME: QCONFIG` sets the qconfig of the layer NAME",
                     );
-                diags.push(suggest(
+                diags.push(suggest_among(
+                    diags.len(),
                     d,
                     name,
                     layer_names.iter().copied().chain(["backend", "default"]),

@@ -6,6 +6,11 @@
 //! pixels of the tile. Activations live in `scratch` (its size is [`Lowered::scratch_bytes`]);
 //! weights and per-channel constants live in one read-only data object (`Lowered::consts`).
 //!
+//! Memory safety: the caller's input and output are read and written element-exactly, scratch
+//! regions have slack for whole-vector loads and stores past a tensor's end (`Memory`; tests put
+//! every buffer against a guard page). Sizes come from a verified graph, whose every dimension
+//! [`crate::limits`] bounds, so none of the arithmetic here can wrap.
+//!
 //! Layout: quantized 3-D tensors are kept channels-last (HWC), so that a convolution's im2col rows
 //! are contiguous runs of `kw · C` bytes and pooling works on whole channel vectors. Every other
 //! tensor keeps the reference interpreter's order (CHW); a `Linear` after a `Flatten` of an HWC
@@ -37,6 +42,9 @@ use crate::quant::numerics::QParams;
 pub const TILE: usize = 32;
 /// Bytes after every scratch region that vector loads and stores may run over into.
 const SLACK: usize = 64;
+/// Longest copy emitted as straight-line code: the code for an op stays proportional to its
+/// kernel, not to its input's size.
+const UNROLLED_COPY: usize = 256;
 /// Output channels per weight block of a GEMM (two i32x4 accumulators).
 pub(super) const BLOCK: usize = 8;
 
@@ -124,9 +132,9 @@ impl Tensor {
 ///
 /// Caller memory ends where the caller says: only a reader that stays inside the tile's
 /// `n · size` elements may use it (the f32 quantize, whose vector loads cover whole chunks and
-/// whose tail is scalar). [`Emitter::graph`] gives every other reader a copy in scratch, made
+/// whose tail is scalar). `Emitter::graph` gives every other reader a copy in scratch, made
 /// once per tile by an exact loop. The caller's output is written by `copy_out` and `dequantize`
-/// only, one element at a time, `n · size` of them. Scratch regions are followed by [`SLACK`] bytes, so readers
+/// only, one element at a time, `n · size` of them. Scratch regions are followed by `SLACK` bytes, so readers
 /// of scratch may load and store whole vectors past a tensor's end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Memory {
@@ -918,8 +926,23 @@ impl Emitter<'_, '_> {
         y
     }
 
-    /// Copies `len` bytes; with `exact` the last piece is not written past `len`.
+    /// Copies `len` bytes; with `exact` the last piece is not written past `len`. Up to
+    /// `UNROLLED_COPY` bytes are copied by straight-line code, longer runs by a loop of
+    /// sixteen-byte pieces and a straight-line tail.
     pub(super) fn copy_bytes(&mut self, from: Value, to: Value, len: usize, exact: bool) {
+        if len > UNROLLED_COPY {
+            let chunks = len / 16;
+            let count = self.imm(chunks as i64);
+            self.for_loop(count, |e, i| {
+                let f = e.at(from, i, 16);
+                let v = e.b.ins().load(I8X16, flags(), f, 0);
+                let t = e.at(to, i, 16);
+                e.b.ins().store(flags(), v, t, 0);
+            });
+            let from = self.b.ins().iadd_imm_s(from, (chunks * 16) as i64);
+            let to = self.b.ins().iadd_imm_s(to, (chunks * 16) as i64);
+            return self.copy_bytes(from, to, len - chunks * 16, exact);
+        }
         let mut off = 0;
         while off < len {
             let left = len - off;
@@ -960,11 +983,14 @@ impl Emitter<'_, '_> {
                     let out = e.b.ins().imul_imm_s(oh, wo as i64);
                     let out = e.b.ins().iadd(out, ow);
                     let out = e.at(dst, out, c);
-                    for chunk in 0..c.div_ceil(16) {
+                    // Sixteen channels at a time (a loop over them when there are many):
+                    // the window's taps are unrolled, never the channels.
+                    e.for_const(c.div_ceil(16), |e, chunk| {
+                        let px = e.at(px, chunk, 16);
                         let mut m = None;
                         for i in 0..pool.kernel.0 {
                             for j in 0..pool.kernel.1 {
-                                let off = ((i * wp + j) * c + chunk * 16) as i32;
+                                let off = ((i * wp + j) * c) as i32;
                                 let v = e.b.ins().load(I8X16, flags(), px, off);
                                 m = Some(match m {
                                     None => v,
@@ -973,8 +999,9 @@ impl Emitter<'_, '_> {
                             }
                         }
                         let m = m.expect("pool windows are not empty");
-                        e.b.ins().store(flags(), m, out, (chunk * 16) as i32);
-                    }
+                        let out = e.at(out, chunk, 16);
+                        e.b.ins().store(flags(), m, out, 0);
+                    });
                 });
             });
         });

@@ -85,8 +85,12 @@ impl Model {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
             .map_err(|e| Error(format!("cannot read {}: {e}", path.display())))?;
-        let (graph, info) = crate::qmodel::from_bytes(&bytes)
-            .map_err(|e| Error(format!("{}: {e}", path.display())))?;
+        Model::from_bytes(&bytes).map_err(|e| Error(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads and validates the bytes of a `.qmodel` file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, Error> {
+        let (graph, info) = crate::qmodel::from_bytes(bytes).map_err(Error)?;
         Ok(Model {
             graph,
             spec: Some(info.spec),

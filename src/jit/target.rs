@@ -187,10 +187,11 @@ pub fn c_header(
          #define {upper}_OUTPUT_SIZE {}\n\
          /* Bytes of scratch memory one call needs, whatever the batch. */\n\
          #define {upper}_SCRATCH_BYTES {scratch_bytes}\n\n\
-         /* Runs `batch` samples: reads batch * INPUT_SIZE floats from `input`, writes\n\
-         * batch * OUTPUT_SIZE floats to `output`, uses SCRATCH_BYTES bytes at `scratch`\n\
-         * (one buffer per thread calling at the same time). Bit-exact with qatc's reference\n\
-         * interpreter. */\n\
+         /* Runs `batch` (at least 1) samples: reads exactly batch * INPUT_SIZE floats from\n\
+         * `input` and writes exactly batch * OUTPUT_SIZE floats to `output`, nothing before or\n\
+         * after them; uses at most SCRATCH_BYTES bytes at `scratch` (one buffer per thread\n\
+         * calling at the same time). No buffer needs any alignment. Bit-exact with qatc's\n\
+         * reference interpreter. */\n\
          void {name}(const float *input, float *output, int64_t batch, uint8_t *scratch);\n",
         env!("CARGO_PKG_VERSION"),
         graph.name,
@@ -215,7 +216,8 @@ pub fn c_header(
         h.push_str(&format!(
             "\n/* The same model on quint8 codes: `input` holds batch * INPUT_SIZE codes quantized\n\
              * as round(x / INPUT_SCALE) + INPUT_ZERO_POINT (clamped to 0..255); `output` receives\n\
-             * batch * OUTPUT_SIZE codes, value = (code - OUTPUT_ZERO_POINT) * OUTPUT_SCALE. */\n\
+             * batch * OUTPUT_SIZE codes, value = (code - OUTPUT_ZERO_POINT) * OUTPUT_SCALE. The\n\
+             * buffer contract is the float entry's: exact lengths, no alignment. */\n\
              #define {upper}_INPUT_SCALE {:?}f\n\
              #define {upper}_INPUT_ZERO_POINT {}\n\
              #define {upper}_OUTPUT_SCALE {:?}f\n\

@@ -2,7 +2,8 @@
 //! reference interpreter and the JIT's tests all call these functions.
 //!
 //! Conventions, as PyTorch's fbgemm backend computes them, all in `f32`:
-//! - quantize: `q = clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)`;
+//! - quantize: `q = clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)`, a NaN
+//!   giving `qmin` ([`saturate`]);
 //! - dequantize: `x = (q - zero_point) * scale`;
 //! - fake quantize: dequantize(quantize(x)), with the straight-through gradient passing where
 //!   `round_half_even(x * (1/scale)) + zero_point` lies inside `[qmin, qmax]`.
@@ -170,7 +171,19 @@ pub fn qparams_for_fake_quant(min: f32, max: f32, range: &QRange) -> QParams {
 #[inline]
 pub fn quantize(x: f32, inv_scale: f32, zero_point: i32, quant_min: i32, quant_max: i32) -> i32 {
     let q = round_half_even(x * inv_scale) + zero_point as f32;
-    q.clamp(quant_min as f32, quant_max as f32) as i32
+    saturate(q, quant_min, quant_max)
+}
+
+/// A rounded value as a code of `[lo, hi]`: clamped, and a NaN (which only a NaN input can
+/// give: scales and multipliers are normal numbers) becomes `lo`. This is what the native
+/// code's saturating conversion (NaN to 0) followed by the clamp computes for every `lo >= 0`.
+#[inline]
+pub fn saturate(q: f32, lo: i32, hi: i32) -> i32 {
+    if q.is_nan() {
+        lo
+    } else {
+        q.clamp(lo as f32, hi as f32) as i32
+    }
 }
 
 /// One fake-quantized value: `(clamp(round(x / s) + zp) - zp) * s`, with `inv_scale = 1 / s`.
@@ -220,7 +233,7 @@ pub fn requant_multiplier(in_scale: f32, w_scale: f32, out_scale: f32) -> f32 {
 #[inline]
 pub fn requantize(acc: i32, multiplier: f32, out_zero_point: i32, lo: i32, hi: i32) -> i32 {
     let q = round_half_even(acc as f32 * multiplier) + out_zero_point as f32;
-    q.clamp(lo as f32, hi as f32) as i32
+    saturate(q, lo, hi)
 }
 
 /// An int32 bias in units of `in_scale · w_scale`, saturated to i32.

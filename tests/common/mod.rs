@@ -2,6 +2,10 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod guard;
+pub mod random;
+
+#[allow(unused_imports)] // not every test binary uses it
+pub use random::node;
 
 use std::path::{Path, PathBuf};
 
@@ -61,23 +65,6 @@ pub fn calibrated(
 pub fn calibrated_file(path: &Path, seed: u64) -> qatc::int8::QGraph {
     let text = std::fs::read_to_string(path).unwrap();
     calibrated(&path.display().to_string(), &text, seed, 3, 1.5)
-}
-
-/// A node of an int8 graph.
-pub fn node(
-    name: &str,
-    op: qatc::int8::QOp,
-    inputs: Vec<usize>,
-    shape: Vec<usize>,
-    ty: qatc::int8::TensorType,
-) -> qatc::int8::QNode {
-    qatc::int8::QNode {
-        name: name.into(),
-        op,
-        inputs,
-        shape,
-        ty,
-    }
 }
 
 /// What the u8 entry point must compute on the f32 samples `x`, from the interpreter: the codes
