@@ -432,6 +432,13 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             }
             QOp::Flatten => Some(vec![in_len]),
             QOp::GlobalAvgPool => match x.shape[..] {
+                [_, h, w] if h * w > limits::MAX_POOLED => {
+                    shape_err(format!(
+                        "global average pooling of {h}x{w} values per channel: at most {}",
+                        limits::MAX_POOLED
+                    ));
+                    None
+                }
                 [c, _, _] => Some(vec![c, 1, 1]),
                 _ => None,
             },

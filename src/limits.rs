@@ -14,6 +14,8 @@ pub const MAX_PARAMS: usize = 1 << 28;
 pub const MAX_KERNEL_TAPS: usize = 1 << 12;
 /// A kernel side, a stride or a padding.
 pub const MAX_WINDOW: usize = 1 << 24;
+/// Values one global average pools per channel (`h · w`): their codes are summed in an i32.
+pub const MAX_POOLED: usize = i32::MAX as usize / 255;
 
 /// Values per sample of `shape`, or `None` above [`MAX_ELEMENTS`].
 pub fn elements(shape: &[usize]) -> Option<usize> {

@@ -161,6 +161,30 @@ fn accumulators_at_the_i32_limit() {
 }
 
 #[test]
+fn global_average_pooling_sums_inside_i32() {
+    // The largest plane whose codes' sum fits an i32, every code at 255; one more value is
+    // refused (the sum wrapped: a panic with overflow checks, a wrong code without).
+    let side = |h: usize| {
+        graph(
+            vec![1, h, 1],
+            u8(1.0, 0),
+            QOp::GlobalAvgPool,
+            vec![1, 1, 1],
+            u8(1.0, 0),
+        )
+    };
+    let most = qatc::limits::MAX_POOLED;
+    let g = side(most);
+    qatc::int8::verify(&g).unwrap();
+    assert_eq!(codes(&g, &vec![255.0; most], 2), [255]);
+    let errors = qatc::int8::verify(&side(most + 1)).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e.contains("global average pooling")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn pools_clamp_and_add_on_codes() {
     let pool = Pool2d {
         kernel: (2, 2),

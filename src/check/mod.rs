@@ -713,7 +713,22 @@ fn infer_layer(
             Some((kind, vec![c, ho, wo], 0, 0))
         }
         Op::GlobalAvgPool => {
-            let (c, _, _) = want_chw(diags)?;
+            let (c, h, w) = want_chw(diags)?;
+            if h * w > limits::MAX_POOLED {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!(
+                            "`{}` averages {h}x{w} values per channel; at most {} (their \
+                             int8 codes are summed in 32 bits)",
+                            layer.name.node,
+                            limits::count_text(limits::MAX_POOLED as f64)
+                        ),
+                    )
+                    .with_label("too many values to average"),
+                );
+                return None;
+            }
             Some((LayerKind::GlobalAvgPool, vec![c, 1, 1], 0, 0))
         }
         Op::BatchNorm2d { eps, momentum } => {
