@@ -34,18 +34,23 @@ pub fn approx_elements(shape: &[usize]) -> f64 {
 /// A count for a message: `67,108,864`, or `2.8e13` when large.
 pub fn count_text(n: f64) -> String {
     if n < 1e12 {
-        let digits = format!("{}", n as u64);
-        let mut out = String::new();
-        for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(ch);
-        }
-        out
+        thousands(n as u128)
     } else {
         format!("{n:.1e}")
     }
+}
+
+/// `44426` -> `44,426`.
+pub fn thousands(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Why a sliding window (convolution or pooling) does not fit.

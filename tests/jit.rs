@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::node;
 use common::random::{random_op_graph, random_spec, u8_type};
+use common::{node, runnable_forms};
 use proptest::prelude::*;
 use qatc::int8::{QGraph, QOp, QParamsDef, QWeights, TensorType};
 use qatc::ir::ConvGeom;
@@ -37,21 +37,6 @@ fn assert_bit_exact(graph: &QGraph, seed: u64) {
         let (compiled, _) = model.compile_with(&options).expect("the graph compiles");
         assert_same(graph, &compiled, seed);
     }
-}
-
-/// Every GEMM form this CPU can run: all of them on x86 (where `Pairs`, the default without
-/// VNNI, uses `pmaddubsw`), all but `Pairs` elsewhere.
-fn runnable_forms() -> Vec<DotProduct> {
-    let mut forms = vec![
-        DotProduct::Vnni,
-        DotProduct::Usdot,
-        DotProduct::Sdot,
-        DotProduct::I16,
-    ];
-    if cfg!(target_arch = "x86_64") {
-        forms.push(DotProduct::Pairs);
-    }
-    forms
 }
 
 /// The u8 entry against the interpreter's codes: the input's quantize node and the output's

@@ -7,7 +7,7 @@
 //! which both have the test helpers as `crate::common`.
 
 use qatc::int8::{QGraph, QOp};
-use qatc::jit::{DotProduct, Options};
+use qatc::jit::Options;
 use qatc::train::rng::Rng;
 use qatc::Model;
 
@@ -328,20 +328,6 @@ fn run_jit(input: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("{e}\n{}", graph.to_text()))
 }
 
-/// Every GEMM form this CPU runs.
-fn forms() -> Vec<DotProduct> {
-    let mut forms = vec![
-        DotProduct::Vnni,
-        DotProduct::Usdot,
-        DotProduct::Sdot,
-        DotProduct::I16,
-    ];
-    if cfg!(target_arch = "x86_64") {
-        forms.push(DotProduct::Pairs);
-    }
-    forms
-}
-
 /// Inputs in [-2, 2] with zeros, large values, infinities, NaNs, extremes and subnormals.
 fn wild_inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
     (0..len)
@@ -367,7 +353,7 @@ fn agree_with_interpreter(
     batches: &[usize],
     must_compile: bool,
 ) -> Result<(), String> {
-    let forms = forms();
+    let forms = common::runnable_forms();
     let dot = forms[rng.below(forms.len())];
     let options = Options {
         dot_product: Some(dot),

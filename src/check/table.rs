@@ -147,18 +147,7 @@ pub fn model_table(m: &CheckedModel) -> String {
     out
 }
 
-/// `44426` -> `44,426`.
-pub fn thousands(n: u128) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::limits::thousands;
 
 /// `1121960` -> `1.12M`, `230400` -> `230.4K`.
 pub fn si(n: u128) -> String {

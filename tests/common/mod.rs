@@ -89,3 +89,19 @@ pub fn u8_entry_codes(graph: &qatc::int8::QGraph, x: &[f32]) -> (Vec<u8>, Vec<u8
     }
     (codes_in, codes_out)
 }
+
+/// Every GEMM form this CPU can run: all of them on x86 (where `Pairs`, the default without
+/// VNNI, uses `pmaddubsw`), all but `Pairs` elsewhere.
+pub fn runnable_forms() -> Vec<qatc::jit::DotProduct> {
+    use qatc::jit::DotProduct;
+    let mut forms = vec![
+        DotProduct::Vnni,
+        DotProduct::Usdot,
+        DotProduct::Sdot,
+        DotProduct::I16,
+    ];
+    if cfg!(target_arch = "x86_64") {
+        forms.push(DotProduct::Pairs);
+    }
+    forms
+}
