@@ -408,7 +408,14 @@ impl Net {
                         (kernels::copy(x), Aux::None)
                     }
                 }
-                (op, _) => unreachable!(
+                // `init_state` gives each of these ops its state; no other pairing is made.
+                (
+                    op @ (Op::Linear { .. }
+                    | Op::Conv2d { .. }
+                    | Op::BatchNorm2d(_)
+                    | Op::FakeQuant(_)),
+                    _,
+                ) => unreachable!(
                     "node {} ({}) has no state for its op",
                     node.name,
                     op.mnemonic()
@@ -602,8 +609,20 @@ impl Net {
                     vec![Some(dy)]
                 }
                 (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
-                // Identities: flatten, dequant, dropout and fake quant when off.
-                _ => vec![Some(dy)],
+                // Identities: dequant, and dropout and fake quant when they did not run (no mask,
+                // fake quantization off).
+                (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => vec![Some(dy)],
+                // The input is never back-propagated (`i >= 1`); the forward pass pairs every
+                // op with its own state and tape.
+                (
+                    op @ (Op::Input | Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm2d(_)),
+                    _,
+                    _,
+                ) => unreachable!(
+                    "node {} ({}): state or tape of another op",
+                    node.name,
+                    op.mnemonic()
+                ),
             };
             for (k, dx) in dxs.into_iter().enumerate() {
                 let j = node.inputs[k];
@@ -662,7 +681,20 @@ fn qat_swap_draws(node: &Node) -> usize {
             let o = geom.out_channels;
             o * (fan_in + usize::from(*bias) + usize::from(bn.is_some()))
         }
-        _ => 0,
+        // Float or PTQ layers are not swapped; the other ops have no parameters.
+        Op::Linear { .. }
+        | Op::Conv2d { .. }
+        | Op::Input
+        | Op::BatchNorm2d(_)
+        | Op::Act(_)
+        | Op::MaxPool2d(_)
+        | Op::AvgPool2d(_)
+        | Op::GlobalAvgPool
+        | Op::Flatten
+        | Op::Dropout { .. }
+        | Op::Add
+        | Op::FakeQuant(_)
+        | Op::DeQuantStub => 0,
     }
 }
 
@@ -740,7 +772,15 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
         Op::FakeQuant(cfg) => NodeState::FakeQuant {
             obs: Observer::new(*cfg),
         },
-        _ => NodeState::None,
+        Op::Input
+        | Op::Act(_)
+        | Op::MaxPool2d(_)
+        | Op::AvgPool2d(_)
+        | Op::GlobalAvgPool
+        | Op::Flatten
+        | Op::Dropout { .. }
+        | Op::Add
+        | Op::DeQuantStub => NodeState::None,
     }
 }
 
