@@ -10,7 +10,7 @@
 use crate::int8::{FWeights, QGraph, QNode, QOp, QWeights, TensorType};
 use crate::ir::{Act, Node, Op};
 use crate::quant::numerics::{activation_clamp, quantize, quantize_bias, QParams};
-use crate::syntax::ast::{DType, Scheme};
+use crate::quant::qconfig::{DType, Scheme};
 use crate::train::engine::{BnState, Net, NodeState, Param};
 
 /// The largest reduction length an int8 layer may have: beyond it, the sum of u8 x i8 products

@@ -36,6 +36,23 @@ impl Dataset {
         &self.images[i * n..(i + 1) * n]
     }
 
+    /// Fills `x` with the images `indices`, normalized, and `labels` with their labels.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        norm: &Normalization,
+        x: &mut Vec<f32>,
+        labels: &mut Vec<u8>,
+    ) {
+        let plane = self.shape[1] * self.shape[2];
+        x.clear();
+        labels.clear();
+        for &i in indices {
+            norm.apply(self.image(i), (self.shape[0], plane), x);
+            labels.push(self.labels[i]);
+        }
+    }
+
     /// Number of classes: one more than the largest label.
     pub fn classes(&self) -> usize {
         self.labels
@@ -224,26 +241,67 @@ fn parse_idx<'a>(
     }
 }
 
-/// Appends images of 8-bit pixels (`channels` planes of `plane` pixels each, images one after
-/// another) to `out` as training sees them: `p / 255` normalized by each channel's mean and std
-/// (a single value serves every channel).
-pub fn normalize(
-    pixels: &[u8],
-    (channels, plane): (usize, usize),
-    mean: &[f32],
-    std: &[f32],
-    out: &mut Vec<f32>,
-) {
-    let channels = channels.max(1);
-    for (k, pixels) in pixels.chunks(plane.max(1)).enumerate() {
-        let c = k % channels;
-        let (mean, std) = (
-            mean[c.min(mean.len().saturating_sub(1))],
-            std[c.min(std.len().saturating_sub(1))],
-        );
-        let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
-        out.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
+/// How 8-bit images become model inputs: `(p / 255 - mean[c]) / std[c]` for channel `c`, as
+/// torchvision's ToTensor + Normalize (a single value serves every channel).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// Appends images of 8-bit pixels (`channels` planes of `plane` pixels each, images one
+    /// after another) to `out`, normalized.
+    pub fn apply(&self, pixels: &[u8], (channels, plane): (usize, usize), out: &mut Vec<f32>) {
+        let channels = channels.max(1);
+        for (k, pixels) in pixels.chunks(plane.max(1)).enumerate() {
+            let c = k % channels;
+            let (mean, std) = (
+                self.mean[c.min(self.mean.len().saturating_sub(1))],
+                self.std[c.min(self.std.len().saturating_sub(1))],
+            );
+            let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
+            out.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
+        }
     }
+}
+
+/// Images evaluated at once by [`accuracy`].
+pub const EVAL_BATCH: usize = 500;
+
+/// Top-1 accuracy in percent of a classifier over `data`: `run(input, batch)` gives `batch` rows
+/// of `classes` logits for the normalized images. The one evaluation loop of the float, the
+/// fake-quant, the interpreted and the compiled model.
+pub fn accuracy<E>(
+    data: &Dataset,
+    norm: &Normalization,
+    classes: usize,
+    mut run: impl FnMut(&[f32], usize) -> Result<Vec<f32>, E>,
+) -> Result<f32, E> {
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let mut correct = 0;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        data.batch(chunk, norm, &mut x, &mut labels);
+        let logits = run(&x, chunk.len())?;
+        correct += logits
+            .chunks_exact(classes.max(1))
+            .zip(&labels)
+            .filter(|(row, &label)| argmax(row) == label as usize)
+            .count();
+    }
+    Ok(100.0 * correct as f32 / data.len().max(1) as f32)
+}
+
+/// The index of the largest value (the first of equals); 0 for an empty row.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// An IDX image file (N x H x W) and its label file (N).

@@ -8,7 +8,7 @@ use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, Chars, Config};
 
 /// A byte range in the source text. Spans are not part of a spec's meaning: they are skipped by
-/// the YAML form and by [`crate::syntax::ast`] equality helpers.
+/// the YAML form and by the AST's equality helpers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Span {
     pub start: usize,

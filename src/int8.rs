@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::Pool2d;
+use crate::ir::Pool2d;
 use crate::ir::{Act, ConvGeom};
 use crate::limits;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -148,6 +148,13 @@ pub enum QOp {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+}
+
+impl TensorType {
+    /// Whether values of this type are quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, TensorType::U8(_))
+    }
 }
 
 impl QOp {

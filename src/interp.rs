@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
-use crate::check::Pool2d;
-use crate::int8::{FWeights, QGraph, QOp, QWeights, TensorType};
+use crate::int8::{FWeights, QGraph, QOp, QWeights};
+use crate::ir::Pool2d;
 use crate::ir::{Act, ConvGeom};
 use crate::quant::numerics::{
     average_codes, dequantize, quantize, requant_multiplier, requantize, QParams,
@@ -386,44 +386,4 @@ fn pool2d<T: Copy>(
         }
     }
     out
-}
-
-/// Test accuracy (percent) of the int8 graph on a data set, with the spec's normalization.
-pub fn accuracy(
-    graph: &QGraph,
-    data: &crate::data::Dataset,
-    cfg: &crate::check::TrainConfig,
-) -> Result<f32, String> {
-    let classes: usize = graph.nodes[graph.output].shape.iter().product();
-    accuracy_of(|x, n| run(graph, x, n), classes, data, cfg)
-}
-
-/// Test accuracy (percent) of any runner of a model with `classes` outputs (`run(input, batch)`
-/// gives the logits): the interpreter's, the JIT's.
-pub fn accuracy_of(
-    run: impl Fn(&[f32], usize) -> Result<Vec<f32>, String>,
-    classes: usize,
-    data: &crate::data::Dataset,
-    cfg: &crate::check::TrainConfig,
-) -> Result<f32, String> {
-    let (mut x, mut labels) = (Vec::new(), Vec::new());
-    let mut correct = 0;
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(500) {
-        crate::train::batch_input(data, chunk, cfg, &mut x, &mut labels);
-        let logits = run(&x, chunk.len())?;
-        correct += logits
-            .chunks_exact(classes)
-            .zip(&labels)
-            .filter(|(row, &l)| crate::train::kernels::argmax(row) == l as usize)
-            .count();
-    }
-    Ok(100.0 * correct as f32 / data.len().max(1) as f32)
-}
-
-impl TensorType {
-    /// Whether values of this type are quantized.
-    pub fn is_quantized(&self) -> bool {
-        matches!(self, TensorType::U8(_))
-    }
 }

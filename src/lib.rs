@@ -8,7 +8,7 @@
 //!        | check::check                 (names -> DAG, shapes, defaults, qconfigs)
 //!        v
 //!  check::CheckedModel                  <- `qatc check` prints its table
-//!        | ir::lower                    (one node per layer, behind an input node)
+//!        | check::lower                 (one node per layer, behind an input node)
 //!        v
 //!  ir::Graph (float)
 //!        | passes::QAT_PIPELINE         (fuse, prepare_qat; verified after each)

@@ -273,14 +273,14 @@ fn calibrate(
     let mut rng = qatc::train::rng::Rng::new(cfg.seed);
     let mut seen = 0;
     for chunk in order.chunks(cfg.batch).take(batches.max(1)) {
-        qatc::train::batch_input(&data.train, chunk, &cfg, &mut x, &mut labels);
+        data.train
+            .batch(chunk, &cfg.normalization, &mut x, &mut labels);
         net.forward(&x, chunk.len(), observe, &mut rng);
         seen += chunk.len();
     }
     let fq_acc = qatc::train::evaluate(&mut net, &data.test, &cfg, true);
     let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
-    let int8_acc =
-        qatc::interp::accuracy(&graph, &data.test, &cfg).map_err(|e| format!("error: {e}\n"))?;
+    let int8_acc = int8_accuracy(&graph, &data.test, &cfg).map_err(|e| format!("error: {e}\n"))?;
     let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("error: cannot create {}: {e}\n", dir.display()))?;
@@ -290,6 +290,7 @@ fn calibrate(
             .map_or(String::new(), |b| b.name().to_string()),
         spec: spec_text,
         qatc_version: env!("CARGO_PKG_VERSION").to_string(),
+        normalization: Some(cfg.normalization.clone()),
     };
     let bytes = qatc::qmodel::to_bytes(&graph, &info).map_err(|e| format!("error: {e}\n"))?;
     let path = dir.join("model.qmodel");
@@ -353,7 +354,7 @@ fn compile(
                 let path = output.clone().unwrap_or_else(|| default_name("o"));
                 std::fs::write(&path, &object.bytes)
                     .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
-                let u8_entry = if qatc::jit::emit::u8_entry(model.graph()).is_some() {
+                let u8_entry = if qatc::jit::lower::u8_entry(model.graph()).is_some() {
                     format!(" and `{name}_u8`")
                 } else {
                     String::new()
@@ -363,7 +364,6 @@ fn compile(
             Emit::Header => {
                 let path = output.clone().unwrap_or_else(|| default_name("h"));
                 let norm = model.normalization().ok();
-                let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
                 let text = target::c_header(model.graph(), &name, object.scratch_bytes, norm);
                 std::fs::write(&path, text)
                     .map_err(|e| format!("error: cannot write {}: {e}\n", path.display()))?;
@@ -527,10 +527,9 @@ fn compare(model_path: &Path, checkpoint: Option<PathBuf>, images: usize) -> Res
         .map_err(|e| format!("error: {}: {e}\n", checkpoint.display()))?;
     let n = images.clamp(1, data.test.len());
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    qatc::train::batch_input(
-        &data.test,
+    data.test.batch(
         &(0..n).collect::<Vec<_>>(),
-        &cfg,
+        &cfg.normalization,
         &mut x,
         &mut labels,
     );
@@ -589,11 +588,12 @@ fn eval(model_path: &Path, data_spec: Option<&Path>) -> Result<(), String> {
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let indices: Vec<usize> = (0..data.test.len()).collect();
     for chunk in indices.chunks(500) {
-        qatc::train::batch_input(&data.test, chunk, &cfg, &mut x, &mut labels);
+        data.test
+            .batch(chunk, &cfg.normalization, &mut x, &mut labels);
         let logits = qatc::interp::run(&graph, &x, chunk.len())
             .map_err(|e| format!("error: {}: {e}\n", model_path.display()))?;
         for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
-            confusion[label as usize][qatc::train::kernels::argmax(row)] += 1;
+            confusion[label as usize][qatc::data::argmax(row)] += 1;
         }
     }
     let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
@@ -768,8 +768,7 @@ fn train(
     // Convert to int8 and measure the reference interpreter on the same test set.
     let int8 = if quantized {
         let graph = qatc::convert::convert(&net).map_err(|e| format!("error: convert: {e}\n"))?;
-        let acc = qatc::interp::accuracy(&graph, &data.test, &cfg)
-            .map_err(|e| format!("error: {e}\n"))?;
+        let acc = int8_accuracy(&graph, &data.test, &cfg).map_err(|e| format!("error: {e}\n"))?;
         summary.insert("int8_acc".into(), round2(acc).into());
         let info = qatc::qmodel::Info {
             backend: model
@@ -777,6 +776,7 @@ fn train(
                 .map_or(String::new(), |b| b.name().to_string()),
             spec: spec_text.clone(),
             qatc_version: env!("CARGO_PKG_VERSION").to_string(),
+            normalization: Some(cfg.normalization.clone()),
         };
         let bytes = qatc::qmodel::to_bytes(&graph, &info).map_err(|e| format!("error: {e}\n"))?;
         write("model.qmodel", &bytes)?;
@@ -786,12 +786,9 @@ fn train(
             .and_then(|m| m.compile())
             .map_err(|e| format!("error: compile: {e}\n"))?;
         let classes = jit.output_size();
-        let jit_acc = qatc::interp::accuracy_of(
-            |x, _| jit.run(x).map_err(|e| e.to_string()),
-            classes,
-            &data.test,
-            &cfg,
-        )
+        let jit_acc = qatc::data::accuracy(&data.test, &cfg.normalization, classes, |x, _| {
+            jit.run(x).map_err(|e| e.to_string())
+        })
         .map_err(|e| format!("error: {e}\n"))?;
         let b1_us = qatc::bench::latency_us(&jit, 1000);
         summary.insert("jit_int8_acc".into(), round2(jit_acc).into());
@@ -947,4 +944,15 @@ fn print_warnings(warnings: &[Diag], source: &qatc::syntax::SourceFile) {
     if !warnings.is_empty() {
         eprint!("{}", diag::render(warnings, &source.name, &source.text));
     }
+}
+
+fn int8_accuracy(
+    graph: &qatc::int8::QGraph,
+    data: &qatc::data::Dataset,
+    cfg: &qatc::check::TrainConfig,
+) -> Result<f32, String> {
+    let classes = graph.nodes[graph.output].shape.iter().product();
+    qatc::data::accuracy(data, &cfg.normalization, classes, |x, n| {
+        qatc::interp::run(graph, x, n)
+    })
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use crate::data::Normalization;
 use crate::int8::{self, QGraph, QOp};
 
 /// What a .qmodel holds besides the graph.
@@ -22,11 +23,15 @@ pub struct Info {
     pub backend: String,
     pub spec: String,
     pub qatc_version: String,
+    /// How images become the model's input (from the spec's `train` block), so a model can be
+    /// run on pixels without the spec's front end.
+    pub normalization: Option<Normalization>,
 }
 
 const GRAPH_KEY: &str = "qatc.graph";
 const FORMAT_KEY: &str = "qatc.format";
 const FORMAT: &str = "qmodel/1";
+const NORMALIZATION_KEY: &str = "qatc.normalization";
 
 /// Serializes a converted model.
 pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
@@ -96,13 +101,18 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
     }
     let graph_json =
         serde_json::to_string(&skeleton).map_err(|e| format!("cannot serialize the graph: {e}"))?;
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         (FORMAT_KEY.to_string(), FORMAT.to_string()),
         (GRAPH_KEY.to_string(), graph_json),
         ("qatc.backend".to_string(), info.backend.clone()),
         ("qatc.spec".to_string(), info.spec.clone()),
         ("qatc.version".to_string(), info.qatc_version.clone()),
     ]);
+    if let Some(norm) = &info.normalization {
+        let json = serde_json::to_string(norm)
+            .map_err(|e| format!("cannot serialize the normalization: {e}"))?;
+        metadata.insert(NORMALIZATION_KEY.to_string(), json);
+    }
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -217,12 +227,36 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
     }
     int8::verify(&graph).map_err(|e| format!("invalid graph: {}", e.join("; ")))?;
     let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
+    let normalization = match meta.get(NORMALIZATION_KEY) {
+        Some(json) => Some(parse_normalization(json)?),
+        None => None,
+    };
     let info = Info {
         backend: get("qatc.backend"),
         spec: get("qatc.spec"),
         qatc_version: get("qatc.version"),
+        normalization,
     };
     Ok((graph, info))
+}
+
+/// The stored normalization: one or more channels, every mean finite, every std finite and
+/// positive.
+fn parse_normalization(json: &str) -> Result<Normalization, String> {
+    let norm: Normalization = serde_json::from_str(json)
+        .map_err(|e| format!("metadata `{NORMALIZATION_KEY}` is not a normalization: {e}"))?;
+    let valid = !norm.mean.is_empty()
+        && norm.mean.len() == norm.std.len()
+        && norm.mean.iter().all(|m| m.is_finite())
+        && norm.std.iter().all(|s| s.is_finite() && *s > 0.0);
+    if !valid {
+        return Err(format!(
+            "metadata `{NORMALIZATION_KEY}` needs as many finite means as finite positive stds \
+             (at least one), got mean {:?} and std {:?}",
+            norm.mean, norm.std
+        ));
+    }
+    Ok(norm)
 }
 
 /// A convolution's products per output, or an error when its geometry cannot give one.

@@ -52,8 +52,11 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
     let header = dir.join(format!("{tag}.h"));
     let exe = dir.join(&tag);
     std::fs::write(&obj, &object.bytes).unwrap();
-    let norm: (&[f32], &[f32]) = (&[0.5], &[0.25]);
-    let text = target::c_header(graph, &name, object.scratch_bytes, Some(norm));
+    let norm = qatc::data::Normalization {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let text = target::c_header(graph, &name, object.scratch_bytes, Some(&norm));
     std::fs::write(&header, text).unwrap();
     run(Command::new(cc)
         .args(["-O1", "-Wall", "-Werror", "-include"])
@@ -107,7 +110,7 @@ fn check(graph: &QGraph, arch: Arch, features: &[&str], cc: &str, runner: &[&str
     );
 
     // The u8 entry, where the model has one: the interpreter's input and output codes.
-    if qatc::jit::emit::u8_entry(graph).is_some() {
+    if qatc::jit::lower::u8_entry(graph).is_some() {
         let (codes_in, all) = common::u8_entry_codes(graph, &x);
         std::fs::write(&input, &codes_in).unwrap();
         run(runner_cmd(runner, &exe)
@@ -210,6 +213,7 @@ fn the_c_host_example_builds_and_classifies() {
         backend: "fbgemm".into(),
         spec: std::fs::read_to_string(&spec).unwrap(),
         qatc_version: "test".into(),
+        normalization: common::calibrated_normalization(&spec),
     };
     let dir = work_dir("c_host");
     let model = dir.join("model.qmodel");
@@ -241,7 +245,7 @@ fn the_c_host_example_builds_and_classifies() {
     let model = result.unwrap().model;
     let cfg = model.train.clone().unwrap();
     let data = train::load_data(&model, &cfg, &common::root().join("specs")).unwrap();
-    let acc = qatc::interp::accuracy(&graph, &data.test, &cfg).unwrap();
+    let acc = common::int8_accuracy(&graph, &data.test, &cfg);
     let want = format!("int8 accuracy on {} images: {acc:.2} %", data.test.len());
     assert!(stdout.contains(&want), "expected `{want}` in\n{stdout}");
     std::fs::remove_dir_all(dir).ok();

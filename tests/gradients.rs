@@ -12,7 +12,7 @@ fn net(spec: &str, fuse: bool, seed: u64) -> Net {
     let model = result
         .unwrap_or_else(|d| panic!("{}", qatc::diag::render(&d, &source.name, &source.text)))
         .model;
-    let mut graph = ir::lower(&model);
+    let mut graph = qatc::check::lower(&model);
     if fuse {
         graph = passes::fuse::fuse(&graph);
     }
@@ -203,7 +203,7 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
 
     let spec = "model m { input: [5] a: Linear(out: 4) }\nquantize { backend: qnnpack }";
     let (result, _) = qatc::front_end("fq.qspec", spec);
-    let graph = ir::lower(&result.expect("checks").model);
+    let graph = qatc::check::lower(&result.expect("checks").model);
     let graph = passes::run(&graph, passes::QAT_PIPELINE)
         .unwrap()
         .pop()

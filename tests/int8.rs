@@ -4,9 +4,9 @@
 mod common;
 
 use common::node;
-use qatc::check::Pool2d;
 use qatc::int8::{QGraph, QOp, QParamsDef, QWeights, TensorType};
 use qatc::interp;
+use qatc::ir::Pool2d;
 use qatc::train::{self, engine::Mode, rng::Rng, Quiet};
 
 fn u8(scale: f32, zero_point: i32) -> TensorType {
@@ -263,7 +263,7 @@ fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
     let (mut net, data, cfg) = trained(spec, epochs, images);
     let graph = qatc::convert::convert(&net).expect("converts");
     let fq_acc = train::evaluate(&mut net, &data.test, &cfg, true);
-    let int8_acc = interp::accuracy(&graph, &data.test, &cfg).unwrap();
+    let int8_acc = common::int8_accuracy(&graph, &data.test, &cfg);
     assert!(
         (fq_acc - int8_acc).abs() <= 1.0,
         "{spec}: fake quant {fq_acc} % vs int8 {int8_acc} %"
@@ -271,7 +271,8 @@ fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
 
     let indices: Vec<usize> = (0..200).collect();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    train::batch_input(&data.test, &indices, &cfg, &mut x, &mut labels);
+    data.test
+        .batch(&indices, &cfg.normalization, &mut x, &mut labels);
     let tape = net.forward(&x, indices.len(), Mode::eval(true), &mut Rng::new(0));
     let reference = tape.output(&net.graph).to_vec();
     let int8 = interp::run(&graph, &x, indices.len()).unwrap();

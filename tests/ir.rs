@@ -8,7 +8,7 @@ use qatc::passes;
 fn graph_of(path: &std::path::Path) -> ir::Graph {
     let text = std::fs::read_to_string(path).unwrap();
     let (result, _) = qatc::front_end(&path.display().to_string(), &text);
-    ir::lower(&result.expect("spec checks").model)
+    qatc::check::lower(&result.expect("spec checks").model)
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn prepare_qat_places_fake_quant_as_torch_does() {
 fn float_specs_are_left_unquantized() {
     let text = "model m { input: [4] a: Linear(out: 3) r: ReLU b: Linear(out: 2) }";
     let (result, _) = qatc::front_end("m.qspec", text);
-    let graph = ir::lower(&result.expect("checks").model);
+    let graph = qatc::check::lower(&result.expect("checks").model);
     let stages = passes::run(&graph, passes::QAT_PIPELINE).unwrap();
     let prepared = &stages[1].1;
     assert!(prepared

@@ -112,7 +112,7 @@ fn every_entry_stays_inside_the_callers_buffers() {
         let x = inputs(largest * size, &mut rng);
         // Samples are independent: a batch's outputs are the first ones of the largest batch.
         let want = interp::run(&graph, &x, largest).unwrap();
-        let codes = qatc::jit::emit::u8_entry(&graph).map(|_| common::u8_entry_codes(&graph, &x));
+        let codes = qatc::jit::lower::u8_entry(&graph).map(|_| common::u8_entry_codes(&graph, &x));
         for dot in runnable_forms() {
             let options = qatc::jit::Options {
                 dot_product: Some(dot),
@@ -174,7 +174,8 @@ fn trained_lenet_custom_is_bit_exact_on_test_images() {
     let compiled = Model::from_graph(graph.clone()).unwrap().compile().unwrap();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let images: Vec<usize> = (0..300).collect();
-    train::batch_input(&data.test, &images, &cfg, &mut x, &mut labels);
+    data.test
+        .batch(&images, &cfg.normalization, &mut x, &mut labels);
     let want = interp::run(&graph, &x, images.len()).unwrap();
     let got = compiled.run(&x).unwrap();
     let same = want
@@ -182,13 +183,10 @@ fn trained_lenet_custom_is_bit_exact_on_test_images() {
         .zip(&got)
         .all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "JIT and interpreter differ on test images");
-    let reference = interp::accuracy(&graph, &data.test, &cfg).unwrap();
-    let jit = interp::accuracy_of(
-        |x, _| compiled.run(x).map_err(|e| e.to_string()),
-        10,
-        &data.test,
-        &cfg,
-    )
+    let reference = common::int8_accuracy(&graph, &data.test, &cfg);
+    let jit = qatc::data::accuracy(&data.test, &cfg.normalization, 10, |x, _| {
+        compiled.run(x).map_err(|e| e.to_string())
+    })
     .unwrap();
     assert_eq!(jit, reference);
 }
@@ -404,6 +402,7 @@ fn compile_and_bench_commands() {
         backend: "fbgemm".into(),
         spec: text,
         qatc_version: "test".into(),
+        normalization: common::calibrated_normalization(&spec),
     };
     let dir = std::env::temp_dir().join(format!("qatc-cli-jit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

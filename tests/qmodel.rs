@@ -28,7 +28,8 @@ fn model() -> (QGraph, Vec<f32>) {
     train::train(&mut net, &data, &cfg, 1, &mut Quiet);
     let graph = qatc::convert::convert(&net).unwrap();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    train::batch_input(&data.test, &[0, 1, 2, 3], &cfg, &mut x, &mut labels);
+    data.test
+        .batch(&[0, 1, 2, 3], &cfg.normalization, &mut x, &mut labels);
     (graph, x)
 }
 
@@ -37,6 +38,10 @@ fn info() -> Info {
         backend: "qnnpack".into(),
         spec: "model m { ... }".into(),
         qatc_version: "0.1.0".into(),
+        normalization: Some(qatc::data::Normalization {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        }),
     }
 }
 
@@ -153,6 +158,27 @@ fn crafted_bad_files_are_refused() {
                     .remove("qatc.graph");
             }),
             "no `qatc.graph`",
+        ),
+        (
+            "normalization not JSON",
+            with_header(&good, |h| {
+                h["__metadata__"]["qatc.normalization"] = json!("{mean")
+            }),
+            "metadata `qatc.normalization` is not a normalization",
+        ),
+        (
+            "zero std",
+            with_header(&good, |h| {
+                h["__metadata__"]["qatc.normalization"] = json!(r#"{"mean":[0.5],"std":[0.0]}"#)
+            }),
+            "finite positive stds",
+        ),
+        (
+            "means without stds",
+            with_header(&good, |h| {
+                h["__metadata__"]["qatc.normalization"] = json!(r#"{"mean":[0.5,0.5],"std":[1]}"#)
+            }),
+            "as many finite means",
         ),
         (
             "graph not JSON",

@@ -136,6 +136,10 @@ fn qmodel_bytes(graph: &QGraph, spec: &str) -> Vec<u8> {
         backend: "fbgemm".into(),
         spec: spec.into(),
         qatc_version: "fuzz".into(),
+        normalization: Some(qatc::data::Normalization {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        }),
     };
     qatc::qmodel::to_bytes(graph, &info).expect("a converted graph serializes")
 }

@@ -4,15 +4,18 @@
 //! It reports every error it can find, not just the first: a layer whose inputs failed is
 //! skipped quietly, so one mistake gives one message.
 
+mod lower;
 mod table;
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
+pub use lower::lower;
 pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
+use crate::ir::Pool2d;
 use crate::limits;
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
@@ -91,13 +94,6 @@ pub enum LayerKind {
     Add,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct Pool2d {
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-}
-
 impl LayerKind {
     /// A short PyTorch-like description: `Conv2d(1, 16, k=5)`, `Linear(512, 120)`.
     pub fn describe(&self) -> String {
@@ -166,8 +162,7 @@ impl LayerKind {
 pub struct TrainConfig {
     pub data: ast::DataSource,
     /// Per input channel.
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+    pub normalization: crate::data::Normalization,
     pub epochs: usize,
     pub batch: usize,
     pub optimizer: OptimizerConfig,
@@ -1175,8 +1170,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
     }
     Some(TrainConfig {
         data,
-        mean,
-        std,
+        normalization: crate::data::Normalization { mean, std },
         epochs,
         batch: t.batch.as_ref().map_or(64, |b| b.node),
         optimizer,

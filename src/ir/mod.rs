@@ -5,15 +5,10 @@
 //! The text form ([`Graph::to_text`]) is stable and diffable: tests snapshot it after every pass
 //! and `qatc compile --emit ir` prints it.
 
-mod lower;
-
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-pub use lower::lower;
-
-use crate::check::Pool2d;
 use crate::quant::qconfig::{FakeQuantConfig, QConfig};
 
 pub type NodeId = usize;
@@ -43,6 +38,14 @@ pub enum Act {
     None,
     ReLU,
     ReLU6,
+}
+
+/// A pooling window's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
 }
 
 /// A convolution's geometry.

@@ -1,13 +1,13 @@
 //! Quantized convolutions and GEMMs: im2col, weight packing, the register-blocked microkernels
 //! for each dot-product form, requantization of the accumulators, and the run-time check that
 //! picks the `pmaddubsw` kernel or its exact fallback. Everything else an op needs lives in
-//! [`super::emit`]; this file only adds methods to its emitter.
+//! `builder.rs`; this file only adds methods to its emitter.
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
-use super::emit::{chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
+use super::builder::{chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
 use crate::int8::QWeights;
 use crate::ir::ConvGeom;
 use crate::quant::numerics::{requant_multiplier, QParams};

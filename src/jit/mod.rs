@@ -9,52 +9,37 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`Model::compile`] lowers the graph with Cranelift ([`emit`]) into one function for the host
+//! [`Model::compile`] lowers the graph with Cranelift ([`lower`]) into one function for the host
 //! CPU. [`Compiled`] is `Send + Sync`; its entry point only reads the input and constants and
 //! writes the output and a scratch buffer of its own thread, and every call checks the buffer
 //! lengths first. The output is bit for bit the reference interpreter's ([`crate::interp`]).
 
-pub mod emit;
+mod builder;
 mod gemm;
+pub mod lower;
+mod module;
 pub mod target;
 
-pub use emit::DotProduct;
-use emit::Entry;
+pub use builder::{DotProduct, TILE};
+pub use module::{best_dot_product, define, Defined, Error, Listing, MAX_SCRATCH};
 
 use std::cell::RefCell;
-use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, UserFuncName};
-use cranelift_codegen::Context;
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{DataDescription, Linkage, Module as _};
 use rayon::prelude::*;
 
+use crate::data::Normalization;
 use crate::int8::QGraph;
 use crate::quant::numerics::QParams;
-
-/// An error from loading, compiling or running a model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Error(pub String);
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// A converted int8 model (a `.qmodel`), ready to compile.
 #[derive(Clone, Debug)]
 pub struct Model {
     graph: QGraph,
-    /// The spec the model was trained from, when known.
-    spec: Option<String>,
+    /// How images become the model's input, when known.
+    normalization: Option<Normalization>,
 }
 
 /// How to compile.
@@ -68,15 +53,6 @@ pub struct Options {
     /// Also compile the u8-in/u8-out entry ([`Compiled::run_u8`]), which doubles the compile
     /// time; objects always have it.
     pub u8_entry: bool,
-}
-
-/// What a compilation can show besides the code.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
-    /// The Cranelift IR of the entry function.
-    pub clif: String,
-    /// The machine code, as Cranelift's disassembly.
-    pub asm: String,
 }
 
 impl Model {
@@ -93,30 +69,31 @@ impl Model {
         let (graph, info) = crate::qmodel::from_bytes(bytes).map_err(Error)?;
         Ok(Model {
             graph,
-            spec: Some(info.spec),
+            normalization: info.normalization,
         })
     }
 
     /// A model from a graph; the graph must pass [`crate::int8::verify`].
     pub fn from_graph(graph: QGraph) -> Result<Model, Error> {
         crate::int8::verify(&graph).map_err(|e| Error(e.join("; ")))?;
-        Ok(Model { graph, spec: None })
+        Ok(Model {
+            graph,
+            normalization: None,
+        })
     }
 
-    /// The per-channel input normalization (mean, std) of the model's training data, from the
-    /// spec stored in the `.qmodel`.
-    pub fn normalization(&self) -> Result<(Vec<f32>, Vec<f32>), Error> {
-        let spec = self
-            .spec
-            .as_deref()
-            .ok_or_else(|| Error("the model carries no spec".into()))?;
-        let (checked, _) = crate::front_end("the model's spec", spec);
-        let train = checked
-            .map_err(|_| Error("the model's stored spec does not check".into()))?
-            .model
-            .train
-            .ok_or_else(|| Error("the model's spec has no `train` block".into()))?;
-        Ok((train.mean, train.std))
+    /// How images become the model's input (per-channel mean and std of the training data), as
+    /// stored in the `.qmodel`.
+    pub fn normalization(&self) -> Result<&Normalization, Error> {
+        self.normalization.as_ref().ok_or_else(|| {
+            Error("the model carries no input normalization (it was saved without one)".into())
+        })
+    }
+
+    /// Sets the normalization [`Model::normalize`] applies (for models built from a graph).
+    pub fn with_normalization(mut self, normalization: Normalization) -> Model {
+        self.normalization = Some(normalization);
+        self
     }
 
     /// Turns 8-bit images (C, H, W each, one after another) into the model's input, normalized
@@ -129,11 +106,11 @@ impl Model {
                 pixels.len()
             )));
         }
-        let (mean, std) = self.normalization()?;
+        let norm = self.normalization()?;
         let shape = &self.graph.nodes[0].shape;
         let channels = if shape.len() == 3 { shape[0] } else { 1 };
         let mut out = Vec::with_capacity(pixels.len());
-        crate::data::normalize(pixels, (channels, size / channels), &mean, &std, &mut out);
+        norm.apply(pixels, (channels, size / channels), &mut out);
         Ok(out)
     }
 
@@ -191,7 +168,7 @@ impl Model {
         let compiled = Compiled {
             entry,
             entry_u8,
-            qparams_u8: emit::u8_entry(&self.graph).filter(|_| options.u8_entry),
+            qparams_u8: lower::u8_entry(&self.graph).filter(|_| options.u8_entry),
             module: Some(module),
             in_size: self.input_size(),
             out_size: self.output_size(),
@@ -203,160 +180,9 @@ impl Model {
     }
 }
 
-/// The dot product that is fastest on a target: the form that folds into one instruction
-/// (`vpdpbusd` on x86 with AVX-VNNI or AVX512-VNNI+VL, `usdot` with FEAT_I8MM, `sdot` with
-/// FEAT_DotProd), else `pmaddubsw` pairs with an exact i16 fallback on x86 and the unsigned tree
-/// on aarch64.
-pub fn best_dot_product(isa: &dyn cranelift_codegen::isa::TargetIsa) -> DotProduct {
-    let flags = isa.isa_flags();
-    let on = |name: &str| {
-        flags
-            .iter()
-            .any(|f| f.name == name && f.as_bool().unwrap_or(false))
-    };
-    match isa.name() {
-        "x64" => {
-            let vnni = (on("has_avx") && on("has_avx_vnni"))
-                || (on("has_avx512vl") && on("has_avx512vnni"));
-            if vnni {
-                DotProduct::Vnni
-            } else if on("has_ssse3") {
-                DotProduct::Pairs
-            } else {
-                DotProduct::I16
-            }
-        }
-        _ if on("has_i8mm") => DotProduct::Usdot,
-        _ if on("has_dotprod") => DotProduct::Sdot,
-        _ => DotProduct::Usdot,
-    }
-}
-
-/// An entry point: input, output, batch size, scratch (see [`emit`]).
+/// An entry point: input, output, batch size, scratch (see [`lower`]).
 type EntryFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *mut u8);
 type EntryU8Fn = unsafe extern "C" fn(*const u8, *mut u8, i64, *mut u8);
-
-/// The most scratch memory a compiled model may need per call (per thread).
-pub const MAX_SCRATCH: usize = 1 << 31;
-
-/// A model's defined entry functions.
-pub struct Defined {
-    pub func: cranelift_module::FuncId,
-    /// The u8-in/u8-out entry, for models that have one ([`emit::u8_entry`]).
-    pub func_u8: Option<cranelift_module::FuncId>,
-    pub scratch_bytes: usize,
-}
-
-/// Declares and defines the model's constants and its entry function `name` in `module` (a JIT
-/// or an object module).
-pub fn define(
-    module: &mut impl cranelift_module::Module,
-    graph: &QGraph,
-    name: &str,
-    dot: DotProduct,
-    with_u8: bool,
-    listing: Option<&mut Listing>,
-) -> Result<Defined, Error> {
-    let err = |e: cranelift_module::ModuleError| Error(format!("Cranelift: {e:?}"));
-    let ptr = module.target_config().pointer_type();
-    if ptr != I64 {
-        return Err(Error("qatc generates code for 64-bit targets only".into()));
-    }
-    let data = module
-        .declare_data(&format!("{name}_consts"), Linkage::Local, false, false)
-        .map_err(err)?;
-    let (func, lowered) = define_entry(module, graph, name, dot, Entry::F32, data, listing)?;
-    // The u8 entry packs the same constants in the same order: it shares the data object.
-    let func_u8 = match emit::u8_entry(graph).filter(|_| with_u8) {
-        Some(_) => {
-            let (f, l) = define_entry(
-                module,
-                graph,
-                &format!("{name}_u8"),
-                dot,
-                Entry::U8,
-                data,
-                None,
-            )?;
-            if l.consts != lowered.consts {
-                return Err(Error(
-                    "internal error: the two entries' constants differ".into(),
-                ));
-            }
-            Some((f, l.scratch_bytes))
-        }
-        None => None,
-    };
-    let scratch_bytes = lowered.scratch_bytes.max(func_u8.map_or(0, |f| f.1));
-    if scratch_bytes > MAX_SCRATCH {
-        return Err(Error(format!(
-            "model `{}` needs {scratch_bytes} bytes of scratch memory per call (tiles of {} \
-             samples); more than {MAX_SCRATCH} is refused",
-            graph.name,
-            emit::TILE
-        )));
-    }
-    let mut desc = DataDescription::new();
-    let mut consts = lowered.consts;
-    consts.resize(consts.len().max(16), 0);
-    desc.define(consts.into_boxed_slice());
-    desc.set_align(16);
-    module.define_data(data, &desc).map_err(err)?;
-    Ok(Defined {
-        func,
-        func_u8: func_u8.map(|f| f.0),
-        scratch_bytes,
-    })
-}
-
-/// Declares and defines one entry function of the model.
-fn define_entry(
-    module: &mut impl cranelift_module::Module,
-    graph: &QGraph,
-    name: &str,
-    dot: DotProduct,
-    entry: Entry,
-    data: cranelift_module::DataId,
-    listing: Option<&mut Listing>,
-) -> Result<(cranelift_module::FuncId, emit::Lowered), Error> {
-    let ptr = module.target_config().pointer_type();
-    let mut sig = module.make_signature();
-    sig.params.extend([AbiParam::new(ptr); 4]);
-    let func = module
-        .declare_function(name, Linkage::Export, &sig)
-        .map_err(|e| Error(format!("Cranelift: {e:?}")))?;
-    let mut ctx = Context::new();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, func.as_u32());
-    let mut fctx = FunctionBuilderContext::new();
-    let lowered = {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let block = b.create_block();
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
-        let p = b.block_params(block).to_vec();
-        let gv = module.declare_data_in_func(data, b.func);
-        let base = b.ins().symbol_value(ptr, gv);
-        let params = [p[0], p[1], p[2], p[3]];
-        let lowered = emit::lower(&mut b, graph, params, base, dot, entry).map_err(Error)?;
-        b.seal_all_blocks();
-        b.finalize(module.target_config());
-        lowered
-    };
-    let clif = listing.as_ref().map(|_| ctx.func.display().to_string());
-    ctx.set_disasm(listing.is_some());
-    module
-        .define_function(func, &mut ctx)
-        .map_err(|e| Error(format!("Cranelift could not compile the model: {e:?}")))?;
-    if let Some(l) = listing {
-        l.clif = clif.unwrap_or_default();
-        l.asm = ctx
-            .compiled_code()
-            .and_then(|c| c.vcode.clone())
-            .unwrap_or_default();
-    }
-    Ok((func, lowered))
-}
 
 /// A compiled model. Cheap to call, safe to share between threads.
 pub struct Compiled {
@@ -535,8 +361,8 @@ impl Compiled {
     ) -> Result<(), Error> {
         let batch = self.check_lengths(input.len(), output.len(), usize::MAX, what)?;
         let threads = rayon::current_num_threads().max(1);
-        let per = batch.div_ceil(threads).next_multiple_of(emit::TILE);
-        if threads == 1 || batch <= emit::TILE {
+        let per = batch.div_ceil(threads).next_multiple_of(TILE);
+        if threads == 1 || batch <= TILE {
             call(input, output);
         } else {
             input
@@ -584,7 +410,7 @@ impl Compiled {
         assert!(input.len() == batch * self.in_size && output.len() == batch * self.out_size);
         // SAFETY: the function reads exactly `batch · in_size` elements from `input` and writes
         // exactly `batch · out_size` to `output`, both checked just above: caller memory is read
-        // and written element-exactly by construction (`emit::Memory`), and tests put both
+        // and written element-exactly by construction (`builder::Memory`), and tests put both
         // against guard pages. It writes at most `scratch_bytes` bytes of `scratch` (the
         // callers give at least that, for this thread alone), reads its constants from its own
         // data object and nothing else, and was built with this signature for this CPU by

@@ -7,7 +7,10 @@ use cranelift_codegen::isa::{self, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::{define, DotProduct, Error, Listing};
+use super::builder::DotProduct;
+use super::lower::u8_entry;
+use super::module::{best_dot_product, define, Error, Listing};
+use crate::data::Normalization;
 use crate::int8::QGraph;
 
 /// An architecture qatc generates code for.
@@ -166,7 +169,7 @@ pub fn c_header(
     graph: &QGraph,
     name: &str,
     scratch_bytes: usize,
-    normalization: Option<(&[f32], &[f32])>,
+    normalization: Option<&Normalization>,
 ) -> String {
     let upper = format!("QATC_{}", c_identifier(&graph.name).to_uppercase());
     let size = |n: usize| -> usize { graph.nodes[n].shape.iter().product() };
@@ -200,7 +203,7 @@ pub fn c_header(
         shape(graph.output),
         size(graph.output),
     );
-    if let Some((mean, std)) = normalization {
+    if let Some(Normalization { mean, std }) = normalization {
         h.push_str(&format!(
             "\n/* Training normalized pixel p of channel c as (p / 255 - MEAN[c]) / STD[c]; a single\n\
              * value serves every channel. */\n\
@@ -212,7 +215,7 @@ pub fn c_header(
             floats(std)
         ));
     }
-    if let Some((iq, oq)) = super::emit::u8_entry(graph) {
+    if let Some((iq, oq)) = u8_entry(graph) {
         h.push_str(&format!(
             "\n/* The same model on quint8 codes: `input` holds batch * INPUT_SIZE codes quantized\n\
              * as round(x / INPUT_SCALE) + INPUT_ZERO_POINT (clamped to 0..255); `output` receives\n\
@@ -233,7 +236,7 @@ pub fn c_header(
          #define QATC_MODEL_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n\
          #define QATC_MODEL_SCRATCH_BYTES {upper}_SCRATCH_BYTES\n"
     ));
-    if super::emit::u8_entry(graph).is_some() {
+    if u8_entry(graph).is_some() {
         h.push_str(&format!("#define QATC_MODEL_RUN_U8 {name}_u8\n"));
     }
     if normalization.is_some() {
@@ -249,7 +252,7 @@ pub fn c_header(
 
 /// Compiles `graph` into a relocatable object (ELF) for `isa`.
 pub fn object(graph: &QGraph, isa: OwnedTargetIsa, name: &str) -> Result<Object, Error> {
-    let dot = super::best_dot_product(&*isa);
+    let dot = best_dot_product(&*isa);
     let builder = ObjectBuilder::new(isa, name, cranelift_module::default_libcall_names())
         .map_err(|e| Error(format!("Cranelift: {e}")))?;
     let mut module = ObjectModule::new(builder);

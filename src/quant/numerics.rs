@@ -24,7 +24,7 @@
 //!   reduce_range only narrows the scale's range). A fused ReLU raises the lower bound to the
 //!   zero point; ReLU6 also lowers the upper bound to the code of 6.0.
 
-use crate::syntax::ast::{DType, Scheme};
+use crate::quant::qconfig::{DType, Scheme};
 
 /// Rounds half to even, as `std::nearbyint` in the default rounding mode and `torch.round`.
 ///

@@ -110,8 +110,8 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::qconfig::Backend;
     use crate::quant::qconfig::{preset, QuantMode};
-    use crate::syntax::ast::Backend;
 
     #[test]
     fn moving_average_starts_from_the_first_batch() {

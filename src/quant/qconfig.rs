@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::syntax::ast::{Backend, DType, FakeQuantSpec, ObserverKind, Scheme};
-
 /// How a tensor is fake-quantized: the observer that tracks its range and the integer grid.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FakeQuantConfig {
@@ -124,5 +122,135 @@ pub fn apply(base: FakeQuantConfig, spec: &FakeQuantSpec) -> FakeQuantConfig {
         quant_min,
         quant_max,
         averaging: spec.averaging.map(|a| a as f32).unwrap_or(base.averaging),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Fbgemm,
+    Qnnpack,
+    Native,
+}
+
+pub const BACKEND_NAMES: &[&str] = &["fbgemm", "qnnpack", "native"];
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fbgemm => "fbgemm",
+            Backend::Qnnpack => "qnnpack",
+            Backend::Native => "native",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        match name {
+            "fbgemm" => Some(Backend::Fbgemm),
+            "qnnpack" => Some(Backend::Qnnpack),
+            "native" => Some(Backend::Native),
+            _ => None,
+        }
+    }
+}
+
+/// `fake_quant(observer: ..., dtype: ..., ...)`; unset fields come from the backend's preset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeQuantSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<ObserverKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<Scheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_range: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant_min: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant_max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub averaging: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObserverKind {
+    Minmax,
+    MovingAverageMinmax,
+    PerChannelMinmax,
+    MovingAveragePerChannelMinmax,
+}
+
+impl ObserverKind {
+    pub const ALL: [ObserverKind; 4] = [
+        ObserverKind::Minmax,
+        ObserverKind::MovingAverageMinmax,
+        ObserverKind::PerChannelMinmax,
+        ObserverKind::MovingAveragePerChannelMinmax,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObserverKind::Minmax => "minmax",
+            ObserverKind::MovingAverageMinmax => "moving_average_minmax",
+            ObserverKind::PerChannelMinmax => "per_channel_minmax",
+            ObserverKind::MovingAveragePerChannelMinmax => "moving_average_per_channel_minmax",
+        }
+    }
+
+    pub fn is_per_channel(self) -> bool {
+        matches!(
+            self,
+            ObserverKind::PerChannelMinmax | ObserverKind::MovingAveragePerChannelMinmax
+        )
+    }
+
+    pub fn is_moving_average(self) -> bool {
+        matches!(
+            self,
+            ObserverKind::MovingAverageMinmax | ObserverKind::MovingAveragePerChannelMinmax
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Quint8,
+    Qint8,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Quint8 => "quint8",
+            DType::Qint8 => "qint8",
+        }
+    }
+
+    /// The full range of the type.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            DType::Quint8 => (0, 255),
+            DType::Qint8 => (-128, 127),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Affine,
+    Symmetric,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Affine => "affine",
+            Scheme::Symmetric => "symmetric",
+        }
     }
 }

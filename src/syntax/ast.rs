@@ -10,6 +10,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::diag::Span;
+pub use crate::quant::qconfig::{
+    Backend, DType, FakeQuantSpec, ObserverKind, Scheme, BACKEND_NAMES,
+};
 
 /// A value with the place it was written. Equality and the YAML form ignore the span.
 #[derive(Clone, Debug, Default)]
@@ -221,35 +224,6 @@ pub struct Quantize {
     pub overrides: Vec<Override>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Fbgemm,
-    Qnnpack,
-    Native,
-}
-
-pub const BACKEND_NAMES: &[&str] = &["fbgemm", "qnnpack", "native"];
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Fbgemm => "fbgemm",
-            Backend::Qnnpack => "qnnpack",
-            Backend::Native => "native",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Backend> {
-        match name {
-            "fbgemm" => Some(Backend::Fbgemm),
-            "qnnpack" => Some(Backend::Qnnpack),
-            "native" => Some(Backend::Native),
-            _ => None,
-        }
-    }
-}
-
 /// What a layer is quantized with: a preset, a named qconfig, or nothing (kept float).
 /// Written and serialized as `qat(fbgemm)`, `ptq(qnnpack)`, `wide` or `none`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,107 +299,6 @@ pub struct QconfigDef {
     pub activation: Option<Spanned<FakeQuantSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Spanned<FakeQuantSpec>>,
-}
-
-/// `fake_quant(observer: ..., dtype: ..., ...)`; unset fields come from the backend's preset.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FakeQuantSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observer: Option<ObserverKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<DType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<Scheme>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reduce_range: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quant_min: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quant_max: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub averaging: Option<f64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ObserverKind {
-    Minmax,
-    MovingAverageMinmax,
-    PerChannelMinmax,
-    MovingAveragePerChannelMinmax,
-}
-
-impl ObserverKind {
-    pub const ALL: [ObserverKind; 4] = [
-        ObserverKind::Minmax,
-        ObserverKind::MovingAverageMinmax,
-        ObserverKind::PerChannelMinmax,
-        ObserverKind::MovingAveragePerChannelMinmax,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ObserverKind::Minmax => "minmax",
-            ObserverKind::MovingAverageMinmax => "moving_average_minmax",
-            ObserverKind::PerChannelMinmax => "per_channel_minmax",
-            ObserverKind::MovingAveragePerChannelMinmax => "moving_average_per_channel_minmax",
-        }
-    }
-
-    pub fn is_per_channel(self) -> bool {
-        matches!(
-            self,
-            ObserverKind::PerChannelMinmax | ObserverKind::MovingAveragePerChannelMinmax
-        )
-    }
-
-    pub fn is_moving_average(self) -> bool {
-        matches!(
-            self,
-            ObserverKind::MovingAverageMinmax | ObserverKind::MovingAveragePerChannelMinmax
-        )
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    Quint8,
-    Qint8,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::Quint8 => "quint8",
-            DType::Qint8 => "qint8",
-        }
-    }
-
-    /// The full range of the type.
-    pub fn range(self) -> (i32, i32) {
-        match self {
-            DType::Quint8 => (0, 255),
-            DType::Qint8 => (-128, 127),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    Affine,
-    Symmetric,
-}
-
-impl Scheme {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Affine => "affine",
-            Scheme::Symmetric => "symmetric",
-        }
-    }
 }
 
 // ------------------------------------------------------------------------------------------ train

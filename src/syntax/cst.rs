@@ -6,8 +6,10 @@ use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
 use pest::Parser;
 
-use super::MAX_NESTING;
 use crate::diag::{Diag, Span};
+
+/// Deepest bracket nesting accepted; real specs use two or three levels.
+pub const MAX_NESTING: usize = 16;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/qspec.pest"]

@@ -11,9 +11,7 @@ pub mod lower;
 
 use crate::diag::{Diag, Span};
 pub use ast::Spec;
-
-/// Deepest bracket nesting accepted; real specs use two or three levels.
-pub const MAX_NESTING: usize = 16;
+pub use cst::MAX_NESTING;
 
 /// Parses `.qspec` text into an AST.
 pub fn parse(source: &str) -> Result<Spec, Vec<Diag>> {

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::check::Pool2d;
+use crate::ir::Pool2d;
 use crate::ir::{Act, ConvGeom};
 
 /// Products smaller than this many multiply-adds run on one thread.
@@ -752,7 +752,7 @@ pub fn softmax_cross_entropy(
         }
         let label = label as usize;
         loss += (sum.ln() - (row[label] - max)) as f64;
-        if argmax(row) == label {
+        if crate::data::argmax(row) == label {
             correct += 1;
         }
         let scale = 1.0 / (sum * batch as f32);
@@ -760,17 +760,6 @@ pub fn softmax_cross_entropy(
         g[label] -= 1.0 / batch as f32;
     }
     ((loss / batch as f64) as f32, correct, grad)
-}
-
-/// Index of the largest value (the first one on ties).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 #[cfg(test)]

@@ -74,9 +74,6 @@ pub struct Quiet;
 
 impl Progress for Quiet {}
 
-/// Images in evaluation batches.
-const EVAL_BATCH: usize = 500;
-
 /// Trains `net` on `data` as `cfg` says, for `epochs` epochs.
 pub fn train(
     net: &mut Net,
@@ -117,7 +114,8 @@ pub fn train(
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for chunk in order.chunks(cfg.batch) {
-            batch_input(&data.train, chunk, cfg, &mut x, &mut labels);
+            data.train
+                .batch(chunk, &cfg.normalization, &mut x, &mut labels);
             let tape = net.forward(&x, chunk.len(), mode, &mut rng);
             let classes = net.graph.nodes[net.graph.output].shape[0];
             let (loss, right, grad) =
@@ -161,53 +159,21 @@ pub fn train(
 /// Test accuracy in percent, with fake quantization on or off. Nothing is updated.
 pub fn evaluate(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant: bool) -> f32 {
     let mut rng = Rng::new(0);
-    let (mut x, mut labels) = (Vec::new(), Vec::new());
-    let mut correct = 0;
-    let indices: Vec<usize> = (0..data.len()).collect();
     let classes = net.graph.nodes[net.graph.output].shape[0];
-    for chunk in indices.chunks(EVAL_BATCH) {
-        batch_input(data, chunk, cfg, &mut x, &mut labels);
-        let tape = net.forward(&x, chunk.len(), Mode::eval(fake_quant), &mut rng);
-        let logits = tape.output(&net.graph);
-        correct += logits
-            .chunks_exact(classes)
-            .zip(&labels)
-            .filter(|(row, &label)| kernels::argmax(row) == label as usize)
-            .count();
+    let run = |x: &[f32], n: usize| {
+        let tape = net.forward(x, n, Mode::eval(fake_quant), &mut rng);
+        Ok::<_, std::convert::Infallible>(tape.output(&net.graph).to_vec())
+    };
+    match crate::data::accuracy(data, &cfg.normalization, classes, run) {
+        Ok(acc) => acc,
+        Err(never) => match never {},
     }
-    100.0 * correct as f32 / data.len().max(1) as f32
-}
-
-/// Fills `x` with the normalized images `indices` of `data` and `labels` with their labels:
-/// `(pixel / 255 - mean[c]) / std[c]`, as torchvision's ToTensor + Normalize.
-pub fn batch_input(
-    data: &Dataset,
-    indices: &[usize],
-    cfg: &TrainConfig,
-    x: &mut Vec<f32>,
-    labels: &mut Vec<u8>,
-) {
-    let size = data.image_size();
-    let plane = data.shape[1] * data.shape[2];
-    x.clear();
-    labels.clear();
-    for &i in indices {
-        crate::data::normalize(
-            data.image(i),
-            (data.shape[0], plane),
-            &cfg.mean,
-            &cfg.std,
-            x,
-        );
-        labels.push(data.labels[i]);
-    }
-    debug_assert_eq!(x.len(), indices.len() * size);
 }
 
 /// The graph QAT trains: the checked model lowered to IR, through the QAT pass pipeline, with
 /// fresh parameters from `seed`.
 pub fn build_net(model: &crate::check::CheckedModel, seed: u64) -> Result<Net, String> {
-    let graph = crate::ir::lower(model);
+    let graph = crate::check::lower(model);
     let stages = crate::passes::run(&graph, crate::passes::QAT_PIPELINE)?;
     let prepared = stages.into_iter().last().map_or(graph, |(_, g)| g);
     Ok(Net::new(prepared, seed))

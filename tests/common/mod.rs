@@ -105,3 +105,23 @@ pub fn runnable_forms() -> Vec<qatc::jit::DotProduct> {
     }
     forms
 }
+
+/// The reference interpreter's test accuracy (percent) on `data`, normalized as `cfg` says.
+pub fn int8_accuracy(
+    graph: &qatc::int8::QGraph,
+    data: &qatc::data::Dataset,
+    cfg: &qatc::check::TrainConfig,
+) -> f32 {
+    let classes = graph.nodes[graph.output].shape.iter().product();
+    qatc::data::accuracy(data, &cfg.normalization, classes, |x, n| {
+        qatc::interp::run(graph, x, n)
+    })
+    .expect("the interpreter runs")
+}
+
+/// The input normalization of a spec file's `train` block.
+pub fn calibrated_normalization(spec: &Path) -> Option<qatc::data::Normalization> {
+    let text = std::fs::read_to_string(spec).unwrap();
+    let (result, _) = qatc::front_end(&spec.display().to_string(), &text);
+    Some(result.ok()?.model.train?.normalization)
+}

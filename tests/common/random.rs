@@ -2,8 +2,8 @@
 //! random small specs. Shared by the JIT tests and the fuzzer (`examples/fuzz`), which includes
 //! this file by path.
 
-use qatc::check::Pool2d;
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
+use qatc::ir::Pool2d;
 use qatc::ir::{Act, ConvGeom};
 use qatc::train::rng::Rng;
 

@@ -1,8 +1,8 @@
 //! Checked model -> float IR: one node per layer, in execution order, behind an input node.
 //! No fusion and no quantization yet (the passes do that).
 
-use super::{Act, BnAttrs, ConvGeom, Graph, Node, Op};
-use crate::check::{CheckedModel, LayerKind, Source};
+use super::{CheckedModel, LayerKind, Source};
+use crate::ir::{Act, BnAttrs, ConvGeom, Graph, Node, Op};
 
 pub fn lower(model: &CheckedModel) -> Graph {
     let mut nodes = vec![Node {
