@@ -9,7 +9,7 @@ use crate::train::engine::{Mode, Net};
 use crate::train::rng::Rng;
 
 /// One int8 node's agreement with the fake-quant graph.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LayerError {
     pub name: String,
     pub op: &'static str,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Lowest first. A module may use the modules of the layers before its own, not its own layer
-/// nor later ones. `lib.rs` and `main.rs` sit above all of them.
+/// nor later ones. `lib.rs` and the CLI (`bin/`) sit above all of them.
 const LAYERS: &[&[&str]] = &[
     &["limits", "diag"],
     &["quant"],
@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["jit", "train"],
     &["convert"],
     &["compare", "bench"],
+    &["pipeline"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

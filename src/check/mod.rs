@@ -1181,3 +1181,38 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
         seed: t.seed.as_ref().map_or(0, |s| s.node),
     })
 }
+
+/// A spec that parsed and checked.
+pub struct Checked {
+    pub model: CheckedModel,
+    pub spec: crate::syntax::Spec,
+    pub warnings: Vec<Diag>,
+}
+
+/// Parses and checks a spec's text in one go: the front half of every command. The returned
+/// source is what the spans of the spec and of the diagnostics refer to.
+///
+/// ```
+/// let text = "model m { input: [1, 28, 28] flat: Flatten fc: Linear(out: 10) }";
+/// let (result, _source) = qatc::front_end("m.qspec", text);
+/// let checked = result.expect("a valid spec");
+/// assert_eq!(checked.model.layers[1].out_shape, vec![10]);
+///
+/// let (result, source) = qatc::front_end("bad.qspec", "model m { input: [4] fc: Linaer(out: 2) }");
+/// let text = qatc::diag::render(&result.err().unwrap(), &source.name, &source.text);
+/// assert!(text.contains("did you mean `Linear`?"));
+/// ```
+pub fn front_end(
+    file_name: &str,
+    text: &str,
+) -> (Result<Checked, Vec<Diag>>, crate::syntax::SourceFile) {
+    let (parsed, source) = crate::syntax::parse_source(file_name, text);
+    let result = parsed.and_then(|spec| {
+        check(&spec).map(|(model, warnings)| Checked {
+            model,
+            spec,
+            warnings,
+        })
+    });
+    (result, source)
+}

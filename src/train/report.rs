@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+#[cfg(feature = "plot")]
 use plotters::prelude::*;
 
 use super::{EpochStats, TrainOutcome};
@@ -59,6 +60,7 @@ pub fn summary(
 }
 
 /// An SVG with two panels: training loss, and train/test accuracy, per epoch.
+#[cfg(feature = "plot")]
 pub fn curves_svg(title: &str, epochs: &[EpochStats]) -> Result<String, String> {
     let points = |f: fn(&EpochStats) -> f32| {
         epochs
@@ -107,6 +109,7 @@ pub fn curves_svg(title: &str, epochs: &[EpochStats]) -> Result<String, String> 
 }
 
 /// One chart: a caption, epochs 1..=n on x, `y_range` on y, one line per series.
+#[cfg(feature = "plot")]
 fn panel(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
     caption: &str,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -- train specs/lenet_mnist.qspec          # writes runs/lenet/model.qmodel
-//! cargo run --release --example embed -- runs/lenet/model.qmodel \
+//! cargo run --release -p embed -- runs/lenet/model.qmodel \
 //!     data/mnist10k/t10k-images-idx3-ubyte.gz data/mnist10k/t10k-labels-idx1-ubyte.gz
 //! ```
 

@@ -1,0 +1,158 @@
+//! The command line's arguments: one subcommand per stage.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use qatc::pipeline;
+
+/// qatc: a compiler for quantization-aware training.
+#[derive(Parser)]
+#[command(name = "qatc", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Parse and check a spec, infer shapes, and print the model table.
+    Check {
+        /// A .qspec file, or its YAML form (.yaml / .yml).
+        spec: PathBuf,
+    },
+    /// Print a spec in canonical .qspec form, or as YAML with --yaml.
+    Fmt {
+        spec: PathBuf,
+        /// Print the YAML form instead.
+        #[arg(long)]
+        yaml: bool,
+    },
+    /// Evaluate a converted model (.qmodel) on the reference interpreter: accuracy and the
+    /// confusion matrix on its spec's test data.
+    Eval {
+        model: PathBuf,
+        /// Evaluate on this spec's data instead of the one stored in the model.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Post-training quantization: calibrate a float checkpoint's observers on training data
+    /// (no training) and write the converted model.
+    Calibrate {
+        /// The spec, with the `quantize` block to apply.
+        spec: PathBuf,
+        /// A checkpoint trained from this model (e.g. by `qatc train` on the spec without its
+        /// `quantize` block).
+        #[arg(long)]
+        from: PathBuf,
+        /// Calibration batches of training data.
+        #[arg(long, default_value_t = 32)]
+        batches: usize,
+        /// Where to write model.qmodel (default: runs/<model>-ptq).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Per-layer error (SQNR) between the fake-quant graph and the int8 graph on test images.
+    Compare {
+        model: PathBuf,
+        /// The fake-quant checkpoint (default: checkpoint.safetensors beside the model).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Test images to compare on.
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+    },
+    /// Measure training throughput: images/s per epoch (median) for each spec.
+    BenchTrain {
+        /// Specs to measure (default: specs/mnist_mlp.qspec and specs/lenet_mnist.qspec).
+        specs: Vec<PathBuf>,
+        /// Epochs per spec; the median epoch is reported.
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object per spec instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compile a converted model (.qmodel) to native code and print the int8 IR, the Cranelift IR
+    /// (CLIF) or the machine code; or write a relocatable object and its C header.
+    Compile {
+        model: PathBuf,
+        /// What to make.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+        /// Generate code for this architecture (x86_64, aarch64) instead of this machine.
+        #[arg(long)]
+        target: Option<String>,
+        /// CPU features of the target, comma-separated: x86_64 avx, avx2, avx512vnni, avxvnni;
+        /// aarch64 dotprod, i8mm.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Where to write the object or header (default: <model>.o / <model>.h).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also print the compile time and the scratch memory per call (to stderr).
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Measure inference: batch-1 latency (median µs) and large-batch throughput (images/s) of the
+    /// compiled model and of the reference interpreter.
+    Bench {
+        model: PathBuf,
+        /// Batch sizes: 1 measures latency on one thread, larger ones throughput on all threads.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 256])]
+        batch: Vec<usize>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object (keys jit_b1_us, jit_b256_img_s, ref_b1_us, ref_b256_img_s,
+        /// compile_ms) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Force a GEMM form instead of this CPU's best (all are exact): vnni, usdot, sdot,
+        /// i16, pairs.
+        #[arg(long)]
+        dot: Option<String>,
+    },
+    /// Train a spec with fake quantization (QAT) and report accuracy.
+    Train {
+        spec: PathBuf,
+        /// Where to write the run (default: runs/<model>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the spec's number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Emit {
+    /// The int8 IR, as `convert` made it.
+    Ir,
+    /// Cranelift IR of the entry function.
+    Clif,
+    /// The generated machine code.
+    Asm,
+    /// A relocatable object (ELF) with the entry point and the weights.
+    Obj,
+    /// A C header declaring the object's entry point and sizes.
+    Header,
+}
+
+impl From<Emit> for pipeline::Emit {
+    fn from(emit: Emit) -> pipeline::Emit {
+        match emit {
+            Emit::Ir => pipeline::Emit::Ir,
+            Emit::Clif => pipeline::Emit::Clif,
+            Emit::Asm => pipeline::Emit::Asm,
+            Emit::Obj => pipeline::Emit::Obj,
+            Emit::Header => pipeline::Emit::Header,
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The `qatc` command line: one subcommand per stage. It parses arguments, calls the library's
+//! [`qatc::pipeline`] and prints the report; it is the only place that prints or exits.
+
+mod args;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command, Emit};
+
+use qatc::pipeline::{self, Error, SpecFile, Stage};
+
+/// mimalloc keeps freed pages for reuse; the system allocator hands large blocks back to the
+/// OS, and training (which frees and reallocates the same large buffers every batch) then
+/// spends much of its time in page faults.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit status for bad input (a malformed spec, a missing file): the same as clap's usage errors.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", e.render());
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
+
+/// Runs one command.
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Check { spec } => {
+            let spec = load_spec(&spec)?;
+            print!("{}", qatc::check::model_table(&spec.model));
+            Ok(())
+        }
+        Command::Fmt { spec, yaml } => {
+            let text = pipeline::read_spec(&spec)?;
+            let (parsed, source) = qatc::syntax::parse_source(&spec.display().to_string(), &text);
+            let ast = parsed.map_err(|diags| {
+                Error::new(
+                    Stage::Spec,
+                    qatc::diag::render(&diags, &source.name, &source.text),
+                )
+            })?;
+            if yaml {
+                print!("{}", qatc::syntax::to_yaml(&ast));
+            } else {
+                print!("{}", qatc::syntax::fmt::format_spec(&ast));
+            }
+            Ok(())
+        }
+        Command::Calibrate {
+            spec,
+            from,
+            batches,
+            out,
+        } => with_threads(None, |_| {
+            let r = pipeline::calibrate(&load_spec(&spec)?, &from, batches, out)?;
+            println!(
+                "calibrated on {} training images; test accuracy on {} images:",
+                r.calibration_images, r.test_images
+            );
+            println!("  float                      {:6.2} %", r.float_acc);
+            println!("  fake quant (PTQ)           {:6.2} %", r.fake_quant_acc);
+            println!("  int8 (reference)           {:6.2} %", r.int8_acc);
+            println!("wrote {}", r.qmodel.display());
+            Ok(())
+        }),
+        Command::Compare {
+            model,
+            checkpoint,
+            images,
+        } => with_threads(None, |_| {
+            let r = pipeline::compare(&model, checkpoint, images)?;
+            println!(
+                "int8 vs fake quant on {} test images (SQNR, higher is closer; 30 dB is PyTorch's bar)\n",
+                r.images
+            );
+            println!(
+                "{:<16} {:<16} {:<16} {:>9}",
+                "layer", "op", "shape", "SQNR dB"
+            );
+            for e in &r.layers {
+                let shape = format!("{:?}", e.shape);
+                println!("{:<16} {:<16} {shape:<16} {:>9.1}", e.name, e.op, e.sqnr_db);
+            }
+            if let Some(last) = r.layers.last() {
+                println!("\noutput SQNR: {:.1} dB", last.sqnr_db);
+            }
+            Ok(())
+        }),
+        Command::Eval { model, data } => with_threads(None, |_| {
+            print_eval(&pipeline::evaluate(&model, data.as_deref())?);
+            Ok(())
+        }),
+        Command::Train {
+            spec,
+            out,
+            epochs,
+            threads,
+        } => with_threads(threads, |threads| train(&spec, out, epochs, threads)),
+        Command::Compile {
+            model,
+            emit,
+            target,
+            features,
+            output,
+            verbose,
+        } => compile(&model, emit, target, features, output, verbose),
+        Command::Bench {
+            model,
+            batch,
+            threads,
+            json,
+            dot,
+        } => with_threads(threads, |threads| {
+            let dot = dot.as_deref().map(parse_dot).transpose()?;
+            let options = pipeline::BenchOptions {
+                batches: batch,
+                threads,
+                dot,
+            };
+            print_bench(&pipeline::bench(&model, &options)?, json);
+            Ok(())
+        }),
+        Command::BenchTrain {
+            specs,
+            epochs,
+            threads,
+            json,
+        } => with_threads(threads, |threads| bench_train(specs, epochs, threads, json)),
+    }
+}
+
+fn load_spec(path: &Path) -> Result<SpecFile, Error> {
+    let spec = SpecFile::load(path)?;
+    eprint!("{}", spec.warnings);
+    Ok(spec)
+}
+
+fn parse_dot(name: &str) -> Result<qatc::jit::DotProduct, Error> {
+    use qatc::jit::DotProduct;
+    Ok(match name {
+        "vnni" => DotProduct::Vnni,
+        "usdot" => DotProduct::Usdot,
+        "sdot" => DotProduct::Sdot,
+        "i16" => DotProduct::I16,
+        "pairs" => DotProduct::Pairs,
+        other => {
+            return Err(Error::new(
+                Stage::Compile,
+                format!("unknown --dot `{other}` (vnni, usdot, sdot, i16, pairs)"),
+            ))
+        }
+    })
+}
+
+/// Runs `work` on a pool of worker threads (all cores by default), passing their number. The
+/// work itself runs on a worker, so its parallel loops are shared with the other workers
+/// directly instead of being handed over from outside the pool each time.
+fn with_threads<T: Send>(
+    threads: Option<usize>,
+    work: impl FnOnce(usize) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err(Error::new(Stage::Run, "--threads must be at least 1"));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::new(Stage::Run, format!("cannot start {threads} threads: {e}")))?;
+    pool.install(|| work(threads))
+}
+
+fn train(
+    spec_path: &Path,
+    out: Option<PathBuf>,
+    epochs: Option<usize>,
+    threads: usize,
+) -> Result<(), Error> {
+    let spec = load_spec(spec_path)?;
+    let options = pipeline::TrainOptions { out, epochs };
+    let run = pipeline::TrainRun::prepare(spec, &options)?;
+    print!("{}", qatc::check::model_table(&run.spec.model));
+    let held_out = if run.data.held_out {
+        " (held out from the training files)"
+    } else {
+        ""
+    };
+    println!(
+        "\ndata: {} training and {} test images{held_out}; {threads} threads",
+        run.data.train.len(),
+        run.data.test.len(),
+    );
+    let r = run.run(&mut progress::Bars::default())?;
+    println!("\ntest accuracy on {} images:", r.test_images);
+    if let Some(acc) = r.float_acc {
+        println!("  float (after pretraining)  {acc:6.2} %");
+    }
+    let what = if r.quantized { "fake quant" } else { "float" };
+    println!("  {what:<26} {:6.2} %", r.test_acc);
+    if let Some(q) = &r.int8 {
+        println!("  int8 (reference)           {:6.2} %", q.int8_acc);
+        println!(
+            "  int8 (JIT, native)         {:6.2} %   batch-1 latency {:.1} µs",
+            q.jit_int8_acc, q.jit_b1_us
+        );
+        println!(
+            "model weights: float {} bytes, int8 {} bytes",
+            r.float_weight_bytes, q.int8_weight_bytes
+        );
+    }
+    println!("training throughput: {:.0} images/s", r.train_images_per_s);
+    println!("wrote {}/{{{}}}", r.dir.display(), r.files.join(", "));
+    Ok(())
+}
+
+fn compile(
+    model: &Path,
+    emit: Emit,
+    target: Option<String>,
+    features: Vec<String>,
+    output: Option<PathBuf>,
+    verbose: bool,
+) -> Result<(), Error> {
+    let options = pipeline::CompileOptions {
+        emit: emit.into(),
+        target,
+        features,
+    };
+    let r = pipeline::compile(model, &options)?;
+    let default_name = |ext: &str| PathBuf::from(format!("{}.{ext}", r.model));
+    match emit {
+        Emit::Ir | Emit::Clif | Emit::Asm => print!("{}", String::from_utf8_lossy(&r.bytes)),
+        Emit::Obj => {
+            let path = output.unwrap_or_else(|| default_name("o"));
+            write(&path, &r.bytes)?;
+            let entries: Vec<String> = r.entry_points.iter().map(|e| format!("`{e}`")).collect();
+            eprintln!(
+                "wrote {} (entry points {})",
+                path.display(),
+                entries.join(" and ")
+            );
+        }
+        Emit::Header => {
+            let path = output.unwrap_or_else(|| default_name("h"));
+            write(&path, &r.bytes)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if verbose {
+        eprintln!(
+            "compiled {} in {:.2} ms ({:?} dot products); {} bytes of scratch per call",
+            r.model, r.compile_ms, r.dot, r.scratch_bytes
+        );
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes).map_err(|e| {
+        Error::new(
+            Stage::Write,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })
+}
+
+fn print_eval(r: &pipeline::EvalReport) {
+    println!(
+        "model {} ({} backend), {} test images: int8 accuracy {:.2} %",
+        r.model, r.backend, r.test_images, r.accuracy
+    );
+    println!("\nconfusion matrix (rows: label, columns: prediction)");
+    print!("      ");
+    for c in 0..r.confusion.len() {
+        print!("{c:>6}");
+    }
+    println!();
+    for (label, row) in r.confusion.iter().enumerate() {
+        print!("{label:>6}");
+        for n in row {
+            print!("{n:>6}");
+        }
+        println!();
+    }
+}
+
+fn print_bench(r: &pipeline::BenchReport, json: bool) {
+    if json {
+        println!("{}", r.to_json());
+        return;
+    }
+    println!(
+        "{}: compiled in {:.2} ms (median of 5, {} dot products); {} threads",
+        r.model, r.compile_ms, r.dot, r.threads
+    );
+    println!(
+        "{:<8} {:>16} {:>16} {:>9}",
+        "batch", "jit", "reference", "speedup"
+    );
+    for row in &r.rows {
+        let (jit, reference, speedup) = if row.batch == 1 {
+            let text = |v: f64| format!("{v:.2} µs");
+            (text(row.jit), text(row.reference), row.reference / row.jit)
+        } else {
+            let text = |v: f64| format!("{v:.0} img/s");
+            (text(row.jit), text(row.reference), row.jit / row.reference)
+        };
+        println!("{:<8} {jit:>16} {reference:>16} {speedup:>8.1}x", row.batch);
+    }
+}
+
+fn bench_train(
+    specs: Vec<PathBuf>,
+    epochs: usize,
+    threads: usize,
+    json: bool,
+) -> Result<(), Error> {
+    let specs = if specs.is_empty() {
+        vec![
+            PathBuf::from("specs/mnist_mlp.qspec"),
+            PathBuf::from("specs/lenet_mnist.qspec"),
+        ]
+    } else {
+        specs
+    };
+    if !json {
+        println!(
+            "{:<28} {:>8} {:>7} {:>14} {:>14} {:>14}",
+            "spec", "threads", "epochs", "median img/s", "min img/s", "max img/s"
+        );
+    }
+    for spec in specs {
+        let r = pipeline::bench_train(&spec, epochs, threads)?;
+        if json {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        } else {
+            println!(
+                "{:<28} {threads:>8} {epochs:>7} {:>14.0} {:>14.0} {:>14.0}",
+                spec.display().to_string(),
+                r.median_images_per_s,
+                r.min_images_per_s,
+                r.max_images_per_s
+            );
+        }
+    }
+    Ok(())
+}
