@@ -29,19 +29,12 @@ pub fn layer_errors(net: &mut Net, graph: &QGraph, x: &[f32], batch: usize) -> V
         .collect();
     let mut out = Vec::new();
     for (k, node) in graph.nodes.iter().enumerate() {
-        let fq_name = format!("{}.fq", node.name);
-        let Some(reference) = net
-            .graph
-            .find(&fq_name)
-            .or_else(|| net.graph.find(&node.name))
-        else {
+        let Some(reference) = net.graph.observed_output(&node.name) else {
             continue;
         };
         if net.graph.nodes[reference].shape != node.shape || k == 0 {
             continue;
         }
-        let values = &tape.outputs[reference];
-        let per_sample: usize = node.shape.iter().product();
         let (mut signal, mut noise) = (0f64, 0f64);
         for (b, sample) in samples.iter().enumerate() {
             let got: Vec<f32> = match &sample[k] {
@@ -51,17 +44,10 @@ pub fn layer_errors(net: &mut Net, graph: &QGraph, x: &[f32], batch: usize) -> V
                     v.iter().map(|&c| dequantize(c as i32, q)).collect()
                 }
             };
-            for (i, g) in got.iter().enumerate() {
-                // The training engine keeps images channel-major: [C, B, H*W].
-                let want = match node.shape[..] {
-                    [c, h, w] if c > 0 => {
-                        let p = h * w;
-                        values[(i / p * batch + b) * p + i % p]
-                    }
-                    _ => values[b * per_sample + i],
-                };
-                signal += (want as f64).powi(2);
-                noise += ((want - g) as f64).powi(2);
+            let want = tape.sample(reference, &node.shape, b);
+            for (w, g) in want.iter().zip(&got) {
+                signal += (*w as f64).powi(2);
+                noise += ((w - g) as f64).powi(2);
             }
         }
         let sqnr_db = if noise == 0.0 {

@@ -8,18 +8,21 @@
 //! between a dequantize and a quantize. It does not change shapes and does not read data.
 
 use crate::int8::{FWeights, QGraph, QNode, QOp, QWeights, TensorType};
+use crate::ir::Graph;
 use crate::ir::{Act, Node, Op};
 use crate::quant::numerics::{activation_clamp, quantize, quantize_bias, QParams};
 use crate::quant::qconfig::{DType, Scheme};
-use crate::train::engine::{BnState, Net, NodeState, Param};
+use crate::state::{NodeState, Param, State};
 
 /// The largest reduction length an int8 layer may have: beyond it, the sum of u8 x i8 products
 /// (each at most 255 · 128 in size) could overflow the i32 accumulator.
 pub use crate::int8::MAX_REDUCTION;
 
-/// Converts a trained network, or says which layer cannot be converted and why.
-pub fn convert(net: &Net) -> Result<QGraph, String> {
-    let g = &net.graph;
+/// Converts a trained network (a graph and its state), or says which layer cannot be converted
+/// and why. Fused BatchNorms are folded first ([`crate::passes::fold_bn`]).
+pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
+    let (folded, state) = crate::passes::fold_bn::fold_batch_norm(graph, state);
+    let g = &folded;
     let users = g.users();
     let mut nodes: Vec<QNode> = Vec::new();
     // Old node -> new node holding its value.
@@ -31,7 +34,7 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
         // The parameters of the fake quant that reads this node, if it is its only reader.
         let out_fq = || -> Result<QParams, String> {
             match users[i].as_slice() {
-                [u] if matches!(g.nodes[*u].op, Op::FakeQuant(_)) => observed(net, *u),
+                [u] if matches!(g.nodes[*u].op, Op::FakeQuant(_)) => observed(g, &state, *u),
                 _ => Err(format!(
                     "layer `{}` is quantized but no fake quant observes its output",
                     node.name
@@ -48,11 +51,11 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
             });
             nodes.len() - 1
         };
-        value[i] = match (&node.op, &net.states[i]) {
+        value[i] = match (&node.op, &state.nodes[i]) {
             (Op::Input, _) => push(&mut nodes, QOp::Input, TensorType::F32),
             (Op::FakeQuant(_), _) if quantized_in => inputs[0], // its parameters are its producer's
             (Op::FakeQuant(_), _) => {
-                let q = observed(net, i)?;
+                let q = observed(g, &state, i)?;
                 push(&mut nodes, QOp::Quantize, TensorType::U8(q.into()))
             }
             (Op::DeQuantStub, _) if quantized_in => {
@@ -116,15 +119,18 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
                     weight_obs,
                 },
             ) => {
-                let mut layer = WeightLayer {
+                let layer = WeightLayer {
                     weight: weight.value.clone(),
                     bias: bias_values(bias.as_ref(), geom.out_channels),
                     out_channels: geom.out_channels,
                     act: *act,
                     quantized: weight_fq.is_some(),
                 };
-                if let Some(bn) = bn {
-                    fold_batch_norm(&mut layer.weight, &mut layer.bias, bn);
+                if bn.is_some() {
+                    return Err(format!(
+                        "layer `{}`: internal error: its BatchNorm was not folded",
+                        node.name
+                    ));
                 }
                 let geom = *geom;
                 match layer.convert(node, in_ty, weight_obs.as_ref(), out_fq)? {
@@ -139,7 +145,7 @@ pub fn convert(net: &Net) -> Result<QGraph, String> {
                 }
             }
             (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
-                let (scale, shift) = bn_affine(bn);
+                let (scale, shift) = bn.affine();
                 if quantized_in {
                     let out = out_fq()?;
                     push(
@@ -267,9 +273,9 @@ impl WeightLayer {
 }
 
 /// The parameters of fake-quant node `i`'s observer.
-fn observed(net: &Net, i: usize) -> Result<QParams, String> {
-    let name = &net.graph.nodes[i].name;
-    match &net.states[i] {
+fn observed(g: &Graph, state: &State, i: usize) -> Result<QParams, String> {
+    let name = &g.nodes[i].name;
+    match &state.nodes[i] {
         NodeState::FakeQuant { obs } if obs.is_initialized() => Ok(obs.qparams()[0]),
         NodeState::FakeQuant { .. } => Err(format!(
             "the observer of `{name}` has seen no data: train (or calibrate) before converting"
@@ -291,35 +297,6 @@ fn check_reduction(node: &Node, k: usize) -> Result<(), String> {
 
 fn bias_values(bias: Option<&Param>, n: usize) -> Vec<f32> {
     bias.map_or(vec![0.0; n], |b| b.value.clone())
-}
-
-/// The per-channel affine map `y = x · scale + shift` of a BatchNorm in eval mode.
-fn bn_affine(bn: &BnState) -> (Vec<f32>, Vec<f32>) {
-    let eps = bn.attrs.eps as f32;
-    let scale: Vec<f32> = bn
-        .gamma
-        .value
-        .iter()
-        .zip(&bn.running_var)
-        .map(|(g, v)| g / (v + eps).sqrt())
-        .collect();
-    let shift = scale
-        .iter()
-        .zip(&bn.running_mean)
-        .zip(&bn.beta.value)
-        .map(|((s, m), b)| b - m * s)
-        .collect();
-    (scale, shift)
-}
-
-/// Folds a BatchNorm into the conv before it: `W' = W · s`, `b' = (b - mean) · s + beta`.
-fn fold_batch_norm(w: &mut [f32], b: &mut [f32], bn: &BnState) {
-    let (scale, _) = bn_affine(bn);
-    let k = w.len() / scale.len();
-    for (c, s) in scale.iter().enumerate() {
-        w[c * k..(c + 1) * k].iter_mut().for_each(|v| *v *= s);
-        b[c] = (b[c] - bn.running_mean[c]) * s + bn.beta.value[c];
-    }
 }
 
 /// Quantizes weights with their observer's parameters, biases to int32, and sets the clamp.

@@ -36,6 +36,7 @@ pub mod passes;
 pub mod pipeline;
 pub mod qmodel;
 pub mod quant;
+pub mod state;
 pub mod syntax;
 pub mod train;
 

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["quant"],
     &["syntax"],
     &["ir", "data"],
-    &["int8", "check"],
+    &["int8", "check", "state"],
     &["interp", "passes", "qmodel"],
     &["jit", "train"],
     &["convert"],

@@ -199,7 +199,7 @@ fn softmax_cross_entropy_gradient() {
 #[test]
 fn fake_quant_gradient_is_the_straight_through_estimator() {
     use qatc::quant::numerics::fake_quant_passes;
-    use qatc::train::engine::NodeState;
+    use qatc::state::NodeState;
 
     let spec = "model m { input: [5] a: Linear(out: 4) }\nquantize { backend: qnnpack }";
     let (result, _) = qatc::front_end("fq.qspec", spec);
@@ -237,7 +237,7 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         g.find("a.fq").unwrap(),
         g.find("input.quant").unwrap(),
     );
-    let NodeState::FakeQuant { obs } = &net.states[a_fq] else {
+    let NodeState::FakeQuant { obs } = &net.state.nodes[a_fq] else {
         panic!("a.fq has an observer")
     };
     let q = obs.qparams()[0];
@@ -261,7 +261,7 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         weight,
         weight_obs: Some(wobs),
         ..
-    } = &net.states[a]
+    } = &net.state.nodes[a]
     else {
         panic!("a is a quantized linear")
     };

@@ -261,7 +261,7 @@ fn sqnr(reference: &[f32], int8: &[f32]) -> f64 {
 
 fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
     let (mut net, data, cfg) = trained(spec, epochs, images);
-    let graph = qatc::convert::convert(&net).expect("converts");
+    let graph = qatc::convert::convert(&net.graph, &net.state).expect("converts");
     let fq_acc = train::evaluate(&mut net, &data.test, &cfg, true);
     let int8_acc = common::int8_accuracy(&graph, &data.test, &cfg);
     assert!(
@@ -309,7 +309,7 @@ fn convert_refuses_an_overflowing_reduction_and_untrained_observers() {
     let (result, _) = qatc::front_end("big.qspec", text);
     let model = result.unwrap().model;
     let mut net = train::build_net(&model, 0).unwrap();
-    let err = qatc::convert::convert(&net).unwrap_err();
+    let err = qatc::convert::convert(&net.graph, &net.state).unwrap_err();
     assert!(err.contains("has seen no data"), "{err}");
     let x = vec![0.5f32; 70000];
     let mode = Mode {
@@ -319,7 +319,7 @@ fn convert_refuses_an_overflowing_reduction_and_untrained_observers() {
         bn_frozen: false,
     };
     net.forward(&x, 1, mode, &mut Rng::new(0));
-    let err = qatc::convert::convert(&net).unwrap_err();
+    let err = qatc::convert::convert(&net.graph, &net.state).unwrap_err();
     assert!(
         err.contains("`fc` sums 70000 products") && err.contains("overflow"),
         "{err}"

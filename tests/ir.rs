@@ -124,7 +124,8 @@ fn int8_graph_of_every_spec_is_snapshotted() {
             bn_frozen: true,
         };
         net.forward(&x, 8, observe, &mut Rng::new(2));
-        let int8 = qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let int8 = qatc::convert::convert(&net.graph, &net.state)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         qatc::int8::verify(&int8).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         insta::assert_snapshot!(format!("{name}__4_int8"), int8.to_text());
     }

@@ -170,7 +170,7 @@ fn trained_lenet_custom_is_bit_exact_on_test_images() {
     data.train.labels.truncate(512);
     let mut net = train::build_net(&model, 3).unwrap();
     train::train(&mut net, &data, &cfg, 1, &mut train::Quiet);
-    let graph = qatc::convert::convert(&net).unwrap();
+    let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
     let compiled = Model::from_graph(graph.clone()).unwrap().compile().unwrap();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let images: Vec<usize> = (0..300).collect();

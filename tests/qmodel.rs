@@ -26,7 +26,7 @@ fn model() -> (QGraph, Vec<f32>) {
     data.train.labels.truncate(256);
     let mut net = train::build_net(&model, 3).unwrap();
     train::train(&mut net, &data, &cfg, 1, &mut Quiet);
-    let graph = qatc::convert::convert(&net).unwrap();
+    let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     data.test
         .batch(&[0, 1, 2, 3], &cfg.normalization, &mut x, &mut labels);

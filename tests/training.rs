@@ -57,7 +57,7 @@ fn lenet_qat_learns_in_a_reduced_schedule() {
 fn seed_zero_draws_what_torch_draws() {
     let spec = checked("specs/lenet_mnist.qspec");
     let mut net = train::build_net(&spec.model, 0).unwrap();
-    let tensors = qatc::train::checkpoint::state_tensors(&net);
+    let tensors = qatc::state::checkpoint::state_tensors(&net.graph, &net.state);
     let values = |name: &str| {
         let (_, _, data) = tensors.iter().find(|(n, _, _)| n == name).unwrap();
         data.clone()
@@ -121,7 +121,10 @@ fn a_seed_reproduces_a_run_bit_for_bit() {
     let run = || {
         let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
         let outcome = train::train(&mut net, &data, &cfg, 3, &mut Quiet);
-        (qatc::train::checkpoint::state_tensors(&net), outcome)
+        (
+            qatc::state::checkpoint::state_tensors(&net.graph, &net.state),
+            outcome,
+        )
     };
     let (a, outcome) = run();
     let (b, _) = run();

@@ -232,6 +232,19 @@ impl Graph {
         self.nodes.iter().position(|n| n.name == name)
     }
 
+    /// The node whose output is layer `name`'s value as later layers see it: the fake quant
+    /// that observes it (its only reader) when there is one, else the node itself.
+    pub fn observed_output(&self, name: &str) -> Option<NodeId> {
+        let node = self.find(name)?;
+        let readers: Vec<NodeId> = (node + 1..self.nodes.len())
+            .filter(|&i| self.nodes[i].inputs.contains(&node))
+            .collect();
+        match readers.as_slice() {
+            [fq] if matches!(self.nodes[*fq].op, Op::FakeQuant(_)) => Some(*fq),
+            _ => Some(node),
+        }
+    }
+
     /// The stable text form.
     pub fn to_text(&self) -> String {
         let lines = self.nodes.iter().map(|node| {

@@ -1,6 +1,7 @@
 //! Graph passes, one per file, each entered by one function. [`run`] applies a named pipeline
 //! and runs the IR verifier after every pass, naming the pass that broke an invariant.
 
+pub mod fold_bn;
 pub mod fuse;
 pub mod prepare_qat;
 

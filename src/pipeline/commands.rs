@@ -63,7 +63,8 @@ pub fn calibrate(
         seen += chunk.len();
     }
     let fq_acc = crate::train::evaluate(&mut net, &data.test, &cfg, true);
-    let graph = crate::convert::convert(&net).map_err(Error::at(Stage::Convert))?;
+    let graph =
+        crate::convert::convert(&net.graph, &net.state).map_err(Error::at(Stage::Convert))?;
     let int8_acc = int8_accuracy(&graph, &data.test, &cfg.normalization)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
     create_dir(&dir)?;
@@ -87,7 +88,7 @@ fn load_checkpoint(net: &mut crate::train::engine::Net, path: &Path) -> Result<(
             format!("cannot read checkpoint `{}`: {e}", path.display()),
         )
     })?;
-    crate::train::checkpoint::load(net, &bytes)
+    crate::state::checkpoint::load(&net.graph, &mut net.state, &bytes)
         .map(|_metadata| ())
         .map_err(|e| Error::new(Stage::Read, format!("{}: {e}", path.display())))
 }

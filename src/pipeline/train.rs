@@ -116,15 +116,17 @@ impl TrainRun {
             ),
             ("epochs".to_string(), self.epochs.to_string()),
         ]);
-        let checkpoint = crate::train::checkpoint::to_bytes(&self.net, metadata)
-            .map_err(Error::at(Stage::Write))?;
+        let checkpoint =
+            crate::state::checkpoint::to_bytes(&self.net.graph, &self.net.state, metadata)
+                .map_err(Error::at(Stage::Write))?;
         write("checkpoint.safetensors", &checkpoint)?;
         write(
             "metrics.csv",
             crate::train::report::metrics_csv(&outcome.epochs).as_bytes(),
         )?;
         let int8 = if quantized {
-            let graph = crate::convert::convert(&self.net).map_err(Error::at(Stage::Convert))?;
+            let graph = crate::convert::convert(&self.net.graph, &self.net.state)
+                .map_err(Error::at(Stage::Convert))?;
             let int8_acc = int8_accuracy(&graph, &self.data.test, &self.cfg.normalization)?;
             let bytes = crate::qmodel::to_bytes(&graph, &self.spec.qmodel_info(&self.cfg))
                 .map_err(Error::at(Stage::Write))?;

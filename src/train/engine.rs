@@ -1,5 +1,5 @@
-//! Forward and backward over a prepared graph. A [`Net`] owns the parameters, BatchNorm
-//! statistics and observers of every node; [`Net::forward`] returns a [`Tape`] with what the
+//! Forward and backward over a prepared graph. A [`Net`] is the graph with its [`State`] (the
+//! parameters, BatchNorm statistics and observers of every node, keyed by node); [`Net::forward`] returns a [`Tape`] with what the
 //! backward pass needs, and [`Net::backward`] fills every parameter's gradient.
 //!
 //! All gradients are in one `match` over the op ([`Net::backward`]); each op's gradient is
@@ -14,61 +14,10 @@ use crate::ir::{BnAttrs, Graph, Node, Op};
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
 use crate::quant::observer::Observer;
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
+pub use crate::state::{BnState, NodeState, Param, State};
 
 /// Elements per parallel task in elementwise loops.
 const CHUNK: usize = 1 << 13;
-
-/// A trainable tensor and its gradient.
-#[derive(Clone, Debug)]
-pub struct Param {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub value: Vec<f32>,
-    pub grad: Vec<f32>,
-}
-
-impl Param {
-    fn new(name: String, shape: Vec<usize>, value: Vec<f32>) -> Param {
-        let grad = vec![0.0; value.len()];
-        Param {
-            name,
-            shape,
-            value,
-            grad,
-        }
-    }
-}
-
-/// A BatchNorm's parameters and running statistics.
-#[derive(Clone, Debug)]
-pub struct BnState {
-    pub attrs: BnAttrs,
-    pub gamma: Param,
-    pub beta: Param,
-    pub running_mean: Vec<f32>,
-    pub running_var: Vec<f32>,
-}
-
-/// What a node owns.
-#[derive(Clone, Debug)]
-pub enum NodeState {
-    None,
-    Linear {
-        weight: Param,
-        bias: Option<Param>,
-        weight_obs: Option<Observer>,
-    },
-    Conv {
-        weight: Param,
-        bias: Option<Param>,
-        bn: Option<Box<BnState>>,
-        weight_obs: Option<Observer>,
-    },
-    Bn(BnState),
-    FakeQuant {
-        obs: Observer,
-    },
-}
 
 /// How a forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +57,24 @@ impl Tape {
     pub fn output(&self, graph: &Graph) -> &[f32] {
         &self.outputs[graph.output]
     }
+
+    /// Sample `b`'s values of node `node` (of one-sample shape `shape`) in the order of the
+    /// int8 IR: C, H, W. (The engine keeps images channel-major, `[C, N, H·W]`.)
+    pub fn sample(&self, node: usize, shape: &[usize], b: usize) -> Vec<f32> {
+        let values = &self.outputs[node];
+        match shape {
+            [c, h, w] if *c > 0 => {
+                let p = h * w;
+                (0..c * p)
+                    .map(|i| values[(i / p * self.batch + b) * p + i % p])
+                    .collect()
+            }
+            _ => {
+                let per_sample: usize = shape.iter().product();
+                values[b * per_sample..(b + 1) * per_sample].to_vec()
+            }
+        }
+    }
 }
 
 enum Aux {
@@ -146,7 +113,8 @@ struct BnTape {
 /// A graph with its state.
 pub struct Net {
     pub graph: Graph,
-    pub states: Vec<NodeState>,
+    /// Every node's parameters, statistics and observers.
+    pub state: State,
     /// The random stream the parameters were drawn from, left where the initialisation left
     /// it: training takes each epoch's batch order from it, as a PyTorch script seeded once
     /// draws its model and then its `randperm`s from one generator.
@@ -161,48 +129,26 @@ impl Net {
     /// as its QAT module, whose constructor draws a throw-away initialisation.
     pub fn new(graph: Graph, seed: u64) -> Net {
         let mut generator = TorchGenerator::new(seed);
-        let states = graph
-            .nodes
-            .iter()
-            .map(|node| init_state(node, &mut generator))
-            .collect();
+        let state = State {
+            nodes: graph
+                .nodes
+                .iter()
+                .map(|node| init_state(node, &mut generator))
+                .collect(),
+        };
         for node in &graph.nodes {
             generator.discard(qat_swap_draws(node));
         }
         Net {
             graph,
-            states,
+            state,
             generator,
         }
     }
 
     /// Every parameter, in a fixed order.
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut out = Vec::new();
-        for s in &mut self.states {
-            match s {
-                NodeState::Linear { weight, bias, .. } => {
-                    out.push(weight);
-                    out.extend(bias.as_mut());
-                }
-                NodeState::Conv {
-                    weight, bias, bn, ..
-                } => {
-                    out.push(weight);
-                    out.extend(bias.as_mut());
-                    if let Some(bn) = bn {
-                        out.push(&mut bn.gamma);
-                        out.push(&mut bn.beta);
-                    }
-                }
-                NodeState::Bn(bn) => {
-                    out.push(&mut bn.gamma);
-                    out.push(&mut bn.beta);
-                }
-                NodeState::None | NodeState::FakeQuant { .. } => {}
-            }
-        }
-        out
+        self.state.params_mut()
     }
 
     /// Runs the graph on `batch` samples.
@@ -214,7 +160,7 @@ impl Net {
             let node = &self.graph.nodes[i];
             let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
-            let (y, a) = match (&node.op, &mut self.states[i]) {
+            let (y, a) = match (&node.op, &mut self.state.nodes[i]) {
                 (Op::Input, _) => (kernels::copy(x), Aux::None),
                 (
                     Op::Linear {
@@ -265,15 +211,7 @@ impl Net {
                     },
                 ) => {
                     let d = ConvDims::new(geom, in_shape(0), &node.shape);
-                    let fold = bn.as_ref().map(|bn| {
-                        let eps = bn.attrs.eps as f32;
-                        bn.gamma
-                            .value
-                            .iter()
-                            .zip(&bn.running_var)
-                            .map(|(g, v)| g / (v + eps).sqrt())
-                            .collect::<Vec<f32>>()
-                    });
+                    let fold = bn.as_ref().map(|bn| bn.fold_scale());
                     let wt = weight_tape(
                         &weight.value,
                         fold,
@@ -448,182 +386,189 @@ impl Net {
             let input = |k: usize| -> &[f32] { &tape.outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
             let y = &tape.outputs[i];
-            let dxs: Vec<Option<Vec<f32>>> = match (&node.op, &mut self.states[i], &tape.aux[i]) {
-                (
-                    Op::Linear {
-                        in_features,
-                        out_features,
-                        act,
-                        ..
-                    },
-                    NodeState::Linear { weight, bias, .. },
-                    Aux::Linear(wt),
-                ) => {
-                    kernels::act_backward(*act, y, &mut dy);
-                    let dims = (batch, *in_features, *out_features);
-                    let dx = kernels::linear_backward(
-                        input(0),
-                        &wt.used,
-                        &dy,
-                        dims,
-                        &mut weight.grad,
-                        bias.as_mut().map(|b| b.grad.as_mut_slice()),
-                        want_dx,
-                    );
-                    if let Some(mask) = &wt.mask {
-                        mask_gradient(&mut weight.grad, mask);
+            let dxs: Vec<Option<Vec<f32>>> =
+                match (&node.op, &mut self.state.nodes[i], &tape.aux[i]) {
+                    (
+                        Op::Linear {
+                            in_features,
+                            out_features,
+                            act,
+                            ..
+                        },
+                        NodeState::Linear { weight, bias, .. },
+                        Aux::Linear(wt),
+                    ) => {
+                        kernels::act_backward(*act, y, &mut dy);
+                        let dims = (batch, *in_features, *out_features);
+                        let dx = kernels::linear_backward(
+                            input(0),
+                            &wt.used,
+                            &dy,
+                            dims,
+                            &mut weight.grad,
+                            bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                            want_dx,
+                        );
+                        if let Some(mask) = &wt.mask {
+                            mask_gradient(&mut weight.grad, mask);
+                        }
+                        vec![dx]
                     }
-                    vec![dx]
-                }
-                (
-                    Op::Conv2d { geom, act, .. },
-                    NodeState::Conv {
-                        weight, bias, bn, ..
-                    },
-                    Aux::Conv {
-                        weight: wt,
-                        bn: bn_tape,
-                    },
-                ) => {
-                    kernels::act_backward(*act, y, &mut dy);
-                    let d = ConvDims::new(geom, in_shape(0), &node.shape);
-                    let o = geom.out_channels;
-                    // d(fold) per channel, for the fused BatchNorm's gamma.
-                    let mut d_fold: Option<Vec<f32>> = None;
-                    if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
-                        batch_norm_backward(&mut dy, bn, t);
-                        // dy is now d(u), u = z / fold + bias.
-                        if let Some(b) = bias.as_mut() {
+                    (
+                        Op::Conv2d { geom, act, .. },
+                        NodeState::Conv {
+                            weight, bias, bn, ..
+                        },
+                        Aux::Conv {
+                            weight: wt,
+                            bn: bn_tape,
+                        },
+                    ) => {
+                        kernels::act_backward(*act, y, &mut dy);
+                        let d = ConvDims::new(geom, in_shape(0), &node.shape);
+                        let o = geom.out_channels;
+                        // d(fold) per channel, for the fused BatchNorm's gamma.
+                        let mut d_fold: Option<Vec<f32>> = None;
+                        if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
+                            batch_norm_backward(&mut dy, bn, t);
+                            // dy is now d(u), u = z / fold + bias.
+                            if let Some(b) = bias.as_mut() {
+                                b.grad = kernels::channel_sums(&dy, o);
+                            }
+                            let du_z = kernels::channel_dot(&dy, &t.z, o);
+                            d_fold =
+                                Some(fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect());
+                            let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
+                            kernels::channel_affine(&mut dy, o, &unfold, &vec![0.0; o]);
+                        } else if let Some(b) = bias.as_mut() {
                             b.grad = kernels::channel_sums(&dy, o);
                         }
-                        let du_z = kernels::channel_dot(&dy, &t.z, o);
-                        d_fold = Some(fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect());
-                        let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-                        kernels::channel_affine(&mut dy, o, &unfold, &vec![0.0; o]);
-                    } else if let Some(b) = bias.as_mut() {
-                        b.grad = kernels::channel_sums(&dy, o);
-                    }
-                    let dx = kernels::conv_backward(
-                        input(0),
-                        &dy,
-                        &wt.used,
-                        geom,
-                        &d,
-                        batch,
-                        &mut weight.grad,
-                        want_dx,
-                    );
-                    // weight.grad is d(used weight); undo the fake quant, then the folding.
-                    if let Some(mask) = &wt.mask {
-                        mask_gradient(&mut weight.grad, mask);
-                    }
-                    if let (Some(fold), Some(bn), Some(d_fold)) =
-                        (&wt.fold, bn.as_mut(), d_fold.as_mut())
-                    {
-                        let k = weight.value.len() / o;
-                        for c in 0..o {
-                            let rows = c * k..(c + 1) * k;
-                            let g = &mut weight.grad[rows.clone()];
-                            d_fold[c] += g
-                                .iter()
-                                .zip(&weight.value[rows])
-                                .map(|(a, b)| a * b)
-                                .sum::<f32>();
-                            g.iter_mut().for_each(|v| *v *= fold[c]);
+                        let dx = kernels::conv_backward(
+                            input(0),
+                            &dy,
+                            &wt.used,
+                            geom,
+                            &d,
+                            batch,
+                            &mut weight.grad,
+                            want_dx,
+                        );
+                        // weight.grad is d(used weight); undo the fake quant, then the folding.
+                        if let Some(mask) = &wt.mask {
+                            mask_gradient(&mut weight.grad, mask);
                         }
-                        let eps = bn.attrs.eps as f32;
-                        for ((g, d), v) in bn
-                            .gamma
-                            .grad
-                            .iter_mut()
-                            .zip(d_fold.iter())
-                            .zip(&bn.running_var)
+                        if let (Some(fold), Some(bn), Some(d_fold)) =
+                            (&wt.fold, bn.as_mut(), d_fold.as_mut())
                         {
-                            *g += d / (v + eps).sqrt();
-                        }
-                    }
-                    vec![dx]
-                }
-                (Op::BatchNorm2d(_), NodeState::Bn(bn), Aux::Bn(t)) => {
-                    batch_norm_backward(&mut dy, bn, t);
-                    vec![Some(dy)]
-                }
-                (Op::Act(act), _, _) => {
-                    kernels::act_backward(*act, y, &mut dy);
-                    vec![Some(dy)]
-                }
-                (Op::MaxPool2d(pool), _, _) => {
-                    let s = in_shape(0);
-                    vec![Some(kernels::max_pool_backward(
-                        input(0),
-                        y,
-                        &dy,
-                        pool,
-                        (s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                    ))]
-                }
-                (Op::AvgPool2d(pool), _, _) => {
-                    let s = in_shape(0);
-                    vec![Some(kernels::avg_pool(
-                        &dy,
-                        pool,
-                        (s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                        true,
-                    ))]
-                }
-                (Op::Flatten, _, _) => match in_shape(0) {
-                    [c, h, w] => vec![Some(kernels::transpose_batch_channels(
-                        &dy,
-                        batch,
-                        *c,
-                        h * w,
-                        true,
-                    ))],
-                    _ => vec![Some(dy)],
-                },
-                (Op::GlobalAvgPool, _, _) => {
-                    let s = in_shape(0);
-                    let p = s[1] * s[2];
-                    let dx = dy
-                        .iter()
-                        .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
-                        .collect();
-                    vec![Some(dx)]
-                }
-                (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
-                    dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
-                    vec![Some(dy)]
-                }
-                (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
-                    let inv = 1.0 / q.scale;
-                    dy.par_chunks_mut(CHUNK)
-                        .zip(input(0).par_chunks(CHUNK))
-                        .for_each(|(gs, xs)| {
-                            for (g, &x) in gs.iter_mut().zip(xs) {
-                                let pass = fake_quant_passes(x, *q, inv, *lo, *hi);
-                                *g = if pass { *g } else { 0.0 };
+                            let k = weight.value.len() / o;
+                            for c in 0..o {
+                                let rows = c * k..(c + 1) * k;
+                                let g = &mut weight.grad[rows.clone()];
+                                d_fold[c] += g
+                                    .iter()
+                                    .zip(&weight.value[rows])
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f32>();
+                                g.iter_mut().for_each(|v| *v *= fold[c]);
                             }
-                        });
-                    vec![Some(dy)]
-                }
-                (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
-                // Identities: dequant, and dropout and fake quant when they did not run (no mask,
-                // fake quantization off).
-                (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => vec![Some(dy)],
-                // The input is never back-propagated (`i >= 1`); the forward pass pairs every
-                // op with its own state and tape.
-                (
-                    op @ (Op::Input | Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm2d(_)),
-                    _,
-                    _,
-                ) => unreachable!(
-                    "node {} ({}): state or tape of another op",
-                    node.name,
-                    op.mnemonic()
-                ),
-            };
+                            let eps = bn.attrs.eps as f32;
+                            for ((g, d), v) in bn
+                                .gamma
+                                .grad
+                                .iter_mut()
+                                .zip(d_fold.iter())
+                                .zip(&bn.running_var)
+                            {
+                                *g += d / (v + eps).sqrt();
+                            }
+                        }
+                        vec![dx]
+                    }
+                    (Op::BatchNorm2d(_), NodeState::Bn(bn), Aux::Bn(t)) => {
+                        batch_norm_backward(&mut dy, bn, t);
+                        vec![Some(dy)]
+                    }
+                    (Op::Act(act), _, _) => {
+                        kernels::act_backward(*act, y, &mut dy);
+                        vec![Some(dy)]
+                    }
+                    (Op::MaxPool2d(pool), _, _) => {
+                        let s = in_shape(0);
+                        vec![Some(kernels::max_pool_backward(
+                            input(0),
+                            y,
+                            &dy,
+                            pool,
+                            (s[1], s[2]),
+                            (node.shape[1], node.shape[2]),
+                        ))]
+                    }
+                    (Op::AvgPool2d(pool), _, _) => {
+                        let s = in_shape(0);
+                        vec![Some(kernels::avg_pool(
+                            &dy,
+                            pool,
+                            (s[1], s[2]),
+                            (node.shape[1], node.shape[2]),
+                            true,
+                        ))]
+                    }
+                    (Op::Flatten, _, _) => match in_shape(0) {
+                        [c, h, w] => vec![Some(kernels::transpose_batch_channels(
+                            &dy,
+                            batch,
+                            *c,
+                            h * w,
+                            true,
+                        ))],
+                        _ => vec![Some(dy)],
+                    },
+                    (Op::GlobalAvgPool, _, _) => {
+                        let s = in_shape(0);
+                        let p = s[1] * s[2];
+                        let dx = dy
+                            .iter()
+                            .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
+                            .collect();
+                        vec![Some(dx)]
+                    }
+                    (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
+                        dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                        vec![Some(dy)]
+                    }
+                    (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
+                        let inv = 1.0 / q.scale;
+                        dy.par_chunks_mut(CHUNK)
+                            .zip(input(0).par_chunks(CHUNK))
+                            .for_each(|(gs, xs)| {
+                                for (g, &x) in gs.iter_mut().zip(xs) {
+                                    let pass = fake_quant_passes(x, *q, inv, *lo, *hi);
+                                    *g = if pass { *g } else { 0.0 };
+                                }
+                            });
+                        vec![Some(dy)]
+                    }
+                    (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
+                    // Identities: dequant, and dropout and fake quant when they did not run (no mask,
+                    // fake quantization off).
+                    (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => {
+                        vec![Some(dy)]
+                    }
+                    // The input is never back-propagated (`i >= 1`); the forward pass pairs every
+                    // op with its own state and tape.
+                    (
+                        op @ (Op::Input
+                        | Op::Linear { .. }
+                        | Op::Conv2d { .. }
+                        | Op::BatchNorm2d(_)),
+                        _,
+                        _,
+                    ) => unreachable!(
+                        "node {} ({}): state or tape of another op",
+                        node.name,
+                        op.mnemonic()
+                    ),
+                };
             for (k, dx) in dxs.into_iter().enumerate() {
                 let j = node.inputs[k];
                 if !needs_grad[j] {
@@ -644,7 +589,7 @@ impl Net {
         let mut needs = vec![false; self.graph.nodes.len()];
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let own = matches!(
-                self.states[i],
+                self.state.nodes[i],
                 NodeState::Linear { .. } | NodeState::Conv { .. } | NodeState::Bn(_)
             );
             needs[i] = own || node.inputs.iter().any(|&j| needs[j]);

@@ -4,7 +4,6 @@
 //!
 //! The loop never prints: it reports through [`Progress`], and the CLI draws the bars.
 
-pub mod checkpoint;
 pub mod engine;
 pub mod kernels;
 pub mod optim;

@@ -58,7 +58,8 @@ pub fn calibrated(
         let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-range, range)).collect();
         net.forward(&x, 8, observe, &mut rng);
     }
-    qatc::convert::convert(&net).unwrap_or_else(|e| panic!("{name}: convert: {e}\n{text}"))
+    qatc::convert::convert(&net.graph, &net.state)
+        .unwrap_or_else(|e| panic!("{name}: convert: {e}\n{text}"))
 }
 
 /// [`calibrated`] for a spec file, three batches in [-1.5, 1.5].

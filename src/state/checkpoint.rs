@@ -7,11 +7,12 @@ use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::engine::{Net, NodeState};
+use super::{NodeState, State};
+use crate::ir::Graph;
 use crate::quant::observer::Observer;
 
 /// Named f32 tensors of a network's state, in a fixed order.
-pub fn state_tensors(net: &Net) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn state_tensors(graph: &Graph, state: &State) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = Vec::new();
     let observer =
         |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, prefix: String, obs: &Observer| {
@@ -28,7 +29,7 @@ pub fn state_tensors(net: &Net) -> Vec<(String, Vec<usize>, Vec<f32>)> {
                 ));
             }
         };
-    for (node, state) in net.graph.nodes.iter().zip(&net.states) {
+    for (node, state) in graph.nodes.iter().zip(&state.nodes) {
         let mut params = Vec::new();
         let mut bn_state = None;
         match state {
@@ -88,8 +89,12 @@ pub fn state_tensors(net: &Net) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 }
 
 /// The checkpoint file's bytes.
-pub fn to_bytes(net: &Net, metadata: HashMap<String, String>) -> Result<Vec<u8>, String> {
-    let tensors = state_tensors(net);
+pub fn to_bytes(
+    graph: &Graph,
+    state: &State,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let tensors = state_tensors(graph, state);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, shape, values)| {
@@ -115,7 +120,11 @@ pub fn to_bytes(net: &Net, metadata: HashMap<String, String>) -> Result<Vec<u8>,
 /// Loads a checkpoint's tensors into a network built from the same spec: every parameter and
 /// BatchNorm statistic must be present with its shape; observer ranges are loaded when present
 /// (a float checkpoint has none). Returns the checkpoint's metadata.
-pub fn load(net: &mut Net, bytes: &[u8]) -> Result<HashMap<String, String>, String> {
+pub fn load(
+    graph: &Graph,
+    state: &mut State,
+    bytes: &[u8],
+) -> Result<HashMap<String, String>, String> {
     let file = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| format!("not a valid checkpoint: {e}"))?;
     let (_, header) =
@@ -162,7 +171,7 @@ pub fn load(net: &mut Net, bytes: &[u8]) -> Result<HashMap<String, String>, Stri
         }
         Ok(())
     };
-    for (node, state) in net.graph.nodes.iter().zip(net.states.iter_mut()) {
+    for (node, state) in graph.nodes.iter().zip(state.nodes.iter_mut()) {
         let mut bn_state = None;
         match state {
             NodeState::Linear {

@@ -1,0 +1,133 @@
+//! The state dict: every node's trainable parameters, BatchNorm statistics and observers,
+//! keyed by node (`State::nodes[i]` belongs to node `i` of its graph). The training engine
+//! updates it; `convert`, `compare`, the checkpoint and calibration read it. BatchNorm's eval-mode
+//! affine map (what folding multiplies by) is defined here, once.
+
+pub mod checkpoint;
+
+use crate::ir::BnAttrs;
+use crate::quant::observer::Observer;
+
+/// A trainable tensor and its gradient.
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Vec<f32>,
+    pub grad: Vec<f32>,
+}
+
+impl Param {
+    pub fn new(name: String, shape: Vec<usize>, value: Vec<f32>) -> Param {
+        let grad = vec![0.0; value.len()];
+        Param {
+            name,
+            shape,
+            value,
+            grad,
+        }
+    }
+}
+
+/// A BatchNorm's parameters and running statistics.
+#[derive(Clone, Debug)]
+pub struct BnState {
+    pub attrs: BnAttrs,
+    pub gamma: Param,
+    pub beta: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+}
+
+/// What a node owns.
+#[derive(Clone, Debug)]
+pub enum NodeState {
+    None,
+    Linear {
+        weight: Param,
+        bias: Option<Param>,
+        weight_obs: Option<Observer>,
+    },
+    Conv {
+        weight: Param,
+        bias: Option<Param>,
+        bn: Option<Box<BnState>>,
+        weight_obs: Option<Observer>,
+    },
+    Bn(BnState),
+    FakeQuant {
+        obs: Observer,
+    },
+}
+
+/// Every node's state, indexed like the graph's nodes.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub nodes: Vec<NodeState>,
+}
+
+impl State {
+    /// Every parameter, in a fixed order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = Vec::new();
+        for s in &mut self.nodes {
+            match s {
+                NodeState::Linear { weight, bias, .. } => {
+                    out.push(weight);
+                    out.extend(bias.as_mut());
+                }
+                NodeState::Conv {
+                    weight, bias, bn, ..
+                } => {
+                    out.push(weight);
+                    out.extend(bias.as_mut());
+                    if let Some(bn) = bn {
+                        out.push(&mut bn.gamma);
+                        out.push(&mut bn.beta);
+                    }
+                }
+                NodeState::Bn(bn) => {
+                    out.push(&mut bn.gamma);
+                    out.push(&mut bn.beta);
+                }
+                NodeState::None | NodeState::FakeQuant { .. } => {}
+            }
+        }
+        out
+    }
+
+    /// The quantization parameters of fake-quant node `i`'s observer, once it has seen data.
+    pub fn observer(&self, i: usize) -> Option<&Observer> {
+        match self.nodes.get(i) {
+            Some(NodeState::FakeQuant { obs }) => Some(obs),
+            _ => None,
+        }
+    }
+}
+
+impl BnState {
+    /// The per-channel affine map `y = x · scale + shift` of the BatchNorm in eval mode:
+    /// `scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean · scale`. Folding
+    /// it into the conv before multiplies the weights by `scale`.
+    pub fn affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let scale = self.fold_scale();
+        let shift = scale
+            .iter()
+            .zip(&self.running_mean)
+            .zip(&self.beta.value)
+            .map(|((s, m), b)| b - m * s)
+            .collect();
+        (scale, shift)
+    }
+
+    /// `gamma / sqrt(running_var + eps)` per channel.
+    pub fn fold_scale(&self) -> Vec<f32> {
+        let eps = self.attrs.eps as f32;
+        self.gamma
+            .value
+            .iter()
+            .zip(&self.running_var)
+            .map(|(g, v)| g / (v + eps).sqrt())
+            .collect()
+    }
+}
