@@ -9,7 +9,7 @@
 
 use crate::int8::{FWeights, QGraph, QNode, QOp, QWeights, TensorType};
 use crate::ir::Graph;
-use crate::ir::{Act, Node, Op};
+use crate::ir::{Act, Node, Op, Quantized};
 use crate::quant::numerics::{activation_clamp, quantize, quantize_bias, QParams};
 use crate::quant::qconfig::{DType, Scheme};
 use crate::state::{NodeState, Param, State};
@@ -161,12 +161,17 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                     )
                 }
             }
-            (Op::Act(act), _) => match in_ty {
-                Some(TensorType::U8(q)) => {
-                    let (lo, hi) = activation_clamp(true, *act == Act::ReLU6, q.into(), 0, 255);
+            (Op::Activation(a), _) => match (in_ty, a.quantized()) {
+                (Some(TensorType::U8(q)), Quantized::Clamp(act)) => {
+                    let (lo, hi) = activation_clamp(true, act == Act::ReLU6, q.into(), 0, 255);
                     push(&mut nodes, QOp::Clamp { lo, hi }, TensorType::U8(q))
                 }
-                _ => push(&mut nodes, QOp::FloatAct(*act), TensorType::F32),
+                (Some(TensorType::U8(q)), Quantized::Observed | Quantized::Fixed(_)) => {
+                    let out = out_fq()?;
+                    let table = a.table(q.into(), out);
+                    push(&mut nodes, QOp::Lut { table }, TensorType::U8(out.into()))
+                }
+                _ => push(&mut nodes, QOp::FloatAct(*a), TensorType::F32),
             },
             (Op::MaxPool2d(p), _) => push(
                 &mut nodes,

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ir::Pool2d;
-use crate::ir::{Act, ConvGeom};
+use crate::ir::{Act, Activation, ConvGeom};
 use crate::limits;
 use crate::quant::numerics::{requant_multiplier, QParams};
 
@@ -143,7 +143,12 @@ pub enum QOp {
         geom: ConvGeom,
         w: FWeights,
     },
-    FloatAct(Act),
+    FloatAct(Activation),
+    /// `out = table[x]`: an activation on codes, its 256 entries computed at convert time from
+    /// the float function and both tensors' parameters ([`Activation::table`]).
+    Lut {
+        table: Vec<u8>,
+    },
     FloatBatchNorm {
         scale: Vec<f32>,
         shift: Vec<f32>,
@@ -174,9 +179,8 @@ impl QOp {
             QOp::BatchNorm { .. } => "batch_norm2d",
             QOp::FloatLinear { .. } => "linear",
             QOp::FloatConv2d { .. } => "conv2d",
-            QOp::FloatAct(Act::ReLU) => "relu",
-            QOp::FloatAct(Act::ReLU6) => "relu6",
-            QOp::FloatAct(Act::None) => "identity",
+            QOp::FloatAct(a) => a.mnemonic(),
+            QOp::Lut { .. } => "lut",
             QOp::FloatBatchNorm { .. } => "batch_norm2d",
         }
     }
@@ -361,9 +365,11 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             QOp::Input => {}
             QOp::Quantize => types(!in_u8 && out_u8, "quantize takes f32 and gives u8"),
             QOp::Dequantize => types(in_u8 && !out_u8, "dequantize takes u8 and gives f32"),
-            QOp::Linear { .. } | QOp::Conv2d { .. } | QOp::Clamp { .. } | QOp::BatchNorm { .. } => {
-                types(in_u8 && out_u8, "a quantized op takes and gives u8")
-            }
+            QOp::Linear { .. }
+            | QOp::Conv2d { .. }
+            | QOp::Clamp { .. }
+            | QOp::BatchNorm { .. }
+            | QOp::Lut { .. } => types(in_u8 && out_u8, "a quantized op takes and gives u8"),
             QOp::FloatLinear { .. }
             | QOp::FloatConv2d { .. }
             | QOp::FloatAct(_)
@@ -380,6 +386,12 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 });
                 types(same, "add takes inputs of its own kind and one shape")
             }
+        }
+        if let QOp::Lut { table } = &node.op {
+            types(
+                table.len() == 256,
+                &format!("a lookup table has 256 entries, not {}", table.len()),
+            );
         }
         if let QOp::Clamp { lo, hi } = node.op {
             types(x.ty == node.ty, "clamp keeps its input's parameters");
@@ -434,9 +446,12 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
         };
         let expected: Option<Vec<usize>> = match &node.op {
             QOp::Input => None,
-            QOp::Quantize | QOp::Dequantize | QOp::Clamp { .. } | QOp::FloatAct(_) | QOp::Add => {
-                Some(x.shape.clone())
-            }
+            QOp::Quantize
+            | QOp::Dequantize
+            | QOp::Clamp { .. }
+            | QOp::FloatAct(_)
+            | QOp::Lut { .. }
+            | QOp::Add => Some(x.shape.clone()),
             QOp::Flatten => Some(vec![in_len]),
             QOp::GlobalAvgPool => match x.shape[..] {
                 [_, h, w] if h * w > limits::MAX_POOLED => {

@@ -138,6 +138,9 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                         .collect(),
                 )
             }
+            QOp::Lut { table } => {
+                Value::U8(arg(0).u8().iter().map(|&c| table[c as usize]).collect())
+            }
             QOp::Clamp { lo, hi } => Value::U8(
                 arg(0)
                     .u8()
@@ -260,8 +263,11 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                         .collect(),
                 ))
             }
-            QOp::FloatAct(act) => {
-                Value::F32(arg(0).f32().iter().map(|&v| apply_act(*act, v)).collect())
+            QOp::FloatAct(a) => {
+                let x = arg(0).f32();
+                let mut y = vec![0.0; x.len()];
+                a.program().eval(x, &mut y);
+                Value::F32(y)
             }
             QOp::FloatBatchNorm { scale, shift } => {
                 let p = node.shape[1] * node.shape[2];

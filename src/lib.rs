@@ -32,6 +32,7 @@ pub mod interp;
 pub mod ir;
 pub mod jit;
 pub mod limits;
+pub mod ops;
 pub mod passes;
 pub mod pipeline;
 pub mod qmodel;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["limits", "diag"],
     &["quant"],
+    &["ops"],
     &["syntax"],
     &["ir", "data"],
     &["int8", "check", "state"],
@@ -256,5 +257,6 @@ fn the_checks_see_uses_in_every_form() {
     let want: BTreeSet<String> = ["a", "b", "e", "f"].map(String::from).into();
     assert_eq!(found, want);
     assert_eq!(layer_of("quant"), Some(1));
+    assert!(layer_of("ops") < layer_of("syntax"));
     assert!(layer_of("interp") > layer_of("int8"));
 }

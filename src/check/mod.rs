@@ -15,7 +15,7 @@ pub use lower::lower;
 pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
-use crate::ir::Pool2d;
+use crate::ir::{Activation, Pool2d};
 use crate::limits;
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
@@ -76,8 +76,7 @@ pub enum LayerKind {
         groups: usize,
         bias: bool,
     },
-    ReLU,
-    ReLU6,
+    Activation(Activation),
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
     /// Average over H and W: `[C, H, W] -> [C, 1, 1]`, as `AdaptiveAvgPool2d(1)`.
@@ -148,8 +147,14 @@ impl LayerKind {
             }
             LayerKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
             LayerKind::Dropout { p } => format!("Dropout({p})"),
-            LayerKind::ReLU => "ReLU".into(),
-            LayerKind::ReLU6 => "ReLU6".into(),
+            LayerKind::Activation(a) => {
+                let args: Vec<String> = a.args().iter().map(|(_, v)| v.to_string()).collect();
+                if args.is_empty() {
+                    a.name().into()
+                } else {
+                    format!("{}({})", a.name(), args.join(", "))
+                }
+            }
             LayerKind::GlobalAvgPool => "GlobalAvgPool".into(),
             LayerKind::Flatten => "Flatten".into(),
             LayerKind::Add => "Add".into(),
@@ -736,8 +741,7 @@ fn infer_layer(
             Some((kind, x.clone(), 2 * c, 0))
         }
         Op::Flatten => Some((LayerKind::Flatten, vec![x.iter().product()], 0, 0)),
-        Op::ReLU => Some((LayerKind::ReLU, x.clone(), 0, 0)),
-        Op::ReLU6 => Some((LayerKind::ReLU6, x.clone(), 0, 0)),
+        Op::Activation(a) => Some((LayerKind::Activation(a.0), x.clone(), 0, 0)),
         Op::Dropout { p } => Some((
             LayerKind::Dropout {
                 p: p.unwrap_or(0.5),

@@ -9,6 +9,8 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops::activation::{Act, Activation, Quantized};
+use crate::quant::numerics::QParams;
 use crate::quant::qconfig::{FakeQuantConfig, QConfig};
 
 pub type NodeId = usize;
@@ -32,12 +34,17 @@ pub struct Node {
     pub qconfig: Option<QConfig>,
 }
 
-/// An activation applied at the end of a node (after a fused conv, linear, or alone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Act {
-    None,
-    ReLU,
-    ReLU6,
+/// Where a quantized node's output parameters come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OutputQuant {
+    /// A fake quant after the node observes them.
+    Observed,
+    /// They are the input's (pools, flatten, clamps).
+    Shared,
+    /// Fixed, whatever the data (sigmoid-like activations).
+    Fixed(QParams),
+    /// The output is float (a dequant).
+    Float,
 }
 
 /// A pooling window's geometry.
@@ -98,7 +105,8 @@ pub enum Op {
         weight_fq: Option<FakeQuantConfig>,
     },
     BatchNorm2d(BnAttrs),
-    Act(Act),
+    /// A standalone elementwise activation.
+    Activation(Activation),
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
     GlobalAvgPool,
@@ -120,9 +128,7 @@ impl Op {
             Op::Linear { .. } => "linear",
             Op::Conv2d { .. } => "conv2d",
             Op::BatchNorm2d(_) => "batch_norm2d",
-            Op::Act(Act::ReLU) => "relu",
-            Op::Act(Act::ReLU6) => "relu6",
-            Op::Act(Act::None) => "identity",
+            Op::Activation(a) => a.mnemonic(),
             Op::MaxPool2d(_) => "max_pool2d",
             Op::AvgPool2d(_) => "avg_pool2d",
             Op::GlobalAvgPool => "global_avg_pool",
@@ -134,17 +140,26 @@ impl Op {
         }
     }
 
-    /// Ops whose output shares its input's quantization parameters (no observer after them).
-    pub fn shares_input_qparams(&self) -> bool {
-        matches!(
-            self,
-            Op::Act(_)
-                | Op::MaxPool2d(_)
-                | Op::AvgPool2d(_)
-                | Op::GlobalAvgPool
-                | Op::Flatten
-                | Op::Dropout { .. }
-        )
+    /// Where the output's quantization parameters come from when the node is quantized.
+    pub fn output_quant(&self) -> OutputQuant {
+        match self {
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Add | Op::BatchNorm2d(_) => {
+                OutputQuant::Observed
+            }
+            Op::Activation(a) => match a.quantized() {
+                Quantized::Clamp(_) => OutputQuant::Shared,
+                Quantized::Observed => OutputQuant::Observed,
+                Quantized::Fixed(q) => OutputQuant::Fixed(q),
+            },
+            Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::GlobalAvgPool
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Input
+            | Op::FakeQuant(_) => OutputQuant::Shared,
+            Op::DeQuantStub => OutputQuant::Float,
+        }
     }
 
     /// The shape rule: one sample's output shape from the inputs' shapes, or why it is invalid.
@@ -205,7 +220,7 @@ impl Op {
                 Ok(x)
             }
             Op::Flatten => Ok(vec![one()?.iter().product()]),
-            Op::Act(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
+            Op::Activation(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
             Op::Add => {
                 if inputs.len() < 2 || inputs.iter().any(|s| *s != inputs[0]) {
                     return Err(format!("add needs 2+ inputs of one shape, got {inputs:?}"));
@@ -384,7 +399,8 @@ fn attrs_text(op: &Op) -> String {
         )),
         Op::Dropout { p } => parts.push(format!("p={p:?}")),
         Op::FakeQuant(fq) => parts.push(fq.describe()),
-        Op::Input | Op::Act(_) | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::DeQuantStub => {}
+        Op::Activation(a) => parts.extend(a.args().iter().map(|(k, v)| format!("{k}={v:?}"))),
+        Op::Input | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::DeQuantStub => {}
     }
     parts.join(" ")
 }

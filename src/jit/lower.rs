@@ -23,7 +23,7 @@
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I64, I8, I8X16};
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::int8::{FWeights, QGraph, QOp};
@@ -31,6 +31,7 @@ use crate::ir::Pool2d;
 
 use super::gemm::Gemm;
 use crate::ir::{Act, ConvGeom};
+use crate::ops::expr::{Inst, Program};
 use crate::quant::numerics::QParams;
 
 use super::builder::*;
@@ -257,15 +258,31 @@ impl Emitter<'_, '_> {
                     let x = arg(0);
                     self.float_conv(x, in_shape(0), &node.shape, geom, w)
                 }
-                QOp::FloatAct(act) => {
+                QOp::FloatAct(a) => {
                     let x = arg(0);
                     let y = self.tensor(size, None, Order::Chw);
                     let total = self.b.ins().imul_imm_s(self.n, size as i64);
+                    let program = a.program();
                     self.for_loop(total, |e, i| {
                         let src = e.at(x.ptr, i, 4);
                         let v = e.b.ins().load(F32, flags(), src, 0);
-                        let v = e.act(*act, v);
+                        let v = e.program(&program, v);
                         let dst = e.at(y.ptr, i, 4);
+                        e.b.ins().store(flags(), v, dst, 0);
+                    });
+                    y
+                }
+                QOp::Lut { table } => {
+                    let x = arg(0);
+                    let y = self.tensor(size, out_q, x.order);
+                    let table = self.constant(table);
+                    let total = self.b.ins().imul_imm_s(self.n, size as i64);
+                    self.for_loop(total, |e, i| {
+                        let src = e.b.ins().iadd(x.ptr, i);
+                        let code = e.b.ins().uload8(I64, flags(), src, 0);
+                        let entry = e.b.ins().iadd(table, code);
+                        let v = e.b.ins().load(I8, flags(), entry, 0);
+                        let dst = e.b.ins().iadd(y.ptr, i);
                         e.b.ins().store(flags(), v, dst, 0);
                     });
                     y
@@ -394,6 +411,70 @@ impl Emitter<'_, '_> {
             let to = e.at(dst, i, 16);
             e.b.ins().store(flags(), v, to, 0);
         });
+    }
+
+    /// An elementwise program ([`crate::ops::expr`]) on one f32, instruction for instruction
+    /// as [`Program::eval`] computes it.
+    pub(super) fn program(&mut self, program: &Program, x: Value) -> Value {
+        let mut stack: Vec<Value> = Vec::new();
+        let pop = |stack: &mut Vec<Value>| stack.pop().expect("a valid program");
+        for inst in &program.0 {
+            let v = match *inst {
+                Inst::X => x,
+                Inst::Const(c) => self.b.ins().f32const(c),
+                Inst::Add | Inst::Sub | Inst::Mul | Inst::Div | Inst::Max | Inst::Min => {
+                    let b = pop(&mut stack);
+                    let a = pop(&mut stack);
+                    match *inst {
+                        Inst::Add => self.b.ins().fadd(a, b),
+                        Inst::Sub => self.b.ins().fsub(a, b),
+                        Inst::Mul => self.b.ins().fmul(a, b),
+                        Inst::Div => self.b.ins().fdiv(a, b),
+                        Inst::Max => {
+                            let gt = self.b.ins().fcmp(FloatCC::GreaterThan, a, b);
+                            self.b.ins().select(gt, a, b)
+                        }
+                        _ => {
+                            let lt = self.b.ins().fcmp(FloatCC::LessThan, a, b);
+                            self.b.ins().select(lt, a, b)
+                        }
+                    }
+                }
+                Inst::IfGt(rhs) | Inst::IfGe(rhs) => {
+                    let otherwise = pop(&mut stack);
+                    let then = pop(&mut stack);
+                    let v = pop(&mut stack);
+                    let rhs = self.b.ins().f32const(rhs);
+                    let cc = if matches!(inst, Inst::IfGt(_)) {
+                        FloatCC::GreaterThan
+                    } else {
+                        FloatCC::GreaterThanOrEqual
+                    };
+                    let cond = self.b.ins().fcmp(cc, v, rhs);
+                    self.b.ins().select(cond, then, otherwise)
+                }
+                Inst::Round => {
+                    let v = pop(&mut stack);
+                    self.b.ins().nearest(v)
+                }
+                Inst::Pow2 => {
+                    // As `expr::pow2`: clamp to -126..=127 (NaN to -126), then build the bits.
+                    let n = pop(&mut stack);
+                    let hi = self.b.ins().f32const(127.0);
+                    let lo = self.b.ins().f32const(-126.0);
+                    let over = self.b.ins().fcmp(FloatCC::GreaterThan, n, hi);
+                    let inside = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, n, lo);
+                    let n = self.b.ins().select(inside, n, lo);
+                    let n = self.b.ins().select(over, hi, n);
+                    let n = self.b.ins().fcvt_to_sint_sat(I32, n);
+                    let e = self.b.ins().iadd_imm_s(n, 127);
+                    let bits = self.b.ins().ishl_imm_u(e, 23);
+                    self.b.ins().bitcast(F32, MemFlagsData::new(), bits)
+                }
+            };
+            stack.push(v);
+        }
+        pop(&mut stack)
     }
 
     pub(super) fn act(&mut self, act: Act, v: Value) -> Value {

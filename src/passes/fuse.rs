@@ -37,20 +37,20 @@ pub fn fuse(graph: &Graph) -> Graph {
                     }
                 }
                 if let Some(u) = sole_user(tail) {
-                    if let (Op::Act(a), Op::Conv2d { act, .. }) =
-                        (&graph.nodes[u].op, &mut fused[i].op)
+                    if let (Some(a), Op::Conv2d { act, .. }) =
+                        (fused_act(&graph.nodes[u].op), &mut fused[i].op)
                     {
-                        *act = *a;
+                        *act = a;
                         absorbed_into[u] = Some(i);
                     }
                 }
             }
             Op::Linear { act: Act::None, .. } => {
                 if let Some(u) = sole_user(tail) {
-                    if let (Op::Act(a), Op::Linear { act, .. }) =
-                        (&graph.nodes[u].op, &mut fused[i].op)
+                    if let (Some(a), Op::Linear { act, .. }) =
+                        (fused_act(&graph.nodes[u].op), &mut fused[i].op)
                     {
-                        *act = *a;
+                        *act = a;
                         absorbed_into[u] = Some(i);
                     }
                 }
@@ -78,5 +78,13 @@ fn rebuild(graph: &Graph, nodes: Vec<Node>, absorbed_into: &[Option<NodeId>]) ->
         name: graph.name.clone(),
         nodes: out,
         output: new_id[graph.output],
+    }
+}
+
+/// The clamp an activation node becomes when fused into the layer before it.
+fn fused_act(op: &Op) -> Option<Act> {
+    match op {
+        Op::Activation(a) => a.fused(),
+        _ => None,
     }
 }

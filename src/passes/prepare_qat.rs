@@ -2,15 +2,17 @@
 //! effective qconfig:
 //! - a fake-quant on the input (the QuantStub) where a quantized node reads it;
 //! - the weight fake-quant of every quantized Linear/Conv2d (an attribute of the node);
-//! - a fake-quant after every quantized Linear, Conv2d, Add and standalone BatchNorm2d (after a
-//!   fused activation, never between a layer and its fused ReLU);
+//! - a fake-quant after every quantized node whose output needs its own parameters
+//!   ([`Op::output_quant`]): Linear, Conv2d, Add, standalone BatchNorm2d and table activations
+//!   (after a fused activation, never between a layer and its fused ReLU); after sigmoid-like
+//!   activations its parameters are fixed, as torch's `FixedQParamsFakeQuantize`;
 //! - nothing after ops that share their input's qparams (ReLU, pools, Flatten, Dropout);
 //! - a dequant where a float (`none`) node reads a quantized tensor, and a fake-quant where a
 //!   quantized node reads a float tensor; a dequant on a quantized graph output.
 //!
 //! It changes no shape and no parameter. A graph with no qconfig anywhere comes out unchanged.
 
-use crate::ir::{Graph, Node, NodeId, Op};
+use crate::ir::{Graph, Node, NodeId, Op, OutputQuant};
 use crate::quant::qconfig::QConfig;
 
 pub fn prepare_qat(graph: &Graph) -> Graph {
@@ -50,10 +52,7 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
         {
             *weight_fq = Some(q.weight);
         }
-        let observes_output = matches!(
-            op,
-            Op::Linear { .. } | Op::Conv2d { .. } | Op::Add | Op::BatchNorm2d(_)
-        );
+        let output_quant = op.output_quant();
         let id = push(
             &mut out,
             Node {
@@ -63,14 +62,22 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
             },
         );
         value[i] = id;
-        quantized[i] = match &qconfig {
-            Some(q) if observes_output => {
+        quantized[i] = match (&qconfig, output_quant) {
+            (Some(q), OutputQuant::Observed) => {
                 let fq = fake_quant_node(format!("{}.fq", node.name), id, &out, q);
                 value[i] = push(&mut out, fq);
                 true
             }
-            Some(_) if node.op.shares_input_qparams() => true,
-            _ => false,
+            (Some(q), OutputQuant::Fixed(fixed)) => {
+                // torch's FixedQParamsFakeQuantize: the qconfig's grid, parameters fixed.
+                let mut q = q.clone();
+                q.activation.fixed = Some(fixed);
+                let fq = fake_quant_node(format!("{}.fq", node.name), id, &out, &q);
+                value[i] = push(&mut out, fq);
+                true
+            }
+            (Some(_), OutputQuant::Shared) => true,
+            (Some(_), OutputQuant::Float) | (None, _) => false,
         };
     }
     let mut output = value[graph.output];

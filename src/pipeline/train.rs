@@ -204,6 +204,7 @@ fn int8_weight_bytes(graph: &crate::int8::QGraph) -> usize {
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                 4 * (scale.len() + shift.len())
             }
+            QOp::Lut { table } => table.len(),
             QOp::Input
             | QOp::Quantize
             | QOp::Dequantize

@@ -46,7 +46,7 @@ pub fn round_half_even(x: f32) -> f32 {
 }
 
 /// Scale and zero point of one tensor or one channel.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QParams {
     pub scale: f32,
     pub zero_point: i32,

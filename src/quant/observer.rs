@@ -34,13 +34,17 @@ impl Observer {
         }
     }
 
+    /// Whether the observer has parameters to give: it saw data, or its parameters are fixed.
     pub fn is_initialized(&self) -> bool {
-        !self.min.is_empty()
+        !self.min.is_empty() || self.config.fixed.is_some()
     }
 
     /// Observes a tensor whose leading axis has `channels` rows of equal length (`channels` is
     /// ignored by per-tensor observers).
     pub fn observe(&mut self, x: &[f32], channels: usize) {
+        if self.config.fixed.is_some() {
+            return;
+        }
         let per_channel = self.config.observer.is_per_channel();
         let n = if per_channel { channels.max(1) } else { 1 };
         let row = x.len() / n;
@@ -55,7 +59,7 @@ impl Observer {
                     })
             })
             .unzip();
-        if !self.is_initialized() || self.min.len() != n {
+        if self.min.is_empty() || self.min.len() != n {
             self.min = mins;
             self.max = maxs;
             return;
@@ -92,6 +96,9 @@ impl Observer {
     }
 
     fn qparams_with(&self, rule: fn(f32, f32, &QRange) -> QParams) -> Vec<QParams> {
+        if let Some(q) = self.config.fixed {
+            return vec![q];
+        }
         if !self.is_initialized() {
             return vec![QParams {
                 scale: 1.0,

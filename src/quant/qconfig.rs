@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::numerics::QParams;
+
 /// How a tensor is fake-quantized: the observer that tracks its range and the integer grid.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FakeQuantConfig {
@@ -15,6 +17,10 @@ pub struct FakeQuantConfig {
     pub quant_max: i32,
     /// Moving-average constant (PyTorch's `averaging_constant`); unused by plain min/max.
     pub averaging: f32,
+    /// Fixed parameters instead of observed ones (torch's `FixedQParamsFakeQuantize`, after
+    /// sigmoid-like activations): the observer then observes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<QParams>,
 }
 
 impl FakeQuantConfig {
@@ -28,6 +34,17 @@ impl FakeQuantConfig {
             self.quant_max,
             self.observer.name()
         );
+        if let Some(q) = self.fixed {
+            return format!(
+                "{} {} {}..{} fixed(scale={:?}, zero_point={})",
+                self.dtype.name(),
+                self.scheme.name(),
+                self.quant_min,
+                self.quant_max,
+                q.scale,
+                q.zero_point
+            );
+        }
         if self.observer.is_moving_average() {
             s.push_str(&format!("({})", self.averaging));
         }
@@ -70,6 +87,7 @@ pub fn preset(backend: Backend, mode: QuantMode) -> QConfig {
         quant_min: 0,
         quant_max: if backend == Backend::Fbgemm { 127 } else { 255 },
         averaging: DEFAULT_AVERAGING,
+        fixed: None,
     };
     let weight = FakeQuantConfig {
         observer: if backend == Backend::Qnnpack {
@@ -82,6 +100,7 @@ pub fn preset(backend: Backend, mode: QuantMode) -> QConfig {
         quant_min: -128,
         quant_max: 127,
         averaging: DEFAULT_AVERAGING,
+        fixed: None,
     };
     let mode_name = match mode {
         QuantMode::Qat => "qat",
@@ -122,6 +141,7 @@ pub fn apply(base: FakeQuantConfig, spec: &FakeQuantSpec) -> FakeQuantConfig {
         quant_min,
         quant_max,
         averaging: spec.averaging.map(|a| a as f32).unwrap_or(base.averaging),
+        fixed: base.fixed,
     }
 }
 

@@ -16,7 +16,7 @@ pub fn state_tensors(graph: &Graph, state: &State) -> Vec<(String, Vec<usize>, V
     let mut out = Vec::new();
     let observer =
         |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, prefix: String, obs: &Observer| {
-            if obs.is_initialized() {
+            if !obs.min.is_empty() {
                 out.push((
                     format!("{prefix}.min_val"),
                     vec![obs.min.len()],

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::diag::Span;
+use crate::ops::activation::Activation;
 pub use crate::quant::qconfig::{
     Backend, DType, FakeQuantSpec, ObserverKind, Scheme, BACKEND_NAMES,
 };
@@ -125,8 +126,6 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bias: Option<bool>,
     },
-    ReLU,
-    ReLU6,
     MaxPool2d(Pool),
     AvgPool2d(Pool),
     GlobalAvgPool,
@@ -142,6 +141,68 @@ pub enum Op {
         p: Option<f64>,
     },
     Add,
+    /// An elementwise activation (`ReLU`, ...): its name is the `type`.
+    #[serde(untagged)]
+    Activation(ActivationSpec),
+}
+
+/// An activation in the AST; its YAML form is `{ type: Name, arg: value, ... }` like every
+/// other layer's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActivationSpec(pub Activation);
+
+impl Serialize for ActivationSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let args = self.0.args();
+        let mut map = serializer.serialize_map(Some(1 + args.len()))?;
+        map.serialize_entry("type", self.0.name())?;
+        for (name, value) in args {
+            map.serialize_entry(name, &value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ActivationSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map =
+            std::collections::BTreeMap::<String, serde_yaml::Value>::deserialize(deserializer)?;
+        let name = map
+            .get("type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| D::Error::custom("a layer needs a `type`"))?;
+        let params = crate::ops::activation::Activation::params(name)
+            .ok_or_else(|| D::Error::custom(format!("unknown layer type `{name}`")))?;
+        if let Some(extra) = map
+            .keys()
+            .find(|k| *k != "type" && !params.iter().any(|p| p.name == k.as_str()))
+        {
+            return Err(D::Error::custom(format!(
+                "`{name}` takes no argument `{extra}`"
+            )));
+        }
+        let mut values = Vec::new();
+        for p in params {
+            let v = match map.get(p.name) {
+                None => p.default,
+                Some(v) => v
+                    .as_f64()
+                    .filter(|v| (p.min..=p.max).contains(v))
+                    .ok_or_else(|| {
+                        D::Error::custom(format!(
+                            "`{}` of `{name}` must be a number in {}..={}",
+                            p.name, p.min, p.max
+                        ))
+                    })?,
+            };
+            values.push(v);
+        }
+        crate::ops::activation::Activation::from_args(name, &values)
+            .map(ActivationSpec)
+            .ok_or_else(|| D::Error::custom(format!("invalid arguments for `{name}`")))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,8 +236,6 @@ impl Size2 {
 pub const OP_NAMES: &[&str] = &[
     "Linear",
     "Conv2d",
-    "ReLU",
-    "ReLU6",
     "MaxPool2d",
     "AvgPool2d",
     "GlobalAvgPool",
@@ -191,8 +250,7 @@ impl Op {
         match self {
             Op::Linear { .. } => "Linear",
             Op::Conv2d { .. } => "Conv2d",
-            Op::ReLU => "ReLU",
-            Op::ReLU6 => "ReLU6",
+            Op::Activation(a) => a.0.name(),
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool => "GlobalAvgPool",

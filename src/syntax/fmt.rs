@@ -87,7 +87,12 @@ pub fn layer_text(layer: &Layer) -> String {
             named("momentum", momentum.map(number));
         }
         Op::Dropout { p } => named("p", p.map(number)),
-        Op::ReLU | Op::ReLU6 | Op::GlobalAvgPool | Op::Flatten | Op::Add => {}
+        Op::Activation(a) => {
+            for (name, value) in a.0.args() {
+                named(name, Some(number(value)));
+            }
+        }
+        Op::GlobalAvgPool | Op::Flatten | Op::Add => {}
     }
     let ty = layer.op.node.type_name();
     if args.is_empty() {

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use super::ast::*;
 use super::cst::{self, Arg, BlockKind, Entry, Item, Value, ValueKind};
 use crate::diag::{suggest, Diag};
+use crate::ops::activation::{Activation, NAMES as ACTIVATION_NAMES};
 
 /// Lowers a parsed file, or returns every error found.
 pub fn lower(file: &cst::File) -> Result<Spec, Vec<Diag>> {
@@ -239,7 +240,14 @@ impl Lower {
                 other => rest.push(other.clone()),
             }
         }
+        let activation = Activation::params(&callee.text);
+        let activation_names: Vec<&'static str> = activation
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.name)
+            .collect();
         let (params, positional): (&[&'static str], &[&'static str]) = match callee.text.as_str() {
+            _ if activation.is_some() => (&activation_names, &[]),
             "Linear" => (&["out", "bias"], &["out"]),
             "Conv2d" => (
                 &["out", "kernel", "stride", "padding", "groups", "bias"],
@@ -251,12 +259,13 @@ impl Lower {
             ),
             "BatchNorm2d" => (&["eps", "momentum"], &[]),
             "Dropout" => (&["p"], &["p"]),
-            "ReLU" | "ReLU6" | "GlobalAvgPool" | "Flatten" | "Add" => (&[], &[]),
+            "GlobalAvgPool" | "Flatten" | "Add" => (&[], &[]),
             other => {
                 let d = Diag::error(callee.span, format!("unknown layer type `{other}`"))
                     .with_label("not a layer type");
-                let d = suggest(d, other, OP_NAMES.iter().copied())
-                    .with_note(format!("layer types are {}", OP_NAMES.join(", ")));
+                let names: Vec<&str> = OP_NAMES.iter().chain(ACTIVATION_NAMES).copied().collect();
+                let d = suggest(d, other, names.iter().copied())
+                    .with_note(format!("layer types are {}", names.join(", ")));
                 self.error(d);
                 return None;
             }
@@ -270,6 +279,17 @@ impl Lower {
                 .collect(),
         );
         let op = match callee.text.as_str() {
+            name if activation.is_some() => {
+                let mut values = Vec::new();
+                for p in activation.unwrap_or_default() {
+                    let what = format!("`{}`", p.name);
+                    let v = self.opt(&bound, p.name, |cx, v| {
+                        cx.float_in(v, &what, p.min, p.max, true)
+                    })?;
+                    values.push(v.unwrap_or(p.default));
+                }
+                Op::Activation(ActivationSpec(Activation::from_args(name, &values)?))
+            }
             "Linear" => Op::Linear {
                 out: self.positive(self.require(&bound, callee, "out")?, "`out`")?,
                 bias: self.opt(&bound, "bias", Self::bool)?,
@@ -305,8 +325,6 @@ impl Lower {
             "Dropout" => Op::Dropout {
                 p: self.opt(&bound, "p", |cx, v| cx.float_in(v, "`p`", 0.0, 1.0, true))?,
             },
-            "ReLU" => Op::ReLU,
-            "ReLU6" => Op::ReLU6,
             "GlobalAvgPool" => Op::GlobalAvgPool,
             "Flatten" => Op::Flatten,
             _ => Op::Add,

@@ -11,6 +11,7 @@ use super::kernels::{self, ConvDims};
 use super::rng::Rng;
 use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
 use crate::ir::{BnAttrs, Graph, Node, Op};
+use crate::ops::expr::Program;
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
 use crate::quant::observer::Observer;
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
@@ -256,9 +257,10 @@ impl Net {
                     let t = batch_norm_forward(&mut y, bn, mode);
                     (y, Aux::Bn(t))
                 }
-                (Op::Act(act), _) => {
-                    let mut y = kernels::copy(input(0));
-                    kernels::act_forward(*act, &mut y);
+                (Op::Activation(a), _) => {
+                    let x = input(0);
+                    let mut y = vec![0.0; x.len()];
+                    eval_parallel(&a.program(), x, &mut y);
                     (y, Aux::None)
                 }
                 (Op::MaxPool2d(pool), _) => {
@@ -488,8 +490,14 @@ impl Net {
                         batch_norm_backward(&mut dy, bn, t);
                         vec![Some(dy)]
                     }
-                    (Op::Act(act), _, _) => {
-                        kernels::act_backward(*act, y, &mut dy);
+                    (Op::Activation(a), _, _) => {
+                        // dx = dy · f'(x).
+                        let x = input(0);
+                        let mut slope = vec![0.0; x.len()];
+                        eval_parallel(&a.derivative(), x, &mut slope);
+                        dy.par_chunks_mut(CHUNK)
+                            .zip(slope.par_chunks(CHUNK))
+                            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
                         vec![Some(dy)]
                     }
                     (Op::MaxPool2d(pool), _, _) => {
@@ -631,7 +639,7 @@ fn qat_swap_draws(node: &Node) -> usize {
         | Op::Conv2d { .. }
         | Op::Input
         | Op::BatchNorm2d(_)
-        | Op::Act(_)
+        | Op::Activation(_)
         | Op::MaxPool2d(_)
         | Op::AvgPool2d(_)
         | Op::GlobalAvgPool
@@ -718,7 +726,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
             obs: Observer::new(*cfg),
         },
         Op::Input
-        | Op::Act(_)
+        | Op::Activation(_)
         | Op::MaxPool2d(_)
         | Op::AvgPool2d(_)
         | Op::GlobalAvgPool
@@ -791,6 +799,13 @@ fn weight_tape(
 }
 
 /// Zeroes the gradient where a fake quant clipped (the straight-through estimator's mask).
+/// `out = program(x)`, in parallel chunks.
+fn eval_parallel(program: &Program, x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| program.eval(x, o));
+}
+
 fn mask_gradient(grad: &mut [f32], mask: &[bool]) {
     grad.par_chunks_mut(CHUNK)
         .zip(mask.par_chunks(CHUNK))

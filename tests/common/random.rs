@@ -172,16 +172,21 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
             push(&mut nodes, "op", op, vec![x + 1], vec![out], t);
         }
         2 => {
-            let op = if float {
-                QOp::FloatAct([Act::None, Act::ReLU, Act::ReLU6][rng.below(3)])
-            } else {
+            let activations = qatc::ir::Activation::all();
+            let (op, t) = if float {
+                let a = activations[rng.below(activations.len())];
+                (QOp::FloatAct(a), nodes[x].ty)
+            } else if rng.below(2) == 0 {
                 let lo = rng.below(128) as i32;
-                QOp::Clamp {
+                let op = QOp::Clamp {
                     lo,
                     hi: lo + rng.below(128) as i32,
-                }
+                };
+                (op, nodes[x].ty)
+            } else {
+                let table = (0..256).map(|_| rng.below(256) as u8).collect();
+                (QOp::Lut { table }, ty(&mut rng))
             };
-            let t = nodes[x].ty;
             push(&mut nodes, "op", op, vec![x], vec![c, h, w], t);
         }
         3 | 4 => {

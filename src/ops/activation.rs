@@ -1,0 +1,206 @@
+//! Elementwise activations, each defined once: its PyTorch name and arguments, its float
+//! function and derivative (as [`Program`]s that training, the interpreter and the JIT all
+//! run), and how it is quantized: as a clamp of its input's codes (ReLU, ReLU6: these also fuse
+//! into a Linear or Conv2d before them) or as a 256-entry table from input codes to output codes,
+//! computed at convert time ([`Activation::table`]).
+//!
+//! Adding an activation is a variant here and an arm in each `match` below; every match is
+//! exhaustive, so a missing piece does not compile. No other file names activations one by one.
+
+use serde::{Deserialize, Serialize};
+
+use super::expr::{Builder, Program};
+use crate::quant::numerics::{dequantize, quantize, QParams};
+
+/// An elementwise activation, as PyTorch spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Activation {
+    ReLU,
+    ReLU6,
+}
+
+/// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Act {
+    None,
+    ReLU,
+    ReLU6,
+}
+
+/// How an activation runs on quantized values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Quantized {
+    /// A clamp of the input's codes; the output keeps the input's parameters (no observer).
+    Clamp(Act),
+    /// A table; the output's parameters come from an observer after it (torch's
+    /// `activation_post_process`, from the layer's qconfig).
+    Observed,
+    /// A table; the output's parameters are fixed (torch's `FixedQParamsFakeQuantize`).
+    Fixed(QParams),
+}
+
+/// A spec argument of an activation, with its default and its valid range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Param {
+    pub name: &'static str,
+    pub default: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Every activation name users can write.
+pub const NAMES: &[&str] = &["ReLU", "ReLU6"];
+
+impl Activation {
+    /// Every activation, with its default arguments.
+    pub fn all() -> Vec<Activation> {
+        NAMES
+            .iter()
+            .filter_map(|name| {
+                let defaults: Vec<f64> = Activation::params(name)?
+                    .iter()
+                    .map(|p| p.default)
+                    .collect();
+                Activation::from_args(name, &defaults)
+            })
+            .collect()
+    }
+
+    /// The spec arguments of the activation called `name`, or `None` when `name` is not an
+    /// activation.
+    pub fn params(name: &str) -> Option<&'static [Param]> {
+        match name {
+            "ReLU" | "ReLU6" => Some(&[]),
+            _ => None,
+        }
+    }
+
+    /// The activation called `name` with `values` for its [`Activation::params`], in order.
+    pub fn from_args(name: &str, values: &[f64]) -> Option<Activation> {
+        match (name, values) {
+            ("ReLU", []) => Some(Activation::ReLU),
+            ("ReLU6", []) => Some(Activation::ReLU6),
+            _ => None,
+        }
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::ReLU => "ReLU",
+            Activation::ReLU6 => "ReLU6",
+        }
+    }
+
+    /// The name in the IR's text form.
+    pub fn mnemonic(self) -> &'static str {
+        match self {
+            Activation::ReLU => "relu",
+            Activation::ReLU6 => "relu6",
+        }
+    }
+
+    /// The argument values, named as in the spec.
+    pub fn args(self) -> Vec<(&'static str, f64)> {
+        match self {
+            Activation::ReLU | Activation::ReLU6 => Vec::new(),
+        }
+    }
+
+    /// The float function, as PyTorch computes it.
+    pub fn program(self) -> Program {
+        let x = Builder::x;
+        let c = Builder::constant;
+        match self {
+            Activation::ReLU => x().max(c(0.0)),
+            Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
+        }
+        .build()
+    }
+
+    /// The derivative at the input `x`, as PyTorch's backward uses it (at the kinks it takes
+    /// the value PyTorch takes).
+    pub fn derivative(self) -> Program {
+        let x = Builder::x;
+        let c = Builder::constant;
+        match self {
+            // torch: threshold_backward passes the gradient where the output is > 0.
+            Activation::ReLU => x().if_gt(0.0, c(1.0), c(0.0)),
+            // torch: hardtanh_backward passes it where 0 < x < 6.
+            Activation::ReLU6 => x().if_gt(0.0, c(6.0).sub(x()).if_gt(0.0, c(1.0), c(0.0)), c(0.0)),
+        }
+        .build()
+    }
+
+    /// How the activation runs on quantized values.
+    pub fn quantized(self) -> Quantized {
+        match self {
+            Activation::ReLU => Quantized::Clamp(Act::ReLU),
+            Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
+        }
+    }
+
+    /// The fused form, for activations that fold into a Linear or Conv2d before them.
+    pub fn fused(self) -> Option<Act> {
+        match self.quantized() {
+            Quantized::Clamp(act) => Some(act),
+            Quantized::Observed | Quantized::Fixed(_) => None,
+        }
+    }
+
+    /// The output code for every input code: the float function on the dequantized input,
+    /// quantized with the output's parameters (exactly what fake quantization computes in
+    /// training on the same input).
+    pub fn table(self, x: QParams, y: QParams) -> Vec<u8> {
+        let program = self.program();
+        let inputs: Vec<f32> = (0..256).map(|c| dequantize(c, x)).collect();
+        let mut outputs = vec![0.0; 256];
+        program.eval(&inputs, &mut outputs);
+        outputs
+            .iter()
+            .map(|&v| quantize(v, 1.0 / y.scale, y.zero_point, 0, 255) as u8)
+            .collect()
+    }
+}
+
+impl Act {
+    /// The activation a fused clamp stands for.
+    pub fn activation(self) -> Option<Activation> {
+        match self {
+            Act::None => None,
+            Act::ReLU => Some(Activation::ReLU),
+            Act::ReLU6 => Some(Activation::ReLU6),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_to_an_activation_of_that_name() {
+        for name in NAMES {
+            let params = Activation::params(name).expect("a name has params");
+            let defaults: Vec<f64> = params.iter().map(|p| p.default).collect();
+            let a = Activation::from_args(name, &defaults).expect("defaults are valid");
+            assert_eq!(a.name(), *name);
+            assert!(a.program().is_valid() && a.derivative().is_valid());
+        }
+        assert!(Activation::params("Softmax").is_none());
+    }
+
+    #[test]
+    fn derivatives_match_finite_differences_away_from_kinks() {
+        for name in NAMES {
+            let a = Activation::from_args(name, &[]).unwrap();
+            let (f, d) = (a.program(), a.derivative());
+            for i in -80..=80 {
+                let x = i as f32 / 10.0 + 0.05;
+                let h = 1e-2;
+                let fd = (f.eval_one(x + h) - f.eval_one(x - h)) / (2.0 * h);
+                assert!((fd - d.eval_one(x)).abs() < 1e-2, "{name} at {x}");
+            }
+        }
+    }
+}

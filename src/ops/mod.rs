@@ -1,0 +1,6 @@
+//! Definitions shared by every stage, written once: elementwise float functions as programs
+//! ([`expr`]) and the activations built from them ([`activation`]). Each stage dispatches
+//! over these through exhaustive matches and methods, so a new activation is one place.
+
+pub mod activation;
+pub mod expr;
