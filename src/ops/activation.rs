@@ -127,7 +127,7 @@ impl Activation {
             // torch: threshold_backward passes the gradient where the output is > 0.
             Activation::ReLU => x().if_gt(0.0, c(1.0), c(0.0)),
             // torch: hardtanh_backward passes it where 0 < x < 6.
-            Activation::ReLU6 => x().if_gt(0.0, c(6.0).sub(x()).if_gt(0.0, c(1.0), c(0.0)), c(0.0)),
+            Activation::ReLU6 => x().if_gt(0.0, (c(6.0) - x()).if_gt(0.0, c(1.0), c(0.0)), c(0.0)),
         }
         .build()
     }

@@ -153,7 +153,20 @@ fn pop<const N: usize>(stack: &mut Vec<[f32; N]>) -> [f32; N] {
     stack.pop().unwrap_or([0.0; N])
 }
 
-/// Builds programs by composition.
+macro_rules! arithmetic {
+    ($($trait:ident $method:ident $inst:ident),*) => {$(
+        impl std::ops::$trait for Builder {
+            type Output = Builder;
+            fn $method(self, other: Builder) -> Builder {
+                self.binary(other, Inst::$inst)
+            }
+        }
+    )*};
+}
+
+arithmetic!(Add add Add, Sub sub Sub, Mul mul Mul, Div div Div);
+
+/// Builds programs by composition: `x() * (x() + c(3.0))`.
 #[derive(Clone, Debug, Default)]
 pub struct Builder(pub Vec<Inst>);
 
@@ -170,22 +183,6 @@ impl Builder {
         self.0.extend(other.0);
         self.0.push(inst);
         self
-    }
-
-    pub fn add(self, other: Builder) -> Builder {
-        self.binary(other, Inst::Add)
-    }
-
-    pub fn sub(self, other: Builder) -> Builder {
-        self.binary(other, Inst::Sub)
-    }
-
-    pub fn mul(self, other: Builder) -> Builder {
-        self.binary(other, Inst::Mul)
-    }
-
-    pub fn div(self, other: Builder) -> Builder {
-        self.binary(other, Inst::Div)
     }
 
     pub fn max(self, other: Builder) -> Builder {
@@ -233,16 +230,11 @@ impl Builder {
 /// about 3.4e38 (not infinity).
 pub fn exp(v: Builder) -> Builder {
     // ln 2 in two parts (Cephes): `n · LN2_HI` is exact for every `n` here.
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 355.0 / 512.0;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let v = v.max(Builder::constant(-87.3)).min(Builder::constant(88.7));
-    let n = v
-        .clone()
-        .mul(Builder::constant(std::f32::consts::LOG2_E))
-        .round();
-    let r = v
-        .sub(n.clone().mul(Builder::constant(LN2_HI)))
-        .sub(n.clone().mul(Builder::constant(LN2_LO)));
+    let n = (v.clone() * Builder::constant(std::f32::consts::LOG2_E)).round();
+    let r = v - n.clone() * Builder::constant(LN2_HI) - n.clone() * Builder::constant(LN2_LO);
     // e^r by Horner: 1 + r(1 + r(1/2 + r(1/6 + r(1/24 + r(1/120 + r/720))))).
     let coefficients = [
         1.0 / 720.0,
@@ -255,9 +247,9 @@ pub fn exp(v: Builder) -> Builder {
     ];
     let mut p = Builder::constant(coefficients[0]);
     for &c in &coefficients[1..] {
-        p = p.mul(r.clone()).add(Builder::constant(c));
+        p = p * r.clone() + Builder::constant(c);
     }
-    p.mul(n.pow2())
+    p * n.pow2()
 }
 
 #[cfg(test)]
