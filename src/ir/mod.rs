@@ -34,6 +34,21 @@ pub struct Node {
     pub qconfig: Option<QConfig>,
 }
 
+/// A node's part in fusion.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fusion {
+    /// A Conv2d or Linear that takes what follows it (a BatchNorm only for a Conv2d, then an
+    /// activation).
+    Head {
+        takes_bn: bool,
+    },
+    /// A BatchNorm2d a Conv2d can absorb.
+    BatchNorm(BnAttrs),
+    /// An activation that becomes the clamp of the layer before it.
+    Act(Act),
+    None,
+}
+
 /// Where a quantized node's output parameters come from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OutputQuant {
@@ -137,6 +152,32 @@ impl Op {
             Op::Add => "add",
             Op::FakeQuant(_) => "fake_quant",
             Op::DeQuantStub => "dequant",
+        }
+    }
+
+    /// What the node is to fusion (torch's `fuse_modules` patterns).
+    pub fn fusion(&self) -> Fusion {
+        match self {
+            Op::Conv2d {
+                bn: None,
+                act: Act::None,
+                ..
+            } => Fusion::Head { takes_bn: true },
+            Op::Linear { act: Act::None, .. } => Fusion::Head { takes_bn: false },
+            Op::BatchNorm2d(attrs) => Fusion::BatchNorm(attrs.clone()),
+            Op::Activation(a) => a.fused().map_or(Fusion::None, Fusion::Act),
+            // Already fused, or never part of a pattern.
+            Op::Conv2d { .. }
+            | Op::Linear { .. }
+            | Op::Input
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::GlobalAvgPool
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Add
+            | Op::FakeQuant(_)
+            | Op::DeQuantStub => Fusion::None,
         }
     }
 

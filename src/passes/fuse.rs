@@ -3,7 +3,7 @@
 //! other reader and is not the graph output. The fused node keeps the first node's name and
 //! qconfig; it does not change any shape or any parameter.
 
-use crate::ir::{Act, Graph, Node, NodeId, Op};
+use crate::ir::{Fusion, Graph, Node, NodeId, Op};
 
 pub fn fuse(graph: &Graph) -> Graph {
     let users = graph.users();
@@ -20,42 +20,28 @@ pub fn fuse(graph: &Graph) -> Graph {
         if absorbed_into[i].is_some() {
             continue;
         }
+        let Fusion::Head { takes_bn } = graph.nodes[i].op.fusion() else {
+            continue;
+        };
         let mut tail = i;
-        match &graph.nodes[i].op {
-            Op::Conv2d {
-                bn: None,
-                act: Act::None,
-                ..
-            } => {
-                if let Some(u) = sole_user(tail) {
-                    if let Op::BatchNorm2d(attrs) = &graph.nodes[u].op {
-                        if let Op::Conv2d { bn, .. } = &mut fused[i].op {
-                            *bn = Some(attrs.clone());
-                        }
-                        absorbed_into[u] = Some(i);
-                        tail = u;
-                    }
-                }
-                if let Some(u) = sole_user(tail) {
-                    if let (Some(a), Op::Conv2d { act, .. }) =
-                        (fused_act(&graph.nodes[u].op), &mut fused[i].op)
-                    {
-                        *act = a;
-                        absorbed_into[u] = Some(i);
-                    }
+        if takes_bn {
+            if let Some(u) = sole_user(tail) {
+                if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. }) =
+                    (graph.nodes[u].op.fusion(), &mut fused[i].op)
+                {
+                    *bn = Some(attrs);
+                    absorbed_into[u] = Some(i);
+                    tail = u;
                 }
             }
-            Op::Linear { act: Act::None, .. } => {
-                if let Some(u) = sole_user(tail) {
-                    if let (Some(a), Op::Linear { act, .. }) =
-                        (fused_act(&graph.nodes[u].op), &mut fused[i].op)
-                    {
-                        *act = a;
-                        absorbed_into[u] = Some(i);
-                    }
+        }
+        if let Some(u) = sole_user(tail) {
+            if let Fusion::Act(a) = graph.nodes[u].op.fusion() {
+                if let Op::Conv2d { act, .. } | Op::Linear { act, .. } = &mut fused[i].op {
+                    *act = a;
+                    absorbed_into[u] = Some(i);
                 }
             }
-            _ => {}
         }
     }
     rebuild(graph, fused, &absorbed_into)
@@ -78,13 +64,5 @@ fn rebuild(graph: &Graph, nodes: Vec<Node>, absorbed_into: &[Option<NodeId>]) ->
         name: graph.name.clone(),
         nodes: out,
         output: new_id[graph.output],
-    }
-}
-
-/// The clamp an activation node becomes when fused into the layer before it.
-fn fused_act(op: &Op) -> Option<Act> {
-    match op {
-        Op::Activation(a) => a.fused(),
-        _ => None,
     }
 }
