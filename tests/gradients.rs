@@ -281,3 +281,18 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         );
     }
 }
+
+#[test]
+fn every_activation() {
+    for a in qatc::ir::Activation::all() {
+        let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let call = if args.is_empty() {
+            a.name().to_string()
+        } else {
+            format!("{}({})", a.name(), args.join(", "))
+        };
+        let spec =
+            format!("model m {{ input: [6] l: Linear(out: 5) a: {call} o: Linear(out: 3) }}");
+        check(&spec, false, TRAIN);
+    }
+}
