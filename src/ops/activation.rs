@@ -17,6 +17,7 @@ use crate::quant::numerics::{dequantize, quantize, QParams};
 pub enum Activation {
     ReLU,
     ReLU6,
+    Hardswish,
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -49,7 +50,7 @@ pub struct Param {
 }
 
 /// Every activation name users can write.
-pub const NAMES: &[&str] = &["ReLU", "ReLU6"];
+pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish"];
 
 impl Activation {
     /// Every activation, with its default arguments.
@@ -70,7 +71,7 @@ impl Activation {
     /// activation.
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
-            "ReLU" | "ReLU6" => Some(&[]),
+            "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
             _ => None,
         }
     }
@@ -80,6 +81,7 @@ impl Activation {
         match (name, values) {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
+            ("Hardswish", []) => Some(Activation::Hardswish),
             _ => None,
         }
     }
@@ -89,6 +91,7 @@ impl Activation {
         match self {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
+            Activation::Hardswish => "Hardswish",
         }
     }
 
@@ -97,13 +100,14 @@ impl Activation {
         match self {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
+            Activation::Hardswish => "hardswish",
         }
     }
 
     /// The argument values, named as in the spec.
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
-            Activation::ReLU | Activation::ReLU6 => Vec::new(),
+            Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
         }
     }
 
@@ -114,6 +118,8 @@ impl Activation {
         match self {
             Activation::ReLU => x().max(c(0.0)),
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
+            // ATen: `x * min(max(x + 3, 0), 6) / 6`.
+            Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
         }
         .build()
     }
@@ -128,6 +134,10 @@ impl Activation {
             Activation::ReLU => x().if_gt(0.0, c(1.0), c(0.0)),
             // torch: hardtanh_backward passes it where 0 < x < 6.
             Activation::ReLU6 => x().if_gt(0.0, (c(6.0) - x()).if_gt(0.0, c(1.0), c(0.0)), c(0.0)),
+            // ATen: 0 up to -3, x / 3 + 1/2 below 3, then 1.
+            Activation::Hardswish => {
+                x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
+            }
         }
         .build()
     }
@@ -137,6 +147,8 @@ impl Activation {
         match self {
             Activation::ReLU => Quantized::Clamp(Act::ReLU),
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
+            // torch: nnq.Hardswish, its output observed.
+            Activation::Hardswish => Quantized::Observed,
         }
     }
 
