@@ -86,6 +86,8 @@ fn fake_quantization_goes_where_pytorch_puts_it() {
             // and 128 (printed by tools/torch_activation_golden.py).
             (Quantized::Fixed(q), Op::FakeQuant(cfg)) => {
                 assert_eq!(cfg.fixed, Some(q), "{}", a.name());
+                // quint8 0..255 even under fbgemm's reduce_range, as torch's fixed observers.
+                assert_eq!((cfg.quant_min, cfg.quant_max), (0, 255), "{}", a.name());
                 let torch = match a.name() {
                     "Tanh" => (2.0 / 256.0, 128),
                     _ => (1.0 / 256.0, 0),

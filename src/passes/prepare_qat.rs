@@ -13,7 +13,7 @@
 //! It changes no shape and no parameter. A graph with no qconfig anywhere comes out unchanged.
 
 use crate::ir::{Graph, Node, NodeId, Op, OutputQuant};
-use crate::quant::qconfig::QConfig;
+use crate::quant::qconfig::{DType, FakeQuantConfig, QConfig, Scheme};
 
 pub fn prepare_qat(graph: &Graph) -> Graph {
     let mut out: Vec<Node> = Vec::new();
@@ -69,9 +69,17 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
                 true
             }
             (Some(q), OutputQuant::Fixed(fixed)) => {
-                // torch's FixedQParamsFakeQuantize: the qconfig's grid, parameters fixed.
+                // torch's FixedQParamsFakeQuantize: quint8 0..255 (never reduced), parameters
+                // fixed, whatever the qconfig says.
                 let mut q = q.clone();
-                q.activation.fixed = Some(fixed);
+                q.activation = FakeQuantConfig {
+                    dtype: DType::Quint8,
+                    scheme: Scheme::Affine,
+                    quant_min: 0,
+                    quant_max: 255,
+                    fixed: Some(fixed),
+                    ..q.activation
+                };
                 let fq = fake_quant_node(format!("{}.fq", node.name), id, &out, &q);
                 value[i] = push(&mut out, fq);
                 true
