@@ -18,6 +18,7 @@ pub enum Activation {
     ReLU,
     ReLU6,
     Hardswish,
+    Hardsigmoid,
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -49,8 +50,15 @@ pub struct Param {
     pub max: f64,
 }
 
+/// torch.ao.quantization's fixed output parameters for activations with values in [0, 1]
+/// (`default_fixed_qparams_range_0to1_observer`): scale 1/256, zero point 0.
+const UNIT_INTERVAL: QParams = QParams {
+    scale: 1.0 / 256.0,
+    zero_point: 0,
+};
+
 /// Every activation name users can write.
-pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish"];
+pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish", "Hardsigmoid"];
 
 impl Activation {
     /// Every activation, with its default arguments.
@@ -72,6 +80,7 @@ impl Activation {
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
             "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
+            "Hardsigmoid" => Some(&[]),
             _ => None,
         }
     }
@@ -82,6 +91,7 @@ impl Activation {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
             ("Hardswish", []) => Some(Activation::Hardswish),
+            ("Hardsigmoid", []) => Some(Activation::Hardsigmoid),
             _ => None,
         }
     }
@@ -92,6 +102,7 @@ impl Activation {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
             Activation::Hardswish => "Hardswish",
+            Activation::Hardsigmoid => "Hardsigmoid",
         }
     }
 
@@ -101,6 +112,7 @@ impl Activation {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
             Activation::Hardswish => "hardswish",
+            Activation::Hardsigmoid => "hardsigmoid",
         }
     }
 
@@ -108,6 +120,7 @@ impl Activation {
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
             Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
+            Activation::Hardsigmoid => Vec::new(),
         }
     }
 
@@ -120,6 +133,8 @@ impl Activation {
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
             // ATen: `x * min(max(x + 3, 0), 6) / 6`.
             Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
+            // ATen: `min(max(x + 3, 0), 6) / 6`.
+            Activation::Hardsigmoid => (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
         }
         .build()
     }
@@ -138,6 +153,10 @@ impl Activation {
             Activation::Hardswish => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
             }
+            // ATen: 1/6 strictly between -3 and 3, else 0.
+            Activation::Hardsigmoid => {
+                x().if_gt(-3.0, x().if_ge(3.0, c(0.0), c(1.0 / 6.0)), c(0.0))
+            }
         }
         .build()
     }
@@ -149,6 +168,8 @@ impl Activation {
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
             // torch: nnq.Hardswish, its output observed.
             Activation::Hardswish => Quantized::Observed,
+            // torch.ao.quantization: fixed output parameters for [0, 1].
+            Activation::Hardsigmoid => Quantized::Fixed(UNIT_INTERVAL),
         }
     }
 
