@@ -19,6 +19,7 @@ pub enum Activation {
     ReLU6,
     Hardswish,
     Hardsigmoid,
+    LeakyReLU { negative_slope: f64 },
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -58,7 +59,7 @@ const UNIT_INTERVAL: QParams = QParams {
 };
 
 /// Every activation name users can write.
-pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish", "Hardsigmoid"];
+pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "LeakyReLU"];
 
 impl Activation {
     /// Every activation, with its default arguments.
@@ -80,6 +81,12 @@ impl Activation {
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
             "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
+            "LeakyReLU" => Some(&[Param {
+                name: "negative_slope",
+                default: 0.01,
+                min: -1e6,
+                max: 1e6,
+            }]),
             "Hardsigmoid" => Some(&[]),
             _ => None,
         }
@@ -91,6 +98,9 @@ impl Activation {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
             ("Hardswish", []) => Some(Activation::Hardswish),
+            ("LeakyReLU", [negative_slope]) => Some(Activation::LeakyReLU {
+                negative_slope: *negative_slope,
+            }),
             ("Hardsigmoid", []) => Some(Activation::Hardsigmoid),
             _ => None,
         }
@@ -102,6 +112,7 @@ impl Activation {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
             Activation::Hardswish => "Hardswish",
+            Activation::LeakyReLU { .. } => "LeakyReLU",
             Activation::Hardsigmoid => "Hardsigmoid",
         }
     }
@@ -112,6 +123,7 @@ impl Activation {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
             Activation::Hardswish => "hardswish",
+            Activation::LeakyReLU { .. } => "leaky_relu",
             Activation::Hardsigmoid => "hardsigmoid",
         }
     }
@@ -120,6 +132,7 @@ impl Activation {
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
             Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
+            Activation::LeakyReLU { negative_slope } => vec![("negative_slope", negative_slope)],
             Activation::Hardsigmoid => Vec::new(),
         }
     }
@@ -133,6 +146,10 @@ impl Activation {
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
             // ATen: `x * min(max(x + 3, 0), 6) / 6`.
             Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
+            // ATen: `x > 0 ? x : x * negative_slope`, the slope as f32.
+            Activation::LeakyReLU { negative_slope } => {
+                x().if_gt(0.0, x(), x() * c(negative_slope as f32))
+            }
             // ATen: `min(max(x + 3, 0), 6) / 6`.
             Activation::Hardsigmoid => (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
         }
@@ -153,6 +170,9 @@ impl Activation {
             Activation::Hardswish => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
             }
+            Activation::LeakyReLU { negative_slope } => {
+                x().if_gt(0.0, c(1.0), c(negative_slope as f32))
+            }
             // ATen: 1/6 strictly between -3 and 3, else 0.
             Activation::Hardsigmoid => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(0.0), c(1.0 / 6.0)), c(0.0))
@@ -168,6 +188,8 @@ impl Activation {
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
             // torch: nnq.Hardswish, its output observed.
             Activation::Hardswish => Quantized::Observed,
+            // torch: nnq.LeakyReLU, its output observed.
+            Activation::LeakyReLU { .. } => Quantized::Observed,
             // torch.ao.quantization: fixed output parameters for [0, 1].
             Activation::Hardsigmoid => Quantized::Fixed(UNIT_INTERVAL),
         }
