@@ -106,8 +106,12 @@ impl PartialEq for ArgSpans {
 }
 
 /// A layer type with the arguments the user wrote. Spelled as PyTorch spells it.
+///
+/// Its YAML form is `{ type: Name, arg: value, ... }` for every layer. serde derives the form
+/// of the layers with their own variant (`remote = "Self"` makes the derived code inherent
+/// functions); the trait impls below send activations to [`ActivationSpec`] by their name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
+#[serde(remote = "Self", tag = "type", deny_unknown_fields)]
 pub enum Op {
     Linear {
         out: usize,
@@ -142,8 +146,41 @@ pub enum Op {
     },
     Add,
     /// An elementwise activation (`ReLU`, ...): its name is the `type`.
-    #[serde(untagged)]
+    #[serde(untagged, skip_deserializing)]
     Activation(ActivationSpec),
+}
+
+impl Serialize for Op {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Op::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        let name = value.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let activation = Activation::params(name).is_some();
+        if !activation && !OP_NAMES.contains(&name) {
+            let names: Vec<String> = OP_NAMES
+                .iter()
+                .chain(crate::ops::activation::NAMES)
+                .map(|n| format!("`{n}`"))
+                .collect();
+            return Err(D::Error::custom(format!(
+                "unknown layer type `{name}`, expected one of {}",
+                names.join(", ")
+            )));
+        }
+        if activation {
+            ActivationSpec::deserialize(value)
+                .map(Op::Activation)
+                .map_err(D::Error::custom)
+        } else {
+            Op::deserialize(value).map_err(D::Error::custom)
+        }
+    }
 }
 
 /// An activation in the AST; its YAML form is `{ type: Name, arg: value, ... }` like every

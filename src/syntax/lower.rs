@@ -247,7 +247,7 @@ impl Lower {
             .map(|p| p.name)
             .collect();
         let (params, positional): (&[&'static str], &[&'static str]) = match callee.text.as_str() {
-            _ if activation.is_some() => (&activation_names, &[]),
+            _ if activation.is_some() => (&activation_names, &activation_names),
             "Linear" => (&["out", "bias"], &["out"]),
             "Conv2d" => (
                 &["out", "kernel", "stride", "padding", "groups", "bias"],
