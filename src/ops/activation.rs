@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::expr::{Builder, Program};
+use super::expr::{exp, Builder, Program};
 use crate::quant::numerics::{dequantize, quantize, QParams};
 
 /// An elementwise activation, as PyTorch spells it.
@@ -20,6 +20,7 @@ pub enum Activation {
     Hardswish,
     Hardsigmoid,
     LeakyReLU { negative_slope: f64 },
+    Sigmoid,
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -59,7 +60,14 @@ const UNIT_INTERVAL: QParams = QParams {
 };
 
 /// Every activation name users can write.
-pub const NAMES: &[&str] = &["ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "LeakyReLU"];
+pub const NAMES: &[&str] = &[
+    "ReLU",
+    "ReLU6",
+    "Hardswish",
+    "Hardsigmoid",
+    "LeakyReLU",
+    "Sigmoid",
+];
 
 impl Activation {
     /// Every activation, with its default arguments.
@@ -81,6 +89,7 @@ impl Activation {
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
             "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
+            "Sigmoid" => Some(&[]),
             "LeakyReLU" => Some(&[Param {
                 name: "negative_slope",
                 default: 0.01,
@@ -98,6 +107,7 @@ impl Activation {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
             ("Hardswish", []) => Some(Activation::Hardswish),
+            ("Sigmoid", []) => Some(Activation::Sigmoid),
             ("LeakyReLU", [negative_slope]) => Some(Activation::LeakyReLU {
                 negative_slope: *negative_slope,
             }),
@@ -112,6 +122,7 @@ impl Activation {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
             Activation::Hardswish => "Hardswish",
+            Activation::Sigmoid => "Sigmoid",
             Activation::LeakyReLU { .. } => "LeakyReLU",
             Activation::Hardsigmoid => "Hardsigmoid",
         }
@@ -123,6 +134,7 @@ impl Activation {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
             Activation::Hardswish => "hardswish",
+            Activation::Sigmoid => "sigmoid",
             Activation::LeakyReLU { .. } => "leaky_relu",
             Activation::Hardsigmoid => "hardsigmoid",
         }
@@ -132,6 +144,7 @@ impl Activation {
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
             Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
+            Activation::Sigmoid => Vec::new(),
             Activation::LeakyReLU { negative_slope } => vec![("negative_slope", negative_slope)],
             Activation::Hardsigmoid => Vec::new(),
         }
@@ -139,6 +152,10 @@ impl Activation {
 
     /// The float function, as PyTorch computes it.
     pub fn program(self) -> Program {
+        self.program_builder().build()
+    }
+
+    fn program_builder(self) -> Builder {
         let x = Builder::x;
         let c = Builder::constant;
         match self {
@@ -146,6 +163,8 @@ impl Activation {
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
             // ATen: `x * min(max(x + 3, 0), 6) / 6`.
             Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
+            // `1 / (1 + e^-x)`, with qatc's exponential (`expr::exp`).
+            Activation::Sigmoid => c(1.0) / (c(1.0) + exp(c(0.0) - x())),
             // ATen: `x > 0 ? x : x * negative_slope`, the slope as f32.
             Activation::LeakyReLU { negative_slope } => {
                 x().if_gt(0.0, x(), x() * c(negative_slope as f32))
@@ -153,7 +172,6 @@ impl Activation {
             // ATen: `min(max(x + 3, 0), 6) / 6`.
             Activation::Hardsigmoid => (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
         }
-        .build()
     }
 
     /// The derivative at the input `x`, as PyTorch's backward uses it (at the kinks it takes
@@ -169,6 +187,11 @@ impl Activation {
             // ATen: 0 up to -3, x / 3 + 1/2 below 3, then 1.
             Activation::Hardswish => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
+            }
+            // ATen: `(1 - y) * y`.
+            Activation::Sigmoid => {
+                let y = Activation::Sigmoid.program_builder();
+                (c(1.0) - y.clone()) * y
             }
             Activation::LeakyReLU { negative_slope } => {
                 x().if_gt(0.0, c(1.0), c(negative_slope as f32))
@@ -188,6 +211,8 @@ impl Activation {
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
             // torch: nnq.Hardswish, its output observed.
             Activation::Hardswish => Quantized::Observed,
+            // torch.ao.quantization: fixed output parameters for [0, 1].
+            Activation::Sigmoid => Quantized::Fixed(UNIT_INTERVAL),
             // torch: nnq.LeakyReLU, its output observed.
             Activation::LeakyReLU { .. } => Quantized::Observed,
             // torch.ao.quantization: fixed output parameters for [0, 1].
