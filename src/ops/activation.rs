@@ -21,6 +21,7 @@ pub enum Activation {
     Hardsigmoid,
     LeakyReLU { negative_slope: f64 },
     Sigmoid,
+    Tanh,
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -67,6 +68,7 @@ pub const NAMES: &[&str] = &[
     "Hardsigmoid",
     "LeakyReLU",
     "Sigmoid",
+    "Tanh",
 ];
 
 impl Activation {
@@ -89,6 +91,7 @@ impl Activation {
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
             "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
+            "Tanh" => Some(&[]),
             "Sigmoid" => Some(&[]),
             "LeakyReLU" => Some(&[Param {
                 name: "negative_slope",
@@ -107,6 +110,7 @@ impl Activation {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
             ("Hardswish", []) => Some(Activation::Hardswish),
+            ("Tanh", []) => Some(Activation::Tanh),
             ("Sigmoid", []) => Some(Activation::Sigmoid),
             ("LeakyReLU", [negative_slope]) => Some(Activation::LeakyReLU {
                 negative_slope: *negative_slope,
@@ -122,6 +126,7 @@ impl Activation {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
             Activation::Hardswish => "Hardswish",
+            Activation::Tanh => "Tanh",
             Activation::Sigmoid => "Sigmoid",
             Activation::LeakyReLU { .. } => "LeakyReLU",
             Activation::Hardsigmoid => "Hardsigmoid",
@@ -134,6 +139,7 @@ impl Activation {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
             Activation::Hardswish => "hardswish",
+            Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
             Activation::LeakyReLU { .. } => "leaky_relu",
             Activation::Hardsigmoid => "hardsigmoid",
@@ -144,6 +150,7 @@ impl Activation {
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
             Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
+            Activation::Tanh => Vec::new(),
             Activation::Sigmoid => Vec::new(),
             Activation::LeakyReLU { negative_slope } => vec![("negative_slope", negative_slope)],
             Activation::Hardsigmoid => Vec::new(),
@@ -163,6 +170,8 @@ impl Activation {
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
             // ATen: `x * min(max(x + 3, 0), 6) / 6`.
             Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
+            // `2 / (1 + e^-2x) - 1`.
+            Activation::Tanh => c(2.0) / (c(1.0) + exp(c(0.0) - c(2.0) * x())) - c(1.0),
             // `1 / (1 + e^-x)`, with qatc's exponential (`expr::exp`).
             Activation::Sigmoid => c(1.0) / (c(1.0) + exp(c(0.0) - x())),
             // ATen: `x > 0 ? x : x * negative_slope`, the slope as f32.
@@ -188,6 +197,11 @@ impl Activation {
             Activation::Hardswish => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
             }
+            // ATen: `1 - y * y`.
+            Activation::Tanh => {
+                let y = Activation::Tanh.program_builder();
+                c(1.0) - y.clone() * y
+            }
             // ATen: `(1 - y) * y`.
             Activation::Sigmoid => {
                 let y = Activation::Sigmoid.program_builder();
@@ -211,6 +225,11 @@ impl Activation {
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
             // torch: nnq.Hardswish, its output observed.
             Activation::Hardswish => Quantized::Observed,
+            // torch.ao.quantization: fixed output parameters for [-1, 1].
+            Activation::Tanh => Quantized::Fixed(QParams {
+                scale: 2.0 / 256.0,
+                zero_point: 128,
+            }),
             // torch.ao.quantization: fixed output parameters for [0, 1].
             Activation::Sigmoid => Quantized::Fixed(UNIT_INTERVAL),
             // torch: nnq.LeakyReLU, its output observed.
