@@ -22,6 +22,7 @@ pub enum Activation {
     LeakyReLU { negative_slope: f64 },
     Sigmoid,
     Tanh,
+    SiLU,
 }
 
 /// An activation applied at the end of a Linear or Conv2d (fused), as a clamp of its output.
@@ -69,6 +70,7 @@ pub const NAMES: &[&str] = &[
     "LeakyReLU",
     "Sigmoid",
     "Tanh",
+    "SiLU",
 ];
 
 impl Activation {
@@ -91,6 +93,7 @@ impl Activation {
     pub fn params(name: &str) -> Option<&'static [Param]> {
         match name {
             "ReLU" | "ReLU6" | "Hardswish" => Some(&[]),
+            "SiLU" => Some(&[]),
             "Tanh" => Some(&[]),
             "Sigmoid" => Some(&[]),
             "LeakyReLU" => Some(&[Param {
@@ -110,6 +113,7 @@ impl Activation {
             ("ReLU", []) => Some(Activation::ReLU),
             ("ReLU6", []) => Some(Activation::ReLU6),
             ("Hardswish", []) => Some(Activation::Hardswish),
+            ("SiLU", []) => Some(Activation::SiLU),
             ("Tanh", []) => Some(Activation::Tanh),
             ("Sigmoid", []) => Some(Activation::Sigmoid),
             ("LeakyReLU", [negative_slope]) => Some(Activation::LeakyReLU {
@@ -126,6 +130,7 @@ impl Activation {
             Activation::ReLU => "ReLU",
             Activation::ReLU6 => "ReLU6",
             Activation::Hardswish => "Hardswish",
+            Activation::SiLU => "SiLU",
             Activation::Tanh => "Tanh",
             Activation::Sigmoid => "Sigmoid",
             Activation::LeakyReLU { .. } => "LeakyReLU",
@@ -139,6 +144,7 @@ impl Activation {
             Activation::ReLU => "relu",
             Activation::ReLU6 => "relu6",
             Activation::Hardswish => "hardswish",
+            Activation::SiLU => "silu",
             Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
             Activation::LeakyReLU { .. } => "leaky_relu",
@@ -150,6 +156,7 @@ impl Activation {
     pub fn args(self) -> Vec<(&'static str, f64)> {
         match self {
             Activation::ReLU | Activation::ReLU6 | Activation::Hardswish => Vec::new(),
+            Activation::SiLU => Vec::new(),
             Activation::Tanh => Vec::new(),
             Activation::Sigmoid => Vec::new(),
             Activation::LeakyReLU { negative_slope } => vec![("negative_slope", negative_slope)],
@@ -170,6 +177,8 @@ impl Activation {
             Activation::ReLU6 => x().max(c(0.0)).min(c(6.0)),
             // ATen: `x * min(max(x + 3, 0), 6) / 6`.
             Activation::Hardswish => x() * (x() + c(3.0)).max(c(0.0)).min(c(6.0)) / c(6.0),
+            // ATen: `x / (1 + e^-x)`.
+            Activation::SiLU => x() / (c(1.0) + exp(c(0.0) - x())),
             // `2 / (1 + e^-2x) - 1`.
             Activation::Tanh => c(2.0) / (c(1.0) + exp(c(0.0) - c(2.0) * x())) - c(1.0),
             // `1 / (1 + e^-x)`, with qatc's exponential (`expr::exp`).
@@ -196,6 +205,11 @@ impl Activation {
             // ATen: 0 up to -3, x / 3 + 1/2 below 3, then 1.
             Activation::Hardswish => {
                 x().if_gt(-3.0, x().if_ge(3.0, c(1.0), x() / c(3.0) + c(0.5)), c(0.0))
+            }
+            // ATen: `s * (1 + x * (1 - s))`, `s` the sigmoid of `x`.
+            Activation::SiLU => {
+                let s = Activation::Sigmoid.program_builder();
+                s.clone() * (c(1.0) + x() * (c(1.0) - s))
             }
             // ATen: `1 - y * y`.
             Activation::Tanh => {
@@ -225,6 +239,8 @@ impl Activation {
             Activation::ReLU6 => Quantized::Clamp(Act::ReLU6),
             // torch: nnq.Hardswish, its output observed.
             Activation::Hardswish => Quantized::Observed,
+            // torch: no fixed parameters; the output is observed.
+            Activation::SiLU => Quantized::Observed,
             // torch.ao.quantization: fixed output parameters for [-1, 1].
             Activation::Tanh => Quantized::Fixed(QParams {
                 scale: 2.0 / 256.0,
