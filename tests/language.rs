@@ -214,3 +214,30 @@ fn generated_specs_round_trip_through_yaml_and_fmt() {
         assert_eq!(ast, again, "fmt round trip of\n{text}");
     }
 }
+
+/// PyTorch's spellings: `kernel_size` for `kernel`, `AdaptiveAvgPool2d(1)` for `GlobalAvgPool`;
+/// `qatc fmt` writes qatc's.
+#[test]
+fn pytorch_spellings_are_accepted() {
+    let text = "model m { input: [1, 12, 12] c: Conv2d(out: 4, kernel_size: 3) p: MaxPool2d(kernel_size: 2) \
+                g: AdaptiveAvgPool2d(1) f: Flatten o: Linear(out: 3) }";
+    let spec = parse_ok("torch.qspec", text);
+    let canonical = qatc::syntax::fmt::format_spec(&spec);
+    for want in [
+        "Conv2d(out: 4, kernel: 3)",
+        "MaxPool2d(kernel: 2)",
+        "g:     GlobalAvgPool",
+    ] {
+        assert!(canonical.contains(want), "{want} in\n{canonical}");
+    }
+    let (result, _) = qatc::front_end("torch.qspec", text);
+    let model = result.expect("checks").model;
+    assert_eq!(model.layers[2].out_shape, vec![4, 1, 1]);
+
+    let (result, source) = qatc::front_end(
+        "bad.qspec",
+        "model m { input: [1, 8, 8] g: AdaptiveAvgPool2d(2) }",
+    );
+    let text = qatc::diag::render(&result.err().unwrap(), &source.name, &source.text);
+    assert!(text.contains("output size 1"), "{text}");
+}

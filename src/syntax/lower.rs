@@ -258,12 +258,18 @@ impl Lower {
                 &["kernel", "stride", "padding"],
             ),
             "BatchNorm2d" => (&["eps", "momentum"], &[]),
+            "AdaptiveAvgPool2d" => (&["output_size"], &["output_size"]),
             "Dropout" => (&["p"], &["p"]),
             "GlobalAvgPool" | "Flatten" | "Add" => (&[], &[]),
             other => {
                 let d = Diag::error(callee.span, format!("unknown layer type `{other}`"))
                     .with_label("not a layer type");
-                let names: Vec<&str> = OP_NAMES.iter().chain(ACTIVATION_NAMES).copied().collect();
+                let names: Vec<&str> = OP_NAMES
+                    .iter()
+                    .chain(ACTIVATION_NAMES)
+                    .chain(&["AdaptiveAvgPool2d"])
+                    .copied()
+                    .collect();
                 let d = suggest(d, other, names.iter().copied())
                     .with_note(format!("layer types are {}", names.join(", ")));
                 self.error(d);
@@ -326,6 +332,23 @@ impl Lower {
                 p: self.opt(&bound, "p", |cx, v| cx.float_in(v, "`p`", 0.0, 1.0, true))?,
             },
             "GlobalAvgPool" => Op::GlobalAvgPool,
+            // PyTorch's spelling of global average pooling; other output sizes are not layers
+            // qatc has.
+            "AdaptiveAvgPool2d" => {
+                let size = self.require(&bound, callee, "output_size")?;
+                if !matches!(
+                    self.size2(size, "`output_size`", 1)?,
+                    Size2::Square(1) | Size2::Rect([1, 1])
+                ) {
+                    self.error(
+                        Diag::error(size.span, "qatc has `AdaptiveAvgPool2d` with output size 1 only")
+                            .with_label("not 1")
+                            .with_help("use `GlobalAvgPool` (its output size is 1), or `AvgPool2d` with a kernel and a stride"),
+                    );
+                    return None;
+                }
+                Op::GlobalAvgPool
+            }
             "Flatten" => Op::Flatten,
             _ => Op::Add,
         };
@@ -825,7 +848,7 @@ impl Lower {
                         continue;
                     }
                 },
-                Arg::Named(entry) => match params.iter().find(|p| **p == entry.key.text) {
+                Arg::Named(entry) => match params.iter().find(|p| **p == alias(&entry.key.text)) {
                     Some(name) => (name, &entry.value),
                     None => {
                         let d = Diag::error(
@@ -1102,4 +1125,13 @@ impl Lower {
 
 fn spanned_name(ident: &cst::Ident) -> Name {
     Spanned::new(ident.text.clone(), ident.span)
+}
+
+/// PyTorch's name for an argument qatc spells more briefly (`kernel_size` for `kernel`), as
+/// qatc spells it; any other name as it is.
+fn alias(name: &str) -> &str {
+    match name {
+        "kernel_size" => "kernel",
+        other => other,
+    }
 }
