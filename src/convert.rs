@@ -210,7 +210,8 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 }
                 push(&mut nodes, QOp::Add, ty)
             }
-            (op, _) => {
+            // The state of a layer with parameters does not match it.
+            (op @ (Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm2d(_)), _) => {
                 return Err(format!(
                     "convert: layer `{}` ({}) has no state",
                     node.name,

@@ -238,7 +238,21 @@ impl QGraph {
                     "in={} out={} act={:?}",
                     geom.in_channels, geom.out_channels, w.act
                 ),
-                _ => String::new(),
+                QOp::FloatAct(a) => a
+                    .args()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                QOp::Lut { table } => format!("table=u8[{}]", table.len()),
+                QOp::Input
+                | QOp::Quantize
+                | QOp::Dequantize
+                | QOp::GlobalAvgPool
+                | QOp::Flatten
+                | QOp::Add
+                | QOp::BatchNorm { .. }
+                | QOp::FloatBatchNorm { .. } => String::new(),
             };
             let dims = crate::ir::dims_text(&node.shape);
             let ty = match node.ty {

@@ -96,7 +96,19 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
                 f32s("scale", scale, vec![c]);
                 f32s("shift", shift, vec![c]);
             }
-            _ => {}
+            // No tensors: their few parameters (a lookup table's 256 codes included) are part of
+            // the graph's JSON.
+            QOp::Input
+            | QOp::Quantize
+            | QOp::Dequantize
+            | QOp::Clamp { .. }
+            | QOp::MaxPool2d(_)
+            | QOp::AvgPool2d(_)
+            | QOp::GlobalAvgPool
+            | QOp::Flatten
+            | QOp::Add
+            | QOp::FloatAct(_)
+            | QOp::Lut { .. } => {}
         }
     }
     let graph_json =
@@ -210,7 +222,19 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
                 *scale = f32s(take("scale", Dtype::F32, &[c])?);
                 *shift = f32s(take("shift", Dtype::F32, &[c])?);
             }
-            _ => {}
+            // No tensors: their few parameters (a lookup table's 256 codes included) are part of
+            // the graph's JSON.
+            QOp::Input
+            | QOp::Quantize
+            | QOp::Dequantize
+            | QOp::Clamp { .. }
+            | QOp::MaxPool2d(_)
+            | QOp::AvgPool2d(_)
+            | QOp::GlobalAvgPool
+            | QOp::Flatten
+            | QOp::Add
+            | QOp::FloatAct(_)
+            | QOp::Lut { .. } => {}
         }
     }
     if used != file.len() {
