@@ -189,7 +189,7 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 in_ty.unwrap_or(TensorType::F32),
             ),
             (Op::Flatten, _) => push(&mut nodes, QOp::Flatten, in_ty.unwrap_or(TensorType::F32)),
-            (Op::Add, _) => {
+            (Op::Combine(c), _) => {
                 let all_quantized = inputs
                     .iter()
                     .all(|&j| matches!(nodes[j].ty, TensorType::U8(_)));
@@ -204,11 +204,12 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                         .any(|&j| matches!(nodes[j].ty, TensorType::U8(_)))
                 {
                     return Err(format!(
-                        "`{}` adds a quantized and a float tensor",
-                        node.name
+                        "`{}` ({}) combines a quantized and a float tensor",
+                        node.name,
+                        c.name()
                     ));
                 }
-                push(&mut nodes, QOp::Add, ty)
+                push(&mut nodes, QOp::Combine(*c), ty)
             }
             // The state of a layer with parameters does not match it.
             (op @ (Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm2d(_)), _) => {

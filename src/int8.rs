@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ir::Pool2d;
-use crate::ir::{Act, Activation, ConvGeom};
+use crate::ir::{Act, Activation, Combine, ConvGeom};
 use crate::limits;
 use crate::quant::numerics::{requant_multiplier, QParams};
 
@@ -127,8 +127,6 @@ pub enum QOp {
     GlobalAvgPool,
     /// Per-sample layout is unchanged (C, H, W row-major), so flattening moves no data.
     Flatten,
-    /// Dequantizes every input, adds, and quantizes with the node's parameters.
-    Add,
     /// A standalone BatchNorm: `quantize(dequantize(x) · scale[c] + shift[c])`.
     BatchNorm {
         scale: Vec<f32>,
@@ -153,6 +151,10 @@ pub enum QOp {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// Dequantizes every input, combines them in f32 ([`Combine::regions`]), and quantizes
+    /// with the node's parameters. (Serialized as the op's name: `"Add"`.)
+    #[serde(untagged)]
+    Combine(Combine),
 }
 
 impl TensorType {
@@ -175,7 +177,7 @@ impl QOp {
             QOp::AvgPool2d(_) => "avg_pool2d",
             QOp::GlobalAvgPool => "global_avg_pool",
             QOp::Flatten => "flatten",
-            QOp::Add => "add",
+            QOp::Combine(c) => c.mnemonic(),
             QOp::BatchNorm { .. } => "batch_norm2d",
             QOp::FloatLinear { .. } => "linear",
             QOp::FloatConv2d { .. } => "conv2d",
@@ -250,7 +252,7 @@ impl QGraph {
                 | QOp::Dequantize
                 | QOp::GlobalAvgPool
                 | QOp::Flatten
-                | QOp::Add
+                | QOp::Combine(_)
                 | QOp::BatchNorm { .. }
                 | QOp::FloatBatchNorm { .. } => String::new(),
             };
@@ -350,7 +352,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             }
             continue;
         }
-        let want_inputs = if matches!(node.op, QOp::Add) {
+        let want_inputs = if matches!(node.op, QOp::Combine(_)) {
             2..=usize::MAX
         } else {
             1..=1
@@ -394,11 +396,15 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 x.ty == node.ty,
                 "pooling and flatten keep their input's type",
             ),
-            QOp::Add => {
-                let same = node.inputs.iter().all(|&j| {
-                    g.nodes[j].ty.is_quantized() == out_u8 && g.nodes[j].shape == x.shape
-                });
-                types(same, "add takes inputs of its own kind and one shape")
+            QOp::Combine(c) => {
+                let same = node
+                    .inputs
+                    .iter()
+                    .all(|&j| g.nodes[j].ty.is_quantized() == out_u8);
+                types(
+                    same,
+                    &format!("{} takes inputs of its own kind", c.mnemonic()),
+                )
             }
         }
         if let QOp::Lut { table } = &node.op {
@@ -464,8 +470,21 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             | QOp::Dequantize
             | QOp::Clamp { .. }
             | QOp::FloatAct(_)
-            | QOp::Lut { .. }
-            | QOp::Add => Some(x.shape.clone()),
+            | QOp::Lut { .. } => Some(x.shape.clone()),
+            QOp::Combine(c) => {
+                let shapes: Vec<&[usize]> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| g.nodes[j].shape.as_slice())
+                    .collect();
+                match c.output_shape(&shapes, |k| format!("input #{k}")) {
+                    Ok(shape) => Some(shape),
+                    Err(e) => {
+                        shape_err(e);
+                        None
+                    }
+                }
+            }
             QOp::Flatten => Some(vec![in_len]),
             QOp::GlobalAvgPool => match x.shape[..] {
                 [_, h, w] if h * w > limits::MAX_POOLED => {

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::int8::{FWeights, QGraph, QOp, QWeights};
 use crate::ir::Pool2d;
 use crate::ir::{Act, ConvGeom};
+use crate::ops::combine;
 use crate::quant::numerics::{
     average_codes, dequantize, quantize, requant_multiplier, requantize, QParams,
 };
@@ -193,18 +194,20 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                 }
             }
             QOp::Flatten => arg(0).clone(),
-            QOp::Add => {
-                let len = node.shape.iter().product();
-                let mut sum = vec![0.0f32; len];
-                for k in 0..node.inputs.len() {
-                    match (arg(k), in_q(k)) {
-                        (Value::U8(x), Some(q)) => sum
-                            .iter_mut()
-                            .zip(x)
-                            .for_each(|(s, &c)| *s += dequantize(c as i32, q)),
-                        (v, _) => sum.iter_mut().zip(v.f32()).for_each(|(s, &f)| *s += f),
-                    }
-                }
+            QOp::Combine(c) => {
+                // Every input dequantized, the op in f32, the result quantized.
+                let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
+                let xs: Vec<Vec<f32>> = (0..node.inputs.len())
+                    .map(|k| match (arg(k), in_q(k)) {
+                        (Value::U8(x), Some(q)) => {
+                            x.iter().map(|&c| dequantize(c as i32, q)).collect()
+                        }
+                        (v, _) => v.f32().to_vec(),
+                    })
+                    .collect();
+                let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                let mut sum = vec![0.0f32; node.shape.iter().product()];
+                combine::eval_batch(&c.regions(&shapes, &node.shape), &refs, 1, &mut sum);
                 match out_q {
                     Some(q) => Value::U8(
                         sum.iter()

@@ -106,7 +106,7 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
             | QOp::AvgPool2d(_)
             | QOp::GlobalAvgPool
             | QOp::Flatten
-            | QOp::Add
+            | QOp::Combine(_)
             | QOp::FloatAct(_)
             | QOp::Lut { .. } => {}
         }
@@ -232,7 +232,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
             | QOp::AvgPool2d(_)
             | QOp::GlobalAvgPool
             | QOp::Flatten
-            | QOp::Add
+            | QOp::Combine(_)
             | QOp::FloatAct(_)
             | QOp::Lut { .. } => {}
         }

@@ -218,7 +218,13 @@ fn pools_clamp_and_add_on_codes() {
     );
     assert_eq!(codes(&g, &[-3.0, 1.0, 5.0, 9.0], 2), [3, 4, 8, 9]);
     // Add requantizes: (a + b) with a, b in scale 0.5 into scale 1.0.
-    let mut g = graph(vec![2], u8(0.5, 0), QOp::Add, vec![2], u8(1.0, 0));
+    let mut g = graph(
+        vec![2],
+        u8(0.5, 0),
+        QOp::Combine(qatc::ir::Combine::Add),
+        vec![2],
+        u8(1.0, 0),
+    );
     g.nodes[2].inputs = vec![1, 1];
     assert_eq!(codes(&g, &[1.5, 100.0], 2), [3, 200]);
 }

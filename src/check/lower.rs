@@ -58,7 +58,7 @@ pub fn lower(model: &CheckedModel) -> Graph {
                 momentum: *momentum,
             }),
             LayerKind::Dropout { p } => Op::Dropout { p: *p },
-            LayerKind::Add => Op::Add,
+            LayerKind::Combine(c) => Op::Combine(*c),
         };
         nodes.push(Node {
             name: layer.name.clone(),

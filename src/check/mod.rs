@@ -15,7 +15,7 @@ pub use lower::lower;
 pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
-use crate::ir::{Activation, Pool2d};
+use crate::ir::{Activation, Combine, Pool2d};
 use crate::limits;
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
@@ -90,7 +90,7 @@ pub enum LayerKind {
     Dropout {
         p: f64,
     },
-    Add,
+    Combine(Combine),
 }
 
 impl LayerKind {
@@ -157,7 +157,7 @@ impl LayerKind {
             }
             LayerKind::GlobalAvgPool => "GlobalAvgPool".into(),
             LayerKind::Flatten => "Flatten".into(),
-            LayerKind::Add => "Add".into(),
+            LayerKind::Combine(c) => c.name().into(),
         }
     }
 }
@@ -573,7 +573,7 @@ fn infer_layer(
     };
     let arg_span = |arg: &str| layer.arg_spans.get(arg).unwrap_or(span);
 
-    if !matches!(op, Op::Add) && in_shapes.len() != 1 {
+    if !matches!(op, Op::Combine(_)) && in_shapes.len() != 1 {
         diags.push(
             Diag::error(
                 span,
@@ -750,40 +750,23 @@ fn infer_layer(
             0,
             0,
         )),
-        Op::Add => {
-            if in_shapes.len() < 2 {
-                diags.push(
-                    Diag::error(
-                        span,
-                        format!(
-                            "`Add` needs at least two inputs, this one has {}",
-                            in_shapes.len()
-                        ),
-                    )
-                    .with_label("name its inputs")
-                    .with_help(format!("write `{}: Add(a, b)`", layer.name.node)),
-                );
-                return None;
-            }
-            for (k, shape) in in_shapes.iter().enumerate().skip(1) {
-                if shape != x {
-                    diags.push(
-                        Diag::error(
-                            span,
-                            format!(
-                                "`Add` of different shapes: {} gives {} but {} gives {}",
-                                source_name(0),
-                                shape_text(x),
-                                source_name(k),
-                                shape_text(shape)
-                            ),
-                        )
-                        .with_label("shapes differ"),
-                    );
-                    return None;
+        Op::Combine(c) => {
+            let c = c.0;
+            let shapes: Vec<&[usize]> = in_shapes.iter().map(Vec::as_slice).collect();
+            match c.output_shape(&shapes, source_name) {
+                Ok(shape) => Some((LayerKind::Combine(c), shape, 0, 0)),
+                Err(message) => {
+                    let d = if in_shapes.len() < 2 {
+                        Diag::error(span, message)
+                            .with_label("name its inputs")
+                            .with_help(format!("write `{}: {}`", layer.name.node, c.example()))
+                    } else {
+                        Diag::error(span, message).with_label("shapes differ")
+                    };
+                    diags.push(d);
+                    None
                 }
             }
-            Some((LayerKind::Add, x.clone(), 0, 0))
         }
     }
 }

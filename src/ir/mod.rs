@@ -10,6 +10,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::activation::{Act, Activation, Quantized};
+pub use crate::ops::combine::Combine;
 use crate::quant::numerics::QParams;
 use crate::quant::qconfig::{FakeQuantConfig, QConfig};
 
@@ -129,7 +130,8 @@ pub enum Op {
     Dropout {
         p: f64,
     },
-    Add,
+    /// An op combining its inputs (`Add`, ...).
+    Combine(Combine),
     /// Fake quantization of an activation, with its observer.
     FakeQuant(FakeQuantConfig),
     /// Leaves the quantized domain (identity while training; a real dequantize after convert).
@@ -149,7 +151,7 @@ impl Op {
             Op::GlobalAvgPool => "global_avg_pool",
             Op::Flatten => "flatten",
             Op::Dropout { .. } => "dropout",
-            Op::Add => "add",
+            Op::Combine(c) => c.mnemonic(),
             Op::FakeQuant(_) => "fake_quant",
             Op::DeQuantStub => "dequant",
         }
@@ -175,7 +177,7 @@ impl Op {
             | Op::GlobalAvgPool
             | Op::Flatten
             | Op::Dropout { .. }
-            | Op::Add
+            | Op::Combine(_)
             | Op::FakeQuant(_)
             | Op::DeQuantStub => Fusion::None,
         }
@@ -184,7 +186,7 @@ impl Op {
     /// Where the output's quantization parameters come from when the node is quantized.
     pub fn output_quant(&self) -> OutputQuant {
         match self {
-            Op::Linear { .. } | Op::Conv2d { .. } | Op::Add | Op::BatchNorm2d(_) => {
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Combine(_) | Op::BatchNorm2d(_) => {
                 OutputQuant::Observed
             }
             Op::Activation(a) => match a.quantized() {
@@ -262,12 +264,7 @@ impl Op {
             }
             Op::Flatten => Ok(vec![one()?.iter().product()]),
             Op::Activation(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
-            Op::Add => {
-                if inputs.len() < 2 || inputs.iter().any(|s| *s != inputs[0]) {
-                    return Err(format!("add needs 2+ inputs of one shape, got {inputs:?}"));
-                }
-                Ok(inputs[0].to_vec())
-            }
+            Op::Combine(c) => c.output_shape(inputs, |k| format!("input #{k}")),
         }
     }
 }
@@ -441,7 +438,7 @@ fn attrs_text(op: &Op) -> String {
         Op::Dropout { p } => parts.push(format!("p={p:?}")),
         Op::FakeQuant(fq) => parts.push(fq.describe()),
         Op::Activation(a) => parts.extend(a.args().iter().map(|(k, v)| format!("{k}={v:?}"))),
-        Op::Input | Op::GlobalAvgPool | Op::Flatten | Op::Add | Op::DeQuantStub => {}
+        Op::Input | Op::GlobalAvgPool | Op::Flatten | Op::Combine(_) | Op::DeQuantStub => {}
     }
     parts.join(" ")
 }

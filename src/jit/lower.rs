@@ -31,6 +31,7 @@ use crate::ir::Pool2d;
 
 use super::gemm::Gemm;
 use crate::ir::{Act, ConvGeom};
+use crate::ops::combine::{Region, Source};
 use crate::ops::expr::{Inst, Program};
 use crate::quant::numerics::QParams;
 
@@ -227,11 +228,12 @@ impl Emitter<'_, '_> {
                     let x = arg(0);
                     Tensor { size, ..x }
                 }
-                QOp::Add => {
+                QOp::Combine(c) => {
+                    let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
                     let xs: Vec<Tensor> = (0..node.inputs.len())
                         .map(|k| self.canonical(arg(k)))
                         .collect();
-                    self.add(&xs, size, out_q)
+                    self.combine(&c.regions(&shapes, &node.shape), &xs, size, out_q)
                 }
                 QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                     let x = self.canonical(arg(0));
@@ -416,11 +418,17 @@ impl Emitter<'_, '_> {
     /// An elementwise program ([`crate::ops::expr`]) on one f32, instruction for instruction
     /// as [`Program::eval`] computes it.
     pub(super) fn program(&mut self, program: &Program, x: Value) -> Value {
+        self.program_args(program, &[x])
+    }
+
+    /// A program over several f32 arguments ([`Inst::Arg`]).
+    pub(super) fn program_args(&mut self, program: &Program, args: &[Value]) -> Value {
         let mut stack: Vec<Value> = Vec::new();
         let pop = |stack: &mut Vec<Value>| stack.pop().expect("a valid program");
         for inst in &program.0 {
             let v = match *inst {
-                Inst::X => x,
+                Inst::X => args[0],
+                Inst::Arg(k) => args[k],
                 Inst::Const(c) => self.b.ins().f32const(c),
                 Inst::Add | Inst::Sub | Inst::Mul | Inst::Div | Inst::Max | Inst::Min => {
                     let b = pop(&mut stack);
@@ -496,18 +504,47 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// `Add`: dequantized inputs summed from +0.0 in input order, then quantized if u8.
-    pub(super) fn add(&mut self, xs: &[Tensor], size: usize, q: Option<QParams>) -> Tensor {
+    /// An op combining its inputs ([`crate::ops::combine`]), region by region: each output
+    /// value is the region's program over the inputs' values where their sources say,
+    /// dequantized when u8, and is quantized when the output is.
+    pub(super) fn combine(
+        &mut self,
+        regions: &[Region],
+        xs: &[Tensor],
+        size: usize,
+        q: Option<QParams>,
+    ) -> Tensor {
         let y = self.tensor(size, q, Order::Chw);
-        let total = self.b.ins().imul_imm_s(self.n, size as i64);
-        self.for_loop(total, |e, i| {
-            let mut sum = e.b.ins().f32const(0.0);
-            for x in xs {
-                let v = e.load_value(x, i);
-                sum = e.b.ins().fadd(sum, v);
-            }
-            e.store_value(&y, i, sum);
-        });
+        for region in regions {
+            let start = region.range.start;
+            self.for_samples(|e, s| {
+                e.for_const(region.range.len(), |e, t| {
+                    let j = e.b.ins().iadd_imm_s(t, start as i64);
+                    let args: Vec<Value> = region
+                        .inputs
+                        .iter()
+                        .map(|&(k, source)| {
+                            let index = match source {
+                                Source::Same => j,
+                                Source::PerChannel { plane } => {
+                                    e.b.ins().udiv_imm_u(j, plane.max(1) as i64)
+                                }
+                                Source::Offset { start } => {
+                                    e.b.ins().iadd_imm_s(j, -(start as i64))
+                                }
+                            };
+                            let base = e.b.ins().imul_imm_s(s, xs[k].size as i64);
+                            let i = e.b.ins().iadd(base, index);
+                            e.load_value(&xs[k], i)
+                        })
+                        .collect();
+                    let v = e.program_args(&region.program, &args);
+                    let base = e.b.ins().imul_imm_s(s, size as i64);
+                    let i = e.b.ins().iadd(base, j);
+                    e.store_value(&y, i, v);
+                });
+            });
+        }
         y
     }
 

@@ -10,8 +10,10 @@
 /// One instruction of a stack program.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Inst {
-    /// Pushes the input.
+    /// Pushes the input (the first argument).
     X,
+    /// Pushes argument `k` (of a program over several inputs; `Arg(0)` is `X`).
+    Arg(usize),
     /// Pushes a constant.
     Const(f32),
     /// Pops `b`, then `a`; pushes `a + b` (likewise `Sub`, `Mul`, `Div`).
@@ -40,15 +42,27 @@ pub struct Program(pub Vec<Inst>);
 impl Program {
     /// The program's value at every `x`, written to `out` (same length).
     pub fn eval(&self, x: &[f32], out: &mut [f32]) {
+        self.eval_args(&[x], out);
+    }
+
+    /// The program's value at every index of its arguments (all as long as `out`).
+    pub fn eval_args(&self, args: &[&[f32]], out: &mut [f32]) {
         const CHUNK: usize = 256;
         let mut stack: Vec<[f32; CHUNK]> = Vec::with_capacity(8);
-        for (xs, ys) in x.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            let n = xs.len();
+        for (c, ys) in out.chunks_mut(CHUNK).enumerate() {
+            let n = ys.len();
+            let at = c * CHUNK;
             stack.clear();
             for inst in &self.0 {
                 let mut top = [0f32; CHUNK];
                 match *inst {
-                    Inst::X => top[..n].copy_from_slice(xs),
+                    Inst::X | Inst::Arg(_) => {
+                        let k = if let Inst::Arg(k) = *inst { k } else { 0 };
+                        match args.get(k) {
+                            Some(arg) => top[..n].copy_from_slice(&arg[at..at + n]),
+                            None => top[..n].fill(f32::NAN),
+                        }
+                    }
                     Inst::Const(c) => top[..n].fill(c),
                     Inst::Round => {
                         top = pop(&mut stack);
@@ -95,7 +109,7 @@ impl Program {
         let mut depth: usize = 0;
         for inst in &self.0 {
             let (pops, pushes) = match inst {
-                Inst::X | Inst::Const(_) => (0, 1),
+                Inst::X | Inst::Arg(_) | Inst::Const(_) => (0, 1),
                 Inst::Round | Inst::Pow2 => (1, 1),
                 Inst::Add | Inst::Sub | Inst::Mul | Inst::Div | Inst::Max | Inst::Min => (2, 1),
                 Inst::IfGt(_) | Inst::IfGe(_) => (3, 1),
@@ -130,9 +144,13 @@ pub fn binary(inst: Inst, a: f32, b: f32) -> f32 {
                 b
             }
         }
-        Inst::X | Inst::Const(_) | Inst::Round | Inst::Pow2 | Inst::IfGt(_) | Inst::IfGe(_) => {
-            f32::NAN
-        }
+        Inst::X
+        | Inst::Arg(_)
+        | Inst::Const(_)
+        | Inst::Round
+        | Inst::Pow2
+        | Inst::IfGt(_)
+        | Inst::IfGe(_) => f32::NAN,
     }
 }
 
@@ -173,6 +191,11 @@ pub struct Builder(pub Vec<Inst>);
 impl Builder {
     pub fn x() -> Builder {
         Builder(vec![Inst::X])
+    }
+
+    /// Argument `k` of a program over several inputs.
+    pub fn arg(k: usize) -> Builder {
+        Builder(vec![Inst::Arg(k)])
     }
 
     pub fn constant(c: f32) -> Builder {

@@ -3,4 +3,5 @@
 //! over these through exhaustive matches and methods, so a new activation is one place.
 
 pub mod activation;
+pub mod combine;
 pub mod expr;

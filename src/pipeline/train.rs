@@ -213,7 +213,7 @@ fn int8_weight_bytes(graph: &crate::int8::QGraph) -> usize {
             | QOp::AvgPool2d(_)
             | QOp::GlobalAvgPool
             | QOp::Flatten
-            | QOp::Add
+            | QOp::Combine(_)
             | QOp::FloatAct(_) => 0,
         })
         .sum()

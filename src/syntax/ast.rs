@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::diag::Span;
 use crate::ops::activation::Activation;
+use crate::ops::combine::Combine;
 pub use crate::quant::qconfig::{
     Backend, DType, FakeQuantSpec, ObserverKind, Scheme, BACKEND_NAMES,
 };
@@ -144,10 +145,25 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         p: Option<f64>,
     },
-    Add,
+    /// An op combining its inputs (`Add`, ...): its name is the `type`.
+    #[serde(untagged, skip_deserializing)]
+    Combine(CombineSpec),
     /// An elementwise activation (`ReLU`, ...): its name is the `type`.
     #[serde(untagged, skip_deserializing)]
     Activation(ActivationSpec),
+}
+
+/// An op combining its inputs, in the AST; its YAML form is `{ type: Name }`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CombineSpec(pub Combine);
+
+impl Serialize for CombineSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("type", self.0.name())?;
+        map.end()
+    }
 }
 
 impl Serialize for Op {
@@ -162,9 +178,22 @@ impl<'de> Deserialize<'de> for Op {
         let value = serde_yaml::Value::deserialize(deserializer)?;
         let name = value.get("type").and_then(|t| t.as_str()).unwrap_or("");
         let activation = Activation::params(name).is_some();
+        if let Some(combine) = Combine::from_name(name) {
+            if let Some(extra) = value
+                .as_mapping()
+                .and_then(|m| m.keys().find(|k| k.as_str() != Some("type")))
+            {
+                return Err(D::Error::custom(format!(
+                    "`{name}` takes no argument `{}`",
+                    extra.as_str().unwrap_or("?")
+                )));
+            }
+            return Ok(Op::Combine(CombineSpec(combine)));
+        }
         if !activation && !OP_NAMES.contains(&name) {
             let names: Vec<String> = OP_NAMES
                 .iter()
+                .chain(crate::ops::combine::NAMES)
                 .chain(crate::ops::activation::NAMES)
                 .map(|n| format!("`{n}`"))
                 .collect();
@@ -279,7 +308,6 @@ pub const OP_NAMES: &[&str] = &[
     "Flatten",
     "BatchNorm2d",
     "Dropout",
-    "Add",
 ];
 
 impl Op {
@@ -287,6 +315,7 @@ impl Op {
         match self {
             Op::Linear { .. } => "Linear",
             Op::Conv2d { .. } => "Conv2d",
+            Op::Combine(c) => c.0.name(),
             Op::Activation(a) => a.0.name(),
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
@@ -294,7 +323,6 @@ impl Op {
             Op::Flatten => "Flatten",
             Op::BatchNorm2d { .. } => "BatchNorm2d",
             Op::Dropout { .. } => "Dropout",
-            Op::Add => "Add",
         }
     }
 

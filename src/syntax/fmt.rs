@@ -92,7 +92,7 @@ pub fn layer_text(layer: &Layer) -> String {
                 named(name, Some(number(value)));
             }
         }
-        Op::GlobalAvgPool | Op::Flatten | Op::Add => {}
+        Op::GlobalAvgPool | Op::Flatten | Op::Combine(_) => {}
     }
     let ty = layer.op.node.type_name();
     if args.is_empty() {

@@ -9,6 +9,7 @@ use super::ast::*;
 use super::cst::{self, Arg, BlockKind, Entry, Item, Value, ValueKind};
 use crate::diag::{suggest, Diag};
 use crate::ops::activation::{Activation, NAMES as ACTIVATION_NAMES};
+use crate::ops::combine::{Combine, NAMES as COMBINE_NAMES};
 
 /// Lowers a parsed file, or returns every error found.
 pub fn lower(file: &cst::File) -> Result<Spec, Vec<Diag>> {
@@ -260,12 +261,14 @@ impl Lower {
             "BatchNorm2d" => (&["eps", "momentum"], &[]),
             "AdaptiveAvgPool2d" => (&["output_size"], &["output_size"]),
             "Dropout" => (&["p"], &["p"]),
-            "GlobalAvgPool" | "Flatten" | "Add" => (&[], &[]),
+            "GlobalAvgPool" | "Flatten" => (&[], &[]),
+            name if Combine::from_name(name).is_some() => (&[], &[]),
             other => {
                 let d = Diag::error(callee.span, format!("unknown layer type `{other}`"))
                     .with_label("not a layer type");
                 let names: Vec<&str> = OP_NAMES
                     .iter()
+                    .chain(COMBINE_NAMES)
                     .chain(ACTIVATION_NAMES)
                     .chain(&["AdaptiveAvgPool2d"])
                     .copied()
@@ -350,7 +353,7 @@ impl Lower {
                 Op::GlobalAvgPool
             }
             "Flatten" => Op::Flatten,
-            _ => Op::Add,
+            name => Op::Combine(CombineSpec(Combine::from_name(name)?)),
         };
         Some(Layer {
             name: spanned_name(&entry.key),

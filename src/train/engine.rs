@@ -11,6 +11,7 @@ use super::kernels::{self, ConvDims};
 use super::rng::Rng;
 use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
 use crate::ir::{BnAttrs, Graph, Node, Op};
+use crate::ops::combine;
 use crate::ops::expr::Program;
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
 use crate::quant::observer::Observer;
@@ -319,12 +320,23 @@ impl Net {
                         (kernels::copy(input(0)), Aux::None)
                     }
                 }
-                (Op::Add, _) => {
-                    let mut y = kernels::copy(input(0));
-                    for k in 1..node.inputs.len() {
-                        y.iter_mut().zip(input(k)).for_each(|(a, b)| *a += b);
+                (Op::Combine(c), _) => {
+                    let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
+                    let regions = c.regions(&shapes, &node.shape);
+                    let mut y = vec![0.0; batch * node.shape.iter().product::<usize>()];
+                    if elementwise(&regions, &shapes, &node.shape) {
+                        // Every tensor has the output's shape, so its layout: none moves.
+                        let refs: Vec<&[f32]> = (0..node.inputs.len()).map(input).collect();
+                        combine::eval_batch(&regions, &refs, batch, &mut y);
+                        (y, Aux::None)
+                    } else {
+                        let xs: Vec<Vec<f32>> = (0..node.inputs.len())
+                            .map(|k| to_samples(input(k), shapes[k], batch))
+                            .collect();
+                        let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                        combine::eval_batch(&regions, &refs, batch, &mut y);
+                        (from_samples(y, &node.shape, batch), Aux::None)
                     }
-                    (y, Aux::None)
                 }
                 (Op::FakeQuant(cfg), NodeState::FakeQuant { obs }) => {
                     let x = input(0);
@@ -556,7 +568,21 @@ impl Net {
                             });
                         vec![Some(dy)]
                     }
-                    (Op::Add, _, _) => vec![Some(dy); node.inputs.len()],
+                    (Op::Combine(c), _, _) => {
+                        let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
+                        let regions = c.regions(&shapes, &node.shape);
+                        let xs: Vec<Vec<f32>> = (0..node.inputs.len())
+                            .map(|k| to_samples(input(k), shapes[k], batch))
+                            .collect();
+                        let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                        let dy = to_samples(&dy, &node.shape, batch);
+                        let mut dx: Vec<Vec<f32>> = xs.iter().map(|x| vec![0.0; x.len()]).collect();
+                        combine::backward_batch(&regions, &refs, batch, &dy, &mut dx);
+                        dx.into_iter()
+                            .zip(&shapes)
+                            .map(|(d, s)| Some(from_samples(d, s, batch)))
+                            .collect()
+                    }
                     // Identities: dequant, and dropout and fake quant when they did not run (no mask,
                     // fake quantization off).
                     (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => {
@@ -645,7 +671,7 @@ fn qat_swap_draws(node: &Node) -> usize {
         | Op::GlobalAvgPool
         | Op::Flatten
         | Op::Dropout { .. }
-        | Op::Add
+        | Op::Combine(_)
         | Op::FakeQuant(_)
         | Op::DeQuantStub => 0,
     }
@@ -732,7 +758,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
         | Op::GlobalAvgPool
         | Op::Flatten
         | Op::Dropout { .. }
-        | Op::Add
+        | Op::Combine(_)
         | Op::DeQuantStub => NodeState::None,
     }
 }
@@ -799,6 +825,32 @@ fn weight_tape(
 }
 
 /// Zeroes the gradient where a fake quant clipped (the straight-through estimator's mask).
+/// A tensor in the engine's layout (`[C, N, H·W]` for images, `[N, F]` else) as samples one
+/// after another, each C, H, W: the layout of [`combine`] (and of the int8 IR).
+fn to_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
+    match shape {
+        [c, h, w] => kernels::transpose_batch_channels(x, batch, *c, h * w, false),
+        _ => x.to_vec(),
+    }
+}
+
+/// Whether every region reads every input at the output's own index and every input has the
+/// output's shape: then the engine's layout serves as it is.
+fn elementwise(regions: &[combine::Region], shapes: &[&[usize]], out: &[usize]) -> bool {
+    shapes.iter().all(|s| *s == out)
+        && regions
+            .iter()
+            .all(|r| r.inputs.iter().all(|(_, s)| *s == combine::Source::Same))
+}
+
+/// The inverse of [`to_samples`].
+fn from_samples(x: Vec<f32>, shape: &[usize], batch: usize) -> Vec<f32> {
+    match shape {
+        [c, h, w] => kernels::transpose_batch_channels(&x, batch, *c, h * w, true),
+        _ => x,
+    }
+}
+
 /// `out = program(x)`, in parallel chunks.
 fn eval_parallel(program: &Program, x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK)

@@ -231,7 +231,14 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
             }
             let t = ty(&mut rng);
             let n = nodes.len();
-            push(&mut nodes, "op", QOp::Add, vec![x, n - 1], vec![c, h, w], t);
+            push(
+                &mut nodes,
+                "op",
+                QOp::Combine(qatc::ir::Combine::Add),
+                vec![x, n - 1],
+                vec![c, h, w],
+                t,
+            );
         }
         _ => {
             let scale = (0..c).map(|_| rng.uniform(-2.0, 2.0)).collect();

@@ -1,0 +1,236 @@
+//! Ops that combine several tensors into one (`Add`, ...), each defined once: its name, its
+//! shape rule, and its value as [`Region`]s of the output, each computed by a program over the
+//! inputs that feed it, read where a [`Source`] says. Training, the interpreter and the JIT run
+//! regions generically ([`eval_batch`], [`backward_batch`], `jit/lower.rs`); in int8 every input
+//! is dequantized, the program runs in f32 and the result is quantized with the output's
+//! parameters (torch's quantized ops through `FloatFunctional`).
+//!
+//! Adding such an op is a variant here and an arm in each `match` below.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use super::expr::{Builder, Program};
+
+/// An op that combines its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Combine {
+    /// The elementwise sum of two or more tensors of one shape.
+    Add,
+}
+
+/// Every name users can write.
+pub const NAMES: &[&str] = &["Add"];
+
+/// Where, in one sample of an input (C, H, W order), the value for output element `j` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// At `j`: the input has the output's shape.
+    Same,
+    /// At `j / plane`: one value per channel, broadcast over the `plane` values of H and W.
+    PerChannel { plane: usize },
+    /// At `j - start`: the input fills the output from element `start` on.
+    Offset { start: usize },
+}
+
+impl Source {
+    pub fn index(self, j: usize) -> usize {
+        match self {
+            Source::Same => j,
+            Source::PerChannel { plane } => j / plane.max(1),
+            Source::Offset { start } => j - start,
+        }
+    }
+}
+
+/// Output elements computed by one program from the inputs that feed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Region {
+    /// Output elements, within one sample.
+    pub range: Range<usize>,
+    /// The inputs the program reads, in argument order: input index and where its value is.
+    pub inputs: Vec<(usize, Source)>,
+    pub program: Program,
+    /// The program's derivative in each argument, over the same arguments.
+    pub partials: Vec<Program>,
+}
+
+impl Combine {
+    pub fn from_name(name: &str) -> Option<Combine> {
+        match name {
+            "Add" => Some(Combine::Add),
+            _ => None,
+        }
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Add => "Add",
+        }
+    }
+
+    /// The name in the IR's text form.
+    pub fn mnemonic(self) -> &'static str {
+        match self {
+            Combine::Add => "add",
+        }
+    }
+
+    /// How to write it, for help messages.
+    pub fn example(self) -> &'static str {
+        match self {
+            Combine::Add => "Add(a, b)",
+        }
+    }
+
+    /// The shape rule: one sample's output shape from the inputs' shapes, or what is wrong
+    /// (calling input `k` what `name(k)` says).
+    pub fn output_shape(
+        self,
+        inputs: &[&[usize]],
+        name: impl Fn(usize) -> String,
+    ) -> Result<Vec<usize>, String> {
+        if inputs.len() < 2 {
+            return Err(format!(
+                "`{}` needs at least two inputs, this one has {}",
+                self.name(),
+                inputs.len()
+            ));
+        }
+        match self {
+            Combine::Add => {
+                if let Some(k) = (1..inputs.len()).find(|&k| inputs[k] != inputs[0]) {
+                    return Err(format!(
+                        "`Add` of different shapes: {} gives {:?} but {} gives {:?}",
+                        name(0),
+                        inputs[0],
+                        name(k),
+                        inputs[k]
+                    ));
+                }
+                Ok(inputs[0].to_vec())
+            }
+        }
+    }
+
+    /// The regions of the output (whose shape is `out`, from [`Combine::output_shape`]).
+    pub fn regions(self, inputs: &[&[usize]], out: &[usize]) -> Vec<Region> {
+        let size: usize = out.iter().product();
+        match self {
+            Combine::Add => {
+                // Summed from +0.0 in input order.
+                let mut sum = Builder::constant(0.0);
+                for k in 0..inputs.len() {
+                    sum = sum + Builder::arg(k);
+                }
+                vec![Region {
+                    range: 0..size,
+                    inputs: (0..inputs.len()).map(|k| (k, Source::Same)).collect(),
+                    program: sum.build(),
+                    partials: (0..inputs.len())
+                        .map(|_| Builder::constant(1.0).build())
+                        .collect(),
+                }]
+            }
+        }
+    }
+}
+
+/// `n` samples of the output from `n` samples of each input (every tensor C, H, W per sample,
+/// one sample after another).
+pub fn eval_batch(regions: &[Region], inputs: &[&[f32]], n: usize, out: &mut [f32]) {
+    let out_size = out.len() / n.max(1);
+    for region in regions {
+        let args = gather(region, inputs, n);
+        let refs: Vec<&[f32]> = args.iter().map(Vec::as_slice).collect();
+        let mut values = vec![0.0; region.range.len() * n];
+        region.program.eval_args(&refs, &mut values);
+        let len = region.range.len();
+        for s in 0..n {
+            out[s * out_size + region.range.start..][..len]
+                .copy_from_slice(&values[s * len..][..len]);
+        }
+    }
+}
+
+/// Adds `dy`'s contribution to every input's gradient `dx` (same layout as [`eval_batch`]).
+pub fn backward_batch(
+    regions: &[Region],
+    inputs: &[&[f32]],
+    n: usize,
+    dy: &[f32],
+    dx: &mut [Vec<f32>],
+) {
+    let out_size = dy.len() / n.max(1);
+    for region in regions {
+        let args = gather(region, inputs, n);
+        let refs: Vec<&[f32]> = args.iter().map(Vec::as_slice).collect();
+        let len = region.range.len();
+        let mut slope = vec![0.0; len * n];
+        for (a, &(k, source)) in region.inputs.iter().enumerate() {
+            region.partials[a].eval_args(&refs, &mut slope);
+            let in_size = inputs[k].len() / n.max(1);
+            for s in 0..n {
+                for t in 0..len {
+                    let j = region.range.start + t;
+                    dx[k][s * in_size + source.index(j)] +=
+                        dy[s * out_size + j] * slope[s * len + t];
+                }
+            }
+        }
+    }
+}
+
+/// Each argument's values for the region, sample after sample.
+fn gather(region: &Region, inputs: &[&[f32]], n: usize) -> Vec<Vec<f32>> {
+    region
+        .inputs
+        .iter()
+        .map(|&(k, source)| {
+            let in_size = inputs[k].len() / n.max(1);
+            let mut arg = Vec::with_capacity(region.range.len() * n);
+            for s in 0..n {
+                arg.extend(
+                    region
+                        .range
+                        .clone()
+                        .map(|j| inputs[k][s * in_size + source.index(j)]),
+                );
+            }
+            arg
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_and_passes_gradients_through() {
+        let shape: &[usize] = &[2, 1, 2];
+        let add = Combine::Add;
+        let name = |k: usize| format!("#{k}");
+        assert_eq!(
+            add.output_shape(&[shape, shape], name).unwrap(),
+            vec![2, 1, 2]
+        );
+        assert!(add.output_shape(&[shape], name).is_err());
+        let e = add.output_shape(&[shape, &[4]], name).unwrap_err();
+        assert_eq!(
+            e,
+            "`Add` of different shapes: #0 gives [2, 1, 2] but #1 gives [4]"
+        );
+        let regions = add.regions(&[shape, shape], shape);
+        let (a, b) = ([1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]);
+        let mut y = [0.0; 4];
+        eval_batch(&regions, &[&a, &b], 1, &mut y);
+        assert_eq!(y, [1.5, 2.5, 3.5, 4.5]);
+        let mut dx = vec![vec![0.0; 4], vec![0.0; 4]];
+        backward_batch(&regions, &[&a, &b], 1, &[1.0, 2.0, 3.0, 4.0], &mut dx);
+        assert_eq!(dx[0], [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(dx[1], dx[0]);
+    }
+}
