@@ -296,3 +296,21 @@ fn every_activation() {
         check(&spec, false, TRAIN);
     }
 }
+
+#[test]
+fn mul_by_equal_and_broadcast_shapes() {
+    let convs = "a: Conv2d(out: 3, kernel: 1) b: Conv2d(input, out: 3, kernel: 1)";
+    for body in [
+        format!("{convs} y: Mul(a, b)"),
+        "a: Conv2d(out: 3, kernel: 1) g: GlobalAvgPool f: Flatten s: Linear(out: 3) y: Mul(a, s)"
+            .to_string(),
+        "a: Conv2d(out: 3, kernel: 1) g: GlobalAvgPool s: Conv2d(out: 3, kernel: 1) y: Mul(a, s)"
+            .to_string(),
+    ] {
+        check(
+            &format!("model m {{ input: [2, 3, 3] {body} f2: Flatten o: Linear(out: 2) }}"),
+            false,
+            TRAIN,
+        );
+    }
+}

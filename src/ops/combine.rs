@@ -18,10 +18,13 @@ use super::expr::{Builder, Program};
 pub enum Combine {
     /// The elementwise sum of two or more tensors of one shape.
     Add,
+    /// The elementwise product of two tensors of one shape, or of a `[C, H, W]` tensor by a `[C]`
+    /// or `[C, 1, 1]` one (broadcast over H and W: squeeze-and-excitation's scaling).
+    Mul,
 }
 
 /// Every name users can write.
-pub const NAMES: &[&str] = &["Add"];
+pub const NAMES: &[&str] = &["Add", "Mul"];
 
 /// Where, in one sample of an input (C, H, W order), the value for output element `j` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,7 @@ impl Combine {
     pub fn from_name(name: &str) -> Option<Combine> {
         match name {
             "Add" => Some(Combine::Add),
+            "Mul" => Some(Combine::Mul),
             _ => None,
         }
     }
@@ -68,6 +72,7 @@ impl Combine {
     pub fn name(self) -> &'static str {
         match self {
             Combine::Add => "Add",
+            Combine::Mul => "Mul",
         }
     }
 
@@ -75,6 +80,7 @@ impl Combine {
     pub fn mnemonic(self) -> &'static str {
         match self {
             Combine::Add => "add",
+            Combine::Mul => "mul",
         }
     }
 
@@ -82,6 +88,7 @@ impl Combine {
     pub fn example(self) -> &'static str {
         match self {
             Combine::Add => "Add(a, b)",
+            Combine::Mul => "Mul(x, scale)",
         }
     }
 
@@ -112,6 +119,22 @@ impl Combine {
                 }
                 Ok(inputs[0].to_vec())
             }
+            Combine::Mul => match inputs {
+                [a, b] if a == b => Ok(a.to_vec()),
+                [a @ [c, _, _], [d] | [d, 1, 1]] if c == d => Ok(a.to_vec()),
+                [_, _] => Err(format!(
+                    "`Mul` of {} {:?} by {} {:?}: the shapes must be equal, or the first \
+                     [C, H, W] and the second [C] or [C, 1, 1]",
+                    name(0),
+                    inputs[0],
+                    name(1),
+                    inputs[1]
+                )),
+                _ => Err(format!(
+                    "`Mul` takes two inputs, this one has {}",
+                    inputs.len()
+                )),
+            },
         }
     }
 
@@ -132,6 +155,22 @@ impl Combine {
                     partials: (0..inputs.len())
                         .map(|_| Builder::constant(1.0).build())
                         .collect(),
+                }]
+            }
+            Combine::Mul => {
+                let second = if inputs.get(1) == Some(&out) {
+                    Source::Same
+                } else {
+                    Source::PerChannel {
+                        plane: out.iter().skip(1).product(),
+                    }
+                };
+                let (a, b) = (Builder::arg(0), Builder::arg(1));
+                vec![Region {
+                    range: 0..size,
+                    inputs: vec![(0, Source::Same), (1, second)],
+                    program: (a.clone() * b.clone()).build(),
+                    partials: vec![b.build(), a.build()],
                 }]
             }
         }
@@ -207,6 +246,31 @@ fn gather(region: &Region, inputs: &[&[f32]], n: usize) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mul_broadcasts_a_channel_vector_and_sums_its_gradient() {
+        let (x, s): (&[usize], &[usize]) = (&[2, 1, 2], &[2]);
+        let name = |k: usize| format!("#{k}");
+        assert_eq!(
+            Combine::Mul.output_shape(&[x, s], name).unwrap(),
+            vec![2, 1, 2]
+        );
+        assert_eq!(
+            Combine::Mul.output_shape(&[x, &[2, 1, 1]], name).unwrap(),
+            vec![2, 1, 2]
+        );
+        assert!(Combine::Mul.output_shape(&[x, &[3]], name).is_err());
+        assert!(Combine::Mul.output_shape(&[x, x, x], name).is_err());
+        let regions = Combine::Mul.regions(&[x, s], x);
+        let (a, b) = ([1.0, 2.0, 3.0, 4.0], [10.0, 100.0]);
+        let mut y = [0.0; 4];
+        eval_batch(&regions, &[&a, &b], 1, &mut y);
+        assert_eq!(y, [10.0, 20.0, 300.0, 400.0]);
+        let mut dx = vec![vec![0.0; 4], vec![0.0; 2]];
+        backward_batch(&regions, &[&a, &b], 1, &[1.0; 4], &mut dx);
+        assert_eq!(dx[0], [10.0, 10.0, 100.0, 100.0]);
+        assert_eq!(dx[1], [3.0, 7.0]);
+    }
 
     #[test]
     fn add_sums_and_passes_gradients_through() {
