@@ -23,6 +23,13 @@ fn specs(c: Combine) -> Vec<String> {
              h: Sigmoid y: Mul(a, h)"
                 .into(),
         ],
+        Combine::Concat => vec![
+            format!("{convs} y: Concat(a, b)"),
+            "a: Conv2d(out: 3, kernel: 3, padding: 1) p: MaxPool2d(2) c: Conv2d(input, out: 2, kernel: 2, \
+             stride: 2) y: Concat(p, c, p)"
+                .into(),
+            "a: Flatten s: Linear(out: 5) t: Linear(a, out: 3) y: Concat(s, t) v: Hardswish".into(),
+        ],
     };
     bodies
         .into_iter()

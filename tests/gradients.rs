@@ -314,3 +314,18 @@ fn mul_by_equal_and_broadcast_shapes() {
         );
     }
 }
+
+#[test]
+fn concat_of_channels_and_of_features() {
+    check(
+        "model m { input: [2, 3, 3] a: Conv2d(out: 2, kernel: 1) b: Conv2d(input, out: 3, kernel: 1) \
+         y: Concat(a, b, a) f: Flatten o: Linear(out: 2) }",
+        false,
+        TRAIN,
+    );
+    check(
+        "model m { input: [6] a: Linear(out: 2) b: Linear(input, out: 3) y: Concat(b, a) o: Linear(out: 2) }",
+        false,
+        TRAIN,
+    );
+}

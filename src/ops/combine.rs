@@ -21,10 +21,13 @@ pub enum Combine {
     /// The elementwise product of two tensors of one shape, or of a `[C, H, W]` tensor by a `[C]`
     /// or `[C, 1, 1]` one (broadcast over H and W: squeeze-and-excitation's scaling).
     Mul,
+    /// Concatenation along the channels of `[C, H, W]` tensors with equal H and W, or of `[F]`
+    /// vectors (torch's `cat` on dim 1).
+    Concat,
 }
 
 /// Every name users can write.
-pub const NAMES: &[&str] = &["Add", "Mul"];
+pub const NAMES: &[&str] = &["Add", "Mul", "Concat"];
 
 /// Where, in one sample of an input (C, H, W order), the value for output element `j` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,7 @@ impl Combine {
         match name {
             "Add" => Some(Combine::Add),
             "Mul" => Some(Combine::Mul),
+            "Concat" => Some(Combine::Concat),
             _ => None,
         }
     }
@@ -73,6 +77,7 @@ impl Combine {
         match self {
             Combine::Add => "Add",
             Combine::Mul => "Mul",
+            Combine::Concat => "Concat",
         }
     }
 
@@ -81,6 +86,7 @@ impl Combine {
         match self {
             Combine::Add => "add",
             Combine::Mul => "mul",
+            Combine::Concat => "concat",
         }
     }
 
@@ -89,6 +95,7 @@ impl Combine {
         match self {
             Combine::Add => "Add(a, b)",
             Combine::Mul => "Mul(x, scale)",
+            Combine::Concat => "Concat(a, b)",
         }
     }
 
@@ -135,6 +142,41 @@ impl Combine {
                     inputs.len()
                 )),
             },
+            Combine::Concat => {
+                let mismatch = |k: usize| {
+                    format!(
+                        "`Concat` of {} {:?} and {} {:?}: it joins [C, H, W] tensors of equal H and \
+                         W along C, or [F] vectors",
+                        name(0),
+                        inputs[0],
+                        name(k),
+                        inputs[k]
+                    )
+                };
+                match inputs[0] {
+                    [_, h, w] => {
+                        let mut channels = 0;
+                        for (k, shape) in inputs.iter().enumerate() {
+                            match shape {
+                                [c, hk, wk] if hk == h && wk == w => channels += c,
+                                _ => return Err(mismatch(k)),
+                            }
+                        }
+                        Ok(vec![channels, *h, *w])
+                    }
+                    [_] => {
+                        let mut features = 0;
+                        for (k, shape) in inputs.iter().enumerate() {
+                            match shape {
+                                [f] => features += f,
+                                _ => return Err(mismatch(k)),
+                            }
+                        }
+                        Ok(vec![features])
+                    }
+                    _ => Err(mismatch(0)),
+                }
+            }
         }
     }
 
@@ -172,6 +214,25 @@ impl Combine {
                     program: (a.clone() * b.clone()).build(),
                     partials: vec![b.build(), a.build()],
                 }]
+            }
+            // Input k fills the output's elements after those of the inputs before it.
+            Combine::Concat => {
+                let mut start = 0;
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, shape)| {
+                        let len: usize = shape.iter().product();
+                        let region = Region {
+                            range: start..start + len,
+                            inputs: vec![(k, Source::Offset { start })],
+                            program: Builder::arg(0).build(),
+                            partials: vec![Builder::constant(1.0).build()],
+                        };
+                        start += len;
+                        region
+                    })
+                    .collect()
             }
         }
     }
@@ -246,6 +307,41 @@ fn gather(region: &Region, inputs: &[&[f32]], n: usize) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concat_joins_channels_or_features() {
+        let name = |k: usize| format!("#{k}");
+        let (a, b): (&[usize], &[usize]) = (&[1, 1, 2], &[2, 1, 2]);
+        assert_eq!(
+            Combine::Concat.output_shape(&[a, b], name).unwrap(),
+            vec![3, 1, 2]
+        );
+        assert_eq!(
+            Combine::Concat.output_shape(&[&[3], &[2]], name).unwrap(),
+            vec![5]
+        );
+        assert!(Combine::Concat
+            .output_shape(&[a, &[2, 2, 1]], name)
+            .is_err());
+        assert!(Combine::Concat.output_shape(&[a, &[2]], name).is_err());
+        let regions = Combine::Concat.regions(&[a, b], &[3, 1, 2]);
+        let (x, y) = (
+            [1.0, 2.0, 3.0, 4.0],
+            [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0],
+        );
+        // Two samples each.
+        let mut out = [0.0; 12];
+        eval_batch(&regions, &[&x, &y], 2, &mut out);
+        assert_eq!(
+            out,
+            [1.0, 2.0, 5.0, 6.0, 7.0, 8.0, 3.0, 4.0, 9.0, 10.0, 11.0, 12.0]
+        );
+        let mut dx = vec![vec![0.0; 4], vec![0.0; 8]];
+        let dy: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        backward_batch(&regions, &[&x, &y], 2, &dy, &mut dx);
+        assert_eq!(dx[0], [0.0, 1.0, 6.0, 7.0]);
+        assert_eq!(dx[1], [2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]);
+    }
 
     #[test]
     fn mul_broadcasts_a_channel_vector_and_sums_its_gradient() {
