@@ -329,3 +329,18 @@ fn concat_of_channels_and_of_features() {
         TRAIN,
     );
 }
+
+#[test]
+fn fused_depthwise_conv_bn_frozen_and_not() {
+    let spec = "model m { input: [3, 5, 5] c: Conv2d(out: 3, kernel: 3, groups: 3, padding: 1) \
+                bn: BatchNorm2d(momentum: 0.0) h: Hardswish f: Flatten o: Linear(out: 2) }";
+    check(spec, true, TRAIN);
+    check(
+        spec,
+        true,
+        Mode {
+            bn_frozen: true,
+            ..TRAIN
+        },
+    );
+}

@@ -304,3 +304,39 @@ fn calibrate_quantizes_a_float_checkpoint() {
     assert!(ptq.join("model.qmodel").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The MobileNetV3-style spec (depthwise convs, Hardswish, squeeze-and-excitation with
+/// Hardsigmoid and Mul, a residual Add, a Concat) learns, converts, and its compiled int8 code
+/// gives the interpreter's outputs bit for bit on real test images.
+#[test]
+fn mobilenet_v3_trains_and_compiles_bit_exact() {
+    let spec = checked("specs/mobilenet_v3.qspec");
+    let mut data = mnist(&spec.model);
+    data.train = first(&data.train, 4000);
+    let cfg = spec.model.train.clone().unwrap();
+    let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
+    let outcome = train::train(&mut net, &data, &cfg, 2, &mut Quiet);
+    assert!(
+        outcome.final_acc >= 35.0,
+        "fake-quant test accuracy {} after 2 short epochs (chance is 10 %)",
+        outcome.final_acc
+    );
+    let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
+    let int8_acc = common::int8_accuracy(&graph, &data.test, &cfg);
+    assert!(
+        (int8_acc - outcome.final_acc).abs() < 3.0,
+        "int8 {int8_acc} vs fake quant {}",
+        outcome.final_acc
+    );
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let images: Vec<usize> = (0..100).collect();
+    data.test
+        .batch(&images, &cfg.normalization, &mut x, &mut labels);
+    let want = qatc::interp::run(&graph, &x, images.len()).unwrap();
+    let compiled = qatc::Model::from_graph(graph).unwrap().compile().unwrap();
+    let got = compiled.run(&x).unwrap();
+    assert!(want
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
