@@ -5,8 +5,8 @@
 use rayon::prelude::*;
 
 use crate::int8::{FWeights, QGraph, QOp, QWeights};
+use crate::ir::ConvGeom;
 use crate::ir::Pool2d;
-use crate::ir::{Act, ConvGeom};
 use crate::ops::combine;
 use crate::quant::numerics::{
     average_codes, dequantize, quantize, requant_multiplier, requantize, QParams,
@@ -299,26 +299,16 @@ fn requant(acc: i32, w: &QWeights, o: usize, x: QParams, y: QParams) -> u8 {
     requantize(acc, m, y.zero_point, w.clamp.0, w.clamp.1) as u8
 }
 
-/// A float activation, written with comparisons so that NaN and -0.0 have one defined result
-/// (`f32::max` leaves the sign of a zero unspecified): both give +0.0.
-fn apply_act(act: Act, v: f32) -> f32 {
-    let relu = if v > 0.0 { v } else { 0.0 };
-    match act {
-        Act::None => v,
-        Act::ReLU => relu,
-        Act::ReLU6 => {
-            if relu > 6.0 {
-                6.0
-            } else {
-                relu
-            }
+/// A float layer's fused activation: the activation's program ([`crate::ops::activation`]).
+fn float_act(w: &FWeights, v: Vec<f32>) -> Vec<f32> {
+    match w.act.activation() {
+        Some(a) => {
+            let mut y = vec![0.0; v.len()];
+            a.program().eval(&v, &mut y);
+            y
         }
+        None => v,
     }
-}
-
-fn float_act(w: &FWeights, mut v: Vec<f32>) -> Vec<f32> {
-    v.iter_mut().for_each(|x| *x = apply_act(w.act, *x));
-    v
 }
 
 /// Direct convolution accumulators, `[O, Ho, Wo]`, of an input already offset by its zero point.

@@ -485,22 +485,11 @@ impl Emitter<'_, '_> {
         pop(&mut stack)
     }
 
+    /// A float layer's fused activation: its program, as the interpreter evaluates it.
     pub(super) fn act(&mut self, act: Act, v: Value) -> Value {
-        // As the interpreter: `if v > 0 { v } else { 0 }`, then `if r > 6 { 6 } else { r }`.
-        let zero = self.b.ins().f32const(0.0);
-        match act {
-            Act::None => v,
-            Act::ReLU | Act::ReLU6 => {
-                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
-                let r = self.b.ins().select(pos, v, zero);
-                if act == Act::ReLU6 {
-                    let six = self.b.ins().f32const(6.0);
-                    let over = self.b.ins().fcmp(FloatCC::GreaterThan, r, six);
-                    self.b.ins().select(over, six, r)
-                } else {
-                    r
-                }
-            }
+        match act.activation() {
+            Some(a) => self.program(&a.program(), v),
+            None => v,
         }
     }
 
