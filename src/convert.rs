@@ -144,7 +144,7 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                     }
                 }
             }
-            (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
+            (Op::BatchNorm(_), NodeState::Bn(bn)) => {
                 let (scale, shift) = bn.affine();
                 if quantized_in {
                     let out = out_fq()?;
@@ -212,7 +212,7 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 push(&mut nodes, QOp::Combine(*c), ty)
             }
             // The state of a layer with parameters does not match it.
-            (op @ (Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm2d(_)), _) => {
+            (op @ (Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm(_)), _) => {
                 return Err(format!(
                     "convert: layer `{}` ({}) has no state",
                     node.name,

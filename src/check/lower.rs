@@ -52,8 +52,14 @@ pub fn lower(model: &CheckedModel) -> Graph {
             LayerKind::AvgPool2d(p) => Op::AvgPool2d(*p),
             LayerKind::GlobalAvgPool => Op::GlobalAvgPool,
             LayerKind::Flatten => Op::Flatten,
-            LayerKind::BatchNorm2d { eps, momentum, .. } => Op::BatchNorm2d(BnAttrs {
+            LayerKind::Norm {
+                kind,
+                eps,
+                momentum,
+                ..
+            } => Op::BatchNorm(BnAttrs {
                 name: layer.name.clone(),
+                kind: *kind,
                 eps: *eps,
                 momentum: *momentum,
             }),

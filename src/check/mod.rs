@@ -17,6 +17,7 @@ pub use table::model_table;
 use crate::diag::{suggest, suggest_among, Diag, Span};
 use crate::ir::{Activation, Combine, Pool2d};
 use crate::limits;
+use crate::ops::norm::{self, Norm};
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
 
@@ -82,7 +83,8 @@ pub enum LayerKind {
     /// Average over H and W: `[C, H, W] -> [C, 1, 1]`, as `AdaptiveAvgPool2d(1)`.
     GlobalAvgPool,
     Flatten,
-    BatchNorm2d {
+    Norm {
+        kind: Norm,
         channels: usize,
         eps: f64,
         momentum: f64,
@@ -145,7 +147,7 @@ impl LayerKind {
                 }
                 s + ")"
             }
-            LayerKind::BatchNorm2d { channels, .. } => format!("BatchNorm2d({channels})"),
+            LayerKind::Norm { kind, channels, .. } => format!("{}({channels})", kind.name()),
             LayerKind::Dropout { p } => format!("Dropout({p})"),
             LayerKind::Activation(a) => {
                 let args: Vec<String> = a.args().iter().map(|(_, v)| v.to_string()).collect();
@@ -731,12 +733,31 @@ fn infer_layer(
             }
             Some((LayerKind::GlobalAvgPool, vec![c, 1, 1], 0, 0))
         }
-        Op::BatchNorm2d { eps, momentum } => {
-            let (c, _, _) = want_chw(diags)?;
-            let kind = LayerKind::BatchNorm2d {
+        Op::Norm(n) => {
+            let Some(c) = n.kind.channels(x) else {
+                diags.push(
+                    Diag::error(
+                        span,
+                        format!(
+                            "`{ty}` needs {}, but {} gives {}",
+                            n.kind.input_text(),
+                            source_name(0),
+                            shape_text(x)
+                        ),
+                    )
+                    .with_label(format!(
+                        "expects a {}-D input per sample, got {}-D",
+                        n.kind.dims(),
+                        x.len()
+                    )),
+                );
+                return None;
+            };
+            let kind = LayerKind::Norm {
+                kind: n.kind,
                 channels: c,
-                eps: eps.unwrap_or(1e-5),
-                momentum: momentum.unwrap_or(0.1),
+                eps: n.eps.unwrap_or(norm::DEFAULT_EPS),
+                momentum: n.momentum.unwrap_or(norm::DEFAULT_MOMENTUM),
             };
             Some((kind, x.clone(), 2 * c, 0))
         }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ops::activation::{Act, Activation, Quantized};
 pub use crate::ops::combine::Combine;
+pub use crate::ops::norm::{Host, Norm};
 use crate::quant::numerics::QParams;
 use crate::quant::qconfig::{FakeQuantConfig, QConfig};
 
@@ -38,12 +39,10 @@ pub struct Node {
 /// A node's part in fusion.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fusion {
-    /// A Conv2d or Linear that takes what follows it (a BatchNorm only for a Conv2d, then an
-    /// activation).
-    Head {
-        takes_bn: bool,
-    },
-    /// A BatchNorm2d a Conv2d can absorb.
+    /// A Conv2d or Linear that takes what follows it: a BatchNorm whose host it is, then an
+    /// activation.
+    Head(Host),
+    /// A BatchNorm its host can absorb.
     BatchNorm(BnAttrs),
     /// An activation that becomes the clamp of the layer before it.
     Act(Act),
@@ -94,6 +93,7 @@ impl ConvGeom {
 pub struct BnAttrs {
     /// The BatchNorm layer's name (its parameters are stored under it).
     pub name: String,
+    pub kind: Norm,
     pub eps: f64,
     pub momentum: f64,
 }
@@ -120,7 +120,7 @@ pub enum Op {
         act: Act,
         weight_fq: Option<FakeQuantConfig>,
     },
-    BatchNorm2d(BnAttrs),
+    BatchNorm(BnAttrs),
     /// A standalone elementwise activation.
     Activation(Activation),
     MaxPool2d(Pool2d),
@@ -144,7 +144,7 @@ impl Op {
             Op::Input => "input",
             Op::Linear { .. } => "linear",
             Op::Conv2d { .. } => "conv2d",
-            Op::BatchNorm2d(_) => "batch_norm2d",
+            Op::BatchNorm(b) => b.kind.mnemonic(),
             Op::Activation(a) => a.mnemonic(),
             Op::MaxPool2d(_) => "max_pool2d",
             Op::AvgPool2d(_) => "avg_pool2d",
@@ -164,9 +164,9 @@ impl Op {
                 bn: None,
                 act: Act::None,
                 ..
-            } => Fusion::Head { takes_bn: true },
-            Op::Linear { act: Act::None, .. } => Fusion::Head { takes_bn: false },
-            Op::BatchNorm2d(attrs) => Fusion::BatchNorm(attrs.clone()),
+            } => Fusion::Head(Host::Conv2d),
+            Op::Linear { act: Act::None, .. } => Fusion::Head(Host::Linear),
+            Op::BatchNorm(attrs) => Fusion::BatchNorm(attrs.clone()),
             Op::Activation(a) => a.fused().map_or(Fusion::None, Fusion::Act),
             // Already fused, or never part of a pattern.
             Op::Conv2d { .. }
@@ -186,7 +186,7 @@ impl Op {
     /// Where the output's quantization parameters come from when the node is quantized.
     pub fn output_quant(&self) -> OutputQuant {
         match self {
-            Op::Linear { .. } | Op::Conv2d { .. } | Op::Combine(_) | Op::BatchNorm2d(_) => {
+            Op::Linear { .. } | Op::Conv2d { .. } | Op::Combine(_) | Op::BatchNorm(_) => {
                 OutputQuant::Observed
             }
             Op::Activation(a) => match a.quantized() {
@@ -257,10 +257,16 @@ impl Op {
                 Ok(vec![c, ho, wo])
             }
             Op::GlobalAvgPool => chw(&one()?).map(|(c, _, _)| vec![c, 1, 1]),
-            Op::BatchNorm2d(_) => {
+            Op::BatchNorm(b) => {
                 let x = one()?;
-                chw(&x)?;
-                Ok(x)
+                match b.kind.channels(&x) {
+                    Some(_) => Ok(x),
+                    None => Err(format!(
+                        "{} needs {}, got {x:?}",
+                        b.kind.mnemonic(),
+                        b.kind.input_text()
+                    )),
+                }
             }
             Op::Flatten => Ok(vec![one()?.iter().product()]),
             Op::Activation(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
@@ -428,7 +434,7 @@ fn attrs_text(op: &Op) -> String {
             parts.extend(act_text(*act).map(String::from));
             parts.extend(weight_fq.map(|fq| format!("weight_fq=[{}]", fq.describe())));
         }
-        Op::BatchNorm2d(b) => parts.push(format!("eps={:?} momentum={:?}", b.eps, b.momentum)),
+        Op::BatchNorm(b) => parts.push(format!("eps={:?} momentum={:?}", b.eps, b.momentum)),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => parts.push(format!(
             "k={} s={} p={}",
             hw(p.kernel),

@@ -5,3 +5,4 @@
 pub mod activation;
 pub mod combine;
 pub mod expr;
+pub mod norm;

@@ -20,15 +20,15 @@ pub fn fuse(graph: &Graph) -> Graph {
         if absorbed_into[i].is_some() {
             continue;
         }
-        let Fusion::Head { takes_bn } = graph.nodes[i].op.fusion() else {
+        let Fusion::Head(host) = graph.nodes[i].op.fusion() else {
             continue;
         };
         let mut tail = i;
-        if takes_bn {
-            if let Some(u) = sole_user(tail) {
-                if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. }) =
-                    (graph.nodes[u].op.fusion(), &mut fused[i].op)
-                {
+        if let Some(u) = sole_user(tail) {
+            if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. }) =
+                (graph.nodes[u].op.fusion(), &mut fused[i].op)
+            {
+                if attrs.kind.host() == host {
                     *bn = Some(attrs);
                     absorbed_into[u] = Some(i);
                     tail = u;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use crate::diag::Span;
 use crate::ops::activation::Activation;
 use crate::ops::combine::Combine;
+use crate::ops::norm::Norm;
 pub use crate::quant::qconfig::{
     Backend, DType, FakeQuantSpec, ObserverKind, Scheme, BACKEND_NAMES,
 };
@@ -135,22 +136,49 @@ pub enum Op {
     AvgPool2d(Pool),
     GlobalAvgPool,
     Flatten,
-    BatchNorm2d {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        eps: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        momentum: Option<f64>,
-    },
     Dropout {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         p: Option<f64>,
     },
+    /// A normalization (`BatchNorm2d`, ...): its name is the `type`.
+    #[serde(untagged, skip_deserializing)]
+    Norm(NormSpec),
     /// An op combining its inputs (`Add`, ...): its name is the `type`.
     #[serde(untagged, skip_deserializing)]
     Combine(CombineSpec),
     /// An elementwise activation (`ReLU`, ...): its name is the `type`.
     #[serde(untagged, skip_deserializing)]
     Activation(ActivationSpec),
+}
+
+/// A normalization with the arguments the user wrote; its YAML form is
+/// `{ type: Name, eps: ..., momentum: ... }`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormSpec {
+    #[serde(rename = "type", with = "norm_name")]
+    pub kind: Norm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+}
+
+/// A [`Norm`] as its name.
+mod norm_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::ops::norm::Norm;
+
+    pub fn serialize<S: Serializer>(norm: &Norm, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(norm.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Norm, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Norm::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown normalization `{name}`")))
+    }
 }
 
 /// An op combining its inputs, in the AST; its YAML form is `{ type: Name }`.
@@ -178,6 +206,11 @@ impl<'de> Deserialize<'de> for Op {
         let value = serde_yaml::Value::deserialize(deserializer)?;
         let name = value.get("type").and_then(|t| t.as_str()).unwrap_or("");
         let activation = Activation::params(name).is_some();
+        if Norm::from_name(name).is_some() {
+            return NormSpec::deserialize(value)
+                .map(Op::Norm)
+                .map_err(D::Error::custom);
+        }
         if let Some(combine) = Combine::from_name(name) {
             if let Some(extra) = value
                 .as_mapping()
@@ -193,6 +226,7 @@ impl<'de> Deserialize<'de> for Op {
         if !activation && !OP_NAMES.contains(&name) {
             let names: Vec<String> = OP_NAMES
                 .iter()
+                .chain(crate::ops::norm::NAMES)
                 .chain(crate::ops::combine::NAMES)
                 .chain(crate::ops::activation::NAMES)
                 .map(|n| format!("`{n}`"))
@@ -306,7 +340,6 @@ pub const OP_NAMES: &[&str] = &[
     "AvgPool2d",
     "GlobalAvgPool",
     "Flatten",
-    "BatchNorm2d",
     "Dropout",
 ];
 
@@ -321,7 +354,7 @@ impl Op {
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool => "GlobalAvgPool",
             Op::Flatten => "Flatten",
-            Op::BatchNorm2d { .. } => "BatchNorm2d",
+            Op::Norm(n) => n.kind.name(),
             Op::Dropout { .. } => "Dropout",
         }
     }

@@ -82,9 +82,9 @@ pub fn layer_text(layer: &Layer) -> String {
             named("stride", pool.stride.map(size2));
             named("padding", pool.padding.map(size2));
         }
-        Op::BatchNorm2d { eps, momentum } => {
-            named("eps", eps.map(number));
-            named("momentum", momentum.map(number));
+        Op::Norm(n) => {
+            named("eps", n.eps.map(number));
+            named("momentum", n.momentum.map(number));
         }
         Op::Dropout { p } => named("p", p.map(number)),
         Op::Activation(a) => {

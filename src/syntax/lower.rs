@@ -10,6 +10,7 @@ use super::cst::{self, Arg, BlockKind, Entry, Item, Value, ValueKind};
 use crate::diag::{suggest, Diag};
 use crate::ops::activation::{Activation, NAMES as ACTIVATION_NAMES};
 use crate::ops::combine::{Combine, NAMES as COMBINE_NAMES};
+use crate::ops::norm::{Norm, NAMES as NORM_NAMES};
 
 /// Lowers a parsed file, or returns every error found.
 pub fn lower(file: &cst::File) -> Result<Spec, Vec<Diag>> {
@@ -258,7 +259,7 @@ impl Lower {
                 &["kernel", "stride", "padding"],
                 &["kernel", "stride", "padding"],
             ),
-            "BatchNorm2d" => (&["eps", "momentum"], &[]),
+            name if Norm::from_name(name).is_some() => (&["eps", "momentum"], &[]),
             "AdaptiveAvgPool2d" => (&["output_size"], &["output_size"]),
             "Dropout" => (&["p"], &["p"]),
             "GlobalAvgPool" | "Flatten" => (&[], &[]),
@@ -268,6 +269,7 @@ impl Lower {
                     .with_label("not a layer type");
                 let names: Vec<&str> = OP_NAMES
                     .iter()
+                    .chain(NORM_NAMES)
                     .chain(COMBINE_NAMES)
                     .chain(ACTIVATION_NAMES)
                     .chain(&["AdaptiveAvgPool2d"])
@@ -323,14 +325,15 @@ impl Lower {
                     Op::AvgPool2d(pool)
                 }
             }
-            "BatchNorm2d" => Op::BatchNorm2d {
+            name if Norm::from_name(name).is_some() => Op::Norm(NormSpec {
+                kind: Norm::from_name(name)?,
                 eps: self.opt(&bound, "eps", |cx, v| {
                     cx.float_in(v, "`eps`", 0.0, f64::MAX, false)
                 })?,
                 momentum: self.opt(&bound, "momentum", |cx, v| {
                     cx.float_in(v, "`momentum`", 0.0, 1.0, true)
                 })?,
-            },
+            }),
             "Dropout" => Op::Dropout {
                 p: self.opt(&bound, "p", |cx, v| cx.float_in(v, "`p`", 0.0, 1.0, true))?,
             },

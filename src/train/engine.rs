@@ -253,7 +253,7 @@ impl Net {
                         },
                     )
                 }
-                (Op::BatchNorm2d(_), NodeState::Bn(bn)) => {
+                (Op::BatchNorm(_), NodeState::Bn(bn)) => {
                     let mut y = kernels::copy(input(0));
                     let t = batch_norm_forward(&mut y, bn, mode);
                     (y, Aux::Bn(t))
@@ -364,7 +364,7 @@ impl Net {
                 (
                     op @ (Op::Linear { .. }
                     | Op::Conv2d { .. }
-                    | Op::BatchNorm2d(_)
+                    | Op::BatchNorm(_)
                     | Op::FakeQuant(_)),
                     _,
                 ) => unreachable!(
@@ -498,7 +498,7 @@ impl Net {
                         }
                         vec![dx]
                     }
-                    (Op::BatchNorm2d(_), NodeState::Bn(bn), Aux::Bn(t)) => {
+                    (Op::BatchNorm(_), NodeState::Bn(bn), Aux::Bn(t)) => {
                         batch_norm_backward(&mut dy, bn, t);
                         vec![Some(dy)]
                     }
@@ -591,10 +591,7 @@ impl Net {
                     // The input is never back-propagated (`i >= 1`); the forward pass pairs every
                     // op with its own state and tape.
                     (
-                        op @ (Op::Input
-                        | Op::Linear { .. }
-                        | Op::Conv2d { .. }
-                        | Op::BatchNorm2d(_)),
+                        op @ (Op::Input | Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm(_)),
                         _,
                         _,
                     ) => unreachable!(
@@ -664,7 +661,7 @@ fn qat_swap_draws(node: &Node) -> usize {
         Op::Linear { .. }
         | Op::Conv2d { .. }
         | Op::Input
-        | Op::BatchNorm2d(_)
+        | Op::BatchNorm(_)
         | Op::Activation(_)
         | Op::MaxPool2d(_)
         | Op::AvgPool2d(_)
@@ -747,7 +744,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
                 weight_obs: weight_obs(weight_fq),
             }
         }
-        Op::BatchNorm2d(attrs) => NodeState::Bn(bn_state(attrs, node.shape[0])),
+        Op::BatchNorm(attrs) => NodeState::Bn(bn_state(attrs, node.shape[0])),
         Op::FakeQuant(cfg) => NodeState::FakeQuant {
             obs: Observer::new(*cfg),
         },
