@@ -73,9 +73,16 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 NodeState::Linear {
                     weight,
                     bias,
+                    bn,
                     weight_obs,
                 },
             ) => {
+                if bn.is_some() {
+                    return Err(format!(
+                        "layer `{}`: internal error: its BatchNorm was not folded",
+                        node.name
+                    ));
+                }
                 let layer = WeightLayer {
                     weight: weight.value.clone(),
                     bias: bias_values(bias.as_ref(), *out_features),

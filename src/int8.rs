@@ -178,12 +178,12 @@ impl QOp {
             QOp::GlobalAvgPool => "global_avg_pool",
             QOp::Flatten => "flatten",
             QOp::Combine(c) => c.mnemonic(),
-            QOp::BatchNorm { .. } => "batch_norm2d",
+            QOp::BatchNorm { .. } => "batch_norm",
             QOp::FloatLinear { .. } => "linear",
             QOp::FloatConv2d { .. } => "conv2d",
             QOp::FloatAct(a) => a.mnemonic(),
             QOp::Lut { .. } => "lut",
-            QOp::FloatBatchNorm { .. } => "batch_norm2d",
+            QOp::FloatBatchNorm { .. } => "batch_norm",
         }
     }
 }
@@ -508,12 +508,17 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 window(p.kernel, p.stride, p.padding, &mut shape_err)
             }
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
-                if x.shape.len() != 3
+                if !matches!(x.shape.len(), 1 | 3)
                     || scale.len() != x.shape[0]
                     || shift.len() != x.shape[0]
                     || scale.iter().chain(shift).any(|v| !v.is_finite())
                 {
-                    shape_err(format!("batch norm needs [C, H, W] input and C finite scales and shifts, has {} and {}", scale.len(), shift.len()));
+                    shape_err(format!(
+                        "batch norm needs a [C, H, W] or [C] input and C finite scales and \
+                         shifts, has {} and {}",
+                        scale.len(),
+                        shift.len()
+                    ));
                 }
                 Some(x.shape.clone())
             }

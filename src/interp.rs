@@ -219,7 +219,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
             }
             QOp::BatchNorm { scale, shift } => {
                 let (xq, yq) = (in_q(0).expect("u8"), out_q.expect("u8"));
-                let p = node.shape[1] * node.shape[2];
+                let p: usize = node.shape[1..].iter().product();
                 Value::U8(
                     arg(0)
                         .u8()
@@ -273,7 +273,7 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                 Value::F32(y)
             }
             QOp::FloatBatchNorm { scale, shift } => {
-                let p = node.shape[1] * node.shape[2];
+                let p: usize = node.shape[1..].iter().product();
                 Value::F32(
                     arg(0)
                         .f32()

@@ -22,6 +22,7 @@ pub fn lower(model: &CheckedModel) -> Graph {
                 in_features: *in_features,
                 out_features: *out_features,
                 bias: *bias,
+                bn: None,
                 act: Act::None,
                 weight_fq: None,
             },

@@ -107,6 +107,8 @@ pub enum Op {
         in_features: usize,
         out_features: usize,
         bias: bool,
+        /// A fused BatchNorm1d (QAT LinearBn1d semantics, as a Conv2d's BatchNorm).
+        bn: Option<BnAttrs>,
         act: Act,
         /// Fake quantization of the weight (set by prepare_qat).
         weight_fq: Option<FakeQuantConfig>,
@@ -165,7 +167,11 @@ impl Op {
                 act: Act::None,
                 ..
             } => Fusion::Head(Host::Conv2d),
-            Op::Linear { act: Act::None, .. } => Fusion::Head(Host::Linear),
+            Op::Linear {
+                bn: None,
+                act: Act::None,
+                ..
+            } => Fusion::Head(Host::Linear),
             Op::BatchNorm(attrs) => Fusion::BatchNorm(attrs.clone()),
             Op::Activation(a) => a.fused().map_or(Fusion::None, Fusion::Act),
             // Already fused, or never part of a pattern.
@@ -398,6 +404,7 @@ fn attrs_text(op: &Op) -> String {
             in_features,
             out_features,
             bias,
+            bn,
             act,
             weight_fq,
         } => {
@@ -405,6 +412,10 @@ fn attrs_text(op: &Op) -> String {
             if !bias {
                 parts.push("bias=false".into());
             }
+            parts.extend(
+                bn.as_ref()
+                    .map(|b| format!("bn={} eps={:?} momentum={:?}", b.name, b.eps, b.momentum)),
+            );
             parts.extend(act_text(*act).map(String::from));
             parts.extend(weight_fq.map(|fq| format!("weight_fq=[{}]", fq.describe())));
         }

@@ -25,7 +25,7 @@ pub fn fuse(graph: &Graph) -> Graph {
         };
         let mut tail = i;
         if let Some(u) = sole_user(tail) {
-            if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. }) =
+            if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. } | Op::Linear { bn, .. }) =
                 (graph.nodes[u].op.fusion(), &mut fused[i].op)
             {
                 if attrs.kind.host() == host {

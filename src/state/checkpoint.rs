@@ -36,15 +36,10 @@ pub fn state_tensors(graph: &Graph, state: &State) -> Vec<(String, Vec<usize>, V
             NodeState::Linear {
                 weight,
                 bias,
+                bn,
                 weight_obs,
-            } => {
-                params.push(weight);
-                params.extend(bias.as_ref());
-                if let Some(obs) = weight_obs {
-                    observer(&mut out, format!("{}.weight_fake_quant", node.name), obs);
-                }
             }
-            NodeState::Conv {
+            | NodeState::Conv {
                 weight,
                 bias,
                 bn,
@@ -178,6 +173,7 @@ pub fn load(
                 weight,
                 bias,
                 weight_obs,
+                ..
             }
             | NodeState::Conv {
                 weight,
@@ -200,7 +196,9 @@ pub fn load(
             NodeState::Bn(_) | NodeState::None => {}
         }
         match state {
-            NodeState::Conv { bn: Some(bn), .. } => bn_state = Some(&mut **bn),
+            NodeState::Conv { bn: Some(bn), .. } | NodeState::Linear { bn: Some(bn), .. } => {
+                bn_state = Some(&mut **bn)
+            }
             NodeState::Bn(bn) => bn_state = Some(bn),
             _ => {}
         }

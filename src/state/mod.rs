@@ -46,6 +46,8 @@ pub enum NodeState {
     Linear {
         weight: Param,
         bias: Option<Param>,
+        /// A fused BatchNorm1d (LinearBn1d).
+        bn: Option<Box<BnState>>,
         weight_obs: Option<Observer>,
     },
     Conv {
@@ -72,11 +74,10 @@ impl State {
         let mut out = Vec::new();
         for s in &mut self.nodes {
             match s {
-                NodeState::Linear { weight, bias, .. } => {
-                    out.push(weight);
-                    out.extend(bias.as_mut());
+                NodeState::Linear {
+                    weight, bias, bn, ..
                 }
-                NodeState::Conv {
+                | NodeState::Conv {
                     weight, bias, bn, ..
                 } => {
                     out.push(weight);

@@ -85,7 +85,10 @@ enum Aux {
     /// from the input in the backward pass).
     FakeQuant(QParams, i32, i32),
     Dropout(Vec<f32>),
-    Linear(WeightTape),
+    Linear {
+        weight: WeightTape,
+        bn: Option<BnTape>,
+    },
     Conv {
         weight: WeightTape,
         bn: Option<BnTape>,
@@ -175,28 +178,57 @@ impl Net {
                     NodeState::Linear {
                         weight,
                         bias,
+                        bn,
                         weight_obs,
                     },
                 ) => {
+                    let o = *out_features;
+                    let fold = bn.as_ref().map(|bn| bn.fold_scale());
                     let wt = weight_tape(
                         &weight.value,
-                        None,
-                        *out_features,
+                        fold,
+                        o,
                         weight_fq.is_some(),
                         weight_obs,
                         node,
                         mode,
                     );
-                    let mut y = kernels::linear_forward(
-                        input(0),
-                        &wt.used,
-                        bias.as_ref().map(|b| b.value.as_slice()),
-                        batch,
-                        *in_features,
-                        *out_features,
-                    );
+                    let (mut y, bn_tape) = match (bn, &wt.fold) {
+                        (Some(bn), Some(fold)) => {
+                            // LinearBn1d QAT, on the output's channel-major transpose [O, N].
+                            let z = kernels::linear_forward(
+                                input(0),
+                                &wt.used,
+                                None,
+                                batch,
+                                *in_features,
+                                o,
+                            );
+                            let mut zt = kernels::transpose_batch_channels(&z, batch, o, 1, true);
+                            let t = fused_bn_forward(&mut zt, o, fold, bias.as_ref(), bn, mode);
+                            let y = kernels::transpose_batch_channels(&zt, batch, o, 1, false);
+                            (y, Some(t))
+                        }
+                        _ => {
+                            let y = kernels::linear_forward(
+                                input(0),
+                                &wt.used,
+                                bias.as_ref().map(|b| b.value.as_slice()),
+                                batch,
+                                *in_features,
+                                o,
+                            );
+                            (y, None)
+                        }
+                    };
                     kernels::act_forward(*act, &mut y);
-                    (y, Aux::Linear(wt))
+                    (
+                        y,
+                        Aux::Linear {
+                            weight: wt,
+                            bn: bn_tape,
+                        },
+                    )
                 }
                 (
                     Op::Conv2d {
@@ -227,14 +259,7 @@ impl Net {
                     let o = geom.out_channels;
                     let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
-                            // Undo the folding, add the conv bias, then BatchNorm (ConvBn2d QAT).
-                            let z = y.clone();
-                            let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-                            let shift = bias.as_ref().map_or(vec![0.0; o], |b| b.value.clone());
-                            kernels::channel_affine(&mut y, o, &unfold, &shift);
-                            let mut t = batch_norm_forward(&mut y, bn, mode);
-                            t.z = z;
-                            Some(t)
+                            Some(fused_bn_forward(&mut y, o, fold, bias.as_ref(), bn, mode))
                         }
                         _ => None,
                     };
@@ -253,11 +278,21 @@ impl Net {
                         },
                     )
                 }
-                (Op::BatchNorm(_), NodeState::Bn(bn)) => {
-                    let mut y = kernels::copy(input(0));
-                    let t = batch_norm_forward(&mut y, bn, mode);
-                    (y, Aux::Bn(t))
-                }
+                (Op::BatchNorm(_), NodeState::Bn(bn)) => match in_shape(0) {
+                    // Vectors are [N, F]: normalized on their transpose [F, N].
+                    [f] => {
+                        let mut xt =
+                            kernels::transpose_batch_channels(input(0), batch, *f, 1, true);
+                        let t = batch_norm_forward(&mut xt, bn, mode);
+                        let y = kernels::transpose_batch_channels(&xt, batch, *f, 1, false);
+                        (y, Aux::Bn(t))
+                    }
+                    _ => {
+                        let mut y = kernels::copy(input(0));
+                        let t = batch_norm_forward(&mut y, bn, mode);
+                        (y, Aux::Bn(t))
+                    }
+                },
                 (Op::Activation(a), _) => {
                     let x = input(0);
                     let mut y = vec![0.0; x.len()];
@@ -409,22 +444,44 @@ impl Net {
                             act,
                             ..
                         },
-                        NodeState::Linear { weight, bias, .. },
-                        Aux::Linear(wt),
+                        NodeState::Linear {
+                            weight, bias, bn, ..
+                        },
+                        Aux::Linear {
+                            weight: wt,
+                            bn: bn_tape,
+                        },
                     ) => {
                         kernels::act_backward(*act, y, &mut dy);
-                        let dims = (batch, *in_features, *out_features);
+                        let o = *out_features;
+                        let mut d_fold = None;
+                        if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
+                            let mut dyt = kernels::transpose_batch_channels(&dy, batch, o, 1, true);
+                            d_fold =
+                                Some(fused_bn_backward(&mut dyt, o, fold, bias.as_mut(), bn, t));
+                            dy = kernels::transpose_batch_channels(&dyt, batch, o, 1, false);
+                        }
+                        let dims = (batch, *in_features, o);
+                        let bias_grad = match d_fold {
+                            Some(_) => None,
+                            None => bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                        };
                         let dx = kernels::linear_backward(
                             input(0),
                             &wt.used,
                             &dy,
                             dims,
                             &mut weight.grad,
-                            bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                            bias_grad,
                             want_dx,
                         );
                         if let Some(mask) = &wt.mask {
                             mask_gradient(&mut weight.grad, mask);
+                        }
+                        if let (Some(fold), Some(bn), Some(d_fold)) =
+                            (&wt.fold, bn.as_mut(), d_fold)
+                        {
+                            unfold_weight_gradient(weight, fold, bn, d_fold);
                         }
                         vec![dx]
                     }
@@ -444,16 +501,8 @@ impl Net {
                         // d(fold) per channel, for the fused BatchNorm's gamma.
                         let mut d_fold: Option<Vec<f32>> = None;
                         if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
-                            batch_norm_backward(&mut dy, bn, t);
-                            // dy is now d(u), u = z / fold + bias.
-                            if let Some(b) = bias.as_mut() {
-                                b.grad = kernels::channel_sums(&dy, o);
-                            }
-                            let du_z = kernels::channel_dot(&dy, &t.z, o);
                             d_fold =
-                                Some(fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect());
-                            let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-                            kernels::channel_affine(&mut dy, o, &unfold, &vec![0.0; o]);
+                                Some(fused_bn_backward(&mut dy, o, fold, bias.as_mut(), bn, t));
                         } else if let Some(b) = bias.as_mut() {
                             b.grad = kernels::channel_sums(&dy, o);
                         }
@@ -472,36 +521,26 @@ impl Net {
                             mask_gradient(&mut weight.grad, mask);
                         }
                         if let (Some(fold), Some(bn), Some(d_fold)) =
-                            (&wt.fold, bn.as_mut(), d_fold.as_mut())
+                            (&wt.fold, bn.as_mut(), d_fold)
                         {
-                            let k = weight.value.len() / o;
-                            for c in 0..o {
-                                let rows = c * k..(c + 1) * k;
-                                let g = &mut weight.grad[rows.clone()];
-                                d_fold[c] += g
-                                    .iter()
-                                    .zip(&weight.value[rows])
-                                    .map(|(a, b)| a * b)
-                                    .sum::<f32>();
-                                g.iter_mut().for_each(|v| *v *= fold[c]);
-                            }
-                            let eps = bn.attrs.eps as f32;
-                            for ((g, d), v) in bn
-                                .gamma
-                                .grad
-                                .iter_mut()
-                                .zip(d_fold.iter())
-                                .zip(&bn.running_var)
-                            {
-                                *g += d / (v + eps).sqrt();
-                            }
+                            unfold_weight_gradient(weight, fold, bn, d_fold);
                         }
                         vec![dx]
                     }
-                    (Op::BatchNorm(_), NodeState::Bn(bn), Aux::Bn(t)) => {
-                        batch_norm_backward(&mut dy, bn, t);
-                        vec![Some(dy)]
-                    }
+                    (Op::BatchNorm(_), NodeState::Bn(bn), Aux::Bn(t)) => match in_shape(0) {
+                        [f] => {
+                            let mut dyt =
+                                kernels::transpose_batch_channels(&dy, batch, *f, 1, true);
+                            batch_norm_backward(&mut dyt, bn, t);
+                            vec![Some(kernels::transpose_batch_channels(
+                                &dyt, batch, *f, 1, false,
+                            ))]
+                        }
+                        _ => {
+                            batch_norm_backward(&mut dy, bn, t);
+                            vec![Some(dy)]
+                        }
+                    },
                     (Op::Activation(a), _, _) => {
                         // dx = dy · f'(x).
                         let x = input(0);
@@ -643,9 +682,10 @@ fn qat_swap_draws(node: &Node) -> usize {
             in_features,
             out_features,
             bias,
+            bn,
             weight_fq: Some(_),
             ..
-        } if qat => out_features * (in_features + usize::from(*bias)),
+        } if qat => out_features * (in_features + usize::from(*bias) + usize::from(bn.is_some())),
         Op::Conv2d {
             geom,
             bias,
@@ -686,6 +726,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
             in_features,
             out_features,
             bias,
+            bn,
             weight_fq,
             ..
         } => {
@@ -708,6 +749,9 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
                     w,
                 ),
                 bias: b,
+                bn: bn
+                    .as_ref()
+                    .map(|attrs| Box::new(bn_state(attrs, *out_features))),
                 weight_obs: weight_obs(weight_fq),
             }
         }
@@ -845,6 +889,80 @@ fn from_samples(x: Vec<f32>, shape: &[usize], batch: usize) -> Vec<f32> {
     match shape {
         [c, h, w] => kernels::transpose_batch_channels(&x, batch, *c, h * w, true),
         _ => x,
+    }
+}
+
+/// ConvBn2d and LinearBn1d QAT after the layer's raw output `z` (channel-major, `[O, N·P]`,
+/// computed with the folded weight): undo the folding, add the bias, then BatchNorm. `z` becomes
+/// the BatchNorm's output.
+fn fused_bn_forward(
+    z: &mut [f32],
+    o: usize,
+    fold: &[f32],
+    bias: Option<&Param>,
+    bn: &mut BnState,
+    mode: Mode,
+) -> BnTape {
+    let raw = z.to_vec();
+    let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
+    let shift = bias.map_or(vec![0.0; o], |b| b.value.clone());
+    kernels::channel_affine(z, o, &unfold, &shift);
+    let mut t = batch_norm_forward(z, bn, mode);
+    t.z = raw;
+    t
+}
+
+/// The backward of [`fused_bn_forward`]: turns `dy` into the gradient of the raw output, sets
+/// the bias's gradient, and returns the gradient of each channel's folding factor.
+fn fused_bn_backward(
+    dy: &mut [f32],
+    o: usize,
+    fold: &[f32],
+    bias: Option<&mut Param>,
+    bn: &mut BnState,
+    t: &BnTape,
+) -> Vec<f32> {
+    batch_norm_backward(dy, bn, t);
+    // dy is now d(u), u = z / fold + bias.
+    if let Some(b) = bias {
+        b.grad = kernels::channel_sums(dy, o);
+    }
+    let du_z = kernels::channel_dot(dy, &t.z, o);
+    let d_fold = fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect();
+    let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
+    kernels::channel_affine(dy, o, &unfold, &vec![0.0; o]);
+    d_fold
+}
+
+/// With a fused BatchNorm, `weight.grad` is the gradient of the folded weight: turns it into
+/// the weight's, and adds the folding factor's share to gamma's gradient.
+fn unfold_weight_gradient(
+    weight: &mut Param,
+    fold: &[f32],
+    bn: &mut BnState,
+    mut d_fold: Vec<f32>,
+) {
+    let o = fold.len();
+    let k = weight.value.len() / o.max(1);
+    for c in 0..o {
+        let rows = c * k..(c + 1) * k;
+        let g = &mut weight.grad[rows.clone()];
+        d_fold[c] += g
+            .iter()
+            .zip(&weight.value[rows])
+            .map(|(a, b)| a * b)
+            .sum::<f32>();
+        g.iter_mut().for_each(|v| *v *= fold[c]);
+    }
+    let eps = bn.attrs.eps as f32;
+    for ((g, d), v) in bn
+        .gamma
+        .grad
+        .iter_mut()
+        .zip(d_fold.iter())
+        .zip(&bn.running_var)
+    {
+        *g += d / (v + eps).sqrt();
     }
 }
 
