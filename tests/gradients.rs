@@ -344,3 +344,51 @@ fn fused_depthwise_conv_bn_frozen_and_not() {
         },
     );
 }
+
+#[test]
+fn batch_norm1d_fused_into_linear_and_alone() {
+    let fused = "model m { input: [5] l: Linear(out: 4) bn: BatchNorm1d(momentum: 0.0) r: ReLU o: Linear(out: 2) }";
+    check(fused, true, TRAIN);
+    check(
+        fused,
+        true,
+        Mode {
+            bn_frozen: true,
+            ..TRAIN
+        },
+    );
+    let alone = "model m { input: [5] l: Linear(out: 4) r: ReLU bn: BatchNorm1d(momentum: 0.0) o: Linear(out: 2) }";
+    check(alone, false, TRAIN);
+    check(alone, false, Mode::eval(false));
+}
+
+/// torch.nn.BatchNorm1d(3) in training mode on these four samples (torch 2.9.1).
+#[test]
+fn batch_norm1d_matches_pytorch() {
+    let mut net = net("model m { input: [3] bn: BatchNorm1d }", false, 0);
+    let x = [
+        1.0, -2.0, 0.5, 3.0, 0.0, -1.5, -0.5, 4.0, 2.0, 2.5, 1.0, 0.0,
+    ];
+    let tape = net.forward(&x, 4, TRAIN, &mut Rng::new(0));
+    let want = [
+        -0.365147, -1.270169, 0.199999, 1.095442, -0.34641, -1.399996, -1.46059, 1.501109,
+        1.399996, 0.730295, 0.11547, -0.199999,
+    ];
+    for (got, want) in tape.output(&net.graph).iter().zip(want) {
+        assert!((got - want).abs() < 2e-5, "{got} vs torch {want}");
+    }
+    let qatc::state::NodeState::Bn(bn) = &net.state.nodes[1] else {
+        panic!("the BatchNorm's state");
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+    assert!(
+        close(&bn.running_mean, &[0.15, 0.075, 0.025]),
+        "{:?}",
+        bn.running_mean
+    );
+    assert!(
+        close(&bn.running_var, &[1.15, 1.525, 1.1083333]),
+        "{:?}",
+        bn.running_var
+    );
+}

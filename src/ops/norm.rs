@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 pub enum Norm {
     /// Per channel of `[C, H, W]` inputs; folds into the Conv2d before it.
     BatchNorm2d,
+    /// Per feature of `[F]` inputs; folds into the Linear before it.
+    BatchNorm1d,
 }
 
 /// Every name users can write.
-pub const NAMES: &[&str] = &["BatchNorm2d"];
+pub const NAMES: &[&str] = &["BatchNorm2d", "BatchNorm1d"];
 
 /// The layer a normalization folds into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,7 @@ impl Norm {
     pub fn from_name(name: &str) -> Option<Norm> {
         match name {
             "BatchNorm2d" => Some(Norm::BatchNorm2d),
+            "BatchNorm1d" => Some(Norm::BatchNorm1d),
             _ => None,
         }
     }
@@ -40,6 +43,7 @@ impl Norm {
     pub fn name(self) -> &'static str {
         match self {
             Norm::BatchNorm2d => "BatchNorm2d",
+            Norm::BatchNorm1d => "BatchNorm1d",
         }
     }
 
@@ -47,6 +51,7 @@ impl Norm {
     pub fn mnemonic(self) -> &'static str {
         match self {
             Norm::BatchNorm2d => "batch_norm2d",
+            Norm::BatchNorm1d => "batch_norm1d",
         }
     }
 
@@ -54,6 +59,7 @@ impl Norm {
     pub fn input_text(self) -> &'static str {
         match self {
             Norm::BatchNorm2d => "a [channels, height, width] input",
+            Norm::BatchNorm1d => "a [features] input",
         }
     }
 
@@ -61,6 +67,7 @@ impl Norm {
     pub fn dims(self) -> usize {
         match self {
             Norm::BatchNorm2d => 3,
+            Norm::BatchNorm1d => 1,
         }
     }
 
@@ -68,7 +75,8 @@ impl Norm {
     pub fn channels(self, shape: &[usize]) -> Option<usize> {
         match (self, shape) {
             (Norm::BatchNorm2d, [c, _, _]) => Some(*c),
-            (Norm::BatchNorm2d, _) => None,
+            (Norm::BatchNorm1d, [f]) => Some(*f),
+            (Norm::BatchNorm2d | Norm::BatchNorm1d, _) => None,
         }
     }
 
@@ -76,6 +84,7 @@ impl Norm {
     pub fn host(self) -> Host {
         match self {
             Norm::BatchNorm2d => Host::Conv2d,
+            Norm::BatchNorm1d => Host::Linear,
         }
     }
 }
