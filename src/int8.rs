@@ -165,6 +165,29 @@ impl TensorType {
 }
 
 impl QOp {
+    /// How many inputs the op takes.
+    pub fn inputs(&self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            QOp::Input => 0..=0,
+            QOp::Combine(c) => c.inputs(),
+            QOp::Quantize
+            | QOp::Dequantize
+            | QOp::Linear { .. }
+            | QOp::Conv2d { .. }
+            | QOp::Clamp { .. }
+            | QOp::MaxPool2d(_)
+            | QOp::AvgPool2d(_)
+            | QOp::GlobalAvgPool
+            | QOp::Flatten
+            | QOp::BatchNorm { .. }
+            | QOp::FloatLinear { .. }
+            | QOp::FloatConv2d { .. }
+            | QOp::FloatAct(_)
+            | QOp::FloatBatchNorm { .. }
+            | QOp::Lut { .. } => 1..=1,
+        }
+    }
+
     pub fn mnemonic(&self) -> &'static str {
         match self {
             QOp::Input => "input",
@@ -352,11 +375,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             }
             continue;
         }
-        let want_inputs = if matches!(node.op, QOp::Combine(_)) {
-            2..=usize::MAX
-        } else {
-            1..=1
-        };
+        let want_inputs = node.op.inputs();
         if !want_inputs.contains(&node.inputs.len()) {
             err(format!("has {} inputs", node.inputs.len()));
             continue;

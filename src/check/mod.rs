@@ -575,7 +575,19 @@ fn infer_layer(
     };
     let arg_span = |arg: &str| layer.arg_spans.get(arg).unwrap_or(span);
 
-    if !matches!(op, Op::Combine(_)) && in_shapes.len() != 1 {
+    let one_input = match op {
+        Op::Combine(_) => false,
+        Op::Linear { .. }
+        | Op::Conv2d { .. }
+        | Op::MaxPool2d(_)
+        | Op::AvgPool2d(_)
+        | Op::GlobalAvgPool
+        | Op::Flatten
+        | Op::Dropout { .. }
+        | Op::Norm(_)
+        | Op::Activation(_) => true,
+    };
+    if one_input && in_shapes.len() != 1 {
         diags.push(
             Diag::error(
                 span,

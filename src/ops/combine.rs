@@ -90,6 +90,14 @@ impl Combine {
         }
     }
 
+    /// How many inputs it takes.
+    pub fn inputs(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Combine::Add | Combine::Concat => 2..=usize::MAX,
+            Combine::Mul => 2..=2,
+        }
+    }
+
     /// How to write it, for help messages.
     pub fn example(self) -> &'static str {
         match self {
