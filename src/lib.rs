@@ -13,13 +13,20 @@
 //!  ir::Graph (float)
 //!        | passes::QAT_PIPELINE         (fuse, prepare_qat; verified after each)
 //!        v
-//!  ir::Graph (fake-quant)               <- train::train: forward/backward, optimizers, loop
-//!        | convert::convert             (observers -> qparams, int8 weights, int32 biases)
-//!        v
+//!  ir::Graph (fake-quant) + state::State  <- train::train: forward/backward, optimizers, loop
+//!        | passes::fold_bn, convert::convert  (BatchNorm folded; observers -> qparams, int8
+//!        v                                     weights, int32 biases)
 //!  int8::QGraph                         <- interp::run: the reference interpreter
+//!        | jit (Cranelift)               <- .qmodel (qmodel), objects and C headers (jit::target)
+//!        v
+//!  jit::Compiled                        native code, bit-exact with the interpreter
 //! ```
 //!
-//! Each stage returns its result or every error it found as [`diag::Diag`]s; only the CLI prints.
+//! What every stage needs to know about an op that is not a plain layer is written once in
+//! [`ops`]: activations, ops that combine tensors, normalizations. Each stage returns its result
+//! or every error it found; [`pipeline`] runs the stages as the commands do, and only the CLI
+//! (`src/bin/qatc/`) prints. Modules import only from layers below them (README, Layout;
+//! `tests/architecture.rs`).
 
 pub mod bench;
 pub mod check;

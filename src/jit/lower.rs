@@ -3,7 +3,7 @@
 //! The function is `fn(input: *const f32, output: *mut f32, batch: i64, scratch: *mut u8)`. It runs
 //! the batch in tiles of [`TILE`] samples; every op of the graph processes a whole tile before the
 //! next op starts, so a Linear layer multiplies a tile of samples at once and a convolution all the
-//! pixels of the tile. Activations live in `scratch` (its size is [`Lowered::scratch_bytes`]);
+//! pixels of the tile. Activations live in `scratch` (its size is `Lowered::scratch_bytes`);
 //! weights and per-channel constants live in one read-only data object (`Lowered::consts`).
 //!
 //! Layout: quantized 3-D tensors are kept channels-last (HWC), so that a convolution's im2col rows
