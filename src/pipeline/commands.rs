@@ -184,6 +184,7 @@ pub fn compare(
 
 /// What `qatc compile` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Emit {
     /// The int8 IR, as `convert` made it.
     Ir,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use qatc::pipeline;
+use qatc::pipeline::Emit;
 
 /// qatc: a compiler for quantization-aware training.
 #[derive(Parser)]
@@ -129,30 +129,4 @@ pub enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-pub enum Emit {
-    /// The int8 IR, as `convert` made it.
-    Ir,
-    /// Cranelift IR of the entry function.
-    Clif,
-    /// The generated machine code.
-    Asm,
-    /// A relocatable object (ELF) with the entry point and the weights.
-    Obj,
-    /// A C header declaring the object's entry point and sizes.
-    Header,
-}
-
-impl From<Emit> for pipeline::Emit {
-    fn from(emit: Emit) -> pipeline::Emit {
-        match emit {
-            Emit::Ir => pipeline::Emit::Ir,
-            Emit::Clif => pipeline::Emit::Clif,
-            Emit::Asm => pipeline::Emit::Asm,
-            Emit::Obj => pipeline::Emit::Obj,
-            Emit::Header => pipeline::Emit::Header,
-        }
-    }
 }

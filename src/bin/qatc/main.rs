@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use args::{Cli, Command, Emit};
+use args::{Cli, Command};
+use qatc::pipeline::Emit;
 
 use qatc::pipeline::{self, Error, SpecFile, Stage};
 
@@ -234,7 +235,7 @@ fn compile(
     verbose: bool,
 ) -> Result<(), Error> {
     let options = pipeline::CompileOptions {
-        emit: emit.into(),
+        emit,
         target,
         features,
     };
