@@ -476,8 +476,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 Err(e) => {
                     err(format!(
                         "window kernel {k:?}, stride {s:?}, padding {p:?} on {:?}: {}",
-                        x.shape,
-                        window_error_text(e)
+                        x.shape, e
                     ));
                     None
                 }
@@ -636,22 +635,6 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
 /// A convolution's products per output, checked ([`limits::fan_in`]).
 pub fn conv_reduction(geom: &ConvGeom) -> Option<usize> {
     limits::fan_in(geom.in_channels, geom.groups, geom.kernel)
-}
-
-fn window_error_text(e: limits::WindowError) -> String {
-    use limits::WindowError::*;
-    match e {
-        OutOfRange => format!(
-            "kernel and stride must be 1 to {0}, padding at most {0}",
-            limits::MAX_WINDOW
-        ),
-        TooManyTaps => format!("more than {} kernel taps", limits::MAX_KERNEL_TAPS),
-        KernelTooLarge(h, w) => format!("the kernel is larger than the {h}x{w} padded input"),
-        PaddedTooLarge => format!(
-            "the padded input has more than {} values",
-            limits::MAX_ELEMENTS
-        ),
-    }
 }
 
 fn conv_shape(

@@ -66,6 +66,24 @@ pub enum WindowError {
     PaddedTooLarge,
 }
 
+impl std::fmt::Display for WindowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            WindowError::OutOfRange => write!(
+                f,
+                "kernel and stride must be 1 to {MAX_WINDOW}, padding at most {MAX_WINDOW}"
+            ),
+            WindowError::TooManyTaps => write!(f, "more than {MAX_KERNEL_TAPS} kernel taps"),
+            WindowError::KernelTooLarge(h, w) => {
+                write!(f, "the kernel is larger than the {h}x{w} padded input")
+            }
+            WindowError::PaddedTooLarge => {
+                write!(f, "the padded input has more than {MAX_ELEMENTS} values")
+            }
+        }
+    }
+}
+
 /// The output height and width of a window over `channels` planes of `h · w`, as PyTorch
 /// computes them (floor mode), with every bound above checked.
 pub fn window(

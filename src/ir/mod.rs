@@ -228,14 +228,16 @@ impl Op {
                 self.mnemonic()
             )),
         };
-        let window =
-            |h: usize, w: usize, k: (usize, usize), s: (usize, usize), p: (usize, usize)| {
-                let (ph, pw) = (h + 2 * p.0, w + 2 * p.1);
-                if k.0 > ph || k.1 > pw || s.0 == 0 || s.1 == 0 {
-                    return Err(format!("window {k:?} does not fit a {ph}x{pw} input"));
-                }
-                Ok(((ph - k.0) / s.0 + 1, (pw - k.1) / s.1 + 1))
-            };
+        // The window arithmetic of the checker and the int8 verifier, with its bounds.
+        let window = |c: usize,
+                      h: usize,
+                      w: usize,
+                      k: (usize, usize),
+                      s: (usize, usize),
+                      p: (usize, usize)| {
+            crate::limits::window((c, h, w), k, s, p)
+                .map_err(|e| format!("window {k:?} stride {s:?} padding {p:?}: {e}"))
+        };
         match self {
             Op::Input => Err("input has no inputs".into()),
             Op::Linear {
@@ -254,12 +256,12 @@ impl Op {
                         geom.in_channels
                     ));
                 }
-                let (ho, wo) = window(h, w, geom.kernel, geom.stride, geom.padding)?;
+                let (ho, wo) = window(c, h, w, geom.kernel, geom.stride, geom.padding)?;
                 Ok(vec![geom.out_channels, ho, wo])
             }
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (c, h, w) = chw(&one()?)?;
-                let (ho, wo) = window(h, w, p.kernel, p.stride, p.padding)?;
+                let (ho, wo) = window(c, h, w, p.kernel, p.stride, p.padding)?;
                 Ok(vec![c, ho, wo])
             }
             Op::GlobalAvgPool => chw(&one()?).map(|(c, _, _)| vec![c, 1, 1]),
