@@ -1,5 +1,6 @@
-//! fuse: Conv2d+BatchNorm2d(+ReLU/ReLU6), Conv2d+ReLU/ReLU6 and Linear+ReLU/ReLU6 become one
-//! node, as torch's `fuse_modules` does. A pair fuses only when the first node's output has no
+//! fuse: Conv2d+BatchNorm2d(+ReLU/ReLU6), Linear+BatchNorm1d(+ReLU/ReLU6), Conv2d+ReLU/ReLU6
+//! and Linear+ReLU/ReLU6 become one node, as torch's `fuse_modules` does (each op says its part:
+//! [`Op::fusion`]). A pair fuses only when the first node's output has no
 //! other reader and is not the graph output. The fused node keeps the first node's name and
 //! qconfig; it does not change any shape or any parameter.
 
