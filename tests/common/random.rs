@@ -274,6 +274,18 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
 
 /// A random valid spec: conv blocks (any geometry, BatchNorm, activations, pools, residual
 /// adds), then a classifier head; random backend and per-layer qconfigs, some layers float.
+/// Any activation, written as in a spec: `ReLU`, `LeakyReLU(negative_slope: 0.01)`.
+fn activation(rng: &mut Rng) -> String {
+    let all = qatc::ir::Activation::all();
+    let a = all[rng.below(all.len())];
+    let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    if args.is_empty() {
+        a.name().to_string()
+    } else {
+        format!("{}({})", a.name(), args.join(", "))
+    }
+}
+
 pub fn random_spec(seed: u64) -> String {
     let mut rng = Rng::new(seed);
     let (mut c, mut h, mut w) = (1 + rng.below(3), 6 + rng.below(8), 6 + rng.below(8));
@@ -300,7 +312,7 @@ pub fn random_spec(seed: u64) -> String {
             s.push_str(&format!("    bn{b}: BatchNorm2d\n"));
             prev = format!("bn{b}");
         }
-        match rng.below(3) {
+        match rng.below(4) {
             0 => {
                 s.push_str(&format!("    relu{b}: ReLU\n"));
                 prev = format!("relu{b}");
@@ -309,7 +321,32 @@ pub fn random_spec(seed: u64) -> String {
                 s.push_str(&format!("    relu{b}: ReLU6\n"));
                 prev = format!("relu{b}");
             }
+            2 => {
+                s.push_str(&format!("    act{b}: {}\n", activation(&mut rng)));
+                names.push(format!("act{b}"));
+                prev = format!("act{b}");
+            }
             _ => {}
+        }
+        if rng.below(4) == 0 {
+            // Squeeze-and-excitation: scaled per channel by a gate of its global average.
+            let gate = ["Hardsigmoid", "Sigmoid"][rng.below(2)];
+            s.push_str(&format!(
+                "    se_pool{b}: GlobalAvgPool({prev})\n    se_fc{b}: Conv2d(out: {c}, kernel: 1)\n    \
+                 se_gate{b}: {gate}\n    se{b}: Mul({prev}, se_gate{b})\n"
+            ));
+            names.extend([format!("se_fc{b}"), format!("se{b}")]);
+            prev = format!("se{b}");
+        }
+        if rng.below(4) == 0 {
+            // A 1x1 side branch joined along the channels.
+            let extra = 1 + rng.below(4);
+            s.push_str(&format!(
+                "    side{b}: Conv2d({prev}, out: {extra}, kernel: 1)\n    cat{b}: Concat({prev}, side{b})\n"
+            ));
+            names.push(format!("cat{b}"));
+            c += extra;
+            prev = format!("cat{b}");
         }
         if rng.below(3) == 0 && h >= 3 && w >= 3 {
             s.push_str(&format!(
@@ -331,10 +368,11 @@ pub fn random_spec(seed: u64) -> String {
     }
     s.push_str("    flat: Flatten\n");
     if rng.below(2) == 0 {
-        s.push_str(&format!(
-            "    fc0: Linear(out: {})\n    act: ReLU\n",
-            4 + rng.below(30)
-        ));
+        s.push_str(&format!("    fc0: Linear(out: {})\n", 4 + rng.below(30)));
+        if rng.below(2) == 0 {
+            s.push_str("    bn_fc: BatchNorm1d\n");
+        }
+        s.push_str(&format!("    act: {}\n", activation(&mut rng)));
         names.push("fc0".into());
     }
     s.push_str("    fc: Linear(out: 10)\n}\n\nquantize {\n");
