@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ir::shape;
 use crate::ir::Pool2d;
 use crate::ir::{Act, Activation, Combine, ConvGeom};
 use crate::limits;
@@ -390,7 +391,6 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
         }
         let x = &g.nodes[node.inputs[0]];
         let (in_u8, out_u8) = (x.ty.is_quantized(), node.ty.is_quantized());
-        let in_len = limits::elements(&x.shape).expect("checked above");
         let mut types = |ok: bool, what: &str| {
             if !ok {
                 errors.push(format!("node `{}`: {what}", node.name));
@@ -465,23 +465,6 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
         }
         let errs_before = errors.len();
         let mut shape_err = |msg: String| errors.push(format!("node `{}`: {msg}", node.name));
-        let window = |k: (usize, usize),
-                      s: (usize, usize),
-                      p: (usize, usize),
-                      err: &mut dyn FnMut(String)|
-         -> Option<Vec<usize>> {
-            let [c, h, w] = x.shape[..] else { return None };
-            match limits::window((c, h, w), k, s, p) {
-                Ok((ho, wo)) => Some(vec![c, ho, wo]),
-                Err(e) => {
-                    err(format!(
-                        "window kernel {k:?}, stride {s:?}, padding {p:?} on {:?}: {}",
-                        x.shape, e
-                    ));
-                    None
-                }
-            }
-        };
         let expected: Option<Vec<usize>> = match &node.op {
             QOp::Input => None,
             QOp::Quantize
@@ -503,27 +486,10 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     }
                 }
             }
-            QOp::Flatten => Some(vec![in_len]),
-            QOp::GlobalAvgPool => match x.shape[..] {
-                [_, h, w] if h * w > limits::MAX_POOLED => {
-                    shape_err(format!(
-                        "global average pooling of {h}x{w} values per channel: at most {}",
-                        limits::MAX_POOLED
-                    ));
-                    None
-                }
-                [c, _, _] => Some(vec![c, 1, 1]),
-                _ => None,
-            },
+            QOp::Flatten => Some(shape::flatten(&x.shape)),
+            QOp::GlobalAvgPool => rule(shape::global_avg_pool(&x.shape), &mut shape_err),
             QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => {
-                // As PyTorch: padding at most half the kernel, so no window is all padding.
-                if p.padding.0 > p.kernel.0 / 2 || p.padding.1 > p.kernel.1 / 2 {
-                    shape_err(format!(
-                        "pool padding {:?} exceeds half its kernel {:?}",
-                        p.padding, p.kernel
-                    ));
-                }
-                window(p.kernel, p.stride, p.padding, &mut shape_err)
+                rule(shape::pool2d(&x.shape, p), &mut shape_err)
             }
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                 if !matches!(x.shape.len(), 1 | 3)
@@ -553,7 +519,10 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     *out_features,
                 );
                 check_qweights(&mut shape_err, w, *out_features, *in_features);
-                (x.shape == [*in_features]).then(|| vec![*out_features])
+                rule(
+                    shape::linear(&x.shape, *in_features, *out_features),
+                    &mut shape_err,
+                )
             }
             QOp::FloatLinear {
                 in_features,
@@ -567,7 +536,10 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     *in_features,
                     *out_features,
                 );
-                (x.shape == [*in_features]).then(|| vec![*out_features])
+                rule(
+                    shape::linear(&x.shape, *in_features, *out_features),
+                    &mut shape_err,
+                )
             }
             QOp::Conv2d { geom, .. } | QOp::FloatConv2d { geom, .. } if geom.groups == 0 => {
                 shape_err("conv with zero groups".into());
@@ -596,7 +568,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     geom.out_channels,
                 );
                 check_qweights(&mut shape_err, w, geom.out_channels, k);
-                conv_shape(geom, &x.shape, |k, s, p| window(k, s, p, &mut shape_err))
+                rule(shape::conv2d(&x.shape, geom), &mut shape_err)
             }
             QOp::FloatConv2d { geom, w } => {
                 let k = conv_reduction(geom).expect("checked above");
@@ -607,7 +579,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                     k,
                     geom.out_channels,
                 );
-                conv_shape(geom, &x.shape, |k, s, p| window(k, s, p, &mut shape_err))
+                rule(shape::conv2d(&x.shape, geom), &mut shape_err)
             }
         };
         if errors.len() == errs_before {
@@ -637,17 +609,12 @@ pub fn conv_reduction(geom: &ConvGeom) -> Option<usize> {
     limits::fan_in(geom.in_channels, geom.groups, geom.kernel)
 }
 
-fn conv_shape(
-    geom: &ConvGeom,
-    x: &[usize],
-    mut window: impl FnMut((usize, usize), (usize, usize), (usize, usize)) -> Option<Vec<usize>>,
+/// A shape rule's result, its error reported.
+fn rule(
+    result: Result<Vec<usize>, shape::ShapeError>,
+    err: &mut impl FnMut(String),
 ) -> Option<Vec<usize>> {
-    let divides = geom.in_channels.is_multiple_of(geom.groups)
-        && geom.out_channels.is_multiple_of(geom.groups);
-    if !divides || x.len() != 3 || x[0] != geom.in_channels || geom.out_channels == 0 {
-        return None;
-    }
-    window(geom.kernel, geom.stride, geom.padding).map(|s| vec![geom.out_channels, s[1], s[2]])
+    result.map_err(|e| err(e.to_string())).ok()
 }
 
 fn check_weights(

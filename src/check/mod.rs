@@ -15,8 +15,10 @@ pub use lower::lower;
 pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
-use crate::ir::{Activation, Combine, Pool2d};
+use crate::ir::shape::{self, ShapeError};
+use crate::ir::{Activation, Combine, ConvGeom, Pool2d};
 use crate::limits;
+use crate::limits::WindowError;
 use crate::ops::norm::{self, Norm};
 use crate::quant::qconfig::{self, FakeQuantConfig, QConfig, QuantMode};
 use crate::syntax::ast::{self, Backend, DType, Op, QconfigRef, Spec};
@@ -598,46 +600,75 @@ fn infer_layer(
         return None;
     }
     let x = &in_shapes[0];
-    let want_chw = |diags: &mut Vec<Diag>| -> Option<(usize, usize, usize)> {
-        match x.as_slice() {
-            [c, h, w] => Some((*c, *h, *w)),
-            _ => {
-                diags.push(
-                    Diag::error(
-                        span,
-                        format!(
-                            "`{ty}` needs a [channels, height, width] input, but {} gives {}",
-                            source_name(0),
-                            shape_text(x)
-                        ),
-                    )
-                    .with_label(format!("expects a 3-D input per sample, got {}-D", x.len())),
-                );
-                None
-            }
+    // The diagnostic of each shape rule error (`ir::shape`), on the span it concerns.
+    let shape_diag = |e: ShapeError| {
+        match e {
+        ShapeError::NotChw(_) => Diag::error(
+            span,
+            format!(
+                "`{ty}` needs a [channels, height, width] input, but {} gives {}",
+                source_name(0),
+                shape_text(x)
+            ),
+        )
+        .with_label(format!("expects a 3-D input per sample, got {}-D", x.len())),
+        ShapeError::NotFlat(_) => Diag::error(
+            span,
+            format!(
+                "`{ty}` needs a flat input, but {} gives {}",
+                source_name(0),
+                shape_text(x)
+            ),
+        )
+        .with_label(format!("expects a 1-D input per sample, got {}-D", x.len()))
+        .with_help(format!(
+            "add a `Flatten` layer before `{}` (it would give [{}])",
+            layer.name.node,
+            x.iter().product::<usize>()
+        )),
+        ShapeError::Groups {
+            groups,
+            channels,
+            out,
+        } => Diag::error(
+            arg_span("groups"),
+            format!(
+                "`groups: {groups}` must divide both the input channels ({channels}) and `out` ({out})"
+            ),
+        )
+        .with_label("does not divide the channels"),
+        ShapeError::Window(e) => window_diag(layer, x, e),
+        ShapeError::PoolPadding { .. } => Diag::error(
+            arg_span("padding"),
+            "pooling padding must be at most half the kernel",
+        )
+        .with_label("too much padding")
+        .with_note("PyTorch has the same rule"),
+        ShapeError::TooManyPooled { h, w } => Diag::error(
+            span,
+            format!(
+                "`{}` averages {h}x{w} values per channel; at most {} (their int8 codes are \
+                 summed in 32 bits)",
+                layer.name.node,
+                limits::count_text(limits::MAX_POOLED as f64)
+            ),
+        )
+        .with_label("too many values to average"),
+        // The checker takes the channels and features from the input: these cannot happen.
+        e @ (ShapeError::Features { .. } | ShapeError::Channels { .. }) => {
+            Diag::error(span, format!("`{ty}` {e}"))
         }
+    }
+    };
+    let rule = |result: Result<Vec<usize>, ShapeError>, diags: &mut Vec<Diag>| {
+        result.map_err(|e| diags.push(shape_diag(e))).ok()
     };
 
     match op {
         Op::Linear { out, bias } => {
-            let [in_features] = x.as_slice() else {
-                let d = Diag::error(
-                    span,
-                    format!(
-                        "`Linear` needs a flat input, but {} gives {}",
-                        source_name(0),
-                        shape_text(x)
-                    ),
-                )
-                .with_label(format!("expects a 1-D input per sample, got {}-D", x.len()))
-                .with_help(format!(
-                    "add a `Flatten` layer before `{}` (it would give [{}])",
-                    layer.name.node,
-                    x.iter().product::<usize>()
-                ));
-                diags.push(d);
-                return None;
-            };
+            let in_features = x.first().copied().unwrap_or(0);
+            rule(shape::linear(x, in_features, *out), diags)?;
+            let in_features = &in_features;
             let bias = bias.unwrap_or(true);
             let kind = LayerKind::Linear {
                 in_features: *in_features,
@@ -659,19 +690,22 @@ fn infer_layer(
             groups,
             bias,
         } => {
-            let (c, h, w) = want_chw(diags)?;
             let groups = groups.unwrap_or(1);
             let kernel = kernel.hw();
             let stride = stride.map_or((1, 1), ast::Size2::hw);
             let padding = padding.map_or((0, 0), ast::Size2::hw);
-            if c % groups != 0 || out % groups != 0 {
-                diags.push(
-                    Diag::error(arg_span("groups"), format!("`groups: {groups}` must divide both the input channels ({c}) and `out` ({out})"))
-                        .with_label("does not divide the channels"),
-                );
+            let c = x.first().copied().unwrap_or(0);
+            let geom = ConvGeom {
+                in_channels: c,
+                out_channels: *out,
+                kernel,
+                stride,
+                padding,
+                groups,
+            };
+            let [_, ho, wo] = rule(shape::conv2d(x, &geom), diags)?[..] else {
                 return None;
-            }
-            let (ho, wo) = window_output(layer, (c, h, w), kernel, stride, padding, diags)?;
+            };
             let bias = bias.unwrap_or(true);
             // The window's taps are bounded, so this fits; the weights may still be too many.
             let per_out = (c / groups) * kernel.0 * kernel.1;
@@ -698,52 +732,25 @@ fn infer_layer(
             Some((kind, vec![*out, ho, wo], params, out_values * per_out))
         }
         Op::MaxPool2d(pool) | Op::AvgPool2d(pool) => {
-            let (c, h, w) = want_chw(diags)?;
             let kernel = pool.kernel.hw();
             let stride = pool.stride.map_or(kernel, ast::Size2::hw);
             let padding = pool.padding.map_or((0, 0), ast::Size2::hw);
-            if padding.0 > kernel.0 / 2 || padding.1 > kernel.1 / 2 {
-                diags.push(
-                    Diag::error(
-                        arg_span("padding"),
-                        "pooling padding must be at most half the kernel",
-                    )
-                    .with_label("too much padding")
-                    .with_note("PyTorch has the same rule"),
-                );
-                return None;
-            }
-            let (ho, wo) = window_output(layer, (c, h, w), kernel, stride, padding, diags)?;
             let p = Pool2d {
                 kernel,
                 stride,
                 padding,
             };
+            let shape = rule(shape::pool2d(x, &p), diags)?;
             let kind = if matches!(op, Op::MaxPool2d(_)) {
                 LayerKind::MaxPool2d(p)
             } else {
                 LayerKind::AvgPool2d(p)
             };
-            Some((kind, vec![c, ho, wo], 0, 0))
+            Some((kind, shape, 0, 0))
         }
         Op::GlobalAvgPool => {
-            let (c, h, w) = want_chw(diags)?;
-            if h * w > limits::MAX_POOLED {
-                diags.push(
-                    Diag::error(
-                        span,
-                        format!(
-                            "`{}` averages {h}x{w} values per channel; at most {} (their \
-                             int8 codes are summed in 32 bits)",
-                            layer.name.node,
-                            limits::count_text(limits::MAX_POOLED as f64)
-                        ),
-                    )
-                    .with_label("too many values to average"),
-                );
-                return None;
-            }
-            Some((LayerKind::GlobalAvgPool, vec![c, 1, 1], 0, 0))
+            let shape = rule(shape::global_avg_pool(x), diags)?;
+            Some((LayerKind::GlobalAvgPool, shape, 0, 0))
         }
         Op::Norm(n) => {
             let Some(c) = n.kind.channels(x) else {
@@ -773,7 +780,7 @@ fn infer_layer(
             };
             Some((kind, x.clone(), 2 * c, 0))
         }
-        Op::Flatten => Some((LayerKind::Flatten, vec![x.iter().product()], 0, 0)),
+        Op::Flatten => Some((LayerKind::Flatten, shape::flatten(x), 0, 0)),
         Op::Activation(a) => Some((LayerKind::Activation(a.0), x.clone(), 0, 0)),
         Op::Dropout { p } => Some((
             LayerKind::Dropout {
@@ -804,21 +811,28 @@ fn infer_layer(
     }
 }
 
-/// Output size of a sliding window (conv or pool), as PyTorch computes it (floor mode), within
-/// the limits of [`limits::window`].
-fn window_output(
-    layer: &ast::Layer,
-    (c, h, w): (usize, usize, usize),
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    padding: (usize, usize),
-    diags: &mut Vec<Diag>,
-) -> Option<(usize, usize)> {
-    use limits::WindowError;
+/// The diagnostic of a sliding window (conv or pool) that does not fit its input or breaks a
+/// limit ([`limits::window`]).
+fn window_diag(layer: &ast::Layer, x: &[usize], e: WindowError) -> Diag {
     let arg_span = |arg: &str| layer.arg_spans.get(arg).unwrap_or(layer.op.span);
-    let d = match limits::window((c, h, w), kernel, stride, padding) {
-        Ok(hw) => return Some(hw),
-        Err(WindowError::KernelTooLarge(ph, pw)) => {
+    let (kernel, padding) = match &layer.op.node {
+        Op::Conv2d {
+            kernel, padding, ..
+        } => (kernel.hw(), padding.map_or((0, 0), ast::Size2::hw)),
+        Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+            (p.kernel.hw(), p.padding.map_or((0, 0), ast::Size2::hw))
+        }
+        // Only convolutions and pools have windows.
+        Op::Linear { .. }
+        | Op::GlobalAvgPool
+        | Op::Flatten
+        | Op::Dropout { .. }
+        | Op::Norm(_)
+        | Op::Combine(_)
+        | Op::Activation(_) => ((0, 0), (0, 0)),
+    };
+    match e {
+        WindowError::KernelTooLarge(ph, pw) => {
             let padded = if padding == (0, 0) {
                 String::new()
             } else {
@@ -833,7 +847,7 @@ fn window_output(
             )
             .with_label("kernel larger than the input")
         }
-        Err(WindowError::TooManyTaps) => Diag::error(
+        WindowError::TooManyTaps => Diag::error(
             arg_span("kernel"),
             format!(
                 "`{}` kernel {}x{} has more than {} taps",
@@ -844,17 +858,18 @@ fn window_output(
             ),
         )
         .with_label("kernel too large"),
-        Err(WindowError::PaddedTooLarge) => Diag::error(
+        WindowError::PaddedTooLarge => Diag::error(
             arg_span("padding"),
             format!(
-                "`{}` pads its [{c}, {h}, {w}] input to more than {} values per sample",
+                "`{}` pads its {} input to more than {} values per sample",
                 layer.name.node,
+                shape_text(x),
                 limits::count_text(limits::MAX_ELEMENTS as f64)
             ),
         )
         .with_label("too much padding"),
         // The spec's integers are at most 2^24 = MAX_WINDOW, and kernel and stride at least 1.
-        Err(WindowError::OutOfRange) => Diag::error(
+        WindowError::OutOfRange => Diag::error(
             layer.op.span,
             format!(
                 "`{}` has a kernel, stride or padding outside 0..{}",
@@ -862,9 +877,7 @@ fn window_output(
                 limits::MAX_WINDOW
             ),
         ),
-    };
-    diags.push(d);
-    None
+    }
 }
 
 // ---------------------------------------------------------------------------------------- qconfigs

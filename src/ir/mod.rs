@@ -5,6 +5,10 @@
 //! The text form ([`Graph::to_text`]) is stable and diffable: tests snapshot it after every pass
 //! and `qatc compile --emit ir` prints it.
 
+pub mod shape;
+
+pub use shape::{ConvGeom, Pool2d};
+
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
@@ -60,32 +64,6 @@ pub enum OutputQuant {
     Fixed(QParams),
     /// The output is float (a dequant).
     Float,
-}
-
-/// A pooling window's geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Pool2d {
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-}
-
-/// A convolution's geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConvGeom {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-    pub groups: usize,
-}
-
-impl ConvGeom {
-    /// Products per output value: input channels per group times the kernel's taps.
-    pub fn fan_in(&self) -> usize {
-        self.in_channels / self.groups * self.kernel.0 * self.kernel.1
-    }
 }
 
 /// BatchNorm settings of a standalone or fused BatchNorm.
@@ -221,50 +199,17 @@ impl Op {
                 inputs.len()
             )),
         };
-        let chw = |x: &[usize]| match x {
-            [c, h, w] => Ok((*c, *h, *w)),
-            _ => Err(format!(
-                "{} needs a [C, H, W] input, got {x:?}",
-                self.mnemonic()
-            )),
-        };
-        // The window arithmetic of the checker and the int8 verifier, with its bounds.
-        let window = |c: usize,
-                      h: usize,
-                      w: usize,
-                      k: (usize, usize),
-                      s: (usize, usize),
-                      p: (usize, usize)| {
-            crate::limits::window((c, h, w), k, s, p)
-                .map_err(|e| format!("window {k:?} stride {s:?} padding {p:?}: {e}"))
-        };
+        let rule = |e: shape::ShapeError| format!("{} {e}", self.mnemonic());
         match self {
             Op::Input => Err("input has no inputs".into()),
             Op::Linear {
                 in_features,
                 out_features,
                 ..
-            } => match one()?.as_slice() {
-                [f] if f == in_features => Ok(vec![*out_features]),
-                x => Err(format!("linear expects [{in_features}], got {x:?}")),
-            },
-            Op::Conv2d { geom, .. } => {
-                let (c, h, w) = chw(&one()?)?;
-                if c != geom.in_channels {
-                    return Err(format!(
-                        "conv2d expects {} channels, got {c}",
-                        geom.in_channels
-                    ));
-                }
-                let (ho, wo) = window(c, h, w, geom.kernel, geom.stride, geom.padding)?;
-                Ok(vec![geom.out_channels, ho, wo])
-            }
-            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
-                let (c, h, w) = chw(&one()?)?;
-                let (ho, wo) = window(c, h, w, p.kernel, p.stride, p.padding)?;
-                Ok(vec![c, ho, wo])
-            }
-            Op::GlobalAvgPool => chw(&one()?).map(|(c, _, _)| vec![c, 1, 1]),
+            } => shape::linear(&one()?, *in_features, *out_features).map_err(rule),
+            Op::Conv2d { geom, .. } => shape::conv2d(&one()?, geom).map_err(rule),
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => shape::pool2d(&one()?, p).map_err(rule),
+            Op::GlobalAvgPool => shape::global_avg_pool(&one()?).map_err(rule),
             Op::BatchNorm(b) => {
                 let x = one()?;
                 match b.kind.channels(&x) {
@@ -276,7 +221,7 @@ impl Op {
                     )),
                 }
             }
-            Op::Flatten => Ok(vec![one()?.iter().product()]),
+            Op::Flatten => Ok(shape::flatten(&one()?)),
             Op::Activation(_) | Op::Dropout { .. } | Op::FakeQuant(_) | Op::DeQuantStub => one(),
             Op::Combine(c) => c.output_shape(inputs, |k| format!("input #{k}")),
         }
