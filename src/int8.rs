@@ -228,6 +228,36 @@ fn weights_text(w: &QWeights) -> String {
 }
 
 impl QGraph {
+    /// Bytes of the model's weights: int8 weights with their i32 biases and f32 scales, float
+    /// layers and batch norms at 4 bytes a value, lookup tables at 1.
+    pub fn weight_bytes(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| match &n.op {
+                QOp::Linear { w, .. } | QOp::Conv2d { w, .. } => {
+                    w.weight.len() + 4 * (w.bias.len() + w.weight_scales.len())
+                }
+                QOp::FloatLinear { w, .. } | QOp::FloatConv2d { w, .. } => {
+                    4 * (w.weight.len() + w.bias.len())
+                }
+                QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
+                    4 * (scale.len() + shift.len())
+                }
+                QOp::Lut { table } => table.len(),
+                QOp::Input
+                | QOp::Quantize
+                | QOp::Dequantize
+                | QOp::Clamp { .. }
+                | QOp::MaxPool2d(_)
+                | QOp::AvgPool2d(_)
+                | QOp::GlobalAvgPool
+                | QOp::Flatten
+                | QOp::Combine(_)
+                | QOp::FloatAct(_) => 0,
+            })
+            .sum()
+    }
+
     /// The stable text form: the float IR's, with dtypes and quantization parameters.
     pub fn to_text(&self) -> String {
         let lines = self.nodes.iter().map(|node| {

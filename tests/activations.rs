@@ -11,22 +11,12 @@ use qatc::ir::{Activation, Op, Quantized};
 // XS and GOLDEN: PyTorch's forward values and input gradients (tools/torch_activation_golden.py).
 include!("data/activation_golden.rs");
 
-/// How the activation is written in a spec: `LeakyReLU(negative_slope: 0.01)`.
-fn call(a: Activation) -> String {
-    let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    if args.is_empty() {
-        a.name().to_string()
-    } else {
-        format!("{}({})", a.name(), args.join(", "))
-    }
-}
-
 /// A quantized model where the activation follows an Add (so nothing fuses it away).
 fn spec(a: Activation) -> String {
     format!(
         "model m {{ input: [8] fc: Linear(out: 8) s: Add(fc, fc) a: {} o: Linear(out: 3) }}\n\
          quantize {{ backend: fbgemm }}\n",
-        call(a)
+        common::activation_call(a)
     )
 }
 
@@ -154,7 +144,7 @@ fn float_activations_compile_bit_exact() {
         let text = format!(
             "model m {{ input: [8] fc: Linear(out: 8) a: {} o: Linear(out: 3) }}\n\
              quantize {{ backend: fbgemm a: none o: none }}\n",
-            call(a)
+            common::activation_call(a)
         );
         let graph = common::calibrated(a.name(), &text, 2, 2, 3.0);
         let inputs: Vec<f32> = (0..4 * 8).map(|i| (i as f32 - 16.0) / 2.5).collect();

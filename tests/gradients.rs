@@ -1,6 +1,8 @@
 //! Every op's backward pass against central finite differences. Each case is a tiny spec whose
 //! parameters sit before the op under test, so the op's input gradient is checked through them.
 
+mod common;
+
 use qatc::ir;
 use qatc::passes;
 use qatc::train::engine::{Mode, Net};
@@ -285,12 +287,7 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
 #[test]
 fn every_activation() {
     for a in qatc::ir::Activation::all() {
-        let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        let call = if args.is_empty() {
-            a.name().to_string()
-        } else {
-            format!("{}({})", a.name(), args.join(", "))
-        };
+        let call = common::activation_call(a);
         let spec =
             format!("model m {{ input: [6] l: Linear(out: 5) a: {call} o: Linear(out: 3) }}");
         check(&spec, false, TRAIN);

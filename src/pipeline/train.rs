@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::{create_dir, int8_accuracy, round2, write_file, Error, SpecFile, Stage};
 use crate::check::TrainConfig;
 use crate::data::Splits;
-use crate::int8::QOp;
 use crate::train::engine::Net;
 use crate::train::{EpochStats, Progress};
 
@@ -132,7 +131,7 @@ impl TrainRun {
                 .map_err(Error::at(Stage::Write))?;
             write("model.qmodel", &bytes)?;
             // Compile it and measure the native code on the same test set.
-            let int8_weight_bytes = int8_weight_bytes(&graph);
+            let int8_weight_bytes = graph.weight_bytes();
             let jit = crate::jit::Model::from_graph(graph)
                 .and_then(|m| m.compile())
                 .map_err(Error::at(Stage::Compile))?;
@@ -186,35 +185,4 @@ impl TrainRun {
         write_file(&self.dir, "summary.json", format!("{json}\n").as_bytes())?;
         Ok(report)
     }
-}
-
-/// Bytes of a converted model's weights: int8 weights with their i32 biases and f32 scales, and
-/// float layers at 4 bytes a value.
-fn int8_weight_bytes(graph: &crate::int8::QGraph) -> usize {
-    graph
-        .nodes
-        .iter()
-        .map(|n| match &n.op {
-            QOp::Linear { w, .. } | QOp::Conv2d { w, .. } => {
-                w.weight.len() + 4 * (w.bias.len() + w.weight_scales.len())
-            }
-            QOp::FloatLinear { w, .. } | QOp::FloatConv2d { w, .. } => {
-                4 * (w.weight.len() + w.bias.len())
-            }
-            QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
-                4 * (scale.len() + shift.len())
-            }
-            QOp::Lut { table } => table.len(),
-            QOp::Input
-            | QOp::Quantize
-            | QOp::Dequantize
-            | QOp::Clamp { .. }
-            | QOp::MaxPool2d(_)
-            | QOp::AvgPool2d(_)
-            | QOp::GlobalAvgPool
-            | QOp::Flatten
-            | QOp::Combine(_)
-            | QOp::FloatAct(_) => 0,
-        })
-        .sum()
 }

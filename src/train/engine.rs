@@ -329,13 +329,8 @@ impl Net {
                         .collect();
                     (y, Aux::None)
                 }
-                (Op::Flatten, _) => match in_shape(0) {
-                    [c, h, w] => (
-                        kernels::transpose_batch_channels(input(0), batch, *c, h * w, false),
-                        Aux::None,
-                    ),
-                    _ => (kernels::copy(input(0)), Aux::None),
-                },
+                // Images leave the engine's channel-major layout.
+                (Op::Flatten, _) => (to_samples(input(0), in_shape(0), batch), Aux::None),
                 (Op::DeQuantStub, _) => (kernels::copy(input(0)), Aux::None),
                 (Op::Dropout { p }, _) => {
                     if mode.training && *p > 0.0 {
@@ -572,16 +567,7 @@ impl Net {
                             true,
                         ))]
                     }
-                    (Op::Flatten, _, _) => match in_shape(0) {
-                        [c, h, w] => vec![Some(kernels::transpose_batch_channels(
-                            &dy,
-                            batch,
-                            *c,
-                            h * w,
-                            true,
-                        ))],
-                        _ => vec![Some(dy)],
-                    },
+                    (Op::Flatten, _, _) => vec![Some(from_samples(dy, in_shape(0), batch))],
                     (Op::GlobalAvgPool, _, _) => {
                         let s = in_shape(0);
                         let p = s[1] * s[2];
@@ -871,7 +857,7 @@ fn weight_tape(
 fn to_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
     match shape {
         [c, h, w] => kernels::transpose_batch_channels(x, batch, *c, h * w, false),
-        _ => x.to_vec(),
+        _ => kernels::copy(x),
     }
 }
 

@@ -126,3 +126,13 @@ pub fn calibrated_normalization(spec: &Path) -> Option<qatc::data::Normalization
     let (result, _) = qatc::front_end(&spec.display().to_string(), &text);
     Some(result.ok()?.model.train?.normalization)
 }
+
+/// How an activation is written in a spec: `ReLU`, `LeakyReLU(negative_slope: 0.01)`.
+pub fn activation_call(a: qatc::ir::Activation) -> String {
+    let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    if args.is_empty() {
+        a.name().to_string()
+    } else {
+        format!("{}({})", a.name(), args.join(", "))
+    }
+}

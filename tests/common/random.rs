@@ -277,13 +277,7 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
 /// Any activation, written as in a spec: `ReLU`, `LeakyReLU(negative_slope: 0.01)`.
 fn activation(rng: &mut Rng) -> String {
     let all = qatc::ir::Activation::all();
-    let a = all[rng.below(all.len())];
-    let args: Vec<String> = a.args().iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    if args.is_empty() {
-        a.name().to_string()
-    } else {
-        format!("{}({})", a.name(), args.join(", "))
-    }
+    super::activation_call(all[rng.below(all.len())])
 }
 
 pub fn random_spec(seed: u64) -> String {
