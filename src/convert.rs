@@ -180,21 +180,7 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 }
                 _ => push(&mut nodes, QOp::FloatAct(*a), TensorType::F32),
             },
-            (Op::MaxPool2d(p), _) => push(
-                &mut nodes,
-                QOp::MaxPool2d(*p),
-                in_ty.unwrap_or(TensorType::F32),
-            ),
-            (Op::AvgPool2d(p), _) => push(
-                &mut nodes,
-                QOp::AvgPool2d(*p),
-                in_ty.unwrap_or(TensorType::F32),
-            ),
-            (Op::GlobalAvgPool, _) => push(
-                &mut nodes,
-                QOp::GlobalAvgPool,
-                in_ty.unwrap_or(TensorType::F32),
-            ),
+            (Op::Pool(p), _) => push(&mut nodes, QOp::Pool(*p), in_ty.unwrap_or(TensorType::F32)),
             (Op::Flatten, _) => push(&mut nodes, QOp::Flatten, in_ty.unwrap_or(TensorType::F32)),
             (Op::Combine(c), _) => {
                 let all_quantized = inputs

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ir::shape;
-use crate::ir::Pool2d;
+use crate::ir::Pool;
 use crate::ir::{Act, Activation, Combine, ConvGeom};
 use crate::limits;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -123,9 +123,6 @@ pub enum QOp {
         lo: i32,
         hi: i32,
     },
-    MaxPool2d(Pool2d),
-    AvgPool2d(Pool2d),
-    GlobalAvgPool,
     /// Per-sample layout is unchanged (C, H, W row-major), so flattening moves no data.
     Flatten,
     /// A standalone BatchNorm: `quantize(dequantize(x) · scale[c] + shift[c])`.
@@ -152,6 +149,10 @@ pub enum QOp {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// Pooling, on codes or floats; the output keeps the input's type. (Serialized as the
+    /// pool itself: `"GlobalAvgPool"`.)
+    #[serde(untagged)]
+    Pool(Pool),
     /// Dequantizes every input, combines them in f32 ([`Combine::regions`]), and quantizes
     /// with the node's parameters. (Serialized as the op's name: `"Add"`.)
     #[serde(untagged)]
@@ -176,9 +177,7 @@ impl QOp {
             | QOp::Linear { .. }
             | QOp::Conv2d { .. }
             | QOp::Clamp { .. }
-            | QOp::MaxPool2d(_)
-            | QOp::AvgPool2d(_)
-            | QOp::GlobalAvgPool
+            | QOp::Pool(_)
             | QOp::Flatten
             | QOp::BatchNorm { .. }
             | QOp::FloatLinear { .. }
@@ -197,9 +196,7 @@ impl QOp {
             QOp::Linear { .. } => "qlinear",
             QOp::Conv2d { .. } => "qconv2d",
             QOp::Clamp { .. } => "clamp",
-            QOp::MaxPool2d(_) => "max_pool2d",
-            QOp::AvgPool2d(_) => "avg_pool2d",
-            QOp::GlobalAvgPool => "global_avg_pool",
+            QOp::Pool(p) => p.mnemonic(),
             QOp::Flatten => "flatten",
             QOp::Combine(c) => c.mnemonic(),
             QOp::BatchNorm { .. } => "batch_norm",
@@ -248,9 +245,7 @@ impl QGraph {
                 | QOp::Quantize
                 | QOp::Dequantize
                 | QOp::Clamp { .. }
-                | QOp::MaxPool2d(_)
-                | QOp::AvgPool2d(_)
-                | QOp::GlobalAvgPool
+                | QOp::Pool(_)
                 | QOp::Flatten
                 | QOp::Combine(_)
                 | QOp::FloatAct(_) => 0,
@@ -281,10 +276,12 @@ impl QGraph {
                     weights_text(w)
                 ),
                 QOp::Clamp { lo, hi } => format!("{lo}..{hi}"),
-                QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => format!(
-                    "k={}x{} s={}x{} p={}x{}",
-                    p.kernel.0, p.kernel.1, p.stride.0, p.stride.1, p.padding.0, p.padding.1
-                ),
+                QOp::Pool(pool) => pool.window().map_or(String::new(), |p| {
+                    format!(
+                        "k={}x{} s={}x{} p={}x{}",
+                        p.kernel.0, p.kernel.1, p.stride.0, p.stride.1, p.padding.0, p.padding.1
+                    )
+                }),
                 QOp::FloatLinear {
                     in_features,
                     out_features,
@@ -304,7 +301,6 @@ impl QGraph {
                 QOp::Input
                 | QOp::Quantize
                 | QOp::Dequantize
-                | QOp::GlobalAvgPool
                 | QOp::Flatten
                 | QOp::Combine(_)
                 | QOp::BatchNorm { .. }
@@ -441,7 +437,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
             | QOp::FloatBatchNorm { .. } => {
                 types(!in_u8 && !out_u8, "a float op takes and gives f32")
             }
-            QOp::MaxPool2d(_) | QOp::AvgPool2d(_) | QOp::GlobalAvgPool | QOp::Flatten => types(
+            QOp::Pool(_) | QOp::Flatten => types(
                 x.ty == node.ty,
                 "pooling and flatten keep their input's type",
             ),
@@ -517,10 +513,7 @@ pub fn verify(g: &QGraph) -> Result<(), Vec<String>> {
                 }
             }
             QOp::Flatten => Some(shape::flatten(&x.shape)),
-            QOp::GlobalAvgPool => rule(shape::global_avg_pool(&x.shape), &mut shape_err),
-            QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => {
-                rule(shape::pool2d(&x.shape, p), &mut shape_err)
-            }
+            QOp::Pool(p) => rule(p.output_shape(&x.shape), &mut shape_err),
             QOp::BatchNorm { scale, shift } | QOp::FloatBatchNorm { scale, shift } => {
                 if !matches!(x.shape.len(), 1 | 3)
                     || scale.len() != x.shape[0]

@@ -6,11 +6,8 @@ use rayon::prelude::*;
 
 use crate::int8::{FWeights, QGraph, QOp, QWeights};
 use crate::ir::ConvGeom;
-use crate::ir::Pool2d;
 use crate::ops::combine;
-use crate::quant::numerics::{
-    average_codes, dequantize, quantize, requant_multiplier, requantize, QParams,
-};
+use crate::quant::numerics::{dequantize, quantize, requant_multiplier, requantize, QParams};
 
 /// One sample's value of a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,50 +146,13 @@ pub fn run_all(graph: &QGraph, x: &[f32]) -> Vec<Value> {
                     .map(|&c| (c as i32).clamp(*lo, *hi) as u8)
                     .collect(),
             ),
-            QOp::MaxPool2d(pool) => match arg(0) {
-                Value::U8(x) => Value::U8(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                    *win.iter().max().expect("windows are not empty")
-                })),
-                Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                    win.iter()
-                        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
-                })),
+            QOp::Pool(pool) => match arg(0) {
+                Value::U8(x) => {
+                    let zp = in_q(0).expect("u8").zero_point;
+                    Value::U8(pool.eval_u8(x, in_shape(0), &node.shape, zp))
+                }
+                Value::F32(x) => Value::F32(pool.forward(x, in_shape(0), &node.shape)),
             },
-            QOp::AvgPool2d(pool) => {
-                let n = (pool.kernel.0 * pool.kernel.1) as i32;
-                match arg(0) {
-                    // Padding counts in the divisor (count_include_pad) and adds zero *values*,
-                    // which are the zero point in codes.
-                    Value::U8(x) => {
-                        let zp = in_q(0).expect("u8").zero_point;
-                        Value::U8(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                            let sum: i32 = win.iter().map(|&c| c as i32).sum::<i32>()
-                                + zp * (n - win.len() as i32);
-                            average_codes(sum, n).clamp(0, 255) as u8
-                        }))
-                    }
-                    Value::F32(x) => Value::F32(pool2d(x, in_shape(0), &node.shape, pool, |win| {
-                        win.iter().fold(0.0f32, |s, v| s + v) / n as f32
-                    })),
-                }
-            }
-            QOp::GlobalAvgPool => {
-                let p = in_shape(0)[1] * in_shape(0)[2];
-                match arg(0) {
-                    Value::U8(x) => Value::U8(
-                        x.chunks(p)
-                            .map(|c| {
-                                average_codes(c.iter().map(|&v| v as i32).sum(), p as i32) as u8
-                            })
-                            .collect(),
-                    ),
-                    Value::F32(x) => Value::F32(
-                        x.chunks(p)
-                            .map(|c| c.iter().fold(0.0f32, |s, v| s + v) / p as f32)
-                            .collect(),
-                    ),
-                }
-            }
             QOp::Flatten => arg(0).clone(),
             QOp::Combine(c) => {
                 // Every input dequantized, the op in f32, the result quantized.
@@ -349,38 +309,6 @@ where
                     }
                 }
                 out[(o * ho + oh) * wo + ow] = acc;
-            }
-        }
-    }
-    out
-}
-
-/// A pooling window reduction over each plane (padding taps left out of the window).
-fn pool2d<T: Copy>(
-    x: &[T],
-    in_shape: &[usize],
-    out_shape: &[usize],
-    pool: &Pool2d,
-    reduce: impl Fn(&[T]) -> T,
-) -> Vec<T> {
-    let (h, w) = (in_shape[1], in_shape[2]);
-    let (ho, wo) = (out_shape[1], out_shape[2]);
-    let mut out = Vec::with_capacity(out_shape.iter().product());
-    let mut window = Vec::with_capacity(pool.kernel.0 * pool.kernel.1);
-    for plane in x.chunks(h * w) {
-        for oh in 0..ho {
-            for ow in 0..wo {
-                window.clear();
-                for i in 0..pool.kernel.0 {
-                    for j in 0..pool.kernel.1 {
-                        let ih = (oh * pool.stride.0 + i) as isize - pool.padding.0 as isize;
-                        let iw = (ow * pool.stride.1 + j) as isize - pool.padding.1 as isize;
-                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
-                            window.push(plane[ih as usize * w + iw as usize]);
-                        }
-                    }
-                }
-                out.push(reduce(&window));
             }
         }
     }

@@ -102,9 +102,7 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
             | QOp::Quantize
             | QOp::Dequantize
             | QOp::Clamp { .. }
-            | QOp::MaxPool2d(_)
-            | QOp::AvgPool2d(_)
-            | QOp::GlobalAvgPool
+            | QOp::Pool(_)
             | QOp::Flatten
             | QOp::Combine(_)
             | QOp::FloatAct(_)
@@ -228,9 +226,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
             | QOp::Quantize
             | QOp::Dequantize
             | QOp::Clamp { .. }
-            | QOp::MaxPool2d(_)
-            | QOp::AvgPool2d(_)
-            | QOp::GlobalAvgPool
+            | QOp::Pool(_)
             | QOp::Flatten
             | QOp::Combine(_)
             | QOp::FloatAct(_)

@@ -6,7 +6,7 @@ mod common;
 use common::node;
 use qatc::int8::{QGraph, QOp, QParamsDef, QWeights, TensorType};
 use qatc::interp;
-use qatc::ir::Pool2d;
+use qatc::ir::{Pool, Pool2d};
 use qatc::train::{self, engine::Mode, rng::Rng, Quiet};
 
 fn u8(scale: f32, zero_point: i32) -> TensorType {
@@ -168,7 +168,7 @@ fn global_average_pooling_sums_inside_i32() {
         graph(
             vec![1, h, 1],
             u8(1.0, 0),
-            QOp::GlobalAvgPool,
+            QOp::Pool(Pool::GlobalAvgPool),
             vec![1, 1, 1],
             u8(1.0, 0),
         )
@@ -195,7 +195,7 @@ fn pools_clamp_and_add_on_codes() {
     let g = graph(
         vec![1, 2, 4],
         u8(1.0, 0),
-        QOp::MaxPool2d(pool),
+        QOp::Pool(Pool::MaxPool2d(pool)),
         vec![1, 1, 2],
         u8(1.0, 0),
     );
@@ -204,7 +204,7 @@ fn pools_clamp_and_add_on_codes() {
     let g = graph(
         vec![1, 2, 4],
         u8(1.0, 0),
-        QOp::AvgPool2d(pool),
+        QOp::Pool(Pool::AvgPool2d(pool)),
         vec![1, 1, 2],
         u8(1.0, 0),
     );

@@ -289,8 +289,10 @@ fn work_per_sample(g: &QGraph) -> f64 {
                 QOp::Conv2d { geom, .. } | QOp::FloatConv2d { geom, .. } => {
                     qatc::int8::conv_reduction(geom).unwrap_or(0) as f64
                 }
-                QOp::MaxPool2d(p) | QOp::AvgPool2d(p) => (p.kernel.0 * p.kernel.1) as f64,
-                QOp::GlobalAvgPool => g.nodes[n.inputs[0]].shape.iter().product::<usize>() as f64,
+                QOp::Pool(pool) => match pool.window() {
+                    Some(p) => (p.kernel.0 * p.kernel.1) as f64,
+                    None => g.nodes[n.inputs[0]].shape.iter().product::<usize>() as f64,
+                },
                 _ => 1.0,
             };
             out * per.max(1.0)

@@ -49,9 +49,7 @@ pub fn lower(model: &CheckedModel) -> Graph {
                 weight_fq: None,
             },
             LayerKind::Activation(a) => Op::Activation(*a),
-            LayerKind::MaxPool2d(p) => Op::MaxPool2d(*p),
-            LayerKind::AvgPool2d(p) => Op::AvgPool2d(*p),
-            LayerKind::GlobalAvgPool => Op::GlobalAvgPool,
+            LayerKind::Pool(p) => Op::Pool(*p),
             LayerKind::Flatten => Op::Flatten,
             LayerKind::Norm {
                 kind,

@@ -16,7 +16,7 @@ pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
 use crate::ir::shape::{self, ShapeError};
-use crate::ir::{Activation, Combine, ConvGeom, Pool2d};
+use crate::ir::{Activation, Combine, ConvGeom, Pool};
 use crate::limits;
 use crate::limits::WindowError;
 use crate::ops::norm::{self, Norm};
@@ -80,10 +80,7 @@ pub enum LayerKind {
         bias: bool,
     },
     Activation(Activation),
-    MaxPool2d(Pool2d),
-    AvgPool2d(Pool2d),
-    /// Average over H and W: `[C, H, W] -> [C, 1, 1]`, as `AdaptiveAvgPool2d(1)`.
-    GlobalAvgPool,
+    Pool(Pool),
     Flatten,
     Norm {
         kind: Norm,
@@ -134,21 +131,7 @@ impl LayerKind {
                 }
                 s + ")"
             }
-            LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) => {
-                let name = if matches!(self, LayerKind::MaxPool2d(_)) {
-                    "MaxPool2d"
-                } else {
-                    "AvgPool2d"
-                };
-                let mut s = format!("{name}(k={}", hw(p.kernel));
-                if p.stride != p.kernel {
-                    s.push_str(&format!(", s={}", hw(p.stride)));
-                }
-                if p.padding != (0, 0) {
-                    s.push_str(&format!(", p={}", hw(p.padding)));
-                }
-                s + ")"
-            }
+            LayerKind::Pool(p) => p.describe(),
             LayerKind::Norm { kind, channels, .. } => format!("{}({channels})", kind.name()),
             LayerKind::Dropout { p } => format!("Dropout({p})"),
             LayerKind::Activation(a) => {
@@ -159,7 +142,6 @@ impl LayerKind {
                     format!("{}({})", a.name(), args.join(", "))
                 }
             }
-            LayerKind::GlobalAvgPool => "GlobalAvgPool".into(),
             LayerKind::Flatten => "Flatten".into(),
             LayerKind::Combine(c) => c.name().into(),
         }
@@ -663,6 +645,10 @@ fn infer_layer(
     let rule = |result: Result<Vec<usize>, ShapeError>, diags: &mut Vec<Diag>| {
         result.map_err(|e| diags.push(shape_diag(e))).ok()
     };
+    let pool_layer = |pool: Pool, diags: &mut Vec<Diag>| {
+        let shape = rule(pool.output_shape(x), diags)?;
+        Some((LayerKind::Pool(pool), shape, 0, 0))
+    };
 
     match op {
         Op::Linear { out, bias } => {
@@ -731,27 +717,9 @@ fn infer_layer(
             // At most 2^26 values of at most 2^28 products each: no overflow.
             Some((kind, vec![*out, ho, wo], params, out_values * per_out))
         }
-        Op::MaxPool2d(pool) | Op::AvgPool2d(pool) => {
-            let kernel = pool.kernel.hw();
-            let stride = pool.stride.map_or(kernel, ast::Size2::hw);
-            let padding = pool.padding.map_or((0, 0), ast::Size2::hw);
-            let p = Pool2d {
-                kernel,
-                stride,
-                padding,
-            };
-            let shape = rule(shape::pool2d(x, &p), diags)?;
-            let kind = if matches!(op, Op::MaxPool2d(_)) {
-                LayerKind::MaxPool2d(p)
-            } else {
-                LayerKind::AvgPool2d(p)
-            };
-            Some((kind, shape, 0, 0))
-        }
-        Op::GlobalAvgPool => {
-            let shape = rule(shape::global_avg_pool(x), diags)?;
-            Some((LayerKind::GlobalAvgPool, shape, 0, 0))
-        }
+        Op::MaxPool2d(p) => pool_layer(Pool::MaxPool2d(p.window()), diags),
+        Op::AvgPool2d(p) => pool_layer(Pool::AvgPool2d(p.window()), diags),
+        Op::GlobalAvgPool => pool_layer(Pool::GlobalAvgPool, diags),
         Op::Norm(n) => {
             let Some(c) = n.kind.channels(x) else {
                 diags.push(

@@ -5,9 +5,8 @@
 //! The text form ([`Graph::to_text`]) is stable and diffable: tests snapshot it after every pass
 //! and `qatc compile --emit ir` prints it.
 
-pub mod shape;
-
-pub use shape::{ConvGeom, Pool2d};
+pub use crate::ops::shape;
+pub use crate::ops::shape::ConvGeom;
 
 use std::fmt::Write;
 
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::ops::activation::{Act, Activation, Quantized};
 pub use crate::ops::combine::Combine;
 pub use crate::ops::norm::{Host, Norm};
+pub use crate::ops::pool::{Pool, Pool2d};
 use crate::quant::numerics::QParams;
 use crate::quant::qconfig::{FakeQuantConfig, QConfig};
 
@@ -103,9 +103,6 @@ pub enum Op {
     BatchNorm(BnAttrs),
     /// A standalone elementwise activation.
     Activation(Activation),
-    MaxPool2d(Pool2d),
-    AvgPool2d(Pool2d),
-    GlobalAvgPool,
     Flatten,
     Dropout {
         p: f64,
@@ -116,6 +113,10 @@ pub enum Op {
     FakeQuant(FakeQuantConfig),
     /// Leaves the quantized domain (identity while training; a real dequantize after convert).
     DeQuantStub,
+    /// Max, average or global average pooling (serialized as the pool itself; untagged
+    /// variants come last).
+    #[serde(untagged)]
+    Pool(Pool),
 }
 
 impl Op {
@@ -126,9 +127,7 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::BatchNorm(b) => b.kind.mnemonic(),
             Op::Activation(a) => a.mnemonic(),
-            Op::MaxPool2d(_) => "max_pool2d",
-            Op::AvgPool2d(_) => "avg_pool2d",
-            Op::GlobalAvgPool => "global_avg_pool",
+            Op::Pool(p) => p.mnemonic(),
             Op::Flatten => "flatten",
             Op::Dropout { .. } => "dropout",
             Op::Combine(c) => c.mnemonic(),
@@ -156,9 +155,7 @@ impl Op {
             Op::Conv2d { .. }
             | Op::Linear { .. }
             | Op::Input
-            | Op::MaxPool2d(_)
-            | Op::AvgPool2d(_)
-            | Op::GlobalAvgPool
+            | Op::Pool(_)
             | Op::Flatten
             | Op::Dropout { .. }
             | Op::Combine(_)
@@ -178,13 +175,9 @@ impl Op {
                 Quantized::Observed => OutputQuant::Observed,
                 Quantized::Fixed(q) => OutputQuant::Fixed(q),
             },
-            Op::MaxPool2d(_)
-            | Op::AvgPool2d(_)
-            | Op::GlobalAvgPool
-            | Op::Flatten
-            | Op::Dropout { .. }
-            | Op::Input
-            | Op::FakeQuant(_) => OutputQuant::Shared,
+            Op::Pool(_) | Op::Flatten | Op::Dropout { .. } | Op::Input | Op::FakeQuant(_) => {
+                OutputQuant::Shared
+            }
             Op::DeQuantStub => OutputQuant::Float,
         }
     }
@@ -208,8 +201,7 @@ impl Op {
                 ..
             } => shape::linear(&one()?, *in_features, *out_features).map_err(rule),
             Op::Conv2d { geom, .. } => shape::conv2d(&one()?, geom).map_err(rule),
-            Op::MaxPool2d(p) | Op::AvgPool2d(p) => shape::pool2d(&one()?, p).map_err(rule),
-            Op::GlobalAvgPool => shape::global_avg_pool(&one()?).map_err(rule),
+            Op::Pool(p) => p.output_shape(&one()?).map_err(rule),
             Op::BatchNorm(b) => {
                 let x = one()?;
                 match b.kind.channels(&x) {
@@ -393,16 +385,14 @@ fn attrs_text(op: &Op) -> String {
             parts.extend(weight_fq.map(|fq| format!("weight_fq=[{}]", fq.describe())));
         }
         Op::BatchNorm(b) => parts.push(format!("eps={:?} momentum={:?}", b.eps, b.momentum)),
-        Op::MaxPool2d(p) | Op::AvgPool2d(p) => parts.push(format!(
-            "k={} s={} p={}",
-            hw(p.kernel),
-            hw(p.stride),
-            hw(p.padding)
-        )),
+        Op::Pool(pool) => parts.extend(
+            pool.window()
+                .map(|p| format!("k={} s={} p={}", hw(p.kernel), hw(p.stride), hw(p.padding))),
+        ),
         Op::Dropout { p } => parts.push(format!("p={p:?}")),
         Op::FakeQuant(fq) => parts.push(fq.describe()),
         Op::Activation(a) => parts.extend(a.args().iter().map(|(k, v)| format!("{k}={v:?}"))),
-        Op::Input | Op::GlobalAvgPool | Op::Flatten | Op::Combine(_) | Op::DeQuantStub => {}
+        Op::Input | Op::Flatten | Op::Combine(_) | Op::DeQuantStub => {}
     }
     parts.join(" ")
 }

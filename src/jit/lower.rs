@@ -27,7 +27,7 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 use crate::int8::{FWeights, QGraph, QOp};
-use crate::ir::Pool2d;
+use crate::ir::{Pool, Pool2d};
 
 use super::gemm::Gemm;
 use crate::ir::{Act, ConvGeom};
@@ -208,18 +208,16 @@ impl Emitter<'_, '_> {
                     self.clamp(x.ptr, y.ptr, size, *lo, *hi);
                     y
                 }
-                QOp::MaxPool2d(pool) | QOp::AvgPool2d(pool) => {
-                    let avg = matches!(node.op, QOp::AvgPool2d(_));
-                    let x = arg(0);
-                    if x.q.is_some() && !avg {
-                        let x = self.hwc(x, in_shape(0));
-                        self.max_pool_u8(x, in_shape(0), &node.shape, pool)
-                    } else {
-                        let x = self.canonical(x);
-                        self.pool_scalar(x, in_shape(0), &node.shape, pool, avg)
-                    }
+                QOp::Pool(Pool::MaxPool2d(pool)) if arg(0).q.is_some() => {
+                    let x = self.hwc(arg(0), in_shape(0));
+                    self.max_pool_u8(x, in_shape(0), &node.shape, pool)
                 }
-                QOp::GlobalAvgPool => {
+                QOp::Pool(Pool::MaxPool2d(pool) | Pool::AvgPool2d(pool)) => {
+                    let avg = matches!(node.op, QOp::Pool(Pool::AvgPool2d(_)));
+                    let x = self.canonical(arg(0));
+                    self.pool_scalar(x, in_shape(0), &node.shape, pool, avg)
+                }
+                QOp::Pool(Pool::GlobalAvgPool) => {
                     let x = self.canonical(arg(0));
                     let (c, h, wd) = chw(in_shape(0));
                     self.global_avg_pool(x, c, h * wd)

@@ -13,6 +13,7 @@ pub use crate::diag::Span;
 use crate::ops::activation::Activation;
 use crate::ops::combine::Combine;
 use crate::ops::norm::Norm;
+use crate::ops::pool::Pool2d;
 pub use crate::quant::qconfig::{
     Backend, DType, FakeQuantSpec, ObserverKind, Scheme, BACKEND_NAMES,
 };
@@ -313,6 +314,18 @@ pub struct Pool {
     pub stride: Option<Size2>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<Size2>,
+}
+
+impl Pool {
+    /// The window, PyTorch's defaults filled in: the stride is the kernel, no padding.
+    pub fn window(&self) -> Pool2d {
+        let kernel = self.kernel.hw();
+        Pool2d {
+            kernel,
+            stride: self.stride.map_or(kernel, Size2::hw),
+            padding: self.padding.map_or((0, 0), Size2::hw),
+        }
+    }
 }
 
 /// A 2-D size: `5` or `[3, 5]` (height, width).

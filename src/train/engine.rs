@@ -299,34 +299,8 @@ impl Net {
                     eval_parallel(&a.program(), x, &mut y);
                     (y, Aux::None)
                 }
-                (Op::MaxPool2d(pool), _) => {
-                    let s = in_shape(0);
-                    let y = kernels::max_pool_forward(
-                        input(0),
-                        pool,
-                        (s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                    );
-                    (y, Aux::None)
-                }
-                (Op::AvgPool2d(pool), _) => {
-                    let s = in_shape(0);
-                    let y = kernels::avg_pool(
-                        input(0),
-                        pool,
-                        (s[1], s[2]),
-                        (node.shape[1], node.shape[2]),
-                        false,
-                    );
-                    (y, Aux::None)
-                }
-                (Op::GlobalAvgPool, _) => {
-                    let s = in_shape(0);
-                    let p = s[1] * s[2];
-                    let y = input(0)
-                        .chunks_exact(p)
-                        .map(|plane| plane.iter().sum::<f32>() / p as f32)
-                        .collect();
+                (Op::Pool(pool), _) => {
+                    let y = pool.forward(input(0), in_shape(0), &node.shape);
                     (y, Aux::None)
                 }
                 // Images leave the engine's channel-major layout.
@@ -546,37 +520,14 @@ impl Net {
                             .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
                         vec![Some(dy)]
                     }
-                    (Op::MaxPool2d(pool), _, _) => {
-                        let s = in_shape(0);
-                        vec![Some(kernels::max_pool_backward(
-                            input(0),
-                            y,
-                            &dy,
-                            pool,
-                            (s[1], s[2]),
-                            (node.shape[1], node.shape[2]),
-                        ))]
-                    }
-                    (Op::AvgPool2d(pool), _, _) => {
-                        let s = in_shape(0);
-                        vec![Some(kernels::avg_pool(
-                            &dy,
-                            pool,
-                            (s[1], s[2]),
-                            (node.shape[1], node.shape[2]),
-                            true,
-                        ))]
-                    }
+                    (Op::Pool(pool), _, _) => vec![Some(pool.backward(
+                        input(0),
+                        y,
+                        &dy,
+                        in_shape(0),
+                        &node.shape,
+                    ))],
                     (Op::Flatten, _, _) => vec![Some(from_samples(dy, in_shape(0), batch))],
-                    (Op::GlobalAvgPool, _, _) => {
-                        let s = in_shape(0);
-                        let p = s[1] * s[2];
-                        let dx = dy
-                            .iter()
-                            .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
-                            .collect();
-                        vec![Some(dx)]
-                    }
                     (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
                         dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
                         vec![Some(dy)]
@@ -689,9 +640,7 @@ fn qat_swap_draws(node: &Node) -> usize {
         | Op::Input
         | Op::BatchNorm(_)
         | Op::Activation(_)
-        | Op::MaxPool2d(_)
-        | Op::AvgPool2d(_)
-        | Op::GlobalAvgPool
+        | Op::Pool(_)
         | Op::Flatten
         | Op::Dropout { .. }
         | Op::Combine(_)
@@ -780,9 +729,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
         },
         Op::Input
         | Op::Activation(_)
-        | Op::MaxPool2d(_)
-        | Op::AvgPool2d(_)
-        | Op::GlobalAvgPool
+        | Op::Pool(_)
         | Op::Flatten
         | Op::Dropout { .. }
         | Op::Combine(_)

@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::ir::Pool2d;
 use crate::ir::{Act, ConvGeom};
+use crate::ops::shape::tap;
 
 /// Products smaller than this many multiply-adds run on one thread.
 const PAR_MIN_MACS: usize = 1 << 16;
@@ -302,12 +302,6 @@ fn push_run(out: &mut Vec<f32>, run: &[f32]) {
     }
 }
 
-/// The input coordinate that output coordinate `o` reads at kernel offset `k`, if inside.
-#[inline]
-fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
-}
-
 /// The adjoint of [`im2col`]: adds the columns' gradients of `n` images into `dx`, laid out
 /// `[cg, n, H, W]` (this group's channels, these images only).
 fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mut [f32]) {
@@ -547,188 +541,6 @@ pub fn transpose_batch_channels(
     y
 }
 
-// ------------------------------------------------------------------------------------ pooling
-
-/// The input index (within its plane) of each tap of a pooling window, `None` in the padding.
-#[inline]
-fn window_taps(
-    pool: &Pool2d,
-    (h, w): (usize, usize),
-    (oh, ow): (usize, usize),
-) -> impl Iterator<Item = usize> + '_ {
-    (0..pool.kernel.0).flat_map(move |i| {
-        (0..pool.kernel.1).filter_map(move |j| {
-            let ih = tap(oh, i, pool.stride.0, pool.padding.0, h)?;
-            let iw = tap(ow, j, pool.stride.1, pool.padding.1, w)?;
-            Some(ih * w + iw)
-        })
-    })
-}
-
-/// Max pooling over planes (padding counts as -inf). The backward pass finds each window's
-/// maximum again rather than storing where it was.
-pub fn max_pool_forward(
-    x: &[f32],
-    pool: &Pool2d,
-    (h, w): (usize, usize),
-    (ho, wo): (usize, usize),
-) -> Vec<f32> {
-    let planes = x.len() / (h * w);
-    let mut y = zeros(planes * ho * wo);
-    let (kh, kw) = pool.kernel;
-    let (sh, sw) = pool.stride;
-    let unpadded = pool.padding == (0, 0);
-    y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
-        let plane = &x[q * h * w..(q + 1) * h * w];
-        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
-            // The common case, written out: four loads and three max per output.
-            for oh in 0..ho {
-                let (r0, r1) = (&plane[2 * oh * w..][..w], &plane[(2 * oh + 1) * w..][..w]);
-                for (ow, out) in yp[oh * wo..(oh + 1) * wo].iter_mut().enumerate() {
-                    *out = r0[2 * ow]
-                        .max(r0[2 * ow + 1])
-                        .max(r1[2 * ow])
-                        .max(r1[2 * ow + 1]);
-                }
-            }
-            return;
-        }
-        for oh in 0..ho {
-            for ow in 0..wo {
-                yp[oh * wo + ow] = if unpadded {
-                    let top = oh * sh * w + ow * sw;
-                    let mut m = f32::NEG_INFINITY;
-                    for i in 0..kh {
-                        for &v in &plane[top + i * w..top + i * w + kw] {
-                            m = m.max(v);
-                        }
-                    }
-                    m
-                } else {
-                    window_taps(pool, (h, w), (oh, ow))
-                        .fold(f32::NEG_INFINITY, |m, i| m.max(plane[i]))
-                };
-            }
-        }
-    });
-    y
-}
-
-/// Routes each output gradient to the first input of its window that equals the maximum (the
-/// element torch's max-pool picks). Parallel over planes.
-pub fn max_pool_backward(
-    x: &[f32],
-    y: &[f32],
-    dy: &[f32],
-    pool: &Pool2d,
-    (h, w): (usize, usize),
-    (ho, wo): (usize, usize),
-) -> Vec<f32> {
-    let planes = x.len() / (h * w);
-    let mut dx = zeros(planes * h * w);
-    let (kh, kw) = pool.kernel;
-    let (sh, sw) = pool.stride;
-    let unpadded = pool.padding == (0, 0);
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
-        let plane = &x[q * h * w..(q + 1) * h * w];
-        let (yp, dyp) = (
-            &y[q * ho * wo..(q + 1) * ho * wo],
-            &dy[q * ho * wo..(q + 1) * ho * wo],
-        );
-        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
-            // Windows do not overlap, so each input is written once, with selects: the first
-            // of the four that equals the maximum takes the gradient.
-            for oh in 0..ho {
-                let (r0, r1) = (2 * oh * w, (2 * oh + 1) * w);
-                for ow in 0..wo {
-                    let (m, g) = (yp[oh * wo + ow], dyp[oh * wo + ow]);
-                    let (a, b) = (r0 + 2 * ow, r1 + 2 * ow);
-                    let e0 = plane[a] == m;
-                    let e1 = !e0 && plane[a + 1] == m;
-                    let e2 = !(e0 || e1) && plane[b] == m;
-                    let e3 = !(e0 || e1 || e2) && plane[b + 1] == m;
-                    dxp[a] = if e0 { g } else { 0.0 };
-                    dxp[a + 1] = if e1 { g } else { 0.0 };
-                    dxp[b] = if e2 { g } else { 0.0 };
-                    dxp[b + 1] = if e3 { g } else { 0.0 };
-                }
-            }
-            return;
-        }
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let o = oh * wo + ow;
-                let found = if unpadded {
-                    let top = oh * sh * w + ow * sw;
-                    let mut at = None;
-                    'window: for i in 0..kh {
-                        for j in 0..kw {
-                            if plane[top + i * w + j] == yp[o] {
-                                at = Some(top + i * w + j);
-                                break 'window;
-                            }
-                        }
-                    }
-                    at
-                } else {
-                    window_taps(pool, (h, w), (oh, ow)).find(|&i| plane[i] == yp[o])
-                };
-                if let Some(i) = found {
-                    dxp[i] += dyp[o];
-                }
-            }
-        }
-    });
-    dx
-}
-
-/// Average pooling over planes, zero padding counted in the divisor (torch's
-/// count_include_pad=True). With `backward`, `src` is the output gradient and the result the
-/// input gradient (the adjoint).
-pub fn avg_pool(
-    src: &[f32],
-    pool: &Pool2d,
-    (h, w): (usize, usize),
-    (ho, wo): (usize, usize),
-    backward: bool,
-) -> Vec<f32> {
-    let (in_plane, out_plane) = (h * w, ho * wo);
-    let planes = src.len() / if backward { out_plane } else { in_plane };
-    let inv = 1.0 / (pool.kernel.0 * pool.kernel.1) as f32;
-    let dst_plane = if backward { in_plane } else { out_plane };
-    let mut dst = zeros(planes * dst_plane);
-    dst.par_chunks_mut(dst_plane)
-        .enumerate()
-        .for_each(|(q, dp)| {
-            let sp = &src[q * if backward { out_plane } else { in_plane }..];
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let o = oh * wo + ow;
-                    let mut acc = 0.0;
-                    for i in 0..pool.kernel.0 {
-                        let Some(ih) = tap(oh, i, pool.stride.0, pool.padding.0, h) else {
-                            continue;
-                        };
-                        for j in 0..pool.kernel.1 {
-                            let Some(iw) = tap(ow, j, pool.stride.1, pool.padding.1, w) else {
-                                continue;
-                            };
-                            if backward {
-                                dp[ih * w + iw] += sp[o] * inv;
-                            } else {
-                                acc += sp[ih * w + iw];
-                            }
-                        }
-                    }
-                    if !backward {
-                        dp[o] = acc * inv;
-                    }
-                }
-            }
-        });
-    dst
-}
-
 // ------------------------------------------------------------------------------------ loss
 
 /// Mean softmax cross-entropy; returns (loss, number correct, d loss / d logits).
@@ -760,36 +572,4 @@ pub fn softmax_cross_entropy(
         g[label] -= 1.0 / batch as f32;
     }
     ((loss / batch as f64) as f32, correct, grad)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn max_pool_gradient_goes_to_the_first_maximum_of_each_window() {
-        let pool = Pool2d {
-            kernel: (2, 2),
-            stride: (2, 2),
-            padding: (0, 0),
-        };
-        // A 3x5 plane: a tie in the first window, the maximum last in the second, and a row
-        // and a column no window covers.
-        #[rustfmt::skip]
-        let x = [
-            1.0, 1.0, 0.0, 2.0, 9.0,
-            1.0, 1.0, 3.0, 4.0, 9.0,
-            9.0, 9.0, 9.0, 9.0, 9.0,
-        ];
-        let y = max_pool_forward(&x, &pool, (3, 5), (1, 2));
-        assert_eq!(y, [1.0, 4.0]);
-        let dx = max_pool_backward(&x, &y, &[10.0, 20.0], &pool, (3, 5), (1, 2));
-        #[rustfmt::skip]
-        let want = [
-            10.0, 0.0, 0.0, 0.0, 0.0,
-            0.0, 0.0, 0.0, 20.0, 0.0,
-            0.0, 0.0, 0.0, 0.0, 0.0,
-        ];
-        assert_eq!(dx, want);
-    }
 }

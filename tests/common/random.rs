@@ -3,8 +3,8 @@
 //! this file by path.
 
 use qatc::int8::{FWeights, QGraph, QNode, QOp, QParamsDef, QWeights, TensorType};
-use qatc::ir::Pool2d;
 use qatc::ir::{Act, ConvGeom};
+use qatc::ir::{Pool, Pool2d};
 use qatc::train::rng::Rng;
 
 /// A node of an int8 graph.
@@ -196,9 +196,9 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
                 conv_out(w, p.kernel.1, p.stride.1, p.padding.1),
             );
             let op = if rng.below(2) == 0 {
-                QOp::MaxPool2d(p)
+                QOp::Pool(Pool::MaxPool2d(p))
             } else {
-                QOp::AvgPool2d(p)
+                QOp::Pool(Pool::AvgPool2d(p))
             };
             let t = nodes[x].ty;
             push(&mut nodes, "op", op, vec![x], vec![c, ho, wo], t);
@@ -208,7 +208,7 @@ pub fn random_op_graph_sized(seed: u64, sizes: &Sizes) -> QGraph {
             push(
                 &mut nodes,
                 "op",
-                QOp::GlobalAvgPool,
+                QOp::Pool(Pool::GlobalAvgPool),
                 vec![x],
                 vec![c, 1, 1],
                 t,

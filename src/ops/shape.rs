@@ -1,21 +1,13 @@
-//! The geometry of the plain layers (Linear, Conv2d, pools, global average pooling, Flatten)
-//! and their shape rules, written once. The checker renders each [`ShapeError`] with the span it concerns;
-//! `ir::verify` and the int8 verifier print it. The other ops' rules live with them in
-//! `crate::ops`.
+//! The geometry of the plain layers (Linear, Conv2d, Flatten), their shape rules and the shape
+//! errors of every windowed layer, written once. The checker renders each [`ShapeError`] with
+//! the span it concerns; `ir::verify` and the int8 verifier print it. The pools' rules live with
+//! them in [`super::pool`], the other families' in their modules.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{self, WindowError};
-
-/// A pooling window's geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Pool2d {
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-}
 
 /// A convolution's geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,7 +86,8 @@ impl fmt::Display for ShapeError {
     }
 }
 
-fn chw(x: &[usize]) -> Result<(usize, usize, usize), ShapeError> {
+/// The `(C, H, W)` of a `[C, H, W]` sample.
+pub fn chw(x: &[usize]) -> Result<(usize, usize, usize), ShapeError> {
     match x {
         [c, h, w] => Ok((*c, *h, *w)),
         _ => Err(ShapeError::NotChw(x.to_vec())),
@@ -139,30 +132,14 @@ pub fn conv2d(x: &[usize], geom: &ConvGeom) -> Result<Vec<usize>, ShapeError> {
     Ok(vec![geom.out_channels, ho, wo])
 }
 
-/// `[C, H, W] -> [C, H', W']`, for max and average pooling alike.
-pub fn pool2d(x: &[usize], pool: &Pool2d) -> Result<Vec<usize>, ShapeError> {
-    let (c, h, w) = chw(x)?;
-    if pool.padding.0 > pool.kernel.0 / 2 || pool.padding.1 > pool.kernel.1 / 2 {
-        return Err(ShapeError::PoolPadding {
-            padding: pool.padding,
-            kernel: pool.kernel,
-        });
-    }
-    let (ho, wo) = limits::window((c, h, w), pool.kernel, pool.stride, pool.padding)
-        .map_err(ShapeError::Window)?;
-    Ok(vec![c, ho, wo])
-}
-
-/// `[C, H, W] -> [C, 1, 1]`, summing at most [`limits::MAX_POOLED`] codes per channel.
-pub fn global_avg_pool(x: &[usize]) -> Result<Vec<usize>, ShapeError> {
-    let (c, h, w) = chw(x)?;
-    if h * w > limits::MAX_POOLED {
-        return Err(ShapeError::TooManyPooled { h, w });
-    }
-    Ok(vec![c, 1, 1])
-}
-
 /// Any shape -> `[product]`.
 pub fn flatten(x: &[usize]) -> Vec<usize> {
     vec![x.iter().product()]
+}
+
+/// The input row (or column) read by output position `o` at kernel tap `k`, or `None` in the
+/// padding.
+#[inline]
+pub fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }

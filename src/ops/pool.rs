@@ -1,0 +1,430 @@
+//! Pooling layers, each defined once: its name, its window, its shape rule, its float forward
+//! and backward (training and float layers after convert) and its int8 semantics (the
+//! reference interpreter's; the JIT lowers the same rules and is tested bit-exact against it).
+//!
+//! Every function works on planes: a tensor is a sequence of `H x W` planes (the training
+//! engine's `[C, N, H, W]` and the interpreter's `[N, C, H, W]` alike), and pooling treats each
+//! plane on its own. Adding a pool is a variant here and an arm in each `match` below, plus its
+//! spelling in the spec language and its JIT lowering.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::shape::{chw, tap, ShapeError};
+use crate::limits;
+use crate::quant::numerics::average_codes;
+
+/// A pooling window's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+/// A pooling layer. Its serde form is the variant's own (`{"MaxPool2d": {...}}`,
+/// `"GlobalAvgPool"`), as stored in `.qmodel` files.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Pool {
+    /// The maximum of each window; padding never wins.
+    MaxPool2d(Pool2d),
+    /// The mean of each window, padding counted as zeros in the divisor (torch's
+    /// `count_include_pad=True`).
+    AvgPool2d(Pool2d),
+    /// The mean over H and W: `[C, H, W] -> [C, 1, 1]`, torch's `AdaptiveAvgPool2d(1)`.
+    GlobalAvgPool,
+}
+
+/// Every name users can write.
+pub const NAMES: &[&str] = &["MaxPool2d", "AvgPool2d", "GlobalAvgPool"];
+
+impl Pool {
+    /// The name users write.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pool::MaxPool2d(_) => "MaxPool2d",
+            Pool::AvgPool2d(_) => "AvgPool2d",
+            Pool::GlobalAvgPool => "GlobalAvgPool",
+        }
+    }
+
+    /// The name in the IR's and the int8 graph's text forms.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Pool::MaxPool2d(_) => "max_pool2d",
+            Pool::AvgPool2d(_) => "avg_pool2d",
+            Pool::GlobalAvgPool => "global_avg_pool",
+        }
+    }
+
+    /// The sliding window, for the pools that have one.
+    pub fn window(&self) -> Option<&Pool2d> {
+        match self {
+            Pool::MaxPool2d(p) | Pool::AvgPool2d(p) => Some(p),
+            Pool::GlobalAvgPool => None,
+        }
+    }
+
+    /// A short PyTorch-like description: `MaxPool2d(k=2)`, `AvgPool2d(k=3, s=2, p=1)`.
+    pub fn describe(&self) -> String {
+        let hw = |(h, w): (usize, usize)| {
+            if h == w {
+                h.to_string()
+            } else {
+                format!("{h}x{w}")
+            }
+        };
+        let Some(p) = self.window() else {
+            return self.name().into();
+        };
+        let mut s = format!("{}(k={}", self.name(), hw(p.kernel));
+        if p.stride != p.kernel {
+            s.push_str(&format!(", s={}", hw(p.stride)));
+        }
+        if p.padding != (0, 0) {
+            s.push_str(&format!(", p={}", hw(p.padding)));
+        }
+        s + ")"
+    }
+
+    /// The shape rule: `[C, H, W] -> [C, H', W']`.
+    pub fn output_shape(&self, x: &[usize]) -> Result<Vec<usize>, ShapeError> {
+        let (c, h, w) = chw(x)?;
+        match self {
+            Pool::MaxPool2d(pool) | Pool::AvgPool2d(pool) => {
+                if pool.padding.0 > pool.kernel.0 / 2 || pool.padding.1 > pool.kernel.1 / 2 {
+                    return Err(ShapeError::PoolPadding {
+                        padding: pool.padding,
+                        kernel: pool.kernel,
+                    });
+                }
+                let (ho, wo) = limits::window((c, h, w), pool.kernel, pool.stride, pool.padding)
+                    .map_err(ShapeError::Window)?;
+                Ok(vec![c, ho, wo])
+            }
+            // Its codes are summed in 32 bits.
+            Pool::GlobalAvgPool if h * w > limits::MAX_POOLED => {
+                Err(ShapeError::TooManyPooled { h, w })
+            }
+            Pool::GlobalAvgPool => Ok(vec![c, 1, 1]),
+        }
+    }
+
+    /// The float forward pass over the planes of `x` (samples of `in_shape`, giving
+    /// `out_shape`). Parallel over planes.
+    pub fn forward(&self, x: &[f32], in_shape: &[usize], out_shape: &[usize]) -> Vec<f32> {
+        let (h, w) = (in_shape[1], in_shape[2]);
+        let (ho, wo) = (out_shape[1], out_shape[2]);
+        match self {
+            Pool::MaxPool2d(pool) => max_pool(x, pool, (h, w), (ho, wo)),
+            Pool::AvgPool2d(pool) => {
+                let n = (pool.kernel.0 * pool.kernel.1) as f32;
+                let mut y = vec![0.0; x.len() / (h * w) * ho * wo];
+                y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
+                    let plane = &x[q * h * w..][..h * w];
+                    for (o, out) in yp.iter_mut().enumerate() {
+                        let sum = window_taps(pool, (h, w), (o / wo, o % wo))
+                            .fold(0.0f32, |s, i| s + plane[i]);
+                        *out = sum / n;
+                    }
+                });
+                y
+            }
+            Pool::GlobalAvgPool => {
+                let p = h * w;
+                x.par_chunks(p)
+                    .map(|plane| plane.iter().fold(0.0f32, |s, v| s + v) / p as f32)
+                    .collect()
+            }
+        }
+    }
+
+    /// The input gradient from the output gradient `dy`, given the forward pass's input `x`
+    /// and output `y`. Max pooling routes each gradient to the first input of its window that
+    /// equals the maximum (the element torch's max-pool picks).
+    pub fn backward(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        in_shape: &[usize],
+        out_shape: &[usize],
+    ) -> Vec<f32> {
+        let (h, w) = (in_shape[1], in_shape[2]);
+        let (ho, wo) = (out_shape[1], out_shape[2]);
+        match self {
+            Pool::MaxPool2d(pool) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
+            Pool::AvgPool2d(pool) => {
+                let n = (pool.kernel.0 * pool.kernel.1) as f32;
+                let mut dx = vec![0.0; x.len()];
+                dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
+                    let dyp = &dy[q * ho * wo..][..ho * wo];
+                    for (o, &g) in dyp.iter().enumerate() {
+                        for i in window_taps(pool, (h, w), (o / wo, o % wo)) {
+                            dxp[i] += g / n;
+                        }
+                    }
+                });
+                dx
+            }
+            Pool::GlobalAvgPool => {
+                let p = h * w;
+                dy.iter()
+                    .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
+                    .collect()
+            }
+        }
+    }
+
+    /// The int8 semantics, on the codes of `x` with zero point `zero_point`: the maximum of
+    /// codes is the code of the maximum; averages sum the codes in 32 bits (a padding tap is
+    /// the zero point, a zero value) and round half to even ([`average_codes`]).
+    pub fn eval_u8(
+        &self,
+        x: &[u8],
+        in_shape: &[usize],
+        out_shape: &[usize],
+        zero_point: i32,
+    ) -> Vec<u8> {
+        let (h, w) = (in_shape[1], in_shape[2]);
+        let (ho, wo) = (out_shape[1], out_shape[2]);
+        let planes = x.chunks_exact(h * w);
+        match self {
+            Pool::MaxPool2d(pool) => planes
+                .flat_map(|plane| {
+                    (0..ho * wo).map(move |o| {
+                        window_taps(pool, (h, w), (o / wo, o % wo))
+                            .map(|i| plane[i])
+                            .max()
+                            .expect("windows are not empty")
+                    })
+                })
+                .collect(),
+            Pool::AvgPool2d(pool) => {
+                let n = (pool.kernel.0 * pool.kernel.1) as i32;
+                planes
+                    .flat_map(|plane| {
+                        (0..ho * wo).map(move |o| {
+                            let (mut sum, mut taps) = (0i32, 0i32);
+                            for i in window_taps(pool, (h, w), (o / wo, o % wo)) {
+                                sum += plane[i] as i32;
+                                taps += 1;
+                            }
+                            let sum = sum + zero_point * (n - taps);
+                            average_codes(sum, n).clamp(0, 255) as u8
+                        })
+                    })
+                    .collect()
+            }
+            Pool::GlobalAvgPool => planes
+                .map(|plane| {
+                    let sum = plane.iter().map(|&c| c as i32).sum();
+                    average_codes(sum, (h * w) as i32) as u8
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The input index (within its plane) of each tap of a pooling window, padding left out.
+#[inline]
+fn window_taps(
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> impl Iterator<Item = usize> + '_ {
+    (0..pool.kernel.0).flat_map(move |i| {
+        (0..pool.kernel.1).filter_map(move |j| {
+            let ih = tap(oh, i, pool.stride.0, pool.padding.0, h)?;
+            let iw = tap(ow, j, pool.stride.1, pool.padding.1, w)?;
+            Some(ih * w + iw)
+        })
+    })
+}
+
+/// The running maximum's step, as the JIT emits it (a compare and a select): the first of
+/// equal values stays, and a NaN never replaces a number.
+#[inline]
+fn larger(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
+/// Max pooling over planes (padding counts as -inf), with the common 2x2 stride-2 window
+/// written out.
+fn max_pool(
+    x: &[f32],
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f32> {
+    let mut y = vec![0.0; x.len() / (h * w) * ho * wo];
+    let (kh, kw) = pool.kernel;
+    let (sh, sw) = pool.stride;
+    let unpadded = pool.padding == (0, 0);
+    y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
+        let plane = &x[q * h * w..(q + 1) * h * w];
+        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+            // Four loads and three max per output.
+            for oh in 0..ho {
+                let (r0, r1) = (&plane[2 * oh * w..][..w], &plane[(2 * oh + 1) * w..][..w]);
+                for (ow, out) in yp[oh * wo..(oh + 1) * wo].iter_mut().enumerate() {
+                    let m = larger(r0[2 * ow], r0[2 * ow + 1]);
+                    *out = larger(larger(m, r1[2 * ow]), r1[2 * ow + 1]);
+                }
+            }
+            return;
+        }
+        for (o, out) in yp.iter_mut().enumerate() {
+            *out = window_taps(pool, (h, w), (o / wo, o % wo))
+                .fold(f32::NEG_INFINITY, |m, i| larger(m, plane[i]));
+        }
+    });
+    y
+}
+
+/// The gradient of [`max_pool`]: each window's maximum is found again rather than stored.
+fn max_pool_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    pool: &Pool2d,
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f32> {
+    let mut dx = vec![0.0; x.len()];
+    let (kh, kw) = pool.kernel;
+    let (sh, sw) = pool.stride;
+    let unpadded = pool.padding == (0, 0);
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
+        let plane = &x[q * h * w..(q + 1) * h * w];
+        let (yp, dyp) = (
+            &y[q * ho * wo..(q + 1) * ho * wo],
+            &dy[q * ho * wo..(q + 1) * ho * wo],
+        );
+        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+            // Windows do not overlap, so each input is written once, with selects: the first
+            // of the four that equals the maximum takes the gradient.
+            for oh in 0..ho {
+                let (r0, r1) = (2 * oh * w, (2 * oh + 1) * w);
+                for ow in 0..wo {
+                    let (m, g) = (yp[oh * wo + ow], dyp[oh * wo + ow]);
+                    let (a, b) = (r0 + 2 * ow, r1 + 2 * ow);
+                    let e0 = plane[a] == m;
+                    let e1 = !e0 && plane[a + 1] == m;
+                    let e2 = !(e0 || e1) && plane[b] == m;
+                    let e3 = !(e0 || e1 || e2) && plane[b + 1] == m;
+                    dxp[a] = if e0 { g } else { 0.0 };
+                    dxp[a + 1] = if e1 { g } else { 0.0 };
+                    dxp[b] = if e2 { g } else { 0.0 };
+                    dxp[b + 1] = if e3 { g } else { 0.0 };
+                }
+            }
+            return;
+        }
+        for (o, (&m, &g)) in yp.iter().zip(dyp).enumerate() {
+            if let Some(i) = window_taps(pool, (h, w), (o / wo, o % wo)).find(|&i| plane[i] == m) {
+                dxp[i] += g;
+            }
+        }
+    });
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: Pool2d = Pool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+        padding: (0, 0),
+    };
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_first_maximum_of_each_window() {
+        // A 3x5 plane: a tie in the first window, the maximum last in the second, and a row
+        // and a column no window covers.
+        #[rustfmt::skip]
+        let x = [
+            1.0, 1.0, 0.0, 2.0, 9.0,
+            1.0, 1.0, 3.0, 4.0, 9.0,
+            9.0, 9.0, 9.0, 9.0, 9.0,
+        ];
+        #[rustfmt::skip]
+        let want = [
+            10.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 20.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        // The general path: the second window moves to columns 3 and 4.
+        let wider = Pool2d {
+            stride: (2, 3),
+            ..TWO
+        };
+        #[rustfmt::skip]
+        let want_wider = [
+            10.0, 0.0, 0.0, 0.0, 20.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        for (pool, want_y, want_dx) in [(TWO, [1.0, 4.0], want), (wider, [1.0, 9.0], want_wider)] {
+            let pool = Pool::MaxPool2d(pool);
+            let y = pool.forward(&x, &[1, 3, 5], &[1, 1, 2]);
+            assert_eq!(y, want_y);
+            let dx = pool.backward(&x, &y, &[10.0, 20.0], &[1, 3, 5], &[1, 1, 2]);
+            assert_eq!(dx, want_dx);
+        }
+    }
+
+    #[test]
+    fn average_pooling_counts_padding_as_zero_values() {
+        let pool = Pool::AvgPool2d(Pool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (1, 1),
+        });
+        // A 2x2 plane padded by one: each output window holds one real value and three zeros.
+        let shape = pool.output_shape(&[1, 2, 2]).unwrap();
+        assert_eq!(shape, [1, 2, 2]);
+        let y = pool.forward(&[4.0, 8.0, 12.0, 16.0], &[1, 2, 2], &shape);
+        assert_eq!(y, [1.0, 2.0, 3.0, 4.0]);
+        // In codes with zero point 10, padding adds 10s: (14 + 30) / 4 = 11.
+        let q = pool.eval_u8(&[14, 18, 22, 26], &[1, 2, 2], &shape, 10);
+        assert_eq!(q, [11, 12, 13, 14]);
+        let dx = pool.backward(&[0.0; 4], &y, &[4.0; 4], &[1, 2, 2], &shape);
+        assert_eq!(dx, [1.0; 4]);
+    }
+
+    #[test]
+    fn shape_rules_name_what_is_wrong() {
+        let padded = Pool::MaxPool2d(Pool2d {
+            padding: (2, 0),
+            ..TWO
+        });
+        assert!(matches!(
+            padded.output_shape(&[1, 8, 8]),
+            Err(ShapeError::PoolPadding { .. })
+        ));
+        assert!(matches!(
+            Pool::GlobalAvgPool.output_shape(&[4]),
+            Err(ShapeError::NotChw(_))
+        ));
+        assert_eq!(
+            Pool::GlobalAvgPool.output_shape(&[4, 3, 3]).unwrap(),
+            [4, 1, 1]
+        );
+        for name in NAMES {
+            assert!([
+                Pool::MaxPool2d(TWO),
+                Pool::AvgPool2d(TWO),
+                Pool::GlobalAvgPool
+            ]
+            .iter()
+            .any(|p| p.name() == *name));
+        }
+    }
+}
