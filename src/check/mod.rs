@@ -15,7 +15,7 @@ pub use lower::lower;
 pub use table::model_table;
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
-use crate::ir::shape::{self, ShapeError};
+use crate::ir::shape::{self, hw_text as hw, ShapeError};
 use crate::ir::{Activation, Combine, ConvGeom, Pool};
 use crate::limits;
 use crate::limits::WindowError;
@@ -97,13 +97,6 @@ pub enum LayerKind {
 impl LayerKind {
     /// A short PyTorch-like description: `Conv2d(1, 16, k=5)`, `Linear(512, 120)`.
     pub fn describe(&self) -> String {
-        let hw = |(h, w): (usize, usize)| {
-            if h == w {
-                h.to_string()
-            } else {
-                format!("{h}x{w}")
-            }
-        };
         match self {
             LayerKind::Linear {
                 in_features,

@@ -6,6 +6,7 @@
 //! and `qatc compile --emit ir` prints it.
 
 pub use crate::ops::shape;
+use crate::ops::shape::hw_text as hw;
 pub use crate::ops::shape::ConvGeom;
 
 use std::fmt::Write;
@@ -318,14 +319,6 @@ pub fn dims_text(shape: &[usize]) -> String {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn hw((h, w): (usize, usize)) -> String {
-    if h == w {
-        h.to_string()
-    } else {
-        format!("{h}x{w}")
-    }
 }
 
 fn act_text(act: Act) -> Option<&'static str> {

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::shape::{chw, tap, ShapeError};
+use super::shape::{chw, hw_text as hw, tap, ShapeError};
 use crate::limits;
 use crate::quant::numerics::average_codes;
 
@@ -67,13 +67,6 @@ impl Pool {
 
     /// A short PyTorch-like description: `MaxPool2d(k=2)`, `AvgPool2d(k=3, s=2, p=1)`.
     pub fn describe(&self) -> String {
-        let hw = |(h, w): (usize, usize)| {
-            if h == w {
-                h.to_string()
-            } else {
-                format!("{h}x{w}")
-            }
-        };
         let Some(p) = self.window() else {
             return self.name().into();
         };

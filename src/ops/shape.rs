@@ -86,6 +86,15 @@ impl fmt::Display for ShapeError {
     }
 }
 
+/// A 2-D size as text: `5` when square, else `3x5`.
+pub fn hw_text((h, w): (usize, usize)) -> String {
+    if h == w {
+        h.to_string()
+    } else {
+        format!("{h}x{w}")
+    }
+}
+
 /// The `(C, H, W)` of a `[C, H, W]` sample.
 pub fn chw(x: &[usize]) -> Result<(usize, usize, usize), ShapeError> {
     match x {
