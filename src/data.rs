@@ -241,6 +241,133 @@ fn parse_idx<'a>(
     }
 }
 
+/// Model inputs read from a file, for `qatc run`: a `.npy` array of f32 samples (`[N, ...shape]`
+/// or `[N, product]`, C order, already normalized), or an IDX file of 8-bit images (`N x H x W`
+/// or `N x C x H x W`, plain or gzip), normalized with `normalization`. Returns the values and
+/// `N`. Every malformed file is an error naming the file and what is wrong.
+pub fn read_inputs(
+    path: &Path,
+    shape: &[usize],
+    normalization: Option<&Normalization>,
+) -> Result<(Vec<f32>, usize), String> {
+    let bytes = read_file(path)?;
+    let name = path.display();
+    let size: usize = shape.iter().product();
+    if bytes.starts_with(b"\x93NUMPY") {
+        let npy = npyz::NpyFile::new(bytes.as_slice())
+            .map_err(|e| format!("{name}: not a valid .npy file ({e})"))?;
+        let dtype = match npy.dtype() {
+            npyz::DType::Plain(t) => t.to_string(),
+            other => other.descr().to_string(),
+        };
+        if dtype != "<f4" {
+            return Err(format!(
+                "{name}: holds {dtype} values; `qatc run` reads float32 (`<f4`): save it with \
+                 `np.save(path, x.astype(np.float32))`"
+            ));
+        }
+        if npy.order() != npyz::Order::C {
+            return Err(format!(
+                "{name}: is in Fortran order; save it in C order (`np.ascontiguousarray`)"
+            ));
+        }
+        let dims: Vec<u64> = npy.shape().to_vec();
+        let per_sample = dims
+            .get(1..)
+            .and_then(|d| d.iter().try_fold(1u64, |a, &b| a.checked_mul(b)));
+        let fits = match (dims.first(), per_sample) {
+            (Some(&n), Some(k)) => {
+                let trailing: Vec<u64> = dims[1..].to_vec();
+                let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                if n == 0 {
+                    return Err(format!("{name}: holds no samples (shape {dims:?})"));
+                }
+                k == size as u64 && (trailing == want || trailing.len() == 1)
+            }
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "{name}: has shape {dims:?}; the model takes [N, {}] (or [N, {size}])",
+                dims_text(shape)
+            ));
+        }
+        let n = dims[0] as usize;
+        // The header's count must be what the file holds before anything is read.
+        let payload = n
+            .checked_mul(size)
+            .and_then(|v| v.checked_mul(4))
+            .filter(|&b| b <= bytes.len())
+            .ok_or_else(|| {
+                format!("{name}: truncated: shape {dims:?} needs more data than the file holds")
+            })?;
+        let values: Vec<f32> = npy
+            .into_vec()
+            .map_err(|e| format!("{name}: truncated or corrupt data ({e})"))?;
+        if values.len() * 4 != payload {
+            return Err(format!(
+                "{name}: holds {} values, its shape {dims:?} says {}",
+                values.len(),
+                n * size
+            ));
+        }
+        return Ok((values, n));
+    }
+    let Some(&dims_count) = bytes.get(3).filter(|&&d| d == 3 || d == 4) else {
+        return Err(format!(
+            "{name}: neither a .npy file (magic \\x93NUMPY) nor an IDX file of images \
+             (magic 00000803 or 00000804)"
+        ));
+    };
+    let (dims, pixels) = parse_idx(&bytes, path, dims_count as usize)?;
+    let image: Vec<usize> = if dims.len() == 3 {
+        vec![1, dims[1], dims[2]]
+    } else {
+        dims[1..].to_vec()
+    };
+    let flat = [image.iter().product::<usize>()];
+    if image != shape && flat != shape {
+        return Err(format!(
+            "{name}: holds {}x{}x{} images; the model takes [{}]",
+            image[0],
+            image[1],
+            image[2],
+            dims_text(shape)
+        ));
+    }
+    let Some(normalization) = normalization else {
+        return Err(format!(
+            "{name}: images need the model's input normalization, and this model carries none"
+        ));
+    };
+    let mut values = Vec::with_capacity(pixels.len());
+    normalization.apply(pixels, (image[0], image[1] * image[2]), &mut values);
+    Ok((values, dims[0]))
+}
+
+fn dims_text(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    dims.join(", ")
+}
+
+/// An f32 array in `.npy` form (C order).
+pub fn npy_f32(values: &[f32], shape: &[usize]) -> Result<Vec<u8>, String> {
+    use npyz::WriterBuilder;
+    let mut out = Vec::new();
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&dims)
+        .writer(&mut out)
+        .begin_nd()
+        .map_err(|e| e.to_string())?;
+    writer
+        .extend(values.iter().copied())
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 /// How 8-bit images become model inputs: `(p / 255 - mean[c]) / std[c]` for channel `c`, as
 /// torchvision's ToTensor + Normalize (a single value serves every channel).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use qatc::pipeline::{self, CompileOptions, Emit, SpecFile, Stage, TrainOptions, TrainRun};
+use qatc::pipeline::{self, CompileOptions, Emit, Engine, SpecFile, Stage, TrainOptions, TrainRun};
 
 /// A short run of the MLP (2048 training images, one epoch) into a fresh folder.
 fn short_run(tag: &str) -> pipeline::TrainReport {
@@ -94,7 +94,160 @@ fn train_evaluate_compare_and_compile_agree() {
     .unwrap_err();
     assert_eq!(bad.stage, Stage::Compile);
     assert!(bad.message.contains("unknown target `riscv`"), "{bad}");
+
+    // Run, on the IDX test images: the JIT and the interpreter give the same bits, and the
+    // predictions score what evaluation measured.
+    let images = common::root().join("data/mnist10k/t10k-images-idx3-ubyte.gz");
+    let jit = pipeline::run(&model, &images, Engine::Jit).unwrap();
+    let interp = pipeline::run(&model, &images, Engine::Interpreter).unwrap();
+    assert_eq!((jit.samples, jit.output_size), (report.test_images, 10));
+    assert_eq!(bits(&jit.outputs), bits(&interp.outputs));
+    let labels =
+        qatc::data::read_file(&common::root().join("data/mnist10k/t10k-labels-idx1-ubyte.gz"))
+            .unwrap();
+    let correct = jit
+        .predictions()
+        .iter()
+        .zip(&labels[8..])
+        .filter(|(p, &l)| p.class == l as usize)
+        .count();
+    let acc = 100.0 * correct as f64 / jit.samples as f64;
+    assert!(
+        (acc - int8.int8_acc).abs() < 0.006,
+        "{acc} vs {}",
+        int8.int8_acc
+    );
+
+    // The same images as a .npy of normalized samples give the same outputs, and the outputs
+    // written as .npy read back as they are.
+    let shape = [1, 28, 28];
+    let norm = qatc::data::Normalization {
+        mean: vec![0.5],
+        std: vec![0.5],
+    };
+    let (x, n) = qatc::data::read_inputs(&images, &shape, Some(&norm)).unwrap();
+    let npy = report.dir.join("x.npy");
+    std::fs::write(&npy, qatc::data::npy_f32(&x, &[n, 1, 28, 28]).unwrap()).unwrap();
+    let from_npy = pipeline::run(&model, &npy, Engine::Jit).unwrap();
+    assert_eq!(bits(&from_npy.outputs), bits(&jit.outputs));
+    let out = report.dir.join("y.npy");
+    std::fs::write(&out, jit.to_npy().unwrap()).unwrap();
+    let (y, rows) = qatc::data::read_inputs(&out, &[10], None).unwrap();
+    assert_eq!((rows, bits(&y)), (jit.samples, bits(&jit.outputs)));
     std::fs::remove_dir_all(&report.dir).ok();
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A `.npy` file with any header, as numpy writes them (version 1.0).
+fn npy(descr: &str, fortran: bool, shape: &str, payload: &[u8]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(payload);
+    out
+}
+
+/// Every malformed input file is an error naming the file and what is wrong.
+#[test]
+fn run_inputs_are_checked() {
+    let dir = std::env::temp_dir().join(format!("qatc-run-inputs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shape = [1, 2, 2];
+    let norm = qatc::data::Normalization {
+        mean: vec![0.0],
+        std: vec![1.0],
+    };
+    let four = [0u8; 16];
+    let good = npy("<f4", false, "(1, 1, 2, 2)", &four);
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+    idx.extend([0, 255, 51, 102, 0, 0, 0, 255]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "f64.npy",
+            npy("<f8", false, "(1, 4)", &[0; 32]),
+            "holds <f8 values",
+        ),
+        (
+            "big-endian.npy",
+            npy(">f4", false, "(1, 4)", &four),
+            "holds >f4 values",
+        ),
+        (
+            "fortran.npy",
+            npy("<f4", true, "(1, 4)", &four),
+            "Fortran order",
+        ),
+        (
+            "shape.npy",
+            npy("<f4", false, "(2, 2)", &four),
+            "has shape [2, 2]",
+        ),
+        (
+            "empty.npy",
+            npy("<f4", false, "(0, 4)", &[]),
+            "holds no samples",
+        ),
+        (
+            "huge.npy",
+            npy("<f4", false, "(4611686018427387904, 4)", &four),
+            "truncated",
+        ),
+        (
+            "overflow.npy",
+            npy("<f4", false, "(1, 4294967296, 4294967296)", &four),
+            "has shape",
+        ),
+        (
+            "truncated.npy",
+            npy("<f4", false, "(2, 4)", &four),
+            "truncated",
+        ),
+        ("header.npy", good[..20].to_vec(), "not a valid .npy file"),
+        ("text.txt", b"0.5, 0.25".to_vec(), "neither a .npy file"),
+        (
+            "idx-size.idx",
+            [&idx[..8], &[0, 0, 0, 3, 0, 0, 0, 3]].concat(),
+            "truncated",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let e = qatc::data::read_inputs(&path, &shape, Some(&norm)).unwrap_err();
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+    }
+    let path = dir.join("good.npy");
+    std::fs::write(&path, good).unwrap();
+    assert_eq!(
+        qatc::data::read_inputs(&path, &shape, None).unwrap(),
+        (vec![0.0; 4], 1)
+    );
+    // Images: 2x2 pixels, normalized; a model of another size is refused.
+    let path = dir.join("images.idx");
+    std::fs::write(&path, &idx).unwrap();
+    let (x, n) = qatc::data::read_inputs(&path, &shape, Some(&norm)).unwrap();
+    let want = [0.0, 1.0, 0.2, 0.4, 0.0, 0.0, 0.0, 1.0];
+    assert_eq!(n, 2);
+    assert!(x.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{x:?}");
+    let e = qatc::data::read_inputs(&path, &[1, 3, 3], Some(&norm)).unwrap_err();
+    assert!(
+        e.contains("holds 1x2x2 images; the model takes [1, 3, 3]"),
+        "{e}"
+    );
+    let e = qatc::data::read_inputs(&path, &shape, None).unwrap_err();
+    assert!(e.contains("carries none"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! The commands as library functions: `qatc train`, `calibrate`, `eval`, `compare`, `compile`,
-//! `bench` and `bench-train` each call one function here, which returns a typed report
+//! `run`, `bench` and `bench-train` each call one function here, which returns a typed report
 //! (`Serialize`) or an [`Error`] that names its stage. Nothing here prints or exits; the CLI
 //! (`src/bin/qatc/`) parses arguments, calls, and prints.
 
 mod bench;
 mod commands;
+mod run;
 mod train;
 
 use std::fmt;
@@ -17,6 +18,7 @@ pub use commands::{
     calibrate, compare, compile, evaluate, CalibrateReport, CompareReport, CompileOptions,
     CompileOutput, Emit, EvalReport,
 };
+pub use run::{run, Engine, Prediction, RunOutput};
 pub use train::{TrainOptions, TrainReport, TrainRun};
 
 use crate::check::{CheckedModel, TrainConfig};

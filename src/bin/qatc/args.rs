@@ -116,6 +116,25 @@ pub enum Command {
         #[arg(long)]
         dot: Option<String>,
     },
+    /// Run a converted model (.qmodel) on the samples of a file: a .npy of float32 [N, ...input
+    /// shape] (already normalized) or an IDX image file (normalized as the model's spec says).
+    /// Prints each sample's best output, or writes every output with -o.
+    Run {
+        model: PathBuf,
+        input: PathBuf,
+        /// Write the outputs as a .npy file of float32 [N, outputs] instead of printing.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Use the reference interpreter instead of the JIT.
+        #[arg(long)]
+        interp: bool,
+        /// Print one JSON object (model, engine, samples, output_size, predictions).
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
         spec: PathBuf,

@@ -2,6 +2,7 @@
 //! [`qatc::pipeline`] and prints the report; it is the only place that prints or exits.
 
 mod args;
+mod print;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +100,35 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }),
         Command::Eval { model, data } => with_threads(None, |_| {
-            print_eval(&pipeline::evaluate(&model, data.as_deref())?);
+            print::eval(&pipeline::evaluate(&model, data.as_deref())?);
+            Ok(())
+        }),
+        Command::Run {
+            model,
+            input,
+            output,
+            interp,
+            json,
+            threads,
+        } => with_threads(threads, |_| {
+            let engine = if interp {
+                pipeline::Engine::Interpreter
+            } else {
+                pipeline::Engine::Jit
+            };
+            let r = pipeline::run(&model, &input, engine)?;
+            match output {
+                Some(path) => {
+                    write(&path, &r.to_npy()?)?;
+                    eprintln!(
+                        "wrote {} ({} x {} f32)",
+                        path.display(),
+                        r.samples,
+                        r.output_size
+                    );
+                }
+                None => print::run(&r, json),
+            }
             Ok(())
         }),
         Command::Train {
@@ -129,7 +158,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 threads,
                 dot,
             };
-            print_bench(&pipeline::bench(&model, &options)?, json);
+            print::bench(&pipeline::bench(&model, &options)?, json);
             Ok(())
         }),
         Command::BenchTrain {
@@ -275,51 +304,6 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             format!("cannot write {}: {e}", path.display()),
         )
     })
-}
-
-fn print_eval(r: &pipeline::EvalReport) {
-    println!(
-        "model {} ({} backend), {} test images: int8 accuracy {:.2} %",
-        r.model, r.backend, r.test_images, r.accuracy
-    );
-    println!("\nconfusion matrix (rows: label, columns: prediction)");
-    print!("      ");
-    for c in 0..r.confusion.len() {
-        print!("{c:>6}");
-    }
-    println!();
-    for (label, row) in r.confusion.iter().enumerate() {
-        print!("{label:>6}");
-        for n in row {
-            print!("{n:>6}");
-        }
-        println!();
-    }
-}
-
-fn print_bench(r: &pipeline::BenchReport, json: bool) {
-    if json {
-        println!("{}", r.to_json());
-        return;
-    }
-    println!(
-        "{}: compiled in {:.2} ms (median of 5, {} dot products); {} threads",
-        r.model, r.compile_ms, r.dot, r.threads
-    );
-    println!(
-        "{:<8} {:>16} {:>16} {:>9}",
-        "batch", "jit", "reference", "speedup"
-    );
-    for row in &r.rows {
-        let (jit, reference, speedup) = if row.batch == 1 {
-            let text = |v: f64| format!("{v:.2} µs");
-            (text(row.jit), text(row.reference), row.reference / row.jit)
-        } else {
-            let text = |v: f64| format!("{v:.0} img/s");
-            (text(row.jit), text(row.reference), row.jit / row.reference)
-        };
-        println!("{:<8} {jit:>16} {reference:>16} {speedup:>8.1}x", row.batch);
-    }
 }
 
 fn bench_train(

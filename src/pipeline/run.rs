@@ -1,0 +1,92 @@
+//! `qatc run`: a converted model on the inputs of a file, for scripting and for comparing with
+//! other runtimes.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{read_qmodel, Error, Stage};
+
+/// Which engine runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Native code compiled by the JIT.
+    Jit,
+    /// The reference interpreter (bit-exact with the JIT, much slower).
+    Interpreter,
+}
+
+/// The outputs of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutput {
+    pub model: String,
+    pub engine: Engine,
+    pub samples: usize,
+    /// Values per sample.
+    pub output_size: usize,
+    /// `samples x output_size` values, one sample after another (dequantized when the model
+    /// ends quantized).
+    #[serde(skip)]
+    pub outputs: Vec<f32>,
+}
+
+/// One sample's best output.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Index of the largest output (the first of equal ones).
+    pub class: usize,
+    pub score: f32,
+}
+
+impl RunOutput {
+    /// The largest output of each sample.
+    pub fn predictions(&self) -> Vec<Prediction> {
+        self.outputs
+            .chunks_exact(self.output_size.max(1))
+            .map(|row| {
+                let class = crate::data::argmax(row);
+                Prediction {
+                    class,
+                    score: row[class],
+                }
+            })
+            .collect()
+    }
+
+    /// The outputs as a `.npy` file of f32, shape `[samples, output_size]`.
+    pub fn to_npy(&self) -> Result<Vec<u8>, Error> {
+        crate::data::npy_f32(&self.outputs, &[self.samples, self.output_size])
+            .map_err(Error::at(Stage::Write))
+    }
+}
+
+/// Runs the `.qmodel` at `model_path` on the inputs in `input` ([`crate::data::read_inputs`]:
+/// `.npy` f32 samples, already normalized, or IDX images, normalized as the model's spec says)
+/// with the JIT, or with the reference interpreter when `engine` says so.
+pub fn run(model_path: &Path, input: &Path, engine: Engine) -> Result<RunOutput, Error> {
+    let (graph, info) = read_qmodel(model_path)?;
+    let shape = graph.nodes[0].shape.clone();
+    let (x, samples) = crate::data::read_inputs(input, &shape, info.normalization.as_ref())
+        .map_err(Error::at(Stage::Data))?;
+    let output_size = graph.nodes[graph.output].shape.iter().product();
+    let run_error = |e: String| Error::new(Stage::Run, format!("{}: {e}", model_path.display()));
+    let outputs = match engine {
+        Engine::Interpreter => crate::interp::run(&graph, &x, samples).map_err(run_error)?,
+        Engine::Jit => {
+            let model = crate::jit::Model::from_graph(graph.clone())
+                .map_err(|e| Error::new(Stage::Compile, e.to_string()))?;
+            let compiled = model
+                .compile()
+                .map_err(|e| Error::new(Stage::Compile, e.to_string()))?;
+            compiled.run(&x).map_err(|e| run_error(e.to_string()))?
+        }
+    };
+    Ok(RunOutput {
+        model: graph.name.clone(),
+        engine,
+        samples,
+        output_size,
+        outputs,
+    })
+}
