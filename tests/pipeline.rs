@@ -239,7 +239,10 @@ fn run_inputs_are_checked() {
     let (x, n) = qatc::data::read_inputs(&path, &shape, Some(&norm)).unwrap();
     let want = [0.0, 1.0, 0.2, 0.4, 0.0, 0.0, 0.0, 1.0];
     assert_eq!(n, 2);
-    assert!(x.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{x:?}");
+    assert!(
+        x.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+        "{x:?}"
+    );
     let e = qatc::data::read_inputs(&path, &[1, 3, 3], Some(&norm)).unwrap_err();
     assert!(
         e.contains("holds 1x2x2 images; the model takes [1, 3, 3]"),

@@ -144,7 +144,9 @@ impl LayerKind {
 /// The training settings with defaults filled in.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainConfig {
-    pub data: ast::DataSource,
+    /// `None` until the user names the data (a spec written by `qatc import`); commands that
+    /// need data say so.
+    pub data: Option<ast::DataSource>,
     /// Per input channel.
     pub normalization: crate::data::Normalization,
     pub epochs: usize,
@@ -155,6 +157,8 @@ pub struct TrainConfig {
     pub freeze_bn_after: Option<usize>,
     pub freeze_observers_after: Option<usize>,
     pub seed: u64,
+    /// The state dict to start from, as written (relative to the spec's folder).
+    pub init: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -1048,16 +1052,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
     } else {
         1
     };
-    let data = match &t.data {
-        Some(d) => d.node.clone(),
-        None => {
-            diags.push(
-                Diag::error_at_file("the `train` block has no `data` source")
-                    .with_help("add `data: mnist(\"data/mnist10k\")` or another source"),
-            );
-            return None;
-        }
-    };
+    let data = t.data.as_ref().map(|d| d.node.clone());
     let (mean, std) = match &t.normalize {
         None => (vec![0.0; channels], vec![1.0; channels]),
         Some(n) => {
@@ -1173,6 +1168,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
         freeze_bn_after,
         freeze_observers_after,
         seed: t.seed.as_ref().map_or(0, |s| s.node),
+        init: t.init.as_ref().map(|p| p.node.clone()),
     })
 }
 

@@ -22,12 +22,13 @@ pub struct CalibrateReport {
     pub qmodel: PathBuf,
 }
 
-/// Post-training quantization: loads a float checkpoint trained from `spec`'s model, runs its
-/// observers over `batches` batches of training data (no training, BatchNorm on its running
-/// statistics), converts, and writes `out/model.qmodel` (default `runs/<model>-ptq`).
+/// Post-training quantization: loads a float checkpoint trained from `spec`'s model (or, without
+/// one, the state dict the spec's `init:` names), runs its observers over `batches` batches of
+/// training data (no training, BatchNorm on its running statistics), converts, and writes
+/// `out/model.qmodel` (default `runs/<model>-ptq`).
 pub fn calibrate(
     spec: &SpecFile,
-    checkpoint: &Path,
+    checkpoint: Option<&Path>,
     batches: usize,
     out: Option<PathBuf>,
 ) -> Result<CalibrateReport, Error> {
@@ -43,8 +44,25 @@ pub fn calibrate(
     }
     let cfg = spec.train_config("it names the calibration data")?;
     let data = spec.data(&cfg)?;
-    let mut net = crate::train::build_net(model, cfg.seed).map_err(Error::at(Stage::Train))?;
-    load_checkpoint(&mut net, checkpoint)?;
+    let mut net = match checkpoint {
+        Some(path) => {
+            let mut net =
+                crate::train::build_net(model, cfg.seed).map_err(Error::at(Stage::Train))?;
+            load_checkpoint(&mut net, path)?;
+            net
+        }
+        None if cfg.init.is_some() => spec.net(&cfg)?,
+        None => {
+            return Err(Error::new(
+                Stage::Spec,
+                format!(
+                    "error: nothing to calibrate: give a float checkpoint with `--from`, or name \
+                     a state dict with `init:` in the `train` block of `{}`\n",
+                    spec.path.display()
+                ),
+            ))
+        }
+    };
     let float_acc = crate::train::evaluate(&mut net, &data.test, &cfg, false);
     let observe = Mode {
         training: false,

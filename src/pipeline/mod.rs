@@ -166,6 +166,35 @@ impl SpecFile {
         crate::train::load_data(&self.model, cfg, self.dir()).map_err(Error::at(Stage::Data))
     }
 
+    /// The network to train or calibrate: fresh weights from the seed, or the state dict the
+    /// `train` block's `init:` names.
+    pub fn net(&self, cfg: &TrainConfig) -> Result<crate::train::engine::Net, Error> {
+        let mut net =
+            crate::train::build_net(&self.model, cfg.seed).map_err(Error::at(Stage::Train))?;
+        if let Some(init) = &cfg.init {
+            let path = crate::data::resolve(init, self.dir());
+            if !path.exists() {
+                return Err(Error::new(
+                    Stage::Read,
+                    format!(
+                        "the `init` state dict `{init}` is missing: neither {} nor {init} exists",
+                        self.dir().join(init).display()
+                    ),
+                ));
+            }
+            let bytes = crate::data::read_file(&path).map_err(|e| {
+                Error::new(Stage::Read, format!("cannot read `init` state dict: {e}"))
+            })?;
+            crate::state::checkpoint::load_state_dict(&mut net.state, &bytes).map_err(|e| {
+                Error::new(
+                    Stage::Read,
+                    format!("`init` state dict {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(net)
+    }
+
     /// What a `.qmodel` converted from this spec stores besides its graph.
     pub fn qmodel_info(&self, cfg: &TrainConfig) -> crate::qmodel::Info {
         crate::qmodel::Info {

@@ -77,8 +77,7 @@ impl TrainRun {
             return Err(Error::new(Stage::Train, "--epochs must be at least 1"));
         }
         let data = spec.data(&cfg)?;
-        let net =
-            crate::train::build_net(&spec.model, cfg.seed).map_err(Error::at(Stage::Train))?;
+        let net = spec.net(&cfg)?;
         let dir = options
             .out
             .clone()

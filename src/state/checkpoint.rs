@@ -112,8 +112,142 @@ pub fn to_bytes(
         .map_err(|e| format!("cannot serialize the checkpoint: {e}"))
 }
 
+/// A tensor the state owns besides observers: a parameter or a BatchNorm statistic, by its
+/// state_dict name, with its shape and its values to overwrite.
+struct Slot<'a> {
+    name: String,
+    shape: Vec<usize>,
+    values: &'a mut Vec<f32>,
+}
+
+/// Every parameter and BatchNorm statistic of `state`, in node order.
+fn slots<'a>(state: &'a mut State) -> Vec<Slot<'a>> {
+    let mut out = Vec::new();
+    let param = |p: &'a mut super::Param| Slot {
+        name: p.name.clone(),
+        shape: p.shape.clone(),
+        values: &mut p.value,
+    };
+    for node in &mut state.nodes {
+        let bn = match node {
+            NodeState::Linear {
+                weight, bias, bn, ..
+            }
+            | NodeState::Conv {
+                weight, bias, bn, ..
+            } => {
+                out.push(param(weight));
+                out.extend(bias.as_mut().map(param));
+                bn.as_deref_mut()
+            }
+            NodeState::Bn(bn) => Some(bn),
+            NodeState::FakeQuant { .. } | NodeState::None => None,
+        };
+        if let Some(bn) = bn {
+            let name = bn.attrs.name.clone();
+            let c = bn.running_mean.len();
+            out.push(param(&mut bn.gamma));
+            out.push(param(&mut bn.beta));
+            for (stat, values) in [
+                ("running_mean", &mut bn.running_mean),
+                ("running_var", &mut bn.running_var),
+            ] {
+                out.push(Slot {
+                    name: format!("{name}.{stat}"),
+                    shape: vec![c],
+                    values,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A tensor's values as f32 (from f32 or f64), or why not.
+fn f32_values(t: &TensorView) -> Result<Vec<f32>, String> {
+    match t.dtype() {
+        Dtype::F32 => Ok(t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()),
+        Dtype::F64 => Ok(t
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect()),
+        other => Err(format!(
+            "is {other:?}; qatc reads F32 or F64 (save with `.float()`)"
+        )),
+    }
+}
+
+/// Whether a state_dict entry is one that initialization skips: BatchNorm's batch counter and
+/// observer state (observers start afresh).
+fn skipped(name: &str) -> bool {
+    name.ends_with(".num_batches_tracked")
+        || name.contains(".weight_fake_quant.")
+        || name.contains(".activation_post_process.")
+}
+
+/// Loads a PyTorch-style state dict (safetensors, as `safetensors.torch.save_file(
+/// model.state_dict(), path)` writes it) into a fresh network, strictly as torch's
+/// `load_state_dict`: every parameter and BatchNorm statistic must be there with its shape, and
+/// every tensor of the file must be one of them. `num_batches_tracked` and observer state are
+/// skipped. The error lists every offending tensor.
+pub fn load_state_dict(state: &mut State, bytes: &[u8]) -> Result<(), String> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let mut slots = slots(state);
+    let (mut missing, mut mismatched, mut unexpected) = (Vec::new(), Vec::new(), Vec::new());
+    for slot in &mut slots {
+        let Ok(t) = file.tensor(&slot.name) else {
+            missing.push(format!("`{}`", slot.name));
+            continue;
+        };
+        if t.shape() != slot.shape.as_slice() {
+            mismatched.push(format!(
+                "`{}` has shape {:?} in the file, the model needs {:?}",
+                slot.name,
+                t.shape(),
+                slot.shape
+            ));
+            continue;
+        }
+        match f32_values(&t) {
+            Ok(values) => *slot.values = values,
+            Err(e) => mismatched.push(format!("`{}` {e}", slot.name)),
+        }
+    }
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    for name in names {
+        if !skipped(name) && !slots.iter().any(|s| s.name == name) {
+            unexpected.push(format!("`{name}`"));
+        }
+    }
+    if missing.is_empty() && mismatched.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    if !missing.is_empty() {
+        lines.push(format!("missing: {}", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        lines.push(format!(
+            "unexpected (no layer of the spec has them): {}",
+            unexpected.join(", ")
+        ));
+    }
+    lines.extend(mismatched);
+    Err(format!(
+        "the tensors do not fit the model:\n  {}",
+        lines.join("\n  ")
+    ))
+}
+
 /// Loads a checkpoint's tensors into a network built from the same spec: every parameter and
-/// BatchNorm statistic must be present with its shape; observer ranges are loaded when present
+/// BatchNorm statistic must be present with its size; observer ranges are loaded when present
 /// (a float checkpoint has none). Returns the checkpoint's metadata.
 pub fn load(
     graph: &Graph,
@@ -124,42 +258,35 @@ pub fn load(
         .map_err(|e| format!("not a valid checkpoint: {e}"))?;
     let (_, header) =
         safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;
-    let get = |name: &str, len: Option<usize>| -> Result<Option<Vec<f32>>, String> {
+    let get = |name: &str, len: usize| -> Result<Option<Vec<f32>>, String> {
         let Ok(t) = file.tensor(name) else {
             return Ok(None);
         };
-        if t.dtype() != Dtype::F32 {
-            return Err(format!("tensor `{name}` is {:?}, expected F32", t.dtype()));
-        }
-        let values: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        if len.is_some_and(|n| n != values.len()) {
+        let values = f32_values(&t).map_err(|e| format!("tensor `{name}` {e}"))?;
+        if values.len() != len {
             return Err(format!(
-                "tensor `{name}` has {} values, the model needs {}",
+                "tensor `{name}` has {} values, the model needs {len}",
                 values.len(),
-                len.unwrap_or(0)
             ));
         }
         Ok(Some(values))
     };
-    let required = |name: &str, slot: &mut Vec<f32>| -> Result<(), String> {
-        let values = get(name, Some(slot.len()))?.ok_or_else(|| {
-            format!("the checkpoint has no `{name}`: was it trained from this spec?")
+    for slot in slots(state) {
+        *slot.values = get(&slot.name, slot.values.len())?.ok_or_else(|| {
+            format!(
+                "the checkpoint has no `{}`: was it trained from this spec?",
+                slot.name
+            )
         })?;
-        *slot = values;
-        Ok(())
-    };
+    }
     let observer = |prefix: String, obs: &mut Observer, channels: usize| -> Result<(), String> {
-        let limit = Some(if obs.config.observer.is_per_channel() {
+        let len = if obs.config.observer.is_per_channel() {
             channels
         } else {
             1
-        });
-        let min = get(&format!("{prefix}.min_val"), limit)?;
-        let max = get(&format!("{prefix}.max_val"), limit)?;
+        };
+        let min = get(&format!("{prefix}.min_val"), len)?;
+        let max = get(&format!("{prefix}.max_val"), len)?;
         if let (Some(min), Some(max)) = (min, max) {
             obs.min = min;
             obs.max = max;
@@ -167,47 +294,28 @@ pub fn load(
         Ok(())
     };
     for (node, state) in graph.nodes.iter().zip(state.nodes.iter_mut()) {
-        let mut bn_state = None;
         match state {
             NodeState::Linear {
                 weight,
-                bias,
-                weight_obs,
+                weight_obs: Some(obs),
                 ..
             }
             | NodeState::Conv {
                 weight,
-                bias,
-                weight_obs,
+                weight_obs: Some(obs),
                 ..
-            } => {
-                required(&weight.name.clone(), &mut weight.value)?;
-                if let Some(b) = bias {
-                    required(&b.name.clone(), &mut b.value)?;
-                }
-                let channels = weight.shape[0];
-                if let Some(obs) = weight_obs {
-                    observer(format!("{}.weight_fake_quant", node.name), obs, channels)?;
-                }
-            }
+            } => observer(
+                format!("{}.weight_fake_quant", node.name),
+                obs,
+                weight.shape[0],
+            )?,
             NodeState::FakeQuant { obs } => {
                 observer(format!("{}.activation_post_process", node.name), obs, 1)?
             }
-            NodeState::Bn(_) | NodeState::None => {}
-        }
-        match state {
-            NodeState::Conv { bn: Some(bn), .. } | NodeState::Linear { bn: Some(bn), .. } => {
-                bn_state = Some(&mut **bn)
-            }
-            NodeState::Bn(bn) => bn_state = Some(bn),
-            _ => {}
-        }
-        if let Some(bn) = bn_state {
-            let name = bn.attrs.name.clone();
-            required(&bn.gamma.name.clone(), &mut bn.gamma.value)?;
-            required(&bn.beta.name.clone(), &mut bn.beta.value)?;
-            required(&format!("{name}.running_mean"), &mut bn.running_mean)?;
-            required(&format!("{name}.running_var"), &mut bn.running_var)?;
+            NodeState::Linear { .. }
+            | NodeState::Conv { .. }
+            | NodeState::Bn(_)
+            | NodeState::None => {}
         }
     }
     Ok(header.metadata().clone().unwrap_or_default())

@@ -498,6 +498,10 @@ pub struct Train {
     pub freeze_observers: Option<Spanned<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<Spanned<u64>>,
+    /// A safetensors state dict to start from instead of random weights (relative to the
+    /// spec's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ const TRAIN_KEYS: &[&str] = &[
     "freeze_bn",
     "freeze_observers",
     "seed",
+    "init",
 ];
 
 /// Lowering state: only the errors found so far (a `RefCell` so that helpers can nest calls).
@@ -597,6 +598,7 @@ impl Lower {
                         })
                         .map(|x| Spanned::new(x, v.span))
                 }
+                "init" => t.init = self.string(v, "`init`").map(|x| Spanned::new(x, v.span)),
                 other => {
                     let d = Diag::error(entry.key.span, format!("unknown train setting `{other}`"))
                         .with_label("not a train setting");

@@ -185,7 +185,10 @@ pub fn load_data(
     cfg: &TrainConfig,
     spec_dir: &std::path::Path,
 ) -> Result<Splits, String> {
-    let splits = crate::data::load(&cfg.data, spec_dir)?;
+    let source = cfg.data.as_ref().ok_or(
+        "the `train` block names no data: add e.g. `data: mnist(\"data/mnist10k\")` to it",
+    )?;
+    let splits = crate::data::load(source, spec_dir)?;
     let per_sample: usize = model.input.iter().product();
     let outputs: usize = model.layers[model.output].out_shape.iter().product();
     for (which, set) in [("training", &splits.train), ("test", &splits.test)] {

@@ -42,9 +42,9 @@ pub enum Command {
         /// The spec, with the `quantize` block to apply.
         spec: PathBuf,
         /// A checkpoint trained from this model (e.g. by `qatc train` on the spec without its
-        /// `quantize` block).
+        /// `quantize` block); default: the state dict the spec's `init:` names.
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         /// Calibration batches of training data.
         #[arg(long, default_value_t = 32)]
         batches: usize,

@@ -65,7 +65,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             batches,
             out,
         } => with_threads(None, |_| {
-            let r = pipeline::calibrate(&load_spec(&spec)?, &from, batches, out)?;
+            let r = pipeline::calibrate(&load_spec(&spec)?, from.as_deref(), batches, out)?;
             println!(
                 "calibrated on {} training images; test accuracy on {} images:",
                 r.calibration_images, r.test_images
