@@ -39,6 +39,7 @@ pub mod interp;
 pub mod ir;
 pub mod jit;
 pub mod limits;
+pub mod onnx;
 pub mod ops;
 pub mod passes;
 pub mod pipeline;

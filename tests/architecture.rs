@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["syntax"],
     &["ir", "data"],
     &["int8", "check", "state"],
-    &["interp", "passes", "qmodel"],
+    &["interp", "passes", "qmodel", "onnx"],
     &["jit", "train"],
     &["convert"],
     &["compare", "bench"],

@@ -18,7 +18,7 @@ pub use commands::{
     calibrate, compare, compile, evaluate, CalibrateReport, CompareReport, CompileOptions,
     CompileOutput, Emit, EvalReport,
 };
-pub use run::{run, Engine, Prediction, RunOutput};
+pub use run::{export_onnx, run, Engine, Prediction, RunOutput};
 pub use train::{TrainOptions, TrainReport, TrainRun};
 
 use crate::check::{CheckedModel, TrainConfig};

@@ -90,3 +90,13 @@ pub fn run(model_path: &Path, input: &Path, engine: Engine) -> Result<RunOutput,
         outputs,
     })
 }
+
+/// The `.qmodel` at `model_path` as an ONNX model in QDQ form ([`crate::onnx::export`]).
+pub fn export_onnx(
+    model_path: &Path,
+    options: crate::onnx::export::ExportOptions,
+) -> Result<Vec<u8>, Error> {
+    let (graph, _) = read_qmodel(model_path)?;
+    crate::onnx::export::export(&graph, options)
+        .map_err(|e| Error::new(Stage::Convert, format!("{}: {e}", model_path.display())))
+}

@@ -135,6 +135,18 @@ pub enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Write a converted model (.qmodel) as an ONNX model (opset 17, QDQ form) that
+    /// onnxruntime runs as int8.
+    Export {
+        model: PathBuf,
+        /// Where to write it (default: the model's path with .onnx).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also output every quantized tensor's codes (uint8 outputs named `codes:<node>`),
+        /// to compare a runtime with qatc tensor by tensor.
+        #[arg(long)]
+        codes: bool,
+    },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
         spec: PathBuf,

@@ -131,6 +131,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }),
+        Command::Export {
+            model,
+            output,
+            codes,
+        } => {
+            let options = qatc::onnx::export::ExportOptions { codes };
+            let bytes = pipeline::export_onnx(&model, options)?;
+            let path = output.unwrap_or_else(|| model.with_extension("onnx"));
+            write(&path, &bytes)?;
+            eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+            Ok(())
+        }
         Command::Train {
             spec,
             out,
