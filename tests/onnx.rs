@@ -16,21 +16,6 @@ use qatc::onnx::export::ExportOptions;
 use qatc::pipeline::SpecFile;
 use qatc::train::engine::Mode;
 
-/// Whether onnxruntime can be used; panics with what to install unless skipping was asked for.
-fn onnxruntime() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import onnxruntime, onnx, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var_os("QATC_SKIP_ONNXRUNTIME").is_none() {
-        panic!(
-            "this test runs onnxruntime: `pip install onnxruntime onnx numpy`, or set \
-             QATC_SKIP_ONNXRUNTIME=1 to skip it"
-        );
-    }
-    ok
-}
-
 /// `n` inputs for a model: MNIST test images (normalized as the spec says) when they fit, else
 /// deterministic values in about -2..2.
 fn inputs(spec: &SpecFile, n: usize) -> Vec<f32> {
@@ -63,18 +48,12 @@ fn read_npy_u8(path: &Path) -> Vec<u8> {
 
 #[test]
 fn every_spec_exports_and_onnxruntime_gives_qatc_codes() {
-    if !onnxruntime() {
-        eprintln!("skipped: onnxruntime is not installed and QATC_SKIP_ONNXRUNTIME is set");
+    if !common::onnxruntime() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("qatc-onnx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut specs: Vec<_> = std::fs::read_dir(common::root().join("specs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "qspec"))
-        .collect();
-    specs.sort();
+    let specs = common::spec_files();
     assert!(specs.len() >= 5, "{specs:?}");
     for path in specs {
         let spec = SpecFile::load(&path).unwrap();

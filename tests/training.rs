@@ -340,3 +340,26 @@ fn mobilenet_v3_trains_and_compiles_bit_exact() {
         .zip(&got)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// Samples of several channels enter the engine's channel-major layout: the float network and
+/// its float int8-IR twin (every layer `none`) agree on a 3-channel input.
+#[test]
+fn images_of_several_channels_keep_their_layout() {
+    let text = "model m { input: [3, 5, 5] c: Conv2d(out: 4, kernel: 3, padding: 1) r: ReLU \
+                p: MaxPool2d(2) f: Flatten l: Linear(out: 3) } quantize { default: none }";
+    let path = std::path::Path::new("m.qspec");
+    let spec = qatc::pipeline::SpecFile::from_text(path, "m.qspec".into(), text.into()).unwrap();
+    let mut net = qatc::train::build_net(&spec.model, 3).unwrap();
+    let n = 4;
+    let x: Vec<f32> = (0..n * 75)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let mode = qatc::train::engine::Mode::eval(false);
+    let tape = net.forward(&x, n, mode, &mut qatc::train::rng::Rng::new(0));
+    let ours = tape.output(&net.graph).to_vec();
+    let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
+    let reference = qatc::interp::run(&graph, &x, n).unwrap();
+    for (a, b) in ours.iter().zip(&reference) {
+        assert!((a - b).abs() < 1e-5, "engine {a} vs interpreter {b}");
+    }
+}

@@ -2,6 +2,7 @@
 //! onnxruntime runs as int8.
 
 pub mod export;
+pub mod import;
 
 /// ONNX's protobuf messages, generated at build time from `onnx.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -5,7 +5,7 @@
 
 mod bench;
 mod commands;
-mod run;
+mod interop;
 mod train;
 
 use std::fmt;
@@ -18,7 +18,7 @@ pub use commands::{
     calibrate, compare, compile, evaluate, CalibrateReport, CompareReport, CompileOptions,
     CompileOutput, Emit, EvalReport,
 };
-pub use run::{export_onnx, run, Engine, Prediction, RunOutput};
+pub use interop::{export_onnx, import_onnx, run, Engine, ImportReport, Prediction, RunOutput};
 pub use train::{TrainOptions, TrainReport, TrainRun};
 
 use crate::check::{CheckedModel, TrainConfig};

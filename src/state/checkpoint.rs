@@ -89,7 +89,14 @@ pub fn to_bytes(
     state: &State,
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>, String> {
-    let tensors = state_tensors(graph, state);
+    tensors_to_bytes(state_tensors(graph, state), metadata)
+}
+
+/// Named f32 tensors as a safetensors file.
+pub fn tensors_to_bytes(
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, shape, values)| {

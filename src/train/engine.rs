@@ -166,7 +166,12 @@ impl Net {
             let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
             let (y, a) = match (&node.op, &mut self.state.nodes[i]) {
-                (Op::Input, _) => (kernels::copy(x), Aux::None),
+                // Samples one after another, each C, H, W, into the engine's channel-major
+                // layout.
+                (Op::Input, _) => (
+                    from_samples(kernels::copy(x), &node.shape, batch),
+                    Aux::None,
+                ),
                 (
                     Op::Linear {
                         in_features,
@@ -798,7 +803,6 @@ fn weight_tape(
     WeightTape { used, mask, fold }
 }
 
-/// Zeroes the gradient where a fake quant clipped (the straight-through estimator's mask).
 /// A tensor in the engine's layout (`[C, N, H·W]` for images, `[N, F]` else) as samples one
 /// after another, each C, H, W: the layout of [`combine`] (and of the int8 IR).
 fn to_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {

@@ -14,6 +14,26 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Whether onnxruntime can be used (Python 3 with `onnxruntime`, `onnx` and `numpy`, which
+/// `.ci/run` installs). Without it, panics saying what to install, unless
+/// `QATC_SKIP_ONNXRUNTIME=1` asks to skip the comparisons with it (then `false`).
+pub fn onnxruntime() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, onnx, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var_os("QATC_SKIP_ONNXRUNTIME").is_none() {
+        panic!(
+            "this test runs onnxruntime: `pip install onnxruntime onnx numpy`, or set \
+             QATC_SKIP_ONNXRUNTIME=1 to skip the comparison"
+        );
+    }
+    if !ok {
+        eprintln!("skipped the onnxruntime comparison: QATC_SKIP_ONNXRUNTIME is set");
+    }
+    ok
+}
+
 /// Every file in `specs/` with the given extension, sorted.
 pub fn spec_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("specs"))

@@ -147,6 +147,14 @@ pub enum Command {
         #[arg(long)]
         codes: bool,
     },
+    /// Import a float ONNX model (as torch.onnx.export writes it): writes DIR/NAME.qspec and
+    /// DIR/NAME.safetensors, its weights named as PyTorch's state_dict.
+    Import {
+        onnx: PathBuf,
+        /// The folder to write to (default: the working directory).
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+    },
     /// Train a spec with fake quantization (QAT) and report accuracy.
     Train {
         spec: PathBuf,

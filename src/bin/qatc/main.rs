@@ -143,6 +143,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
             Ok(())
         }
+        Command::Import { onnx, output } => {
+            let r = pipeline::import_onnx(&onnx, &output)?;
+            println!("{}", r.layers.join("\n"));
+            println!("wrote {} and {}", r.spec.display(), r.weights.display());
+            Ok(())
+        }
         Command::Train {
             spec,
             out,

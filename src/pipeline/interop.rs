@@ -1,7 +1,8 @@
-//! `qatc run`: a converted model on the inputs of a file, for scripting and for comparing with
-//! other runtimes.
+//! Models in and out: `qatc run` (a converted model on the inputs of a file, for scripting and
+//! for comparing with other runtimes), `qatc export` (ONNX) and `qatc import` (ONNX to a spec
+//! and its state dict).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -99,4 +100,76 @@ pub fn export_onnx(
     let (graph, _) = read_qmodel(model_path)?;
     crate::onnx::export::export(&graph, options)
         .map_err(|e| Error::new(Stage::Convert, format!("{}: {e}", model_path.display())))
+}
+
+/// What `qatc import` wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportReport {
+    pub spec: PathBuf,
+    pub weights: PathBuf,
+    /// One line per layer: its name, its call and the ONNX node it came from.
+    pub layers: Vec<String>,
+}
+
+/// Largest ONNX file read.
+const MAX_ONNX_BYTES: u64 = 1 << 31;
+
+/// Imports a float ONNX model ([`crate::onnx::import`]): writes `DIR/NAME.qspec` and
+/// `DIR/NAME.safetensors` (NAME: the file's stem), then checks the spec and loads the weights
+/// through its `init:` as `qatc train` would.
+pub fn import_onnx(onnx: &Path, dir: &Path) -> Result<ImportReport, Error> {
+    let read = |e: String| Error::new(Stage::Read, format!("{}: {e}", onnx.display()));
+    let meta = std::fs::metadata(onnx).map_err(|e| read(e.to_string()))?;
+    if meta.len() > MAX_ONNX_BYTES {
+        return Err(read(format!("{} bytes is too large", meta.len())));
+    }
+    let bytes = std::fs::read(onnx).map_err(|e| read(e.to_string()))?;
+    let stem = onnx
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        name
+    } else {
+        format!("m_{name}")
+    };
+    let file = onnx
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let imported = crate::onnx::import::import(&bytes, &file, &name).map_err(read)?;
+    super::create_dir(dir)?;
+    let weights = crate::state::checkpoint::tensors_to_bytes(imported.tensors, Default::default())
+        .map_err(Error::at(Stage::Write))?;
+    let weights = super::write_file(dir, &format!("{name}.safetensors"), &weights)?;
+    let spec_path = super::write_file(dir, &format!("{name}.qspec"), imported.spec.as_bytes())?;
+    // What was written must check and load, or the importer is wrong.
+    let spec =
+        super::SpecFile::from_text(&spec_path, spec_path.display().to_string(), imported.spec)
+            .map_err(|e| {
+                Error::new(
+                    Stage::Convert,
+                    format!(
+                        "the imported spec does not check (a qatc bug):\n{}",
+                        e.message
+                    ),
+                )
+            })?;
+    let cfg = spec.train_config("it names the weights")?;
+    spec.net(&cfg)?;
+    Ok(ImportReport {
+        spec: spec_path,
+        weights,
+        layers: imported.layers,
+    })
 }
