@@ -26,9 +26,18 @@ pub enum Target {
     /// Random valid int8 graphs: the JIT against the interpreter, bit for bit, with every
     /// buffer against a guard page.
     Jit,
+    /// Mutated ONNX models through `qatc import`: an imported spec must check, and its weights
+    /// load into it.
+    Onnx,
 }
 
-pub const ALL: [Target; 4] = [Target::Spec, Target::Yaml, Target::Qmodel, Target::Jit];
+pub const ALL: [Target; 5] = [
+    Target::Spec,
+    Target::Yaml,
+    Target::Qmodel,
+    Target::Jit,
+    Target::Onnx,
+];
 
 impl Target {
     pub fn name(self) -> &'static str {
@@ -37,6 +46,7 @@ impl Target {
             Target::Yaml => "yaml",
             Target::Qmodel => "qmodel",
             Target::Jit => "jit",
+            Target::Onnx => "onnx",
         }
     }
 
@@ -51,6 +61,7 @@ impl Target {
             Target::Yaml => "yaml",
             Target::Qmodel => "qmodel",
             Target::Jit => "jit",
+            Target::Onnx => "onnx",
         }
     }
 
@@ -66,6 +77,7 @@ impl Target {
                 input.push(rng.below(256) as u8);
                 input
             }
+            Target::Onnx => mutate_onnx(pick::<Vec<u8>>(&seeds.onnx, &mut rng), &mut rng),
         }
     }
 
@@ -76,6 +88,7 @@ impl Target {
             Target::Yaml => run_spec("fuzz.yaml", input),
             Target::Qmodel => run_qmodel(input),
             Target::Jit => run_jit(input),
+            Target::Onnx => run_onnx(input),
         }
     }
 }
@@ -89,6 +102,7 @@ pub struct Seeds {
     pub specs: Vec<String>,
     pub yamls: Vec<String>,
     pub qmodels: Vec<Vec<u8>>,
+    pub onnx: Vec<Vec<u8>>,
 }
 
 /// The specs in `specs/`, `tests/ui/` and `tests/data/`, their YAML forms, and a `.qmodel` of
@@ -124,10 +138,15 @@ pub fn seeds(targets: &[Target]) -> Seeds {
             qmodels.push(qmodel_bytes(&graph, &text));
         }
     }
+    let mut onnx = Vec::new();
+    if targets.contains(&Target::Onnx) {
+        onnx.push(std::fs::read(root.join("tests/fixtures/mnist_bn_cnn.onnx")).unwrap_or_default());
+    }
     Seeds {
         specs,
         yamls,
         qmodels,
+        onnx,
     }
 }
 
@@ -407,4 +426,106 @@ fn agree_with_interpreter(
         }
     }
     Ok(())
+}
+
+// ---- ONNX models -------------------------------------------------------------------------------
+
+/// An ONNX model mutated in its bytes, a node's attributes, inputs or op type, or a weight's
+/// dimensions.
+fn mutate_onnx(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
+    use prost::Message;
+    use qatc::onnx::proto::ModelProto;
+    let Ok(mut model) = ModelProto::decode(seed) else {
+        return crate::mutate::bytes(seed, rng);
+    };
+    let Some(graph) = model.graph.as_mut() else {
+        return crate::mutate::bytes(seed, rng);
+    };
+    let small = |rng: &mut Rng| rng.below(12) as i64 - 3;
+    match rng.below(5) {
+        0 => return crate::mutate::bytes(seed, rng),
+        1 if !graph.node.is_empty() => {
+            let k = rng.below(graph.node.len());
+            let node = &mut graph.node[k];
+            if !node.attribute.is_empty() {
+                let a = rng.below(node.attribute.len());
+                let attr = &mut node.attribute[a];
+                if attr.ints.is_empty() {
+                    attr.i = Some(small(rng));
+                    attr.f = Some(small(rng) as f32 / 4.0);
+                } else {
+                    let i = rng.below(attr.ints.len());
+                    attr.ints[i] = small(rng);
+                }
+            }
+        }
+        2 if !graph.initializer.is_empty() => {
+            let k = rng.below(graph.initializer.len());
+            let t = &mut graph.initializer[k];
+            if t.dims.is_empty() || rng.below(4) == 0 {
+                t.dims.push(1 + small(rng));
+            } else {
+                let i = rng.below(t.dims.len());
+                t.dims[i] = small(rng) + 1;
+            }
+        }
+        3 if graph.node.len() > 1 => {
+            let (a, b) = (rng.below(graph.node.len()), rng.below(graph.node.len()));
+            let other = graph.node[b].output.first().cloned().unwrap_or_default();
+            if let Some(input) = graph.node[a].input.first_mut() {
+                *input = other;
+            }
+        }
+        _ if !graph.node.is_empty() => {
+            const OPS: &[&str] = &[
+                "Conv",
+                "Gemm",
+                "MatMul",
+                "Relu",
+                "Clip",
+                "Sigmoid",
+                "HardSigmoid",
+                "HardSwish",
+                "LeakyRelu",
+                "Tanh",
+                "Mul",
+                "Add",
+                "Concat",
+                "MaxPool",
+                "AveragePool",
+                "GlobalAveragePool",
+                "Flatten",
+                "Reshape",
+                "BatchNormalization",
+                "Dropout",
+                "Identity",
+                "Softmax",
+            ];
+            let k = rng.below(graph.node.len());
+            graph.node[k].op_type = Some(pick(OPS, rng).to_string());
+        }
+        _ => return crate::mutate::bytes(seed, rng),
+    }
+    model.encode_to_vec()
+}
+
+/// `qatc import` on the bytes: an error is a fine answer; an imported model's spec must check,
+/// and its weights load into the network built from it.
+fn run_onnx(input: &[u8]) -> Result<(), String> {
+    let Ok(imported) = qatc::onnx::import::import(input, "fuzz.onnx", "fuzz") else {
+        return Ok(());
+    };
+    let checked = match qatc::front_end("imported.qspec", &imported.spec).0 {
+        Ok(checked) => checked,
+        Err(d) => {
+            return Err(format!(
+                "the imported spec does not check:\n{}",
+                qatc::diag::render(&d, "imported.qspec", &imported.spec)
+            ))
+        }
+    };
+    let mut net = qatc::train::build_net(&checked.model, 0)?;
+    let bytes = qatc::state::checkpoint::tensors_to_bytes(imported.tensors, Default::default())?;
+    qatc::state::checkpoint::load_state_dict(&mut net.state, &bytes)
+        .map_err(|e| format!("the imported weights do not load: {e}"))
 }

@@ -522,6 +522,12 @@ impl Importer {
             }
             "LeakyRelu" => {
                 let alpha = attr_float(node, "alpha", 0.01);
+                let range = crate::ops::activation::Activation::params("LeakyReLU")
+                    .and_then(|p| p.first())
+                    .map_or(-1e6..=1e6, |p| p.min..=p.max);
+                if !range.contains(&(alpha as f64)) {
+                    return Err(format!("alpha {alpha} is outside {range:?}"));
+                }
                 self.activation(node, format!("LeakyReLU(negative_slope: {alpha})"))
             }
             "Clip" => {
@@ -798,10 +804,19 @@ impl Importer {
                 .push((format!("{name}.{what}"), vec![c], values));
         }
         let eps = attr_float(node, "epsilon", 1e-5);
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(format!("epsilon {eps} is not a positive number"));
+        }
         // ONNX's momentum weighs the old statistics, PyTorch's the new ones.
         let momentum = 1.0 - attr_float(node, "momentum", 0.9) as f64;
         // Printed to six decimals: 1 - 0.9f32 is 0.100000024.
         let momentum = (momentum * 1e6).round() / 1e6;
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(format!(
+                "momentum {} is outside 0..1",
+                attr_float(node, "momentum", 0.9)
+            ));
+        }
         let call = format!("{kind}(eps: {eps:e}, momentum: {momentum})");
         self.push(node, name, call, vec![x.layer.clone()], x.shape);
         Ok(())
