@@ -1,6 +1,6 @@
 //! ONNX export, checked against onnxruntime: every spec of `specs/`, calibrated from its seed
-//! weights, exports, and onnxruntime (run by `tools/ort_run.py`) gives qatc's codes for every
-//! quantized tensor of every sample, running the model's convolutions and matrix products as
+//! weights, exports, and onnxruntime (run by `tools/ort_run.py`) gives qatc's codes (the
+//! interpreter's, which the JIT's equal) for every quantized tensor of every sample, running the model's convolutions and matrix products as
 //! int8 kernels (QLinearConv, QGemm).
 //!
 //! Needs Python 3 with `onnxruntime`, `onnx` and `numpy` (`.ci/run` installs them). Without
@@ -125,6 +125,18 @@ fn every_spec_exports_and_onnxruntime_gives_qatc_codes() {
         // The float output: bit-identical after a dequantize, within float rounding after a
         // float layer.
         let expect = qatc::interp::run(&graph, &x, n).unwrap();
+        // `qatc run` (the JIT) gives the interpreter's bits.
+        let compiled = qatc::Model::from_graph(graph.clone())
+            .unwrap()
+            .compile()
+            .unwrap();
+        let jit = compiled.run(&x).unwrap();
+        assert!(
+            jit.iter()
+                .zip(&expect)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: the JIT differs from the interpreter"
+        );
         let (output, rows) = qatc::data::read_inputs(
             &out.join("output.npy"),
             &graph.nodes[graph.output].shape,
