@@ -224,7 +224,37 @@ fn weights_text(w: &QWeights) -> String {
     )
 }
 
+impl QNode {
+    /// Multiply-accumulates per sample: the weight layers' products (output values times fan-in);
+    /// 0 for every other op.
+    pub fn macs(&self) -> usize {
+        let outputs: usize = self.shape.iter().product();
+        match &self.op {
+            QOp::Linear { in_features, .. } | QOp::FloatLinear { in_features, .. } => {
+                outputs * in_features
+            }
+            QOp::Conv2d { geom, .. } | QOp::FloatConv2d { geom, .. } => outputs * geom.fan_in(),
+            QOp::Input
+            | QOp::Quantize
+            | QOp::Dequantize
+            | QOp::Clamp { .. }
+            | QOp::Pool(_)
+            | QOp::Flatten
+            | QOp::BatchNorm { .. }
+            | QOp::FloatAct(_)
+            | QOp::Lut { .. }
+            | QOp::FloatBatchNorm { .. }
+            | QOp::Combine(_) => 0,
+        }
+    }
+}
+
 impl QGraph {
+    /// Multiply-accumulates per sample of every weight layer.
+    pub fn macs(&self) -> usize {
+        self.nodes.iter().map(QNode::macs).sum()
+    }
+
     /// Bytes of the model's weights: int8 weights with their i32 biases and f32 scales, float
     /// layers and batch norms at 4 bytes a value, lookup tables at 1.
     pub fn weight_bytes(&self) -> usize {

@@ -483,3 +483,51 @@ fn compile_and_bench_commands() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.qmodel"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The roofline's peak loop computes the dot products it is timed for: each of its
+/// accumulators adds one dot step of its operands per round, in every form this CPU runs.
+#[test]
+fn the_peak_loop_computes_its_dot_products() {
+    use qatc::jit::peak::{PeakLoop, ACCUMULATORS};
+    use qatc::jit::DotProduct;
+    // The loop's operands: the seed's four bytes in every lane, and their complement.
+    let w: [u8; 4] = 0x5a5a_1234u32.to_le_bytes();
+    let a: [u8; 4] = w.map(|b| !b);
+    let lane = |dot: DotProduct| -> i64 {
+        match dot {
+            DotProduct::I16 => (0..2)
+                .map(|k| {
+                    let w = i16::from_le_bytes([w[2 * k], w[2 * k + 1]]) as i64;
+                    let a = i16::from_le_bytes([a[2 * k], a[2 * k + 1]]) as i64;
+                    w * a
+                })
+                .sum(),
+            DotProduct::Sdot => (0..4).map(|k| w[k] as i8 as i64 * a[k] as i8 as i64).sum(),
+            _ => (0..4).map(|k| w[k] as i8 as i64 * a[k] as i64).sum(),
+        }
+    };
+    let mut forms = vec![
+        DotProduct::Vnni,
+        DotProduct::Usdot,
+        DotProduct::Sdot,
+        DotProduct::I16,
+    ];
+    if cfg!(target_arch = "x86_64") {
+        forms.push(DotProduct::Pairs);
+    }
+    for dot in forms {
+        let peak = PeakLoop::compile(Some(dot)).unwrap();
+        for rounds in [0u64, 1, 3, 1000] {
+            // (`pmaddubsw` sums pairs in i16 with saturation; these pairs, 0x34·0xcb + 0x12·0xed
+            // and 2 · 0x5a·0xa5, fit, so Pairs gives the exact dot product too.)
+            let want = lane(dot) * 4;
+            // The accumulators wrap in i32, and so does their sum.
+            let want = (want * ACCUMULATORS as i64 * rounds as i64) as i32;
+            assert_eq!(peak.run(rounds), want, "{dot:?}, {rounds} rounds");
+        }
+        assert_eq!(
+            peak.macs(10),
+            (10 * ACCUMULATORS * dot.macs_per_step()) as f64
+        );
+    }
+}

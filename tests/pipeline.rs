@@ -95,6 +95,46 @@ fn train_evaluate_compare_and_compile_agree() {
     assert_eq!(bad.stage, Stage::Compile);
     assert!(bad.message.contains("unknown target `riscv`"), "{bad}");
 
+    // Bench: the roofline's peak, every batch size, the interpreter when asked, every layer.
+    let bench = pipeline::bench(
+        &model,
+        &pipeline::BenchOptions {
+            batches: vec![1, 4],
+            threads: 1,
+            dot: None,
+            reference: true,
+            layers: true,
+        },
+    )
+    .unwrap();
+    assert!(bench.peak_gmacs > 0.0, "{bench:?}");
+    assert_eq!(bench.macs, 784 * 256 + 256 * 10);
+    assert_eq!(bench.rows.len(), 2);
+    assert!(bench
+        .rows
+        .iter()
+        .all(|r| r.jit > 0.0 && r.gmacs > 0.0 && r.reference.is_some()));
+    let names: Vec<&str> = bench.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["input.quant", "flat", "fc1", "fc2", "fc2.dequant"]);
+    assert_eq!(
+        bench.layers.iter().map(|l| l.macs).sum::<usize>(),
+        bench.macs
+    );
+    assert!(
+        bench.layers.iter().all(|l| l.us > 0.0) && bench.layers[2].gmacs > 0.0,
+        "{bench:?}"
+    );
+    let json = bench.to_json();
+    for key in [
+        "peak_gmacs",
+        "jit_b1_gmacs",
+        "jit_b4_gmacs_per_core",
+        "ref_b1_us",
+        "layers",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+
     // Run, on the IDX test images: the JIT and the interpreter give the same bits, and the
     // predictions score what evaluation measured.
     let images = common::root().join("data/mnist10k/t10k-images-idx3-ubyte.gz");

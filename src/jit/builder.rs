@@ -9,7 +9,7 @@
 //! [`crate::limits`] bounds, so none of the arithmetic here can wrap.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64, I8, I8X16};
+use cranelift_codegen::ir::types::{F32, F32X4, I16X8, I32, I32X4, I64, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -64,6 +64,61 @@ impl DotProduct {
             _ => zero_point,
         }
     }
+
+    /// Products one [`DotProduct::emit`] computes (per 128-bit vector).
+    pub fn macs_per_step(self) -> usize {
+        4 * self.columns()
+    }
+
+    /// `acc + ` the dot products of 16-byte vectors `w` (weights) and `a` (activations) per
+    /// i32 lane: four u8·i8 products per lane in the tree Cranelift folds into one `vpdpbusd`
+    /// (x86 VNNI), `usdot` or `sdot` (aarch64), and computes exactly elsewhere; two i16
+    /// products per lane (`pmaddwd`) for [`DotProduct::I16`]; `pmaddubsw` pairs summed by
+    /// `pmaddwd` for [`DotProduct::Pairs`].
+    pub(super) fn emit(self, b: &mut FunctionBuilder, w: Value, a: Value, acc: Value) -> Value {
+        let s = match self {
+            DotProduct::I16 => {
+                let little =
+                    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                let a = b.ins().bitcast(I16X8, little, a);
+                let w = b.ins().bitcast(I16X8, little, w);
+                let (wl, al) = (b.ins().swiden_low(w), b.ins().swiden_low(a));
+                let lo = b.ins().imul(al, wl);
+                let (wh, ah) = (b.ins().swiden_high(w), b.ins().swiden_high(a));
+                let hi = b.ins().imul(ah, wh);
+                b.ins().iadd_pairwise(lo, hi)
+            }
+            DotProduct::Pairs => {
+                let pairs = b.ins().x86_pmaddubsw(w, a);
+                widen_pairs(b, pairs)
+            }
+            DotProduct::Vnni | DotProduct::Usdot | DotProduct::Sdot => {
+                let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
+                let (al, ah) = match self {
+                    DotProduct::Sdot => (b.ins().swiden_low(a), b.ins().swiden_high(a)),
+                    _ => (b.ins().uwiden_low(a), b.ins().uwiden_high(a)),
+                };
+                // The operand order each target's rule matches: x86 signed first, aarch64
+                // unsigned first.
+                let (lo, hi) = match self {
+                    DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
+                    _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
+                };
+                let lo = widen_pairs(b, lo);
+                let hi = widen_pairs(b, hi);
+                b.ins().iadd_pairwise(lo, hi)
+            }
+        };
+        b.ins().iadd(s, acc)
+    }
+}
+
+/// Adjacent lanes summed into lanes twice as wide: `iadd_pairwise(swiden_low(v),
+/// swiden_high(v))`.
+fn widen_pairs(b: &mut FunctionBuilder, v: Value) -> Value {
+    let lo = b.ins().swiden_low(v);
+    let hi = b.ins().swiden_high(v);
+    b.ins().iadd_pairwise(lo, hi)
 }
 
 /// The result of lowering: what the function needs besides its code.

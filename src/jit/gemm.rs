@@ -384,11 +384,7 @@ impl Emitter<'_, '_> {
                         let wv = e.b.ins().load(I8X16, constant(), wp, off);
                         let acc = accs[r * nblk * 2 + v];
                         let old = e.b.use_var(acc);
-                        let new = match k.dot {
-                            DotProduct::I16 => e.dot_i16(wv, av, old),
-                            DotProduct::Pairs => e.dot_pairs(wv, av, old),
-                            dot => e.dot_u8(dot, wv, av, old),
-                        };
+                        let new = k.dot.emit(e.b, wv, av, old);
                         e.b.def_var(acc, new);
                     }
                 }
@@ -473,64 +469,13 @@ impl Emitter<'_, '_> {
             }
         }
     }
-
-    /// `acc + dot(u8 lanes of a, i8 lanes of w)` per i32 lane: the tree Cranelift folds into one
-    /// `vpdpbusd` (x86 VNNI) or `usdot` (aarch64); elsewhere it computes the same exactly.
-    fn dot_u8(&mut self, dot: DotProduct, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let (wl, wh) = (b.ins().swiden_low(w), b.ins().swiden_high(w));
-        let (al, ah) = match dot {
-            DotProduct::Sdot => (b.ins().swiden_low(a), b.ins().swiden_high(a)),
-            _ => (b.ins().uwiden_low(a), b.ins().uwiden_high(a)),
-        };
-        // The operand order each target's rule matches: x86 signed first, aarch64 unsigned first.
-        let (lo, hi) = match dot {
-            DotProduct::Vnni => (b.ins().imul(wl, al), b.ins().imul(wh, ah)),
-            _ => (b.ins().imul(al, wl), b.ins().imul(ah, wh)),
-        };
-        let lo_s = self.widen_pairs(lo);
-        let hi_s = self.widen_pairs(hi);
-        let s = self.b.ins().iadd_pairwise(lo_s, hi_s);
-        self.b.ins().iadd(s, acc)
-    }
-
-    /// Adjacent lanes summed into lanes twice as wide:
-    /// `iadd_pairwise(swiden_low(v), swiden_high(v))`.
-    fn widen_pairs(&mut self, v: Value) -> Value {
-        let lo = self.b.ins().swiden_low(v);
-        let hi = self.b.ins().swiden_high(v);
-        self.b.ins().iadd_pairwise(lo, hi)
-    }
 }
 
 impl Emitter<'_, '_> {
-    /// `acc + (w0·a0 + w1·a1)` per i32 lane of i16 pairs: the tree Cranelift lowers to `pmaddwd`.
-    fn dot_i16(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let b = &mut self.b;
-        let a = b.ins().bitcast(I16X8, little(), a);
-        let w = b.ins().bitcast(I16X8, little(), w);
-        let wl = b.ins().swiden_low(w);
-        let al = b.ins().swiden_low(a);
-        let lo = b.ins().imul(al, wl);
-        let wh = b.ins().swiden_high(w);
-        let ah = b.ins().swiden_high(a);
-        let hi = b.ins().imul(ah, wh);
-        let s = b.ins().iadd_pairwise(lo, hi);
-        b.ins().iadd(s, acc)
-    }
-
     /// A shuffle mask that copies i32 lane `lane` to all four lanes: one `pshufd`.
     fn broadcast_mask(&mut self, lane: usize) -> cranelift_codegen::ir::Immediate {
         let bytes: Vec<u8> = (0..16).map(|i| (4 * lane + i % 4) as u8).collect();
         self.b.func.dfg.immediates.push(bytes.into())
-    }
-
-    /// `acc + Σ` of each lane's four u8·i8 products as `pmaddubsw` (pairs, in i16) and
-    /// `pmaddwd` by ones (the pairs summed into i32). Exact when no code exceeds 127.
-    fn dot_pairs(&mut self, w: Value, a: Value, acc: Value) -> Value {
-        let pairs = self.b.ins().x86_pmaddubsw(w, a);
-        let s = self.widen_pairs(pairs);
-        self.b.ins().iadd(s, acc)
     }
 
     /// Runs a GEMM with its main kernel, or with the exact fallback when any activation code
@@ -597,10 +542,6 @@ fn constant() -> MemFlagsData {
         .with_notrap()
         .with_readonly()
         .with_can_move()
-}
-
-fn little() -> MemFlagsData {
-    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
 }
 
 /// `body(oh, ow)` for every output pixel.

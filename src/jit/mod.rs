@@ -18,6 +18,7 @@ mod builder;
 mod gemm;
 pub mod lower;
 mod module;
+pub mod peak;
 pub mod target;
 
 pub use builder::{DotProduct, TILE};

@@ -16,6 +16,10 @@ pub struct BenchOptions {
     pub threads: usize,
     /// A forced dot-product form (`None`: this CPU's best).
     pub dot: Option<DotProduct>,
+    /// Also time the reference interpreter (slow: it dominates the bench's run time).
+    pub reference: bool,
+    /// Also time every layer at batch 1, each compiled alone.
+    pub layers: bool,
 }
 
 /// One batch size's figures: µs per call at batch 1, images/s above.
@@ -23,9 +27,24 @@ pub struct BenchOptions {
 pub struct BenchRow {
     pub batch: usize,
     pub jit: f64,
-    pub reference: f64,
+    /// The reference interpreter, when measured.
+    pub reference: Option<f64>,
     /// `us` or `img_s`.
     pub unit: &'static str,
+    /// Achieved GMAC/s: of the one thread at batch 1, per core (total / threads) above.
+    pub gmacs: f64,
+    /// `gmacs` as a percentage of the form's peak on one core.
+    pub peak_pct: f64,
+}
+
+/// One layer's share of a batch-1 call.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerBench {
+    pub name: String,
+    pub op: String,
+    pub macs: usize,
+    pub us: f64,
+    pub gmacs: f64,
 }
 
 /// What `qatc bench` measured.
@@ -36,27 +55,76 @@ pub struct BenchReport {
     /// Median of five compilations.
     pub compile_ms: f64,
     pub dot: String,
+    /// Multiply-accumulates per sample.
+    pub macs: usize,
+    /// The dot-product form's peak on one core of this CPU, measured in the same run
+    /// ([`crate::jit::peak`]).
+    pub peak_gmacs: f64,
     pub rows: Vec<BenchRow>,
+    /// Per layer at batch 1, when asked for.
+    pub layers: Vec<LayerBench>,
 }
 
 impl BenchReport {
-    /// The flat JSON object `qatc bench --json` prints: `jit_b1_us`, `ref_b256_img_s`, ...
+    /// The flat JSON object `qatc bench --json` prints: `jit_b1_us`, `jit_b1_gmacs`,
+    /// `jit_b256_img_s`, `jit_b256_gmacs_per_core`, `ref_b256_img_s` (when measured),
+    /// `peak_gmacs`, `layers`, ...
     pub fn to_json(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         out.insert("model".into(), self.model.clone().into());
         out.insert("threads".into(), self.threads.into());
         out.insert("compile_ms".into(), self.compile_ms.into());
         out.insert("dot".into(), self.dot.clone().into());
+        out.insert("macs".into(), self.macs.into());
+        out.insert("peak_gmacs".into(), self.peak_gmacs.into());
         for r in &self.rows {
             out.insert(format!("jit_b{}_{}", r.batch, r.unit), r.jit.into());
-            out.insert(format!("ref_b{}_{}", r.batch, r.unit), r.reference.into());
+            let gmacs = if r.batch == 1 {
+                "jit_b1_gmacs".to_string()
+            } else {
+                format!("jit_b{}_gmacs_per_core", r.batch)
+            };
+            out.insert(gmacs, r.gmacs.into());
+            out.insert(format!("jit_b{}_peak_pct", r.batch), r.peak_pct.into());
+            if let Some(reference) = r.reference {
+                out.insert(format!("ref_b{}_{}", r.batch, r.unit), reference.into());
+            }
+        }
+        if !self.layers.is_empty() {
+            out.insert(
+                "layers".into(),
+                serde_json::to_value(&self.layers).unwrap_or_default(),
+            );
         }
         serde_json::Value::Object(out)
     }
 }
 
-/// Compiles a `.qmodel` five times (the median compile time) and measures the JIT and the
-/// reference interpreter at each batch size.
+/// The peak GMAC/s of `dot` on one core: the median of five timed runs of its peak loop, each
+/// long enough (about 20 ms) to time well.
+pub fn peak_gmacs(dot: Option<DotProduct>) -> Result<(DotProduct, f64), Error> {
+    let peak = crate::jit::peak::PeakLoop::compile(dot).map_err(Error::at(Stage::Compile))?;
+    let mut iterations = 1u64 << 12;
+    loop {
+        let start = std::time::Instant::now();
+        std::hint::black_box(peak.run(iterations));
+        if start.elapsed().as_secs_f64() > 0.02 || iterations >= 1 << 36 {
+            break;
+        }
+        iterations *= 2;
+    }
+    let t = crate::bench::median_time(1, 5, || {
+        std::hint::black_box(peak.run(iterations));
+    });
+    Ok((
+        peak.dot_product(),
+        peak.macs(iterations) / t.as_secs_f64().max(1e-12) / 1e9,
+    ))
+}
+
+/// Compiles a `.qmodel` five times (the median compile time), measures this CPU's peak for its
+/// dot-product form, and times the JIT (and the reference interpreter, when asked) at each
+/// batch size, and every layer at batch 1 when asked.
 pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, Error> {
     if options.batches.contains(&0) {
         return Err(Error::new(Stage::Run, "--batch sizes must be at least 1"));
@@ -80,23 +148,27 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
         return Err(Error::new(Stage::Compile, "nothing compiled"));
     };
     compile_times.sort();
+    let (_, peak) = peak_gmacs(Some(compiled.dot_product()))?;
     let graph = model.graph();
+    let macs = graph.macs();
     let size = model.input_size();
+    let threads = options.threads.max(1);
     let mut rows = Vec::new();
     for &b in &options.batches {
         let row = if b == 1 {
             let jit = crate::bench::latency_us(&compiled, 2000);
-            let x = crate::bench::inputs(size);
-            crate::interp::run(graph, &x, 1).map_err(Error::at(Stage::Run))?;
-            let r = crate::bench::median_time(3, 100, || {
-                let _ = crate::interp::run(graph, &x, 1);
-            });
-            BenchRow {
-                batch: b,
-                jit,
-                reference: r.as_secs_f64() * 1e6,
-                unit: "us",
-            }
+            let reference = if options.reference {
+                let x = crate::bench::inputs(size);
+                crate::interp::run(graph, &x, 1).map_err(Error::at(Stage::Run))?;
+                let r = crate::bench::median_time(3, 100, || {
+                    let _ = crate::interp::run(graph, &x, 1);
+                });
+                Some(round2(r.as_secs_f64() * 1e6))
+            } else {
+                None
+            };
+            let gmacs = macs as f64 / (jit * 1e-6) / 1e9;
+            (jit, reference, "us", gmacs)
         } else {
             let mut y = vec![0.0; b * compiled.output_size()];
             let x = crate::bench::inputs(size * b);
@@ -106,29 +178,125 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
             let jit = crate::bench::throughput(size, b, 50, |x| {
                 let _ = compiled.run_into(x, &mut y);
             });
-            let reference = crate::bench::throughput(size, b, 5, |x| {
-                let _ = crate::interp::run(graph, x, b);
+            let reference = options.reference.then(|| {
+                round2(crate::bench::throughput(size, b, 5, |x| {
+                    let _ = crate::interp::run(graph, x, b);
+                }))
             });
-            BenchRow {
-                batch: b,
-                jit,
-                reference,
-                unit: "img_s",
-            }
+            let gmacs = jit * macs as f64 / threads as f64 / 1e9;
+            (jit, reference, "img_s", gmacs)
         };
+        let (jit, reference, unit, gmacs) = row;
         rows.push(BenchRow {
-            jit: round2(row.jit),
-            reference: round2(row.reference),
-            ..row
+            batch: b,
+            jit: round2(jit),
+            reference,
+            unit,
+            gmacs: round2(gmacs),
+            peak_pct: round2(100.0 * gmacs / peak),
         });
     }
+    let layers = if options.layers {
+        layer_times(graph, &jit_options)?
+    } else {
+        Vec::new()
+    };
     Ok(BenchReport {
         model: graph.name.clone(),
         threads: options.threads,
         compile_ms: round2(compile_times[compile_times.len() / 2].as_secs_f64() * 1e3),
         dot: format!("{:?}", compiled.dot_product()),
+        macs,
+        peak_gmacs: round2(peak),
         rows,
+        layers,
     })
+}
+
+/// Every layer's batch-1 time, each layer compiled alone: a graph whose input is the layer's
+/// input (its codes, through the u8 entry, when it is quantized) and whose output is the
+/// layer's. Layers with several inputs (Add, Mul, Concat) are not timed alone (0 µs).
+fn layer_times(
+    graph: &crate::int8::QGraph,
+    options: &crate::jit::Options,
+) -> Result<Vec<LayerBench>, Error> {
+    use crate::int8::{QGraph, QNode, QOp, TensorType};
+    let options = crate::jit::Options {
+        u8_entry: true,
+        ..*options
+    };
+    let mut out = Vec::new();
+    for node in &graph.nodes[1..] {
+        let macs = node.macs();
+        let x_quantized = node
+            .inputs
+            .first()
+            .is_some_and(|&k| graph.nodes[k].ty.qparams().is_some());
+        let alone = match node.inputs[..] {
+            [k] => {
+                let x = &graph.nodes[k];
+                let input = QNode {
+                    name: "input".into(),
+                    op: QOp::Input,
+                    inputs: Vec::new(),
+                    shape: x.shape.clone(),
+                    ty: TensorType::F32,
+                };
+                let mut nodes = vec![input];
+                if let TensorType::U8(_) = x.ty {
+                    nodes.push(QNode {
+                        name: "input.quant".into(),
+                        op: QOp::Quantize,
+                        inputs: vec![0],
+                        ..x.clone()
+                    });
+                }
+                let at = nodes.len() - 1;
+                nodes.push(QNode {
+                    inputs: vec![at],
+                    ..node.clone()
+                });
+                Some(QGraph {
+                    name: node.name.clone(),
+                    output: nodes.len() - 1,
+                    nodes,
+                })
+            }
+            _ => None,
+        };
+        let us = match alone {
+            Some(g) if crate::int8::verify(&g).is_ok() => {
+                let (compiled, _) = crate::jit::Model::from_graph(g)
+                    .and_then(|m| m.compile_with(&options))
+                    .map_err(Error::at(Stage::Compile))?;
+                // Codes in and codes out, when the layer takes and gives them.
+                let on_codes = x_quantized && node.ty.qparams().is_some();
+                if on_codes && compiled.u8_qparams().is_some() {
+                    let x = vec![100u8; compiled.input_size()];
+                    let mut y = vec![0u8; compiled.output_size()];
+                    let t = crate::bench::median_time(50, 500, || {
+                        let _ = compiled.run_u8_into(&x, &mut y);
+                    });
+                    t.as_secs_f64() * 1e6
+                } else {
+                    crate::bench::latency_us(&compiled, 500)
+                }
+            }
+            _ => 0.0,
+        };
+        out.push(LayerBench {
+            name: node.name.clone(),
+            op: node.op.mnemonic().to_string(),
+            macs,
+            us: round2(us),
+            gmacs: if us > 0.0 {
+                round2(macs as f64 / (us * 1e-6) / 1e9)
+            } else {
+                0.0
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// Training throughput of one spec: images/s per epoch.

@@ -98,7 +98,7 @@ pub enum Command {
         verbose: bool,
     },
     /// Measure inference: batch-1 latency (median µs) and large-batch throughput (images/s) of the
-    /// compiled model and of the reference interpreter.
+    /// compiled model, as GMAC/s and as a share of this CPU's measured peak.
     Bench {
         model: PathBuf,
         /// Batch sizes: 1 measures latency on one thread, larger ones throughput on all threads.
@@ -107,10 +107,17 @@ pub enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Print one JSON object (keys jit_b1_us, jit_b256_img_s, ref_b1_us, ref_b256_img_s,
-        /// compile_ms) instead of a table.
+        /// Print one JSON object (keys jit_b1_us, jit_b1_gmacs, jit_b256_img_s,
+        /// jit_b256_gmacs_per_core, peak_gmacs, compile_ms; ref_* with --reference; layers with
+        /// --layers) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time the reference interpreter (slow).
+        #[arg(long)]
+        reference: bool,
+        /// Also time every layer at batch 1 (µs and GMAC/s).
+        #[arg(long)]
+        layers: bool,
         /// Force a GEMM form instead of this CPU's best (all are exact): vnni, usdot, sdot,
         /// i16, pairs.
         #[arg(long)]

@@ -168,6 +168,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             batch,
             threads,
             json,
+            reference,
+            layers,
             dot,
         } => with_threads(threads, |threads| {
             let dot = dot.as_deref().map(parse_dot).transpose()?;
@@ -175,6 +177,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 batches: batch,
                 threads,
                 dot,
+                reference,
+                layers,
             };
             print::bench(&pipeline::bench(&model, &options)?, json);
             Ok(())

@@ -28,22 +28,47 @@ pub fn bench(r: &pipeline::BenchReport, json: bool) {
         return;
     }
     println!(
-        "{}: compiled in {:.2} ms (median of 5, {} dot products); {} threads",
-        r.model, r.compile_ms, r.dot, r.threads
+        "{}: {} MACs per sample; compiled in {:.2} ms (median of 5); {} threads",
+        r.model, r.macs, r.compile_ms, r.threads
     );
     println!(
-        "{:<8} {:>16} {:>16} {:>9}",
-        "batch", "jit", "reference", "speedup"
+        "peak of {} dot products on one core of this CPU: {:.1} GMAC/s\n",
+        r.dot, r.peak_gmacs
+    );
+    println!(
+        "{:<8} {:>14} {:>16} {:>8} {:>16}",
+        "batch", "jit", "GMAC/s", "% peak", "reference"
     );
     for row in &r.rows {
-        let (jit, reference, speedup) = if row.batch == 1 {
-            let text = |v: f64| format!("{v:.2} µs");
-            (text(row.jit), text(row.reference), row.reference / row.jit)
-        } else {
-            let text = |v: f64| format!("{v:.0} img/s");
-            (text(row.jit), text(row.reference), row.jit / row.reference)
+        let text = |v: f64| {
+            if row.batch == 1 {
+                format!("{v:.2} µs")
+            } else {
+                format!("{v:.0} img/s")
+            }
         };
-        println!("{:<8} {jit:>16} {reference:>16} {speedup:>8.1}x", row.batch);
+        let per = if row.batch == 1 { "" } else { "/core" };
+        let reference = row.reference.map_or("-".to_string(), text);
+        println!(
+            "{:<8} {:>14} {:>16} {:>7.1}% {reference:>16}",
+            row.batch,
+            text(row.jit),
+            format!("{:.1}{per}", row.gmacs),
+            row.peak_pct
+        );
+    }
+    if !r.layers.is_empty() {
+        println!("\nper layer at batch 1:");
+        println!(
+            "{:<16} {:<16} {:>10} {:>9} {:>8}",
+            "layer", "op", "MACs", "µs", "GMAC/s"
+        );
+        for l in &r.layers {
+            println!(
+                "{:<16} {:<16} {:>10} {:>9.2} {:>8.1}",
+                l.name, l.op, l.macs, l.us, l.gmacs
+            );
+        }
     }
 }
 
