@@ -457,7 +457,16 @@ fn compile_and_bench_commands() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown Aarch64 feature `sve`"));
 
-    let out = qatc(&["bench", m, "--batch", "1,16", "--json", "--threads", "2"]);
+    let out = qatc(&[
+        "bench",
+        m,
+        "--batch",
+        "1,16",
+        "--json",
+        "--threads",
+        "2",
+        "--reference",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -470,6 +479,9 @@ fn compile_and_bench_commands() {
         "ref_b1_us",
         "ref_b16_img_s",
         "compile_ms",
+        "peak_gmacs",
+        "jit_b1_gmacs",
+        "jit_b16_gmacs_per_core",
     ] {
         assert!(
             json[key].as_f64().is_some_and(|v| v > 0.0),

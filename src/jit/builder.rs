@@ -194,6 +194,8 @@ pub struct Emitter<'a, 'b> {
     /// Samples in the current tile (1..=TILE).
     pub(super) n: Value,
     pub(super) dot: DotProduct,
+    /// The profiling hook, in code compiled to time its nodes.
+    pub(super) mark: Option<cranelift_codegen::ir::FuncRef>,
 }
 
 impl Emitter<'_, '_> {
@@ -214,6 +216,15 @@ impl Emitter<'_, '_> {
             scratch_base,
             n: zero,
             dot,
+            mark: None,
+        }
+    }
+
+    /// In profiled code, the call that times node `index` (see `jit::profile`).
+    pub(super) fn profile_mark(&mut self, index: usize) {
+        if let Some(f) = self.mark {
+            let i = self.b.ins().iconst(I64, index as i64);
+            self.b.ins().call(f, &[i]);
         }
     }
 

@@ -90,6 +90,7 @@ pub fn lower(
     const_base: Value,
     dot: DotProduct,
     entry: Entry,
+    mark: Option<cranelift_codegen::ir::FuncRef>,
 ) -> Result<Lowered, String> {
     let [input, output, batch, scratch_base] = params;
     let in_size: usize = graph.nodes[0].shape.iter().product();
@@ -103,6 +104,7 @@ pub fn lower(
     }
     let elem = if entry == Entry::U8 { 1 } else { 4 };
     let mut e = Emitter::new(b, const_base, scratch_base, dot);
+    e.mark = mark;
     e.for_loop_step(batch, TILE as i64, |e, t| {
         let left = e.b.ins().isub(batch, t);
         let tile = e.b.ins().iconst(I64, TILE as i64);
@@ -111,7 +113,10 @@ pub fn lower(
         let in_ptr = e.b.ins().iadd(input, in_off);
         let out_off = e.b.ins().imul_imm_s(t, (out_size * elem) as i64);
         let out_ptr = e.b.ins().iadd(output, out_off);
-        e.graph(graph, in_ptr, out_ptr, entry)
+        e.graph(graph, in_ptr, out_ptr, entry)?;
+        // Closes the last node's time (profiled code only).
+        e.profile_mark(graph.nodes.len());
+        Ok(())
     })?;
     e.b.ins().return_(&[]);
     Ok(e.finish())
@@ -130,7 +135,8 @@ impl Emitter<'_, '_> {
             Entry::F32 => None,
         };
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(graph.nodes.len());
-        for node in &graph.nodes {
+        for (index, node) in graph.nodes.iter().enumerate() {
+            self.profile_mark(index);
             // Caller memory is read in place only by the f32 quantize (see `Memory`); any other
             // reader gets the tile copied into scratch, once.
             let reads_exactly = matches!(node.op, QOp::Quantize) && entry == Entry::F32;

@@ -19,6 +19,7 @@ mod gemm;
 pub mod lower;
 mod module;
 pub mod peak;
+pub mod profile;
 pub mod target;
 
 pub use builder::{DotProduct, TILE};
@@ -136,21 +137,37 @@ impl Model {
 
     /// Compiles with options; returns the listing too when asked for.
     pub fn compile_with(&self, options: &Options) -> Result<(Compiled, Option<Listing>), Error> {
+        self.compile_inner(options, false)
+    }
+
+    /// Compiles code that times each node on the calling thread ([`profile`]): for
+    /// `qatc bench --layers`, slower than [`Model::compile`]'s by a clock read per node.
+    pub fn compile_profiled(&self, options: &Options) -> Result<Compiled, Error> {
+        Ok(self.compile_inner(options, true)?.0)
+    }
+
+    fn compile_inner(
+        &self,
+        options: &Options,
+        profiled: bool,
+    ) -> Result<(Compiled, Option<Listing>), Error> {
         let start = Instant::now();
         let isa = target::host_isa()?;
         let dot = options.dot_product;
         let mut listing = options.listing.then(Listing::default);
         let dot = dot.unwrap_or_else(|| best_dot_product(&*isa));
-        let mut module = JITModule::new(JITBuilder::with_isa(
-            isa,
-            cranelift_module::default_libcall_names(),
-        ));
+        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        if profiled {
+            builder.symbol(profile::SYMBOL, profile::mark as *const u8);
+        }
+        let mut module = JITModule::new(builder);
         let def = define(
             &mut module,
             &self.graph,
             "qatc_run",
             dot,
             options.u8_entry,
+            profiled,
             listing.as_mut(),
         )?;
         module

@@ -83,6 +83,7 @@ pub fn define(
     name: &str,
     dot: DotProduct,
     with_u8: bool,
+    profiled: bool,
     listing: Option<&mut Listing>,
 ) -> Result<Defined, Error> {
     let err = |e: cranelift_module::ModuleError| Error(format!("Cranelift: {e:?}"));
@@ -93,7 +94,8 @@ pub fn define(
     let data = module
         .declare_data(&format!("{name}_consts"), Linkage::Local, false, false)
         .map_err(err)?;
-    let (func, lowered) = define_entry(module, graph, name, dot, Entry::F32, data, listing)?;
+    let code = Code { dot, profiled };
+    let (func, lowered) = define_entry(module, graph, name, Entry::F32, data, code, listing)?;
     // The u8 entry packs the same constants in the same order: it shares the data object.
     let func_u8 = match lower::u8_entry(graph).filter(|_| with_u8) {
         Some(_) => {
@@ -101,9 +103,9 @@ pub fn define(
                 module,
                 graph,
                 &format!("{name}_u8"),
-                dot,
                 Entry::U8,
                 data,
+                code,
                 None,
             )?;
             if l.consts != lowered.consts {
@@ -137,14 +139,21 @@ pub fn define(
     })
 }
 
+/// How an entry's code is made: its GEMM form, and whether it times its nodes.
+#[derive(Clone, Copy)]
+struct Code {
+    dot: DotProduct,
+    profiled: bool,
+}
+
 /// Declares and defines one entry function of the model.
 fn define_entry(
     module: &mut impl cranelift_module::Module,
     graph: &QGraph,
     name: &str,
-    dot: DotProduct,
     entry: Entry,
     data: cranelift_module::DataId,
+    Code { dot, profiled }: Code,
     listing: Option<&mut Listing>,
 ) -> Result<(cranelift_module::FuncId, builder::Lowered), Error> {
     let ptr = module.target_config().pointer_type();
@@ -156,6 +165,16 @@ fn define_entry(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
+    let mark = if profiled {
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(I64));
+        let f = module
+            .declare_function(super::profile::SYMBOL, Linkage::Import, &sig)
+            .map_err(|e| Error(format!("Cranelift: {e:?}")))?;
+        Some(f)
+    } else {
+        None
+    };
     let mut fctx = FunctionBuilderContext::new();
     let lowered = {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -166,7 +185,8 @@ fn define_entry(
         let gv = module.declare_data_in_func(data, b.func);
         let base = b.ins().symbol_value(ptr, gv);
         let params = [p[0], p[1], p[2], p[3]];
-        let lowered = lower::lower(&mut b, graph, params, base, dot, entry).map_err(Error)?;
+        let mark = mark.map(|f| module.declare_func_in_func(f, b.func));
+        let lowered = lower::lower(&mut b, graph, params, base, dot, entry, mark).map_err(Error)?;
         b.seal_all_blocks();
         b.finalize(module.target_config());
         lowered

@@ -257,7 +257,15 @@ pub fn object(graph: &QGraph, isa: OwnedTargetIsa, name: &str) -> Result<Object,
         .map_err(|e| Error(format!("Cranelift: {e}")))?;
     let mut module = ObjectModule::new(builder);
     let mut listing = Listing::default();
-    let def = define(&mut module, graph, name, dot, true, Some(&mut listing))?;
+    let def = define(
+        &mut module,
+        graph,
+        name,
+        dot,
+        true,
+        false,
+        Some(&mut listing),
+    )?;
     let bytes = module
         .finish()
         .emit()

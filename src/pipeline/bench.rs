@@ -18,7 +18,7 @@ pub struct BenchOptions {
     pub dot: Option<DotProduct>,
     /// Also time the reference interpreter (slow: it dominates the bench's run time).
     pub reference: bool,
-    /// Also time every layer at batch 1, each compiled alone.
+    /// Also time every layer at batch 1.
     pub layers: bool,
 }
 
@@ -197,7 +197,7 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
         });
     }
     let layers = if options.layers {
-        layer_times(graph, &jit_options)?
+        layer_times(&model, &jit_options)?
     } else {
         Vec::new()
     };
@@ -213,90 +213,53 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
     })
 }
 
-/// Every layer's batch-1 time, each layer compiled alone: a graph whose input is the layer's
-/// input (its codes, through the u8 entry, when it is quantized) and whose output is the
-/// layer's. Layers with several inputs (Add, Mul, Concat) are not timed alone (0 µs).
+/// Every layer's batch-1 time, from the model compiled to time its nodes
+/// ([`crate::jit::profile`]): the mean over many calls of the time between a node's start and
+/// the next node's, on the calling thread.
 fn layer_times(
-    graph: &crate::int8::QGraph,
+    model: &crate::jit::Model,
     options: &crate::jit::Options,
 ) -> Result<Vec<LayerBench>, Error> {
-    use crate::int8::{QGraph, QNode, QOp, TensorType};
-    let options = crate::jit::Options {
-        u8_entry: true,
-        ..*options
-    };
-    let mut out = Vec::new();
-    for node in &graph.nodes[1..] {
-        let macs = node.macs();
-        let x_quantized = node
-            .inputs
-            .first()
-            .is_some_and(|&k| graph.nodes[k].ty.qparams().is_some());
-        let alone = match node.inputs[..] {
-            [k] => {
-                let x = &graph.nodes[k];
-                let input = QNode {
-                    name: "input".into(),
-                    op: QOp::Input,
-                    inputs: Vec::new(),
-                    shape: x.shape.clone(),
-                    ty: TensorType::F32,
-                };
-                let mut nodes = vec![input];
-                if let TensorType::U8(_) = x.ty {
-                    nodes.push(QNode {
-                        name: "input.quant".into(),
-                        op: QOp::Quantize,
-                        inputs: vec![0],
-                        ..x.clone()
-                    });
-                }
-                let at = nodes.len() - 1;
-                nodes.push(QNode {
-                    inputs: vec![at],
-                    ..node.clone()
-                });
-                Some(QGraph {
-                    name: node.name.clone(),
-                    output: nodes.len() - 1,
-                    nodes,
-                })
-            }
-            _ => None,
-        };
-        let us = match alone {
-            Some(g) if crate::int8::verify(&g).is_ok() => {
-                let (compiled, _) = crate::jit::Model::from_graph(g)
-                    .and_then(|m| m.compile_with(&options))
-                    .map_err(Error::at(Stage::Compile))?;
-                // Codes in and codes out, when the layer takes and gives them.
-                let on_codes = x_quantized && node.ty.qparams().is_some();
-                if on_codes && compiled.u8_qparams().is_some() {
-                    let x = vec![100u8; compiled.input_size()];
-                    let mut y = vec![0u8; compiled.output_size()];
-                    let t = crate::bench::median_time(50, 500, || {
-                        let _ = compiled.run_u8_into(&x, &mut y);
-                    });
-                    t.as_secs_f64() * 1e6
-                } else {
-                    crate::bench::latency_us(&compiled, 500)
-                }
-            }
-            _ => 0.0,
-        };
-        out.push(LayerBench {
-            name: node.name.clone(),
-            op: node.op.mnemonic().to_string(),
-            macs,
-            us: round2(us),
-            gmacs: if us > 0.0 {
-                round2(macs as f64 / (us * 1e-6) / 1e9)
-            } else {
-                0.0
-            },
-        });
+    let compiled = model
+        .compile_profiled(options)
+        .map_err(Error::at(Stage::Compile))?;
+    let graph = model.graph();
+    let x = crate::bench::inputs(compiled.input_size());
+    let mut y = vec![0.0; compiled.output_size()];
+    for _ in 0..200 {
+        compiled
+            .run_into(&x, &mut y)
+            .map_err(Error::at(Stage::Run))?;
     }
-    Ok(out)
+    let runs = 2000;
+    crate::jit::profile::start(graph.nodes.len());
+    for _ in 0..runs {
+        compiled
+            .run_into(&x, &mut y)
+            .map_err(Error::at(Stage::Run))?;
+    }
+    let totals = crate::jit::profile::totals();
+    Ok(graph
+        .nodes
+        .iter()
+        .zip(totals)
+        .skip(1)
+        .map(|(node, total)| {
+            let us = total.as_secs_f64() * 1e6 / runs as f64;
+            let macs = node.macs();
+            LayerBench {
+                name: node.name.clone(),
+                op: node.op.mnemonic().to_string(),
+                macs,
+                us: round2(us),
+                gmacs: if us > 0.0 {
+                    round2(macs as f64 / (us * 1e-6) / 1e9)
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect())
 }
 
 /// Training throughput of one spec: images/s per epoch.
