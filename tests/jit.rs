@@ -518,16 +518,7 @@ fn the_peak_loop_computes_its_dot_products() {
             _ => (0..4).map(|k| w[k] as i8 as i64 * a[k] as i64).sum(),
         }
     };
-    let mut forms = vec![
-        DotProduct::Vnni,
-        DotProduct::Usdot,
-        DotProduct::Sdot,
-        DotProduct::I16,
-    ];
-    if cfg!(target_arch = "x86_64") {
-        forms.push(DotProduct::Pairs);
-    }
-    for dot in forms {
+    for dot in common::runnable_forms() {
         let peak = PeakLoop::compile(Some(dot)).unwrap();
         for rounds in [0u64, 1, 3, 1000] {
             // (`pmaddubsw` sums pairs in i16 with saturation; these pairs, 0x34·0xcb + 0x12·0xed

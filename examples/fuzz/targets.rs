@@ -477,32 +477,14 @@ fn mutate_onnx(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
         }
         _ if !graph.node.is_empty() => {
-            const OPS: &[&str] = &[
-                "Conv",
-                "Gemm",
-                "MatMul",
-                "Relu",
-                "Clip",
-                "Sigmoid",
-                "HardSigmoid",
-                "HardSwish",
-                "LeakyRelu",
-                "Tanh",
-                "Mul",
-                "Add",
-                "Concat",
-                "MaxPool",
-                "AveragePool",
-                "GlobalAveragePool",
-                "Flatten",
-                "Reshape",
-                "BatchNormalization",
-                "Dropout",
-                "Identity",
-                "Softmax",
-            ];
+            // Every op qatc imports, and one it does not.
+            let ops: Vec<&str> = qatc::onnx::import::SUPPORTED
+                .iter()
+                .copied()
+                .chain(["Softmax"])
+                .collect();
             let k = rng.below(graph.node.len());
-            graph.node[k].op_type = Some(pick(OPS, rng).to_string());
+            graph.node[k].op_type = Some(pick(&ops, rng).to_string());
         }
         _ => return crate::mutate::bytes(seed, rng),
     }

@@ -23,13 +23,13 @@ use crate::ops::shape::{self, ConvGeom};
 /// The ONNX operator sets qatc reads (opset 11 made Clip's bounds inputs).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=23;
 
-/// The ops qatc imports, for error messages.
+/// The op types qatc imports (MatMul with the Add of its bias; Clip as ReLU6 or ReLU).
 pub const SUPPORTED: &[&str] = &[
     "Conv",
     "Gemm",
-    "MatMul (+ Add)",
+    "MatMul",
     "Relu",
-    "Clip (0..6)",
+    "Clip",
     "Sigmoid",
     "HardSigmoid",
     "HardSwish",
@@ -321,8 +321,9 @@ fn int_values(t: &TensorProto) -> Result<Vec<i64>, String> {
     }
 }
 
-/// A usable layer name from an ONNX name: letters, digits and `_`, not starting with a digit.
-fn identifier(s: &str) -> String {
+/// A usable spec name from an ONNX or file name: letters, digits and `_`, not starting with a
+/// digit.
+pub fn identifier(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {

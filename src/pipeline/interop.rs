@@ -128,21 +128,7 @@ pub fn import_onnx(onnx: &Path, dir: &Path) -> Result<ImportReport, Error> {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let name = if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-        name
-    } else {
-        format!("m_{name}")
-    };
+    let name = crate::onnx::import::identifier(&stem);
     let file = onnx
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
