@@ -196,6 +196,8 @@ pub struct Emitter<'a, 'b> {
     pub(super) dot: DotProduct,
     /// The profiling hook, in code compiled to time its nodes.
     pub(super) mark: Option<cranelift_codegen::ir::FuncRef>,
+    /// The target is x86_64.
+    pub(super) x86: bool,
 }
 
 impl Emitter<'_, '_> {
@@ -217,6 +219,7 @@ impl Emitter<'_, '_> {
             n: zero,
             dot,
             mark: None,
+            x86: false,
         }
     }
 
@@ -351,6 +354,27 @@ impl Emitter<'_, '_> {
         let v = self.b.ins().nearest(v);
         let v = self.b.ins().fadd(v, zp);
         self.b.ins().fcvt_to_sint_sat(I32X4, v)
+    }
+
+    /// [`Emitter::quantize_vec`] of values that are never NaN (a requantized accumulator: an
+    /// integer times a finite multiplier), with the same codes after narrowing. On x86,
+    /// `cvttps2dq` gives i32::MIN for every value out of range, which narrowing takes to code 0:
+    /// right below the range, wrong above it. A lane whose value is positive (sign bit clear)
+    /// and whose conversion is i32::MIN (sign bit set) is flipped to i32::MAX: four
+    /// instructions and no constant, instead of the generic saturating conversion's seven.
+    pub(super) fn requantize_vec(&mut self, v: Value, m: Value, zp: Value) -> Value {
+        if !self.x86 {
+            return self.quantize_vec(v, m, zp);
+        }
+        let v = self.b.ins().fmul(v, m);
+        let v = self.b.ins().nearest(v);
+        let v = self.b.ins().fadd(v, zp);
+        let t = self.b.ins().x86_cvtt2dq(I32X4, v);
+        let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let bits = self.b.ins().bitcast(I32X4, little, v);
+        let wrong = self.b.ins().band_not(t, bits);
+        let flip = self.b.ins().sshr_imm_s(wrong, 31);
+        self.b.ins().bxor(t, flip)
     }
 
     /// Narrows four i32x4 to sixteen u8 with saturation.

@@ -431,7 +431,7 @@ impl Emitter<'_, '_> {
                         let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
                         let acc = self.b.ins().iadd(acc, bv);
                         let f = self.b.ins().fcvt_from_sint(F32X4, acc);
-                        self.quantize_vec(f, mv, zp)
+                        self.requantize_vec(f, mv, zp)
                     })
                     .collect();
                 let mut codes = self.narrow([q[0], q[1], q[0], q[1]]);

@@ -83,15 +83,30 @@ fn u8_output(graph: &QGraph) -> Option<(usize, QParams)> {
 
 /// Emits the body of the entry function into `b`, whose current block has the four parameters.
 /// `const_base` is the address of the constants data object.
+/// How to lower a graph besides its GEMM form's choice of instructions.
+#[derive(Clone, Copy)]
+pub struct How {
+    pub dot: DotProduct,
+    pub entry: Entry,
+    /// The profiling hook, in code that times its nodes.
+    pub mark: Option<cranelift_codegen::ir::FuncRef>,
+    /// The target is x86_64 (x86-only instructions may be used).
+    pub x86: bool,
+}
+
 pub fn lower(
     b: &mut FunctionBuilder,
     graph: &QGraph,
     params: [Value; 4],
     const_base: Value,
-    dot: DotProduct,
-    entry: Entry,
-    mark: Option<cranelift_codegen::ir::FuncRef>,
+    how: How,
 ) -> Result<Lowered, String> {
+    let How {
+        dot,
+        entry,
+        mark,
+        x86,
+    } = how;
     let [input, output, batch, scratch_base] = params;
     let in_size: usize = graph.nodes[0].shape.iter().product();
     let out_size: usize = graph.nodes[graph.output].shape.iter().product();
@@ -105,6 +120,7 @@ pub fn lower(
     let elem = if entry == Entry::U8 { 1 } else { 4 };
     let mut e = Emitter::new(b, const_base, scratch_base, dot);
     e.mark = mark;
+    e.x86 = x86;
     e.for_loop_step(batch, TILE as i64, |e, t| {
         let left = e.b.ins().isub(batch, t);
         let tile = e.b.ins().iconst(I64, TILE as i64);

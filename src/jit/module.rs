@@ -186,7 +186,13 @@ fn define_entry(
         let base = b.ins().symbol_value(ptr, gv);
         let params = [p[0], p[1], p[2], p[3]];
         let mark = mark.map(|f| module.declare_func_in_func(f, b.func));
-        let lowered = lower::lower(&mut b, graph, params, base, dot, entry, mark).map_err(Error)?;
+        let how = lower::How {
+            dot,
+            entry,
+            mark,
+            x86: module.isa().name() == "x64",
+        };
+        let lowered = lower::lower(&mut b, graph, params, base, how).map_err(Error)?;
         b.seal_all_blocks();
         b.finalize(module.target_config());
         lowered
