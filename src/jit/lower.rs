@@ -222,7 +222,12 @@ impl Emitter<'_, '_> {
                 }
                 QOp::Conv2d { geom, w } => {
                     let x = self.hwc(arg(0), in_shape(0));
-                    self.conv(x, in_shape(0), &node.shape, geom, w, out_q.expect("u8"))
+                    let yq = out_q.expect("u8");
+                    if super::depthwise::is_depthwise(geom) {
+                        self.depthwise(x, in_shape(0), &node.shape, geom, w, yq)
+                    } else {
+                        self.conv(x, in_shape(0), &node.shape, geom, w, yq)
+                    }
                 }
                 QOp::Clamp { lo, hi } => {
                     let x = arg(0);

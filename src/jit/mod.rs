@@ -15,6 +15,7 @@
 //! lengths first. The output is bit for bit the reference interpreter's ([`crate::interp`]).
 
 mod builder;
+mod depthwise;
 mod gemm;
 pub mod lower;
 mod module;
