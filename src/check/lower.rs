@@ -2,7 +2,7 @@
 //! No fusion and no quantization yet (the passes do that).
 
 use super::{CheckedModel, LayerKind, Source};
-use crate::ir::{Act, BnAttrs, ConvGeom, Graph, Node, Op};
+use crate::ir::{Act, BnAttrs, Graph, Node, Op};
 
 pub fn lower(model: &CheckedModel) -> Graph {
     let mut nodes = vec![Node {
@@ -26,23 +26,8 @@ pub fn lower(model: &CheckedModel) -> Graph {
                 act: Act::None,
                 weight_fq: None,
             },
-            LayerKind::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                groups,
-                bias,
-            } => Op::Conv2d {
-                geom: ConvGeom {
-                    in_channels: *in_channels,
-                    out_channels: *out_channels,
-                    kernel: *kernel,
-                    stride: *stride,
-                    padding: *padding,
-                    groups: *groups,
-                },
+            LayerKind::Conv2d { geom, bias } => Op::Conv2d {
+                geom: *geom,
                 bias: *bias,
                 bn: None,
                 act: Act::None,

@@ -71,12 +71,7 @@ pub enum LayerKind {
         bias: bool,
     },
     Conv2d {
-        in_channels: usize,
-        out_channels: usize,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: (usize, usize),
-        groups: usize,
+        geom: ConvGeom,
         bias: bool,
     },
     Activation(Activation),
@@ -103,24 +98,21 @@ impl LayerKind {
                 out_features,
                 ..
             } => format!("Linear({in_features}, {out_features})"),
-            LayerKind::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                groups,
-                ..
-            } => {
-                let mut s = format!("Conv2d({in_channels}, {out_channels}, k={}", hw(*kernel));
-                if *stride != (1, 1) {
-                    s.push_str(&format!(", s={}", hw(*stride)));
+            LayerKind::Conv2d { geom: g, .. } => {
+                let mut s = format!(
+                    "Conv2d({}, {}, k={}",
+                    g.in_channels,
+                    g.out_channels,
+                    hw(g.kernel)
+                );
+                if g.stride != (1, 1) {
+                    s.push_str(&format!(", s={}", hw(g.stride)));
                 }
-                if *padding != (0, 0) {
-                    s.push_str(&format!(", p={}", hw(*padding)));
+                if g.padding != (0, 0) {
+                    s.push_str(&format!(", p={}", hw(g.padding)));
                 }
-                if *groups != 1 {
-                    s.push_str(&format!(", g={groups}"));
+                if g.groups != 1 {
+                    s.push_str(&format!(", g={}", g.groups));
                 }
                 s + ")"
             }
@@ -701,15 +693,7 @@ fn infer_layer(
                 check_size(&[*out, ho, wo], span, &what, diags);
                 return None;
             };
-            let kind = LayerKind::Conv2d {
-                in_channels: c,
-                out_channels: *out,
-                kernel,
-                stride,
-                padding,
-                groups,
-                bias,
-            };
+            let kind = LayerKind::Conv2d { geom, bias };
             let params = weights + if bias { *out } else { 0 };
             // At most 2^26 values of at most 2^28 products each: no overflow.
             Some((kind, vec![*out, ho, wo], params, out_values * per_out))

@@ -121,6 +121,13 @@ fn widen_pairs(b: &mut FunctionBuilder, v: Value) -> Value {
     b.ins().iadd_pairwise(lo, hi)
 }
 
+/// An output clamp on u8 codes, as vectors (see [`Emitter::clamp_bounds`]).
+#[derive(Clone, Copy)]
+pub(super) struct CodeClamp {
+    lo: Option<Value>,
+    hi: Option<Value>,
+}
+
 /// The result of lowering: what the function needs besides its code.
 pub struct Lowered {
     /// The read-only constants: packed weights, biases, multipliers.
@@ -375,6 +382,26 @@ impl Emitter<'_, '_> {
         let wrong = self.b.ins().band_not(t, bits);
         let flip = self.b.ins().sshr_imm_s(wrong, 31);
         self.b.ins().bxor(t, flip)
+    }
+
+    /// The vectors of an output clamp `[lo, hi]` on codes: `None` where it clamps nothing.
+    pub(super) fn clamp_bounds(&mut self, (lo, hi): (i32, i32)) -> CodeClamp {
+        CodeClamp {
+            lo: (lo > 0).then(|| self.splat_u8(lo)),
+            hi: (hi < 255).then(|| self.splat_u8(hi)),
+        }
+    }
+
+    /// Codes clamped to the bounds of [`Emitter::clamp_bounds`].
+    pub(super) fn clamp_codes(&mut self, codes: Value, clamp: CodeClamp) -> Value {
+        let codes = match clamp.lo {
+            Some(lo) => self.b.ins().umax(codes, lo),
+            None => codes,
+        };
+        match clamp.hi {
+            Some(hi) => self.b.ins().umin(codes, hi),
+            None => codes,
+        }
     }
 
     /// Narrows four i32x4 to sixteen u8 with saturation.

@@ -74,8 +74,7 @@ impl Emitter<'_, '_> {
         let bias = self.constant(&Self::i32_bytes(bias));
         let mult = self.constant(&Self::f32_bytes(mult));
         let zp = self.splat_f32(yq.zero_point as f32);
-        let lo = (w.clamp.0 > 0).then(|| self.splat_u8(w.clamp.0));
-        let hi = (w.clamp.1 < 255).then(|| self.splat_u8(w.clamp.1));
+        let clamp = self.clamp_bounds(w.clamp);
         let (sh, sw) = geom.stride;
         self.for_samples(|e, s| {
             let xs = e.at(xp.ptr, s, xp.size);
@@ -127,13 +126,8 @@ impl Emitter<'_, '_> {
                                 e.requantize_vec(f, m, zp)
                             })
                             .collect();
-                        let mut codes = e.narrow([q[0], q[1], q[2], q[3]]);
-                        if let Some(lo) = lo {
-                            codes = e.b.ins().umax(codes, lo);
-                        }
-                        if let Some(hi) = hi {
-                            codes = e.b.ins().umin(codes, hi);
-                        }
+                        let codes = e.narrow([q[0], q[1], q[2], q[3]]);
+                        let codes = e.clamp_codes(codes, clamp);
                         // Past the last channel this runs into the next pixel, written later,
                         // or into the scratch region's slack.
                         let to = e.at(out, chunk, LANES);

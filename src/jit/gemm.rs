@@ -414,8 +414,7 @@ impl Emitter<'_, '_> {
         }
         // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
         let zp = self.splat_f32(k.zp as f32);
-        let lo = (k.clamp.0 > 0).then(|| self.splat_u8(k.clamp.0));
-        let hi = (k.clamp.1 < 255).then(|| self.splat_u8(k.clamp.1));
+        let clamp = self.clamp_bounds(k.clamp);
         for bi in 0..nblk {
             let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
             let bias = self.at(k.bias, blk_i, BLOCK * 4);
@@ -434,13 +433,8 @@ impl Emitter<'_, '_> {
                         self.requantize_vec(f, mv, zp)
                     })
                     .collect();
-                let mut codes = self.narrow([q[0], q[1], q[0], q[1]]);
-                if let Some(lo) = lo {
-                    codes = self.b.ins().umax(codes, lo);
-                }
-                if let Some(hi) = hi {
-                    codes = self.b.ins().umin(codes, hi);
-                }
+                let codes = self.narrow([q[0], q[1], q[0], q[1]]);
+                let codes = self.clamp_codes(codes, clamp);
                 let row = self.b.ins().iadd_imm_s(r0, r as i64);
                 let out = self.at(g.out, row, g.out_stride);
                 let out = self.at(out, blk_i, BLOCK);

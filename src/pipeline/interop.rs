@@ -111,19 +111,12 @@ pub struct ImportReport {
     pub layers: Vec<String>,
 }
 
-/// Largest ONNX file read.
-const MAX_ONNX_BYTES: u64 = 1 << 31;
-
 /// Imports a float ONNX model ([`crate::onnx::import`]): writes `DIR/NAME.qspec` and
 /// `DIR/NAME.safetensors` (NAME: the file's stem), then checks the spec and loads the weights
 /// through its `init:` as `qatc train` would.
 pub fn import_onnx(onnx: &Path, dir: &Path) -> Result<ImportReport, Error> {
+    let bytes = crate::data::read_file(onnx).map_err(Error::at(Stage::Read))?;
     let read = |e: String| Error::new(Stage::Read, format!("{}: {e}", onnx.display()));
-    let meta = std::fs::metadata(onnx).map_err(|e| read(e.to_string()))?;
-    if meta.len() > MAX_ONNX_BYTES {
-        return Err(read(format!("{} bytes is too large", meta.len())));
-    }
-    let bytes = std::fs::read(onnx).map_err(|e| read(e.to_string()))?;
     let stem = onnx
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())

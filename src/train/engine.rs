@@ -168,10 +168,7 @@ impl Net {
             let (y, a) = match (&node.op, &mut self.state.nodes[i]) {
                 // Samples one after another, each C, H, W, into the engine's channel-major
                 // layout.
-                (Op::Input, _) => (
-                    from_samples(kernels::copy(x), &node.shape, batch),
-                    Aux::None,
-                ),
+                (Op::Input, _) => (copy_from_samples(x, &node.shape, batch), Aux::None),
                 (
                     Op::Linear {
                         in_features,
@@ -824,8 +821,16 @@ fn elementwise(regions: &[combine::Region], shapes: &[&[usize]], out: &[usize]) 
 /// The inverse of [`to_samples`].
 fn from_samples(x: Vec<f32>, shape: &[usize], batch: usize) -> Vec<f32> {
     match shape {
-        [c, h, w] => kernels::transpose_batch_channels(&x, batch, *c, h * w, true),
+        [_, _, _] => copy_from_samples(&x, shape, batch),
         _ => x,
+    }
+}
+
+/// [`from_samples`] of a borrowed tensor: one pass, copying or transposing.
+fn copy_from_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
+    match shape {
+        [c, h, w] => kernels::transpose_batch_channels(x, batch, *c, h * w, true),
+        _ => kernels::copy(x),
     }
 }
 
