@@ -56,6 +56,34 @@ impl DotProduct {
         }
     }
 
+    /// The GEMM's register tiles. Each block of channels is two accumulators; a tile's
+    /// accumulators are independent, enough to keep two dot instructions per cycle busy at a
+    /// latency of four or five cycles.
+    pub(super) fn tile(self) -> Tile {
+        match self {
+            // Twelve accumulators, two weight vectors and a broadcast: 15 of x86's 16 vector
+            // registers.
+            DotProduct::Vnni => Tile {
+                rows: 6,
+                blocks: 1,
+                row_blocks: 6,
+            },
+            // aarch64 has 32: 24 accumulators and four weight vectors, so each broadcast (a
+            // `dup`, which takes a vector pipe as `sdot` does) feeds four dot instructions.
+            DotProduct::Usdot | DotProduct::Sdot => Tile {
+                rows: 6,
+                blocks: 2,
+                row_blocks: 6,
+            },
+            // `pmaddubsw` and the i16 form need temporaries for their products.
+            DotProduct::I16 | DotProduct::Pairs => Tile {
+                rows: 4,
+                blocks: 1,
+                row_blocks: 4,
+            },
+        }
+    }
+
     /// The value the GEMM subtracts from each activation code (the input zero point, plus 128
     /// where the activations are shifted to signed).
     pub(super) fn offset(self, zero_point: i32) -> i32 {
@@ -113,6 +141,15 @@ impl DotProduct {
     }
 }
 
+/// A GEMM's register tile: `rows` rows times `blocks` blocks of channels when the rows are
+/// several, one row times `row_blocks` blocks when there is one.
+#[derive(Clone, Copy)]
+pub(super) struct Tile {
+    pub(super) rows: usize,
+    pub(super) blocks: usize,
+    pub(super) row_blocks: usize,
+}
+
 /// Adjacent lanes summed into lanes twice as wide: `iadd_pairwise(swiden_low(v),
 /// swiden_high(v))`.
 fn widen_pairs(b: &mut FunctionBuilder, v: Value) -> Value {
@@ -124,8 +161,8 @@ fn widen_pairs(b: &mut FunctionBuilder, v: Value) -> Value {
 /// An output clamp on u8 codes, as vectors (see [`Emitter::clamp_bounds`]).
 #[derive(Clone, Copy)]
 pub(super) struct CodeClamp {
-    lo: Option<Value>,
-    hi: Option<Value>,
+    pub(super) lo: Option<Value>,
+    pub(super) hi: Option<Value>,
 }
 
 /// The result of lowering: what the function needs besides its code.
@@ -299,11 +336,6 @@ impl Emitter<'_, '_> {
     pub(super) fn splat_f32(&mut self, v: f32) -> Value {
         let s = self.b.ins().f32const(v);
         self.b.ins().splat(F32X4, s)
-    }
-
-    pub(super) fn splat_i32(&mut self, v: i32) -> Value {
-        let s = self.b.ins().iconst(I32, v as i64);
-        self.b.ins().splat(I32X4, s)
     }
 
     /// `for i in (0..count).step_by(step) { body(i) }`; `count` is a runtime i64.

@@ -7,7 +7,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
-use super::builder::{chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
+use super::builder::{chw, flags, CodeClamp, DotProduct, Emitter, Order, Tensor, BLOCK};
 use crate::int8::QWeights;
 use crate::ir::ConvGeom;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -260,36 +260,67 @@ impl Emitter<'_, '_> {
         let k = k.clone();
         let full = g.o / BLOCK;
         let a_bytes = g.samples * g.rows_per_sample * g.a_stride;
+        let tile = k.dot.tile();
+        let tile_rows = tile.rows;
         if k.compact {
             let rows = g.rows;
-            self.for_loop(rows, |e, r| e.gemm_blocks(&g, &k, r, 1, full, blocks));
+            self.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
         } else if k.k4 * k.step_bytes() * blocks <= a_bytes {
-            // Few weights, many rows (convolutions): rows outer, the weights stay in cache.
-            let quads = self.b.ins().ushr_imm_s(g.rows, 2);
-            self.for_loop(quads, |e, q| {
-                let r0 = e.b.ins().ishl_imm_s(q, 2);
-                e.gemm_blocks(&g, &k, r0, 4, full, blocks);
+            // Few weights, many rows (convolutions): tiles of rows outer, each tile times every
+            // block of channels; the weights stay in cache.
+            let tiles = self.b.ins().udiv_imm_s(g.rows, tile_rows as i64);
+            self.for_loop(tiles, |e, t| {
+                let r0 = e.b.ins().imul_imm_s(t, tile_rows as i64);
+                e.row_blocks(&g, &k, r0, tile_rows, full, blocks);
             });
-            let done = self.b.ins().ishl_imm_s(quads, 2);
-            let rest = self.b.ins().isub(g.rows, done);
-            self.for_loop(rest, |e, r| {
-                let r0 = e.b.ins().iadd(done, r);
-                e.gemm_blocks(&g, &k, r0, 1, full, blocks);
-            });
+            let done = self.b.ins().imul_imm_s(tiles, tile_rows as i64);
+            match g.fixed_rows() {
+                // A convolution's rows are known: the rest is one smaller tile.
+                Some(rows) if rows % tile_rows > 0 => {
+                    self.row_blocks(&g, &k, done, rows % tile_rows, full, blocks)
+                }
+                Some(_) => {}
+                None => {
+                    let rest = self.b.ins().isub(g.rows, done);
+                    self.for_loop(rest, |e, r| {
+                        let r0 = e.b.ins().iadd(done, r);
+                        e.row_blocks(&g, &k, r0, 1, full, blocks);
+                    });
+                }
+            }
         } else {
-            // Many weights, few rows (Linear on a tile of samples): each group of weight blocks
-            // is read from memory once per tile and used for every row.
-            let groups = full / 4;
+            // Many weights, few rows (Linear on a tile of samples). Fewer rows than a tile:
+            // each row alone, times every block in single-row tiles.
+            let few = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::UnsignedLessThan, g.rows, tile_rows as i64);
+            let (sweep, grouped, done) = (
+                self.b.create_block(),
+                self.b.create_block(),
+                self.b.create_block(),
+            );
+            self.b.ins().brif(few, sweep, &[], grouped, &[]);
+            self.b.switch_to_block(sweep);
+            let rows = g.rows;
+            self.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
+            self.b.ins().jump(done, &[]);
+            // Otherwise groups of blocks whose weights stay in the first-level cache while
+            // every tile of rows uses them (four blocks of 784 columns: 25 KB).
+            self.b.switch_to_block(grouped);
+            const GROUP: usize = 4;
+            let groups = full / GROUP;
             let emit_rows = |e: &mut Self, blk: Value, sub: usize, valid: usize| {
-                let quads = e.b.ins().ushr_imm_s(g.rows, 2);
-                e.for_loop(quads, |e, q| {
-                    let r0 = e.b.ins().ishl_imm_s(q, 2);
-                    for sb in 0..sub {
+                let tiles = e.b.ins().udiv_imm_s(g.rows, tile_rows as i64);
+                e.for_loop(tiles, |e, t| {
+                    let r0 = e.b.ins().imul_imm_s(t, tile_rows as i64);
+                    for sb in (0..sub).step_by(tile.blocks) {
                         let b = e.b.ins().iadd_imm_s(blk, sb as i64);
-                        e.microkernel(&g, &k, r0, 4, b, 1, valid);
+                        let n = tile.blocks.min(sub - sb);
+                        e.microkernel(&g, &k, r0, tile_rows, b, n, valid);
                     }
                 });
-                let done = e.b.ins().ishl_imm_s(quads, 2);
+                let done = e.b.ins().imul_imm_s(tiles, tile_rows as i64);
                 let rest = e.b.ins().isub(g.rows, done);
                 e.for_loop(rest, |e, r| {
                     let r0 = e.b.ins().iadd(done, r);
@@ -299,19 +330,28 @@ impl Emitter<'_, '_> {
             if groups > 0 {
                 let count = self.imm(groups as i64);
                 self.for_loop(count, |e, gi| {
-                    let blk = e.b.ins().imul_imm_s(gi, 4);
-                    emit_rows(e, blk, 4, BLOCK);
+                    let blk = e.b.ins().imul_imm_s(gi, GROUP as i64);
+                    emit_rows(e, blk, GROUP, BLOCK);
                 });
             }
-            for blk in groups * 4..blocks {
-                let b = self.imm(blk as i64);
-                emit_rows(self, b, 1, (g.o - blk * BLOCK).min(BLOCK));
+            // The full blocks left over form one narrower group (no accumulator chains of a
+            // single block), the partial block its own.
+            let left = full - groups * GROUP;
+            if left > 0 {
+                let b = self.imm((groups * GROUP) as i64);
+                emit_rows(self, b, left, BLOCK);
             }
+            if blocks > full {
+                let b = self.imm(full as i64);
+                emit_rows(self, b, 1, g.o - full * BLOCK);
+            }
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
         }
     }
 
-    /// All channel blocks for the rows `r0..r0 + rows`.
-    fn gemm_blocks(
+    /// All channel blocks for the rows `r0..r0 + rows`, in the form's tiles ([`super::builder::Tile`]).
+    fn row_blocks(
         &mut self,
         g: &Gemm,
         k: &Kernel,
@@ -320,7 +360,12 @@ impl Emitter<'_, '_> {
         full: usize,
         blocks: usize,
     ) {
-        let per = if rows == 1 { 4 } else { 1 };
+        let tile = k.dot.tile();
+        let per = if rows == 1 {
+            tile.row_blocks
+        } else {
+            tile.blocks
+        };
         let groups = full / per;
         if groups > 0 {
             let count = self.imm(groups as i64);
@@ -329,15 +374,25 @@ impl Emitter<'_, '_> {
                 e.microkernel(g, k, r0, rows, blk, per, BLOCK);
             });
         }
-        for blk in groups * per..blocks {
-            let b = self.imm(blk as i64);
-            let valid = (g.o - blk * BLOCK).min(BLOCK);
-            self.microkernel(g, k, r0, rows, b, 1, valid);
+        let left = full - groups * per;
+        if left > 0 {
+            let b = self.imm((groups * per) as i64);
+            self.microkernel(g, k, r0, rows, b, left, BLOCK);
+        }
+        if blocks > full {
+            let b = self.imm(full as i64);
+            self.microkernel(g, k, r0, rows, b, 1, g.o - full * BLOCK);
         }
     }
 
     /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
     /// and stores them (`valid` channels of each block).
+    ///
+    /// A register tile: one accumulator per row and weight vector, each independent of the
+    /// others so the dot instructions overlap. Per dot step, a row's four activation bytes are
+    /// broadcast by one 4-byte load (`vbroadcastss`, `ld1r`); with several rows, each weight
+    /// vector is loaded once and kept in a register for all of them; with one row, the weights
+    /// are each used once and stay memory operands.
     #[allow(clippy::too_many_arguments)]
     fn microkernel(
         &mut self,
@@ -349,11 +404,26 @@ impl Emitter<'_, '_> {
         nblk: usize,
         valid: usize,
     ) {
-        let zero = self.splat_i32(0);
+        // Every constant is loaded where it is used. Cranelift computes a constant value once,
+        // as early as it can, and keeps it in a register across every loop in between; a tile
+        // needs all the registers. The accumulators start from the bias (which also saves
+        // adding it at the end), the requantization's zero point and clamp come from memory.
+        let biases: Vec<Value> = (0..nblk)
+            .map(|bi| {
+                let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
+                self.at(k.bias, blk_i, BLOCK * 4)
+            })
+            .collect();
         let accs: Vec<_> = (0..rows * nblk * 2)
-            .map(|_| {
+            .map(|i| {
                 let v = self.b.declare_var(I32X4);
-                self.b.def_var(v, zero);
+                let half = i % (nblk * 2);
+                let bias = biases[half / 2];
+                let b0 = self
+                    .b
+                    .ins()
+                    .load(I32X4, flags(), bias, 16 * (half % 2) as i32);
+                self.b.def_var(v, b0);
                 v
             })
             .collect();
@@ -361,27 +431,25 @@ impl Emitter<'_, '_> {
         let step_bytes = k.step_bytes();
         let w0 = self.at(k.weights, blk, k.k4 * step_bytes);
         let wstride = (k.k4 * step_bytes) as i32;
-        // A group of `steps` (at most 4) dot steps: one 16-byte activation load per row covers
-        // them all, and lane `u` broadcast to every lane feeds step `u`. Weight loads are pure
-        // (constants), so Cranelift places them at their use; activation loads stay in order.
-        let masks: Vec<_> = (0..4).map(|u| self.broadcast_mask(u)).collect();
         let sign = (k.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
+        let lane0 = self.broadcast_mask(0);
         let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
-            // One vector load per row covers the group's steps; a lane broadcast (`pshufd`)
-            // feeds each step.
-            let rows_a: Vec<Value> = (0..rows)
-                .map(|r| e.b.ins().load(I8X16, flags(), a, (r * g.a_stride) as i32))
-                .collect();
-            for (u, &mask) in masks.iter().enumerate().take(steps) {
-                for (r, &va) in rows_a.iter().enumerate() {
-                    let av = e.b.ins().shuffle(va, va, mask);
+            for u in 0..steps {
+                let weights: Vec<Value> = (0..nblk * 2)
+                    .map(|v| {
+                        let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
+                        e.b.ins().load(I8X16, constant(), wp, off)
+                    })
+                    .collect();
+                for r in 0..rows {
+                    let off = (r * g.a_stride + 4 * u) as i32;
+                    let row = e.b.ins().load(I8X16, constant(), a, off);
+                    let av = e.b.ins().shuffle(row, row, lane0);
                     let av = match sign {
                         Some(bit) => e.b.ins().bxor(av, bit),
                         None => av,
                     };
-                    for v in 0..nblk * 2 {
-                        let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
-                        let wv = e.b.ins().load(I8X16, constant(), wp, off);
+                    for (v, &wv) in weights.iter().enumerate() {
                         let acc = accs[r * nblk * 2 + v];
                         let old = e.b.use_var(acc);
                         let new = k.dot.emit(e.b, wv, av, old);
@@ -390,9 +458,11 @@ impl Emitter<'_, '_> {
                 }
             }
         };
-        // Weights shared by several rows stay live for the whole group, so only a single row
-        // unrolls (four steps per activation load); sixteen registers hold no more.
-        let unroll = if rows == 1 { 4 } else { 1 };
+        // Cranelift places each value at its first use, accumulator by accumulator, so every
+        // unrolled step's weights and broadcasts are live at once: one step per iteration for a
+        // tile of rows (12 accumulators, 2 weights, 1 broadcast), two for a single row (whose
+        // weights are memory operands).
+        let unroll = if rows == 1 { 2 } else { 1 };
         let ap = self.b.declare_var(I64);
         let wp = self.b.declare_var(I64);
         self.b.def_var(ap, a0);
@@ -413,27 +483,33 @@ impl Emitter<'_, '_> {
             group(self, a, w, k.k4 % unroll);
         }
         // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
-        let zp = self.splat_f32(k.zp as f32);
-        let clamp = self.clamp_bounds(k.clamp);
+        let (lo, hi) = k.clamp;
+        let tail: Vec<u8> = (k.zp as f32)
+            .to_le_bytes()
+            .repeat(4)
+            .into_iter()
+            .chain([lo.clamp(0, 255) as u8; 16])
+            .chain([hi.clamp(0, 255) as u8; 16])
+            .collect();
+        let tail = self.constant(&tail);
         for bi in 0..nblk {
             let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
-            let bias = self.at(k.bias, blk_i, BLOCK * 4);
             let mult = self.at(k.mult, blk_i, BLOCK * 4);
-            let b0 = self.b.ins().load(I32X4, flags(), bias, 0);
-            let b1 = self.b.ins().load(I32X4, flags(), bias, 16);
-            let m0 = self.b.ins().load(F32X4, flags(), mult, 0);
-            let m1 = self.b.ins().load(F32X4, flags(), mult, 16);
             for r in 0..rows {
-                let q: Vec<Value> = [(0, b0, m0), (1, b1, m1)]
-                    .into_iter()
-                    .map(|(v, bv, mv)| {
+                let zp = self.b.ins().load(F32X4, flags(), tail, 0);
+                let q: Vec<Value> = (0..2)
+                    .map(|v| {
+                        let mv = self.b.ins().load(F32X4, flags(), mult, 16 * v as i32);
                         let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
-                        let acc = self.b.ins().iadd(acc, bv);
                         let f = self.b.ins().fcvt_from_sint(F32X4, acc);
                         self.requantize_vec(f, mv, zp)
                     })
                     .collect();
                 let codes = self.narrow([q[0], q[1], q[0], q[1]]);
+                let clamp = CodeClamp {
+                    lo: (lo > 0).then(|| self.b.ins().load(I8X16, flags(), tail, 16)),
+                    hi: (hi < 255).then(|| self.b.ins().load(I8X16, flags(), tail, 32)),
+                };
                 let codes = self.clamp_codes(codes, clamp);
                 let row = self.b.ins().iadd_imm_s(r0, r as i64);
                 let out = self.at(g.out, row, g.out_stride);
@@ -530,7 +606,10 @@ impl Emitter<'_, '_> {
     }
 }
 
-/// Flags of a load from the constants: they never change, so the load is pure.
+/// Flags of a load that is pure: from the constants, which never change, or from a GEMM's
+/// rows while its tile runs (no store in its loop writes them). Cranelift then places the load
+/// at its use, where a broadcast takes it as a memory operand. Its address derives from the
+/// tile loop's own pointer, so no load outside that loop can be merged with it.
 fn constant() -> MemFlagsData {
     MemFlagsData::new()
         .with_notrap()
@@ -564,6 +643,13 @@ pub(super) struct Gemm {
     pub(super) out: Value,
     pub(super) out_stride: usize,
     pub(super) o: usize,
+}
+
+impl Gemm {
+    /// The number of rows when it is known while compiling: a convolution's output pixels.
+    fn fixed_rows(&self) -> Option<usize> {
+        (self.samples == 1).then_some(self.rows_per_sample)
+    }
 }
 
 impl Kernel {
