@@ -298,6 +298,98 @@ fn pairs_at_the_i16_limit_are_exact() {
     }
 }
 
+/// Requantization where products reach far past the code range (multipliers near one, biases
+/// of millions), so the kernels cannot skip their clamp before rounding: depthwise, GEMM and
+/// Linear, with fused clamps, in every form.
+#[test]
+fn requantization_of_huge_products_is_exact() {
+    let mut rng = Rng::new(11);
+    let (c, h, w) = (16, 6, 6);
+    let q = |scale, zero_point| TensorType::U8(QParamsDef { scale, zero_point });
+    let small =
+        |n: usize, rng: &mut Rng| -> Vec<i8> { (0..n).map(|_| rng.below(7) as i8 - 3).collect() };
+    let bias = |n: usize, rng: &mut Rng| -> Vec<i32> {
+        (0..n)
+            .map(|i| match i % 3 {
+                0 => 0,
+                1 => 9_000_000,
+                _ => rng.below(2001) as i32 - 1000,
+            })
+            .collect()
+    };
+    let dw = QWeights {
+        weight: small(c * 9, &mut rng),
+        weight_scales: vec![1.0],
+        bias: bias(c, &mut rng),
+        clamp: (3, 250),
+    };
+    let conv = QWeights {
+        weight: small(8 * c * 9, &mut rng),
+        weight_scales: vec![1.0],
+        bias: bias(8, &mut rng),
+        clamp: (0, 255),
+    };
+    let fc = QWeights {
+        weight: small(5 * 8 * 4, &mut rng),
+        weight_scales: vec![1.0],
+        bias: bias(5, &mut rng),
+        clamp: (9, 255),
+    };
+    let geom = |cin: usize, cout: usize, groups: usize| ConvGeom {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+        groups,
+    };
+    let graph = QGraph {
+        name: "huge".into(),
+        nodes: vec![
+            node("input", QOp::Input, vec![], vec![c, h, w], TensorType::F32),
+            node("q", QOp::Quantize, vec![0], vec![c, h, w], q(0.01, 0)),
+            node(
+                "dw",
+                QOp::Conv2d {
+                    geom: geom(c, c, c),
+                    w: dw,
+                },
+                vec![1],
+                vec![c, h, w],
+                q(0.02, 9),
+            ),
+            node(
+                "conv",
+                QOp::Conv2d {
+                    geom: ConvGeom {
+                        stride: (3, 3),
+                        ..geom(c, 8, 1)
+                    },
+                    w: conv,
+                },
+                vec![2],
+                vec![8, 2, 2],
+                q(0.03, 128),
+            ),
+            node("flat", QOp::Flatten, vec![3], vec![32], q(0.03, 128)),
+            node(
+                "fc",
+                QOp::Linear {
+                    in_features: 32,
+                    out_features: 5,
+                    w: fc,
+                },
+                vec![4],
+                vec![5],
+                q(0.05, 7),
+            ),
+            node("out", QOp::Dequantize, vec![5], vec![5], TensorType::F32),
+        ],
+        output: 6,
+    };
+    assert_bit_exact(&graph, 11);
+}
+
 // ---- random small networks ---------------------------------------------------------------------
 
 #[test]

@@ -8,7 +8,7 @@
 //! every buffer against a guard page). Sizes come from a verified graph, whose every dimension
 //! [`crate::limits`] bounds, so none of the arithmetic here can wrap.
 
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I16X8, I32, I32X4, I64, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -141,6 +141,33 @@ impl DotProduct {
     }
 }
 
+/// 1.5·2^23: added to an f32 of magnitude up to 2^22, it leaves the value rounded half to even
+/// in the sum's low mantissa bits.
+const ROUNDING: f32 = 12_582_912.0;
+
+/// A requantization's constants ([`Emitter::requant`]).
+pub(super) struct Requant {
+    consts: Value,
+    bounded: bool,
+    clamp: (i32, i32),
+}
+
+/// Whether every accumulator times its multiplier stays below 2^21 in magnitude, whatever the
+/// input codes: `|bias| + 255·Σ|w|` per channel (the most `bias + Σ (a - zp)·w` can reach),
+/// times the multiplier. Then [`Emitter::requantize`] needs no clamp before rounding.
+pub(super) fn accumulators_bounded(
+    channels: usize,
+    bias: &dyn Fn(usize) -> i32,
+    weights: &dyn Fn(usize) -> Vec<i8>,
+    mult: &dyn Fn(usize) -> f32,
+) -> bool {
+    (0..channels).all(|o| {
+        let sum: i64 = weights(o).iter().map(|&w| (w as i64).abs()).sum();
+        let bound = (bias(o) as i64).abs() + 255 * sum;
+        (bound as f64) * (mult(o) as f64) < (1 << 21) as f64
+    })
+}
+
 /// A GEMM's register tile: `rows` rows times `blocks` blocks of channels when the rows are
 /// several, one row times `row_blocks` blocks when there is one.
 #[derive(Clone, Copy)]
@@ -156,13 +183,6 @@ fn widen_pairs(b: &mut FunctionBuilder, v: Value) -> Value {
     let lo = b.ins().swiden_low(v);
     let hi = b.ins().swiden_high(v);
     b.ins().iadd_pairwise(lo, hi)
-}
-
-/// An output clamp on u8 codes, as vectors (see [`Emitter::clamp_bounds`]).
-#[derive(Clone, Copy)]
-pub(super) struct CodeClamp {
-    pub(super) lo: Option<Value>,
-    pub(super) hi: Option<Value>,
 }
 
 /// The result of lowering: what the function needs besides its code.
@@ -395,45 +415,94 @@ impl Emitter<'_, '_> {
         self.b.ins().fcvt_to_sint_sat(I32X4, v)
     }
 
-    /// [`Emitter::quantize_vec`] of values that are never NaN (a requantized accumulator: an
-    /// integer times a finite multiplier), with the same codes after narrowing. On x86,
-    /// `cvttps2dq` gives i32::MIN for every value out of range, which narrowing takes to code 0:
-    /// right below the range, wrong above it. A lane whose value is positive (sign bit clear)
-    /// and whose conversion is i32::MIN (sign bit set) is flipped to i32::MAX: four
-    /// instructions and no constant, instead of the generic saturating conversion's seven.
-    pub(super) fn requantize_vec(&mut self, v: Value, m: Value, zp: Value) -> Value {
-        if !self.x86 {
-            return self.quantize_vec(v, m, zp);
-        }
-        let v = self.b.ins().fmul(v, m);
-        let v = self.b.ins().nearest(v);
-        let v = self.b.ins().fadd(v, zp);
-        let t = self.b.ins().x86_cvtt2dq(I32X4, v);
-        let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let bits = self.b.ins().bitcast(I32X4, little, v);
-        let wrong = self.b.ins().band_not(t, bits);
-        let flip = self.b.ins().sshr_imm_s(wrong, 31);
-        self.b.ins().bxor(t, flip)
-    }
-
-    /// The vectors of an output clamp `[lo, hi]` on codes: `None` where it clamps nothing.
-    pub(super) fn clamp_bounds(&mut self, (lo, hi): (i32, i32)) -> CodeClamp {
-        CodeClamp {
-            lo: (lo > 0).then(|| self.splat_u8(lo)),
-            hi: (hi < 255).then(|| self.splat_u8(hi)),
+    /// The constants [`Emitter::requantize`] reads, for an output zero point and code clamp
+    /// `[lo, hi]` (the output's range, narrowed by a fused activation). `bounded` says that
+    /// no accumulator times its multiplier can reach 2^21 in magnitude (checked from the
+    /// weights and bias by [`accumulators_bounded`]).
+    pub(super) fn requant(&mut self, zp: i32, (lo, hi): (i32, i32), bounded: bool) -> Requant {
+        let (lo, hi) = (lo.clamp(0, 255), hi.clamp(0, 255));
+        let f = |v: f32| v.to_le_bytes().repeat(4);
+        let bytes = [
+            f(ROUNDING),
+            (ROUNDING.to_bits() as i32 - zp).to_le_bytes().repeat(4),
+            f((lo - zp) as f32),
+            f((hi - zp) as f32),
+            vec![lo as u8; 16],
+            vec![hi as u8; 16],
+        ]
+        .concat();
+        Requant {
+            consts: self.constant(&bytes),
+            bounded,
+            clamp: (lo, hi),
         }
     }
 
-    /// Codes clamped to the bounds of [`Emitter::clamp_bounds`].
-    pub(super) fn clamp_codes(&mut self, codes: Value, clamp: CodeClamp) -> Value {
-        let codes = match clamp.lo {
-            Some(lo) => self.b.ins().umax(codes, lo),
-            None => codes,
+    /// Accumulators (i32, bias included) requantized to codes as i32 lanes:
+    /// `round_half_even(acc as f32 · m) + zp`, the interpreter's [`crate::quant::numerics`]
+    /// requantization, with its clamp to `[lo, hi]` left to [`Emitter::clamp_packed`] after
+    /// narrowing. The product is rounded half to even by adding 1.5·2^23 (float addition
+    /// rounds to nearest even, and the sum's units are whole numbers when the product's
+    /// magnitude is below 2^22), and the integer is read from the sum's bits less those of the
+    /// constant, the zero point folded in: four instructions. When the accumulators are not
+    /// known to be bounded, the product is first clamped to `[lo - zp, hi - zp]` (for integer
+    /// bounds the same as clamping after rounding; never NaN: an integer times a finite
+    /// multiplier). The constants are loaded at their use: held in registers they would take
+    /// ones a register tile needs.
+    pub(super) fn requantize(&mut self, acc: Value, m: Value, r: &Requant) -> Value {
+        let f = self.b.ins().fcvt_from_sint(F32X4, acc);
+        let f = self.b.ins().fmul(f, m);
+        let f = if r.bounded {
+            f
+        } else {
+            let lo = self.b.ins().load(F32X4, flags(), r.consts, 32);
+            let hi = self.b.ins().load(F32X4, flags(), r.consts, 48);
+            self.fclamp(f, lo, hi)
         };
-        match clamp.hi {
-            Some(hi) => self.b.ins().umin(codes, hi),
-            None => codes,
+        let round = self.b.ins().load(F32X4, flags(), r.consts, 0);
+        let f = self.b.ins().fadd(f, round);
+        let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let bits = self.b.ins().bitcast(I32X4, little, f);
+        let offset = self.b.ins().load(I32X4, flags(), r.consts, 16);
+        self.b.ins().isub(bits, offset)
+    }
+
+    /// Sixteen codes narrowed (with saturation to 0..255) from [`Emitter::requantize`], clamped
+    /// to the output's `[lo, hi]` where saturation did not already do it.
+    pub(super) fn clamp_packed(&mut self, codes: Value, r: &Requant) -> Value {
+        if !r.bounded {
+            return codes;
         }
+        let (lo, hi) = r.clamp;
+        let codes = if lo > 0 {
+            let lo = self.b.ins().load(I8X16, flags(), r.consts, 64);
+            self.b.ins().umax(codes, lo)
+        } else {
+            codes
+        };
+        if hi < 255 {
+            let hi = self.b.ins().load(I8X16, flags(), r.consts, 80);
+            self.b.ins().umin(codes, hi)
+        } else {
+            codes
+        }
+    }
+
+    /// `min(max(v, lo), hi)` of values that are never NaN: on x86 the compare-and-select form
+    /// Cranelift lowers to one `maxps`/`minps` (its `fmax`/`fmin` handle NaN and signed zeros
+    /// in five more), elsewhere `fmax`/`fmin`, single instructions there.
+    fn fclamp(&mut self, v: Value, lo: Value, hi: Value) -> Value {
+        if !self.x86 {
+            let v = self.b.ins().fmax(v, lo);
+            return self.b.ins().fmin(v, hi);
+        }
+        let little = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let below = self.b.ins().fcmp(FloatCC::LessThan, lo, v);
+        let below = self.b.ins().bitcast(F32X4, little, below);
+        let v = self.b.ins().bitselect(below, v, lo);
+        let above = self.b.ins().fcmp(FloatCC::LessThan, v, hi);
+        let above = self.b.ins().bitcast(F32X4, little, above);
+        self.b.ins().bitselect(above, v, hi)
     }
 
     /// Narrows four i32x4 to sixteen u8 with saturation.

@@ -6,7 +6,7 @@
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32X4, I8X16};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::builder::{chw, flags, Emitter, Order, Tensor};
+use super::builder::{accumulators_bounded, chw, flags, Emitter, Order, Tensor};
 use crate::int8::QWeights;
 use crate::ir::ConvGeom;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -73,8 +73,13 @@ impl Emitter<'_, '_> {
         let weights = self.constant(&wbytes);
         let bias = self.constant(&Self::i32_bytes(bias));
         let mult = self.constant(&Self::f32_bytes(mult));
-        let zp = self.splat_f32(yq.zero_point as f32);
-        let clamp = self.clamp_bounds(w.clamp);
+        let bounded = accumulators_bounded(
+            c,
+            &|ch| w.bias[ch],
+            &|ch| w.weight[ch * taps..(ch + 1) * taps].to_vec(),
+            &|ch| requant_multiplier(xq.scale, w.scale(ch), yq.scale),
+        );
+        let requant = self.requant(yq.zero_point, w.clamp, bounded);
         let (sh, sw) = geom.stride;
         self.for_samples(|e, s| {
             let xs = e.at(xp.ptr, s, xp.size);
@@ -122,12 +127,11 @@ impl Emitter<'_, '_> {
                             .enumerate()
                             .map(|(k, &acc)| {
                                 let m = e.b.ins().load(F32X4, flags(), m0, 16 * k as i32);
-                                let f = e.b.ins().fcvt_from_sint(F32X4, acc);
-                                e.requantize_vec(f, m, zp)
+                                e.requantize(acc, m, &requant)
                             })
                             .collect();
                         let codes = e.narrow([q[0], q[1], q[2], q[3]]);
-                        let codes = e.clamp_codes(codes, clamp);
+                        let codes = e.clamp_packed(codes, &requant);
                         // Past the last channel this runs into the next pixel, written later,
                         // or into the scratch region's slack.
                         let to = e.at(out, chunk, LANES);

@@ -7,7 +7,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
-use super::builder::{chw, flags, CodeClamp, DotProduct, Emitter, Order, Tensor, BLOCK};
+use super::builder::{accumulators_bounded, chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
 use crate::int8::QWeights;
 use crate::ir::ConvGeom;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -223,7 +223,14 @@ impl Emitter<'_, '_> {
             }
         });
         let mult = Self::f32_bytes(mult);
+        let bounded = accumulators_bounded(
+            o_n,
+            &|o| w.bias[o],
+            &|o| (0..k_cols).map(|t| wt(o, t)).collect(),
+            &|o| requant_multiplier(xq.scale, w.scale(o), yq.scale),
+        );
         Kernel {
+            bounded,
             dot,
             compact: false,
             weights: self.constant(&packed),
@@ -407,7 +414,7 @@ impl Emitter<'_, '_> {
         // Every constant is loaded where it is used. Cranelift computes a constant value once,
         // as early as it can, and keeps it in a register across every loop in between; a tile
         // needs all the registers. The accumulators start from the bias (which also saves
-        // adding it at the end), the requantization's zero point and clamp come from memory.
+        // adding it at the end), the requantization's constants come from memory.
         let biases: Vec<Value> = (0..nblk)
             .map(|bi| {
                 let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
@@ -482,35 +489,20 @@ impl Emitter<'_, '_> {
             let w = self.b.use_var(wp);
             group(self, a, w, k.k4 % unroll);
         }
-        // Requantize: (acc + bias') as f32 · m, rounded half to even, + zp, saturated to a code.
-        let (lo, hi) = k.clamp;
-        let tail: Vec<u8> = (k.zp as f32)
-            .to_le_bytes()
-            .repeat(4)
-            .into_iter()
-            .chain([lo.clamp(0, 255) as u8; 16])
-            .chain([hi.clamp(0, 255) as u8; 16])
-            .collect();
-        let tail = self.constant(&tail);
+        let requant = self.requant(k.zp, k.clamp, k.bounded);
         for bi in 0..nblk {
             let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
             let mult = self.at(k.mult, blk_i, BLOCK * 4);
             for r in 0..rows {
-                let zp = self.b.ins().load(F32X4, flags(), tail, 0);
                 let q: Vec<Value> = (0..2)
                     .map(|v| {
-                        let mv = self.b.ins().load(F32X4, flags(), mult, 16 * v as i32);
+                        let m = self.b.ins().load(F32X4, flags(), mult, 16 * v as i32);
                         let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
-                        let f = self.b.ins().fcvt_from_sint(F32X4, acc);
-                        self.requantize_vec(f, mv, zp)
+                        self.requantize(acc, m, &requant)
                     })
                     .collect();
                 let codes = self.narrow([q[0], q[1], q[0], q[1]]);
-                let clamp = CodeClamp {
-                    lo: (lo > 0).then(|| self.b.ins().load(I8X16, flags(), tail, 16)),
-                    hi: (hi < 255).then(|| self.b.ins().load(I8X16, flags(), tail, 32)),
-                };
-                let codes = self.clamp_codes(codes, clamp);
+                let codes = self.clamp_packed(codes, &requant);
                 let row = self.b.ins().iadd_imm_s(r0, r as i64);
                 let out = self.at(g.out, row, g.out_stride);
                 let out = self.at(out, blk_i, BLOCK);
@@ -680,4 +672,6 @@ struct Kernel {
     k4: usize,
     zp: i32,
     clamp: (i32, i32),
+    /// Whether requantization may skip its clamp before rounding ([`accumulators_bounded`]).
+    bounded: bool,
 }
