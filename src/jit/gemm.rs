@@ -38,8 +38,9 @@ impl Emitter<'_, '_> {
             kh == 1 && kw == 1 && geom.stride == (1, 1) && geom.padding == (0, 0) && groups == 1;
         // Padding taps hold the zero point: a zero value, as the interpreter skips them.
         let (xp, _, wp) = self.pad_hwc(x, (c, h, wd), geom.padding, xq.zero_point);
-        // im2col rows hold `kg` columns rounded up to whole dot steps, in the GEMM's element type.
-        let elem = if self.dot == DotProduct::I16 { 2 } else { 1 };
+        // im2col rows hold `kg` columns rounded up to whole dot steps, in the form's encoding.
+        let enc = Encoding::of(self.dot);
+        let elem = enc.bytes();
         let row = kg.next_multiple_of(4);
         let cols = (!pointwise).then(|| self.alloc_one(ho * wo * row * elem));
         let rows = self.imm((ho * wo) as i64);
@@ -64,11 +65,11 @@ impl Emitter<'_, '_> {
             let xs = e.at(xp.ptr, s, xp.size);
             let ys = e.at(y.ptr, s, y.size);
             for (g, k) in packed.iter().enumerate() {
-                let (a, a_stride, wide) = match cols {
-                    None => (xs, c, false),
+                let (a, a_stride, encoding) = match cols {
+                    None => (xs, c, Encoding::Codes),
                     Some(col) => {
-                        e.im2col(xs, col, (c, wp), (ho, wo), geom, g, row, elem);
-                        (col, row * elem, elem == 2)
+                        e.im2col(xs, col, (c, wp), (ho, wo), geom, g, row, enc);
+                        (col, row * elem, enc)
                     }
                 };
                 let out = e.b.ins().iadd_imm_s(ys, (g * og) as i64);
@@ -78,7 +79,7 @@ impl Emitter<'_, '_> {
                     rows,
                     rows_per_sample: ho * wo,
                     samples: 1,
-                    wide,
+                    encoding,
                     out,
                     out_stride: o_n,
                     o: og,
@@ -89,27 +90,44 @@ impl Emitter<'_, '_> {
         y
     }
 
-    /// Copies `len` codes as codes (`elem` 1) or widened to i16 (`elem` 2), sixteen at a time:
-    /// the last piece may run past `len`.
-    fn copy_codes(&mut self, from: Value, to: Value, len: usize, elem: usize) {
-        if elem == 1 {
+    /// Copies `len` codes in an encoding, sixteen at a time: the last piece may run past
+    /// `len`.
+    fn copy_codes(&mut self, from: Value, to: Value, len: usize, enc: Encoding) {
+        if enc == Encoding::Codes {
             self.copy_bytes(from, to, len, false);
             return;
         }
         for chunk in 0..len.div_ceil(16) {
             let v = self.b.ins().load(I8X16, flags(), from, (chunk * 16) as i32);
-            let lo = self.b.ins().uwiden_low(v);
-            let hi = self.b.ins().uwiden_high(v);
-            self.b.ins().store(flags(), lo, to, (chunk * 32) as i32);
-            self.b
-                .ins()
-                .store(flags(), hi, to, (chunk * 32 + 16) as i32);
+            self.store_encoded(v, to, (chunk * 16 * enc.bytes()) as i32, enc);
+        }
+    }
+
+    /// Stores sixteen codes at `to + off` in an encoding (see [`Encoding`]).
+    fn store_encoded(&mut self, v: Value, to: Value, off: i32, enc: Encoding) {
+        match enc {
+            Encoding::Codes => {
+                self.b.ins().store(flags(), v, to, off);
+            }
+            Encoding::Wide => {
+                let lo = self.b.ins().uwiden_low(v);
+                let hi = self.b.ins().uwiden_high(v);
+                self.b.ins().store(flags(), lo, to, off);
+                self.b.ins().store(flags(), hi, to, off + 16);
+            }
+            Encoding::Signed => {
+                // The constant is loaded here: computed once it would hold a register through
+                // every loop of the function.
+                let bit = self.constant(&[0x80; 16]);
+                let bit = self.b.ins().load(I8X16, flags(), bit, 0);
+                let v = self.b.ins().bxor(v, bit);
+                self.b.ins().store(flags(), v, to, off);
+            }
         }
     }
 
     /// Writes one sample's im2col rows of group `g`: row (oh, ow) holds the taps in (i, j,
-    /// channel) order, `row` elements of `elem` bytes apart (codes widened to i16 when `elem` is
-    /// 2). Pieces are copied sixteen codes at a time and may run past their end; later pieces
+    /// channel) order, `row` elements apart, in the form's encoding. Pieces are copied sixteen codes at a time and may run past their end; later pieces
     /// and rows overwrite that, and the last runs into slack.
     #[allow(clippy::too_many_arguments)]
     fn im2col(
@@ -121,8 +139,9 @@ impl Emitter<'_, '_> {
         geom: &ConvGeom,
         g: usize,
         row: usize,
-        elem: usize,
+        enc: Encoding,
     ) {
+        let elem = enc.bytes();
         let (kh, kw) = geom.kernel;
         let cg = c / geom.groups;
         e_for_rows(self, ho, wo, |e, oh, ow| {
@@ -137,12 +156,12 @@ impl Emitter<'_, '_> {
                 if geom.groups == 1 {
                     let f = e.b.ins().iadd_imm_s(from, (i * wp * c) as i64);
                     let t = e.b.ins().iadd_imm_s(to, (i * kw * c * elem) as i64);
-                    e.copy_codes(f, t, kw * c, elem);
+                    e.copy_codes(f, t, kw * c, enc);
                 } else {
                     for j in 0..kw {
                         let f = e.b.ins().iadd_imm_s(from, ((i * wp + j) * c) as i64);
                         let t = e.b.ins().iadd_imm_s(to, ((i * kw + j) * cg * elem) as i64);
-                        e.copy_codes(f, t, cg, elem);
+                        e.copy_codes(f, t, cg, enc);
                     }
                 }
             }
@@ -245,20 +264,23 @@ impl Emitter<'_, '_> {
 
     fn gemm(&mut self, g: Gemm, k: &Kernel) {
         let blocks = k.blocks;
-        // With i16 products, rows not widened yet are widened once into a buffer of their own.
-        let g = if k.dot == DotProduct::I16 && !g.wide {
-            let per_sample = g.a_stride * g.rows_per_sample;
-            let wide = if g.samples == 1 {
-                self.alloc_one(2 * per_sample)
+        // Rows not yet in the form's encoding (i16, or shifted to signed) are encoded once into
+        // a buffer of their own.
+        let enc = Encoding::of(k.dot);
+        let g = if g.encoding != enc {
+            debug_assert!(g.encoding == Encoding::Codes);
+            let per_sample = enc.bytes() * g.a_stride * g.rows_per_sample;
+            let buf = if g.samples == 1 {
+                self.alloc_one(per_sample)
             } else {
-                self.alloc(2 * per_sample)
+                self.alloc(per_sample)
             };
             let total = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
-            self.widen(g.a, wide, total);
+            self.encode(g.a, buf, total, enc);
             Gemm {
-                a: wide,
-                a_stride: 2 * g.a_stride,
-                wide: true,
+                a: buf,
+                a_stride: enc.bytes() * g.a_stride,
+                encoding: enc,
                 ..g
             }
         } else {
@@ -324,7 +346,8 @@ impl Emitter<'_, '_> {
                     for sb in (0..sub).step_by(tile.blocks) {
                         let b = e.b.ins().iadd_imm_s(blk, sb as i64);
                         let n = tile.blocks.min(sub - sb);
-                        e.microkernel(&g, &k, r0, tile_rows, b, n, valid);
+                        let last = if sb + n == sub { valid } else { BLOCK };
+                        e.microkernel(&g, &k, r0, tile_rows, b, n, last);
                     }
                 });
                 let done = e.b.ins().imul_imm_s(tiles, tile_rows as i64);
@@ -341,16 +364,11 @@ impl Emitter<'_, '_> {
                     emit_rows(e, blk, GROUP, BLOCK);
                 });
             }
-            // The full blocks left over form one narrower group (no accumulator chains of a
-            // single block), the partial block its own.
-            let left = full - groups * GROUP;
-            if left > 0 {
+            // The blocks left over (the partial one last) form one narrower group.
+            let rest = blocks - groups * GROUP;
+            if rest > 0 {
                 let b = self.imm((groups * GROUP) as i64);
-                emit_rows(self, b, left, BLOCK);
-            }
-            if blocks > full {
-                let b = self.imm(full as i64);
-                emit_rows(self, b, 1, g.o - full * BLOCK);
+                emit_rows(self, b, rest, g.last_valid());
             }
             self.b.ins().jump(done, &[]);
             self.b.switch_to_block(done);
@@ -381,25 +399,23 @@ impl Emitter<'_, '_> {
                 e.microkernel(g, k, r0, rows, blk, per, BLOCK);
             });
         }
-        let left = full - groups * per;
-        if left > 0 {
+        // The blocks left over (at most `per`, the partial one last) form one narrower tile.
+        let rest = blocks - groups * per;
+        if rest > 0 {
             let b = self.imm((groups * per) as i64);
-            self.microkernel(g, k, r0, rows, b, left, BLOCK);
-        }
-        if blocks > full {
-            let b = self.imm(full as i64);
-            self.microkernel(g, k, r0, rows, b, 1, g.o - full * BLOCK);
+            self.microkernel(g, k, r0, rows, b, rest, g.last_valid());
         }
     }
 
     /// Accumulates `rows` rows times `nblk` blocks of channels over all columns, then requantizes
-    /// and stores them (`valid` channels of each block).
+    /// and stores them (`valid` channels of the last block, all of the others).
     ///
     /// A register tile: one accumulator per row and weight vector, each independent of the
     /// others so the dot instructions overlap. Per dot step, a row's four activation bytes are
-    /// broadcast by one 4-byte load (`vbroadcastss`, `ld1r`); with several rows, each weight
-    /// vector is loaded once and kept in a register for all of them; with one row, the weights
-    /// are each used once and stay memory operands.
+    /// loaded and broadcast to every lane (`pshufd`, `dup`; a broadcast from memory would need
+    /// the load folded into it, which Cranelift does only for a value used once); with several
+    /// rows, each weight vector is loaded once and kept in a register for all of them; with one
+    /// row, the weights are each used once and stay memory operands.
     #[allow(clippy::too_many_arguments)]
     fn microkernel(
         &mut self,
@@ -421,27 +437,38 @@ impl Emitter<'_, '_> {
                 self.at(k.bias, blk_i, BLOCK * 4)
             })
             .collect();
-        let accs: Vec<_> = (0..rows * nblk * 2)
-            .map(|i| {
-                let v = self.b.declare_var(I32X4);
-                let half = i % (nblk * 2);
-                let bias = biases[half / 2];
-                let b0 = self
-                    .b
-                    .ins()
-                    .load(I32X4, flags(), bias, 16 * (half % 2) as i32);
-                self.b.def_var(v, b0);
-                v
+        // A tile with fewer than eight accumulators (a narrow layer, a tail) splits the columns
+        // among several sets of them, step `u` into set `u % split`, summed at the end (i32
+        // addition in any order is exact): no short chains of dependent dot instructions. (Up
+        // to twelve in all, the register allocator spills some of them in the loop.)
+        let tile_accs = rows * nblk * 2;
+        let split = (8 / tile_accs).clamp(1, 4).min(k.k4.max(1));
+        let zero = (split > 1).then(|| self.constant(&[0; 16]));
+        let sets: Vec<Vec<_>> = (0..split)
+            .map(|set| {
+                (0..tile_accs)
+                    .map(|i| {
+                        let v = self.b.declare_var(I32X4);
+                        let half = i % (nblk * 2);
+                        let (from, off) = match zero {
+                            Some(zero) if set > 0 => (zero, 0),
+                            _ => (biases[half / 2], 16 * (half % 2) as i32),
+                        };
+                        let start = self.b.ins().load(I32X4, flags(), from, off);
+                        self.b.def_var(v, start);
+                        v
+                    })
+                    .collect()
             })
             .collect();
         let a0 = self.at(g.a, r0, g.a_stride);
         let step_bytes = k.step_bytes();
         let w0 = self.at(k.weights, blk, k.k4 * step_bytes);
         let wstride = (k.k4 * step_bytes) as i32;
-        let sign = (k.dot == DotProduct::Sdot).then(|| self.splat_u8(0x80));
         let lane0 = self.broadcast_mask(0);
         let group = |e: &mut Self, a: Value, wp: Value, steps: usize| {
             for u in 0..steps {
+                let accs = &sets[u % split];
                 let weights: Vec<Value> = (0..nblk * 2)
                     .map(|v| {
                         let off = (v / 2) as i32 * wstride + (u * step_bytes + (v % 2) * 16) as i32;
@@ -452,10 +479,6 @@ impl Emitter<'_, '_> {
                     let off = (r * g.a_stride + 4 * u) as i32;
                     let row = e.b.ins().load(I8X16, constant(), a, off);
                     let av = e.b.ins().shuffle(row, row, lane0);
-                    let av = match sign {
-                        Some(bit) => e.b.ins().bxor(av, bit),
-                        None => av,
-                    };
                     for (v, &wv) in weights.iter().enumerate() {
                         let acc = accs[r * nblk * 2 + v];
                         let old = e.b.use_var(acc);
@@ -465,29 +488,40 @@ impl Emitter<'_, '_> {
                 }
             }
         };
-        // Cranelift places each value at its first use, accumulator by accumulator, so every
-        // unrolled step's weights and broadcasts are live at once: one step per iteration for a
-        // tile of rows (12 accumulators, 2 weights, 1 broadcast), two for a single row (whose
-        // weights are memory operands).
-        let unroll = if rows == 1 { 2 } else { 1 };
+        // Cranelift places each value at its first use, accumulator by accumulator, so the
+        // unrolled steps feeding one accumulator have their weights and broadcasts live at
+        // once: one step per set of accumulators for a tile of rows (12 accumulators, 2
+        // weights, 1 broadcast), at least two for a single row (its weights are memory
+        // operands).
+        let unroll = if rows == 1 && split == 1 { 2 } else { split };
         let ap = self.b.declare_var(I64);
         let wp = self.b.declare_var(I64);
         self.b.def_var(ap, a0);
         self.b.def_var(wp, w0);
         let iters = self.imm((k.k4 / unroll) as i64);
-        self.for_loop(iters, |e, _| {
-            let a = e.b.use_var(ap);
-            let w = e.b.use_var(wp);
-            group(e, a, w, unroll);
-            let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
-            let w = e.b.ins().iadd_imm_s(w, (step_bytes * unroll) as i64);
-            e.b.def_var(ap, a);
-            e.b.def_var(wp, w);
-        });
+        if k.k4 >= unroll {
+            self.for_loop(iters, |e, _| {
+                let a = e.b.use_var(ap);
+                let w = e.b.use_var(wp);
+                group(e, a, w, unroll);
+                let a = e.b.ins().iadd_imm_s(a, (4 * unroll) as i64);
+                let w = e.b.ins().iadd_imm_s(w, (step_bytes * unroll) as i64);
+                e.b.def_var(ap, a);
+                e.b.def_var(wp, w);
+            });
+        }
         if !k.k4.is_multiple_of(unroll) {
             let a = self.b.use_var(ap);
             let w = self.b.use_var(wp);
             group(self, a, w, k.k4 % unroll);
+        }
+        let accs = sets[0].clone();
+        for set in &sets[1..] {
+            for (&total, &part) in accs.iter().zip(set) {
+                let (t, p) = (self.b.use_var(total), self.b.use_var(part));
+                let sum = self.b.ins().iadd(t, p);
+                self.b.def_var(total, sum);
+            }
         }
         let requant = self.requant(k.zp, k.clamp, k.bounded);
         for bi in 0..nblk {
@@ -506,6 +540,7 @@ impl Emitter<'_, '_> {
                 let row = self.b.ins().iadd_imm_s(r0, r as i64);
                 let out = self.at(g.out, row, g.out_stride);
                 let out = self.at(out, blk_i, BLOCK);
+                let valid = if bi + 1 == nblk { valid } else { BLOCK };
                 self.store_low_bytes(codes, out, valid);
             }
         }
@@ -582,18 +617,15 @@ impl Emitter<'_, '_> {
         self.b.ins().icmp_imm_s(IntCC::Equal, high, 0)
     }
 
-    /// Zero-extends `count` codes to i16, sixteen at a time (running into the slack).
-    fn widen(&mut self, src: Value, dst: Value, count: Value) {
+    /// Encodes `count` codes, sixteen at a time (running into the slack).
+    fn encode(&mut self, src: Value, dst: Value, count: Value, enc: Encoding) {
         let chunks = self.b.ins().iadd_imm_s(count, 15);
         let chunks = self.b.ins().ushr_imm_s(chunks, 4);
         self.for_loop(chunks, |e, i| {
             let from = e.at(src, i, 16);
             let v = e.b.ins().load(I8X16, flags(), from, 0);
-            let lo = e.b.ins().uwiden_low(v);
-            let hi = e.b.ins().uwiden_high(v);
-            let to = e.at(dst, i, 32);
-            e.b.ins().store(flags(), lo, to, 0);
-            e.b.ins().store(flags(), hi, to, 16);
+            let to = e.at(dst, i, 16 * enc.bytes());
+            e.store_encoded(v, to, 0, enc);
         });
     }
 }
@@ -619,6 +651,37 @@ fn e_for_rows(
     e.for_const(ho, |e, oh| e.for_const(wo, |e, ow| body(e, oh, ow)));
 }
 
+/// How a GEMM's rows hold the activation codes for a dot-product form.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Encoding {
+    /// As codes.
+    Codes,
+    /// Widened to i16 ([`DotProduct::I16`]).
+    Wide,
+    /// Shifted to signed, `code ^ 0x80` ([`DotProduct::Sdot`]): once per code, not once per
+    /// broadcast in the kernel.
+    Signed,
+}
+
+impl Encoding {
+    fn of(dot: DotProduct) -> Encoding {
+        match dot {
+            DotProduct::I16 => Encoding::Wide,
+            DotProduct::Sdot => Encoding::Signed,
+            DotProduct::Vnni | DotProduct::Usdot | DotProduct::Pairs => Encoding::Codes,
+        }
+    }
+
+    /// Bytes per code.
+    fn bytes(self) -> usize {
+        if self == Encoding::Wide {
+            2
+        } else {
+            1
+        }
+    }
+}
+
 /// A GEMM's operands: `rows` rows of `k` u8 columns at `a` (`a_stride` bytes apart), `o` output
 /// channels stored at `out` (`out_stride` bytes between rows).
 #[derive(Clone)]
@@ -630,14 +693,19 @@ pub(super) struct Gemm {
     pub(super) rows_per_sample: usize,
     /// Samples the rows hold at most.
     pub(super) samples: usize,
-    /// Whether the rows are already i16.
-    pub(super) wide: bool,
+    /// How the rows hold the codes.
+    pub(super) encoding: Encoding,
     pub(super) out: Value,
     pub(super) out_stride: usize,
     pub(super) o: usize,
 }
 
 impl Gemm {
+    /// Valid channels of the last block.
+    fn last_valid(&self) -> usize {
+        self.o - (self.o.div_ceil(BLOCK) - 1) * BLOCK
+    }
+
     /// The number of rows when it is known while compiling: a convolution's output pixels.
     fn fixed_rows(&self) -> Option<usize> {
         (self.samples == 1).then_some(self.rows_per_sample)

@@ -29,7 +29,7 @@ use cranelift_frontend::FunctionBuilder;
 use crate::int8::{FWeights, QGraph, QOp};
 use crate::ir::{Pool, Pool2d};
 
-use super::gemm::Gemm;
+use super::gemm::{Encoding, Gemm};
 use crate::ir::{Act, ConvGeom};
 use crate::ops::combine::{Region, Source};
 use crate::ops::expr::{Inst, Program};
@@ -212,7 +212,7 @@ impl Emitter<'_, '_> {
                         rows,
                         rows_per_sample: 1,
                         samples: TILE,
-                        wide: false,
+                        encoding: Encoding::Codes,
                         out: y.ptr,
                         out_stride: *out_features,
                         o: *out_features,
