@@ -250,3 +250,38 @@ fn the_c_host_example_builds_and_classifies() {
     assert!(stdout.contains(&want), "expected `{want}` in\n{stdout}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Every shipped spec's GEMM loops, compiled for CPUs this machine may not be (Ice Lake VNNI,
+/// Zen 3 AVX2, Neoverse N1 sdot and V1 usdot), reach 75% of their form's throughput as LLVM's
+/// static model predicts it (`tools/kernel-mca --check 75`): a kernel regression fails here on
+/// any host.
+#[test]
+fn gemm_loops_reach_three_quarters_of_each_forms_predicted_peak() {
+    let have_mca = ["llvm-mca-19", "llvm-mca"].iter().any(|t| have(t));
+    if !have_mca && std::env::var_os("QATC_SKIP_LLVM_MCA").is_some() {
+        eprintln!("skipped: QATC_SKIP_LLVM_MCA is set and llvm-mca is missing");
+        return;
+    }
+    assert!(
+        have_mca,
+        "this test needs llvm-mca (Debian: llvm-19 or llvm; .ci/run installs it), or set \
+         QATC_SKIP_LLVM_MCA=1 to skip it"
+    );
+    let dir = work_dir("mca");
+    for spec in common::spec_files() {
+        let graph = common::calibrated_file(&spec, 4);
+        let info = qatc::qmodel::Info {
+            backend: "fbgemm".into(),
+            spec: std::fs::read_to_string(&spec).unwrap(),
+            qatc_version: "test".into(),
+            normalization: common::calibrated_normalization(&spec),
+        };
+        let model = dir.join(format!("{}.qmodel", graph.name));
+        std::fs::write(&model, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+        run(Command::new("python3")
+            .arg(common::root().join("tools/kernel-mca"))
+            .arg(&model)
+            .args(["--qatc", env!("CARGO_BIN_EXE_qatc"), "--check", "75"]));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
