@@ -23,16 +23,27 @@ fn inputs(len: usize, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
+/// Every GEMM form in Cranelift's 128-bit kernels, and VNNI with the 256-bit kernels where this
+/// CPU runs them (`jit::wide`).
+fn configurations() -> Vec<(DotProduct, bool)> {
+    let mut all: Vec<_> = runnable_forms().into_iter().map(|d| (d, true)).collect();
+    if qatc::jit::wide::available() {
+        all.push((DotProduct::Vnni, false));
+    }
+    all
+}
+
 /// Runs the graph compiled and interpreted on batches of several sizes (a partial tile, whole
 /// tiles and more than one thread's share) and requires identical bits.
 /// Every GEMM formulation is checked (each is exact on any CPU), whichever this one prefers.
 fn assert_bit_exact(graph: &QGraph, seed: u64) {
     let model = Model::from_graph(graph.clone()).expect("the graph verifies");
-    for dot in runnable_forms() {
+    for (dot, narrow) in configurations() {
         let options = qatc::jit::Options {
             dot_product: Some(dot),
             listing: false,
             u8_entry: true,
+            narrow,
         };
         let (compiled, _) = model.compile_with(&options).expect("the graph compiles");
         assert_same(graph, &compiled, seed);
@@ -113,15 +124,16 @@ fn every_entry_stays_inside_the_callers_buffers() {
         // Samples are independent: a batch's outputs are the first ones of the largest batch.
         let want = interp::run(&graph, &x, largest).unwrap();
         let codes = qatc::jit::lower::u8_entry(&graph).map(|_| common::u8_entry_codes(&graph, &x));
-        for dot in runnable_forms() {
+        for (dot, narrow) in configurations() {
             let options = qatc::jit::Options {
                 dot_product: Some(dot),
                 listing: false,
                 u8_entry: true,
+                narrow,
             };
             let (compiled, _) = model.compile_with(&options).unwrap();
             let mut scratch = Guarded::new(compiled.scratch_bytes());
-            let what = |b: usize| format!("{} ({dot:?}), batch {b}", graph.name);
+            let what = |b: usize| format!("{} ({dot:?}, narrow {narrow}), batch {b}", graph.name);
             for b in BATCHES {
                 let mut input = Guarded::new(4 * b * size);
                 let mut output = Guarded::new(4 * b * out);
@@ -277,6 +289,7 @@ fn pairs_at_the_i16_limit_are_exact() {
         dot_product: Some(DotProduct::Pairs),
         listing: false,
         u8_entry: false,
+        narrow: true,
     };
     let (compiled, _) = Model::from_graph(graph.clone())
         .unwrap()
@@ -625,4 +638,18 @@ fn the_peak_loop_computes_its_dot_products() {
             (10 * ACCUMULATORS * dot.macs_per_step()) as f64
         );
     }
+}
+
+/// A grouped convolution (five groups of one input channel, three outputs each, 25 rows: four
+/// tiles of six and one row) whose groups share the im2col buffer: a group's last tile once
+/// reused the loads of the group before it, made before the buffer was rewritten (found by
+/// `each_op_alone_is_bit_exact`).
+#[test]
+fn groups_sharing_im2col_rows_read_their_own() {
+    let graph = random_op_graph(5773627522554049298);
+    assert!(
+        matches!(&graph.nodes[2].op, QOp::Conv2d { geom, .. } if geom.groups == 5),
+        "the generator still makes the grouped convolution"
+    );
+    assert_bit_exact(&graph, 5773627522554049298 ^ 1);
 }

@@ -102,6 +102,7 @@ fn train_evaluate_compare_and_compile_agree() {
             batches: vec![1, 4],
             threads: 1,
             dot: None,
+            narrow: false,
             reference: true,
             layers: true,
         },

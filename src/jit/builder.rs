@@ -260,6 +260,8 @@ pub struct Emitter<'a, 'b> {
     pub(super) dot: DotProduct,
     /// The profiling hook, in code compiled to time its nodes.
     pub(super) mark: Option<cranelift_codegen::ir::FuncRef>,
+    /// The 256-bit GEMM kernel ([`super::wide`]), in JIT code on a CPU that has it.
+    pub(super) wide: Option<cranelift_codegen::ir::FuncRef>,
     /// The target is x86_64.
     pub(super) x86: bool,
 }
@@ -283,6 +285,7 @@ impl Emitter<'_, '_> {
             n: zero,
             dot,
             mark: None,
+            wide: None,
             x86: false,
         }
     }

@@ -90,6 +90,8 @@ pub struct How {
     pub entry: Entry,
     /// The profiling hook, in code that times its nodes.
     pub mark: Option<cranelift_codegen::ir::FuncRef>,
+    /// The 256-bit GEMM kernel, in JIT code on a CPU that has it.
+    pub wide: Option<cranelift_codegen::ir::FuncRef>,
     /// The target is x86_64 (x86-only instructions may be used).
     pub x86: bool,
 }
@@ -105,6 +107,7 @@ pub fn lower(
         dot,
         entry,
         mark,
+        wide,
         x86,
     } = how;
     let [input, output, batch, scratch_base] = params;
@@ -120,6 +123,7 @@ pub fn lower(
     let elem = if entry == Entry::U8 { 1 } else { 4 };
     let mut e = Emitter::new(b, const_base, scratch_base, dot);
     e.mark = mark;
+    e.wide = wide;
     e.x86 = x86;
     e.for_loop_step(batch, TILE as i64, |e, t| {
         let left = e.b.ins().isub(batch, t);

@@ -22,9 +22,10 @@ mod module;
 pub mod peak;
 pub mod profile;
 pub mod target;
+pub mod wide;
 
 pub use builder::{DotProduct, TILE};
-pub use module::{best_dot_product, define, Defined, Error, Listing, MAX_SCRATCH};
+pub use module::{best_dot_product, define, Defined, Error, Imports, Listing, MAX_SCRATCH};
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -56,6 +57,9 @@ pub struct Options {
     /// Also compile the u8-in/u8-out entry ([`Compiled::run_u8`]), which doubles the compile
     /// time; objects always have it.
     pub u8_entry: bool,
+    /// Keep every GEMM in Cranelift's 128-bit code, even on a CPU where [`wide`]'s 256-bit
+    /// kernel runs (the same bits; for tests and measurements).
+    pub narrow: bool,
 }
 
 impl Model {
@@ -161,6 +165,10 @@ impl Model {
         if profiled {
             builder.symbol(profile::SYMBOL, profile::mark as *const u8);
         }
+        let wide_gemm = !options.narrow && dot == DotProduct::Vnni && wide::available();
+        if wide_gemm {
+            builder.symbol(wide::SYMBOL, wide::accumulate as *const u8);
+        }
         let mut module = JITModule::new(builder);
         let def = define(
             &mut module,
@@ -168,7 +176,10 @@ impl Model {
             "qatc_run",
             dot,
             options.u8_entry,
-            profiled,
+            Imports {
+                profiled,
+                wide: wide_gemm,
+            },
             listing.as_mut(),
         )?;
         module

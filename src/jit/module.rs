@@ -83,7 +83,7 @@ pub fn define(
     name: &str,
     dot: DotProduct,
     with_u8: bool,
-    profiled: bool,
+    imports: Imports,
     listing: Option<&mut Listing>,
 ) -> Result<Defined, Error> {
     let err = |e: cranelift_module::ModuleError| Error(format!("Cranelift: {e:?}"));
@@ -94,7 +94,7 @@ pub fn define(
     let data = module
         .declare_data(&format!("{name}_consts"), Linkage::Local, false, false)
         .map_err(err)?;
-    let code = Code { dot, profiled };
+    let code = Code { dot, imports };
     let (func, lowered) = define_entry(module, graph, name, Entry::F32, data, code, listing)?;
     // The u8 entry packs the same constants in the same order: it shares the data object.
     let func_u8 = match lower::u8_entry(graph).filter(|_| with_u8) {
@@ -139,11 +139,20 @@ pub fn define(
     })
 }
 
-/// How an entry's code is made: its GEMM form, and whether it times its nodes.
+/// How an entry's code is made: its GEMM form and the host functions it calls.
 #[derive(Clone, Copy)]
 struct Code {
     dot: DotProduct,
-    profiled: bool,
+    imports: Imports,
+}
+
+/// The host functions JIT code may call (objects call none).
+#[derive(Clone, Copy, Default)]
+pub struct Imports {
+    /// Time each node (`jit::profile`).
+    pub profiled: bool,
+    /// Hand GEMMs to the 256-bit kernel (`jit::wide`).
+    pub wide: bool,
 }
 
 /// Declares and defines one entry function of the model.
@@ -153,7 +162,7 @@ fn define_entry(
     name: &str,
     entry: Entry,
     data: cranelift_module::DataId,
-    Code { dot, profiled }: Code,
+    Code { dot, imports }: Code,
     listing: Option<&mut Listing>,
 ) -> Result<(cranelift_module::FuncId, builder::Lowered), Error> {
     let ptr = module.target_config().pointer_type();
@@ -165,16 +174,20 @@ fn define_entry(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, func.as_u32());
-    let mark = if profiled {
+    // Both imports take one i64 (a node index, a pointer to the GEMM's arguments).
+    let mut import = |wanted: bool, symbol: &str| -> Result<_, Error> {
+        if !wanted {
+            return Ok(None);
+        }
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(I64));
         let f = module
-            .declare_function(super::profile::SYMBOL, Linkage::Import, &sig)
+            .declare_function(symbol, Linkage::Import, &sig)
             .map_err(|e| Error(format!("Cranelift: {e:?}")))?;
-        Some(f)
-    } else {
-        None
+        Ok(Some(f))
     };
+    let mark = import(imports.profiled, super::profile::SYMBOL)?;
+    let wide = import(imports.wide && dot == DotProduct::Vnni, super::wide::SYMBOL)?;
     let mut fctx = FunctionBuilderContext::new();
     let lowered = {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -186,10 +199,12 @@ fn define_entry(
         let base = b.ins().symbol_value(ptr, gv);
         let params = [p[0], p[1], p[2], p[3]];
         let mark = mark.map(|f| module.declare_func_in_func(f, b.func));
+        let wide = wide.map(|f| module.declare_func_in_func(f, b.func));
         let how = lower::How {
             dot,
             entry,
             mark,
+            wide,
             x86: module.isa().name() == "x64",
         };
         let lowered = lower::lower(&mut b, graph, params, base, how).map_err(Error)?;

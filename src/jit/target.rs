@@ -9,7 +9,7 @@ use cranelift_object::{ObjectBuilder, ObjectModule};
 
 use super::builder::DotProduct;
 use super::lower::u8_entry;
-use super::module::{best_dot_product, define, Error, Listing};
+use super::module::{best_dot_product, define, Error, Imports, Listing};
 use crate::data::Normalization;
 use crate::int8::QGraph;
 
@@ -263,7 +263,7 @@ pub fn object(graph: &QGraph, isa: OwnedTargetIsa, name: &str) -> Result<Object,
         name,
         dot,
         true,
-        false,
+        Imports::default(),
         Some(&mut listing),
     )?;
     let bytes = module

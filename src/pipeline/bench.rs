@@ -16,6 +16,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// A forced dot-product form (`None`: this CPU's best).
     pub dot: Option<DotProduct>,
+    /// Keep every GEMM in 128-bit code ([`crate::jit::Options::narrow`]).
+    pub narrow: bool,
     /// Also time the reference interpreter (slow: it dominates the bench's run time).
     pub reference: bool,
     /// Also time every layer at batch 1.
@@ -134,6 +136,7 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
         dot_product: options.dot,
         listing: false,
         u8_entry: false,
+        narrow: options.narrow,
     };
     let mut compile_times = Vec::new();
     let mut compiled = None;

@@ -263,6 +263,7 @@ pub fn compile(model_path: &Path, options: &CompileOptions) -> Result<CompileOut
             dot_product: None,
             listing: true,
             u8_entry: false,
+            narrow: false,
         };
         let (compiled, listing) = model.compile_with(&jit_options).map_err(&err)?;
         let listing = listing.unwrap_or_default();

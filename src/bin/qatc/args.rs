@@ -122,6 +122,9 @@ pub enum Command {
         /// i16, pairs.
         #[arg(long)]
         dot: Option<String>,
+        /// Keep every GEMM in 128-bit code, even where the 256-bit kernels run (same results).
+        #[arg(long)]
+        narrow: bool,
     },
     /// Run a converted model (.qmodel) on the samples of a file: a .npy of float32 [N, ...input
     /// shape] (already normalized) or an IDX image file (normalized as the model's spec says).

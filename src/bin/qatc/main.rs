@@ -171,12 +171,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             reference,
             layers,
             dot,
+            narrow,
         } => with_threads(threads, |threads| {
             let dot = dot.as_deref().map(parse_dot).transpose()?;
             let options = pipeline::BenchOptions {
                 batches: batch,
                 threads,
                 dot,
+                narrow,
                 reference,
                 layers,
             };
