@@ -208,16 +208,9 @@ fn the_c_host_example_builds_and_classifies() {
     }
     // A lenet .qmodel (initial weights, calibrated observers) carrying its spec.
     let spec = common::root().join("specs/lenet_mnist.qspec");
-    let graph = common::calibrated_file(&spec, 6);
-    let info = qatc::qmodel::Info {
-        backend: "fbgemm".into(),
-        spec: std::fs::read_to_string(&spec).unwrap(),
-        qatc_version: "test".into(),
-        normalization: common::calibrated_normalization(&spec),
-    };
     let dir = work_dir("c_host");
     let model = dir.join("model.qmodel");
-    std::fs::write(&model, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+    let graph = common::write_qmodel(&spec, 6, &model);
     for file in ["main.c", "Makefile"] {
         std::fs::copy(
             common::root().join("examples/c_host").join(file),
@@ -241,7 +234,8 @@ fn the_c_host_example_builds_and_classifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The same accuracy as the interpreter on the same images.
-    let (result, _) = qatc::front_end("lenet", &info.spec);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let (result, _) = qatc::front_end("lenet", &text);
     let model = result.unwrap().model;
     let cfg = model.train.clone().unwrap();
     let data = train::load_data(&model, &cfg, &common::root().join("specs")).unwrap();
@@ -269,15 +263,8 @@ fn gemm_loops_reach_three_quarters_of_each_forms_predicted_peak() {
     );
     let dir = work_dir("mca");
     for spec in common::spec_files() {
-        let graph = common::calibrated_file(&spec, 4);
-        let info = qatc::qmodel::Info {
-            backend: "fbgemm".into(),
-            spec: std::fs::read_to_string(&spec).unwrap(),
-            qatc_version: "test".into(),
-            normalization: common::calibrated_normalization(&spec),
-        };
-        let model = dir.join(format!("{}.qmodel", graph.name));
-        std::fs::write(&model, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+        let model = dir.join(spec.file_stem().unwrap()).with_extension("qmodel");
+        common::write_qmodel(&spec, 4, &model);
         run(Command::new("python3")
             .arg(common::root().join("tools/kernel-mca"))
             .arg(&model)

@@ -385,6 +385,28 @@ impl Emitter<'_, '_> {
         Ok(r)
     }
 
+    /// `if cond { then } else { otherwise }` on a runtime condition.
+    pub(super) fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self),
+        otherwise: impl FnOnce(&mut Self),
+    ) {
+        let (yes, no, done) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(cond, yes, &[], no, &[]);
+        self.b.switch_to_block(yes);
+        then(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(no);
+        otherwise(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
     pub(super) fn for_loop(&mut self, count: Value, body: impl FnOnce(&mut Self, Value)) {
         let _ = self.for_loop_step(count, 1, |e, i| {
             body(e, i);

@@ -307,20 +307,11 @@ impl Emitter<'_, '_> {
                         g.rows,
                         WIDE_ROWS as i64,
                     );
-                    let (wide, narrow, done) = (
-                        self.b.create_block(),
-                        self.b.create_block(),
-                        self.b.create_block(),
+                    return self.if_else(
+                        many,
+                        |e| e.gemm_wide(&g, &k, f),
+                        |e| e.gemm_narrow(&g, &k),
                     );
-                    self.b.ins().brif(many, wide, &[], narrow, &[]);
-                    self.b.switch_to_block(wide);
-                    self.gemm_wide(&g, &k, f);
-                    self.b.ins().jump(done, &[]);
-                    self.b.switch_to_block(narrow);
-                    self.gemm_narrow(&g, &k);
-                    self.b.ins().jump(done, &[]);
-                    self.b.switch_to_block(done);
-                    return;
                 }
             }
         }
@@ -368,54 +359,56 @@ impl Emitter<'_, '_> {
                 .b
                 .ins()
                 .icmp_imm_s(IntCC::UnsignedLessThan, g.rows, tile_rows as i64);
-            let (sweep, grouped, done) = (
-                self.b.create_block(),
-                self.b.create_block(),
-                self.b.create_block(),
+            self.if_else(
+                few,
+                |e| {
+                    let rows = g.rows;
+                    e.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
+                },
+                |e| e.grouped_rows(&g, &k),
             );
-            self.b.ins().brif(few, sweep, &[], grouped, &[]);
-            self.b.switch_to_block(sweep);
-            let rows = g.rows;
-            self.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
-            self.b.ins().jump(done, &[]);
-            // Otherwise groups of blocks whose weights stay in the first-level cache while
-            // every tile of rows uses them (four blocks of 784 columns: 25 KB).
-            self.b.switch_to_block(grouped);
-            const GROUP: usize = 4;
-            let groups = full / GROUP;
-            let emit_rows = |e: &mut Self, blk: Value, sub: usize, valid: usize| {
-                let tiles = e.b.ins().udiv_imm_s(g.rows, tile_rows as i64);
-                e.for_loop(tiles, |e, t| {
-                    let r0 = e.b.ins().imul_imm_s(t, tile_rows as i64);
-                    for sb in (0..sub).step_by(tile.blocks) {
-                        let b = e.b.ins().iadd_imm_s(blk, sb as i64);
-                        let n = tile.blocks.min(sub - sb);
-                        let last = if sb + n == sub { valid } else { BLOCK };
-                        e.microkernel(&g, &k, r0, tile_rows, b, n, last);
-                    }
-                });
-                let done = e.b.ins().imul_imm_s(tiles, tile_rows as i64);
-                let rest = e.b.ins().isub(g.rows, done);
-                e.for_loop(rest, |e, r| {
-                    let r0 = e.b.ins().iadd(done, r);
-                    e.microkernel(&g, &k, r0, 1, blk, sub, valid);
-                });
-            };
-            if groups > 0 {
-                let count = self.imm(groups as i64);
-                self.for_loop(count, |e, gi| {
-                    let blk = e.b.ins().imul_imm_s(gi, GROUP as i64);
-                    emit_rows(e, blk, GROUP, BLOCK);
-                });
-            }
-            // The blocks left over (the partial one last) form one narrower group.
-            let rest = blocks - groups * GROUP;
-            if rest > 0 {
-                let b = self.imm((groups * GROUP) as i64);
-                emit_rows(self, b, rest, g.last_valid());
-            }
-            self.b.ins().jump(done, &[]);
-            self.b.switch_to_block(done);
+        }
+    }
+
+    /// Many rows of a GEMM with many weights (Linear on a tile of samples): groups of blocks
+    /// whose weights stay in the first-level cache while every tile of rows uses them (four
+    /// blocks of 784 columns: 25 KB).
+    fn grouped_rows(&mut self, g: &Gemm, k: &Kernel) {
+        let tile = k.dot.tile();
+        let tile_rows = tile.rows;
+        let (blocks, full) = (k.blocks, g.o / BLOCK);
+        const GROUP: usize = 4;
+        let groups = full / GROUP;
+        let emit_rows = |e: &mut Self, blk: Value, sub: usize, valid: usize| {
+            let tiles = e.b.ins().udiv_imm_s(g.rows, tile_rows as i64);
+            e.for_loop(tiles, |e, t| {
+                let r0 = e.b.ins().imul_imm_s(t, tile_rows as i64);
+                for sb in (0..sub).step_by(tile.blocks) {
+                    let b = e.b.ins().iadd_imm_s(blk, sb as i64);
+                    let n = tile.blocks.min(sub - sb);
+                    let last = if sb + n == sub { valid } else { BLOCK };
+                    e.microkernel(g, k, r0, tile_rows, b, n, last);
+                }
+            });
+            let done = e.b.ins().imul_imm_s(tiles, tile_rows as i64);
+            let rest = e.b.ins().isub(g.rows, done);
+            e.for_loop(rest, |e, r| {
+                let r0 = e.b.ins().iadd(done, r);
+                e.microkernel(g, k, r0, 1, blk, sub, valid);
+            });
+        };
+        if groups > 0 {
+            let count = self.imm(groups as i64);
+            self.for_loop(count, |e, gi| {
+                let blk = e.b.ins().imul_imm_s(gi, GROUP as i64);
+                emit_rows(e, blk, GROUP, BLOCK);
+            });
+        }
+        // The blocks left over (the partial one last) form one narrower group.
+        let rest = blocks - groups * GROUP;
+        if rest > 0 {
+            let b = self.imm((groups * GROUP) as i64);
+            emit_rows(self, b, rest, g.last_valid());
         }
     }
 
@@ -688,17 +681,11 @@ impl Emitter<'_, '_> {
         };
         let bytes = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
         let small = self.all_below_128(g.a, bytes);
-        let fast = self.b.create_block();
-        let exact = self.b.create_block();
-        let done = self.b.create_block();
-        self.b.ins().brif(small, fast, &[], exact, &[]);
-        self.b.switch_to_block(fast);
-        self.gemm(g.clone(), &p.main);
-        self.b.ins().jump(done, &[]);
-        self.b.switch_to_block(exact);
-        self.gemm(g, fallback);
-        self.b.ins().jump(done, &[]);
-        self.b.switch_to_block(done);
+        self.if_else(
+            small,
+            |e| e.gemm(g.clone(), &p.main),
+            |e| e.gemm(g.clone(), fallback),
+        );
     }
 
     /// Whether every byte of `bytes` bytes at `ptr` is below 128: the bytes ORed sixteen at a

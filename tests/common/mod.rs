@@ -88,6 +88,19 @@ pub fn calibrated_file(path: &Path, seed: u64) -> qatc::int8::QGraph {
     calibrated(&path.display().to_string(), &text, seed, 3, 1.5)
 }
 
+/// Writes [`calibrated_file`]'s model of `spec` to `path` as a .qmodel carrying the spec.
+pub fn write_qmodel(spec: &Path, seed: u64, path: &Path) -> qatc::int8::QGraph {
+    let graph = calibrated_file(spec, seed);
+    let info = qatc::qmodel::Info {
+        backend: "fbgemm".into(),
+        spec: std::fs::read_to_string(spec).unwrap(),
+        qatc_version: "test".into(),
+        normalization: calibrated_normalization(spec),
+    };
+    std::fs::write(path, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
+    graph
+}
+
 /// What the u8 entry point must compute on the f32 samples `x`, from the interpreter: the codes
 /// of the quantize reading the input (its input) and the output's codes before a final
 /// dequantize (its output).
