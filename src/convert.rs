@@ -272,11 +272,22 @@ impl WeightLayer {
     }
 }
 
-/// The parameters of fake-quant node `i`'s observer.
+/// The parameters of fake-quant node `i`'s observer, as quint8 codes. A qint8 activation `q`
+/// with zero point `z` is the quint8 code `q + 128` with zero point `z + 128`: the same values
+/// on the same grid, so the u8 kernels run it unchanged.
 fn observed(g: &Graph, state: &State, i: usize) -> Result<QParams, String> {
     let name = &g.nodes[i].name;
     match &state.nodes[i] {
-        NodeState::FakeQuant { obs } if obs.is_initialized() => Ok(obs.qparams()[0]),
+        NodeState::FakeQuant { obs } if obs.is_initialized() => {
+            let q = obs.qparams()[0];
+            Ok(match obs.config.dtype {
+                DType::Quint8 => q,
+                DType::Qint8 => QParams {
+                    zero_point: q.zero_point + 128,
+                    ..q
+                },
+            })
+        }
         NodeState::FakeQuant { .. } => Err(format!(
             "the observer of `{name}` has seen no data: train (or calibrate) before converting"
         )),

@@ -304,6 +304,32 @@ fn mlp_converts_with_int8_accuracy_close_to_fake_quant() {
 }
 
 #[test]
+fn qint8_activations_convert_to_shifted_quint8() {
+    // The tutorial's custom QConfig on fc1: qint8 activations (min/max, affine, 0..127) become
+    // quint8 codes with the zero point moved by 128, and the int8 model follows fake quant.
+    let spec = "specs/mnist_mlp_qint8.qspec";
+    check_converted(spec, 1, 8000, 20.0);
+    let (net, _, _) = trained(spec, 1, 500);
+    let graph = qatc::convert::convert(&net.graph, &net.state).expect("converts");
+    let fc1 = graph.nodes.iter().find(|n| n.name == "fc1").unwrap();
+    let TensorType::U8(q) = fc1.ty else {
+        panic!("fc1 is quantized")
+    };
+    let fq = net
+        .graph
+        .nodes
+        .iter()
+        .position(|n| n.name == "relu.fq" || n.name == "fc1.fq");
+    let obs = fq.and_then(|i| match &net.state.nodes[i] {
+        train::engine::NodeState::FakeQuant { obs } => Some(obs.qparams()[0]),
+        _ => None,
+    });
+    let obs = obs.expect("an observer after fc1");
+    assert_eq!(q.zero_point, obs.zero_point + 128);
+    assert_eq!(q.scale, obs.scale);
+}
+
+#[test]
 fn conv_bn_with_a_float_layer_converts() {
     // lenet_custom: BatchNorm folded into the convolutions, per-channel fc1, fc3 kept float.
     check_converted("specs/lenet_custom.qspec", 2, 2000, 30.0);

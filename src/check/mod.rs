@@ -988,15 +988,6 @@ fn validate_fake_quant(
                     .with_help("use `minmax` or `moving_average_minmax` for activations"),
                 );
             }
-            if fq.dtype != DType::Quint8 {
-                diags.push(
-                    Diag::error(
-                        span,
-                        format!("activations must be quint8, not {}", fq.dtype.name()),
-                    )
-                    .with_label("the int8 kernels take unsigned 8-bit activations"),
-                );
-            }
         }
         Role::Weight => {
             if fq.dtype != DType::Qint8 {

@@ -145,4 +145,67 @@ mod tests {
         assert_eq!(q[0].scale, 2.0 / 127.5);
         assert_eq!(q[1].zero_point, 0);
     }
+
+    /// Golden values from torch 2.9.1 with qint8 activations, two batches: the scale and zero
+    /// point after each batch, the outputs and the gradient of their sum. Min/max observers as
+    /// `FakeQuantize` runs them, moving-average ones as `FusedMovingAvgObsFakeQuantize` (what
+    /// torch's QAT qconfigs use). The first case is the tutorial's custom QConfig
+    /// (`default_observer.with_args(dtype=torch.qint8)`: min/max, affine, 0..127).
+    #[test]
+    #[allow(clippy::excessive_precision)] // the f32 values as torch printed them
+    #[rustfmt::skip]
+    fn qint8_activations_fake_quantize_as_torch_does() {
+        use crate::quant::numerics::{fake_quant_passes, fake_quantize};
+        use crate::quant::qconfig::{DType, FakeQuantConfig, ObserverKind, Scheme};
+        let x = [
+            [-1.7f32, -0.51, -0.0049, 0.0, 0.3337, 0.9, 1.2345, 2.6, -0.2, 1.9999],
+            [-3.1, 0.7, 2.2, -0.05, 5.0, 1.0, -1.0, 0.123, 4.4, -2.9],
+        ];
+        type Batch<'a> = (f64, i32, &'a [f64], &'a [f64]);
+        let cases: &[(&str, &str, i32, i32, [Batch; 2])] = &[
+            ("minmax", "affine", 0, 127, [
+                (0.033858269453048706, 50, &[-1.69291353225708, -0.5078740119934082, 0.0, 0.0, 0.33858269453048706, 0.9141732454299927, 1.2188977003097534, 2.607086658477783, -0.20314961671829224, 1.9976378679275513], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                (0.06377953290939331, 49, &[-3.125197172164917, 0.7015748620033264, 2.168504238128662, -0.06377953290939331, 4.974803447723389, 1.020472526550293, -1.020472526550293, 0.12755906581878662, 4.400787830352783, -2.8700790405273438], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+            ]),
+            ("minmax", "affine", -128, 127, [
+                (0.016862746328115463, -27, &[-1.7031373977661133, -0.5058823823928833, 0.0, 0.0, 0.33725494146347046, 0.893725574016571, 1.2309805154800415, 2.596863031387329, -0.20235295593738556, 2.006666898727417], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                (0.03176470845937729, -30, &[-3.1129415035247803, 0.6988235712051392, 2.1917648315429688, -0.06352941691875458, 4.987059116363525, 0.9847059845924377, -0.9847059845924377, 0.12705883383750916, 4.415294647216797, -2.8905885219573975], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+            ]),
+            ("moving_average_minmax", "symmetric", -128, 127, [
+                (0.020472440868616104, 0, &[-1.6992125511169434, -0.5118110179901123, 0.0, 0.0, 0.32755905389785767, 0.9007874131202698, 1.2283464670181274, 2.5999999046325684, -0.20472440123558044, 2.0062992572784424], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                (0.02066141553223133, 0, &[-2.6446611881256104, 0.702488124370575, 2.190109968185425, -0.04132283106446266, 2.623999834060669, 0.9917479753494263, -0.9917479753494263, 0.12396849691867828, 2.623999834060669, -2.6446611881256104], &[0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+            ]),
+            ("minmax", "affine", -8, 7, [
+                (0.2866666913032532, -2, &[-1.720000147819519, -0.5733333826065063, 0.0, 0.0, 0.2866666913032532, 0.8600000739097595, 1.1466667652130127, 2.580000162124634, -0.2866666913032532, 2.006666898727417], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                (0.5400000214576721, -2, &[-3.2400002479553223, 0.5400000214576721, 2.1600000858306885, 0.0, 4.860000133514404, 1.0800000429153442, -1.0800000429153442, 0.0, 4.320000171661377, -2.700000047683716], &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+            ]),
+        ];
+        for &(observer, scheme, quant_min, quant_max, ref batches) in cases {
+            let mut obs = Observer::new(FakeQuantConfig {
+                observer: match observer {
+                    "minmax" => ObserverKind::Minmax,
+                    _ => ObserverKind::MovingAverageMinmax,
+                },
+                dtype: DType::Qint8,
+                scheme: if scheme == "affine" { Scheme::Affine } else { Scheme::Symmetric },
+                quant_min,
+                quant_max,
+                averaging: 0.01,
+                fixed: None,
+            });
+            for (x, &(scale, zero_point, y, grad)) in x.iter().zip(batches) {
+                obs.observe(x, 1);
+                let q = obs.fake_quant_qparams()[0];
+                let case = format!("{observer} {scheme} {quant_min}..{quant_max}");
+                assert_eq!((q.scale, q.zero_point), (scale as f32, zero_point), "{case}");
+                let inv = 1.0 / q.scale;
+                for (i, &v) in x.iter().enumerate() {
+                    let got = fake_quantize(v, q, inv, quant_min, quant_max);
+                    assert_eq!(got, y[i] as f32, "{case}: x = {v}");
+                    let passes = fake_quant_passes(v, q, inv, quant_min, quant_max);
+                    assert_eq!(passes, grad[i] == 1.0, "{case}: gradient at x = {v}");
+                }
+            }
+        }
+    }
 }
