@@ -330,3 +330,63 @@ fn failures_name_their_stage() {
     assert!(e.message.contains("MNIST file missing"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The tutorial's CIFAR-10 program (`specs/cifar10_cnn.qspec`) for one epoch on synthetic
+/// batches written in the real file format (`data_batch_1.bin` .. `data_batch_5.bin`,
+/// `test_batch.bin`: records of a label byte and 3 x 32 x 32 pixel bytes). The classes differ in
+/// colour and in which quadrant is bright, so one epoch learns them; the real data set cannot be
+/// shipped (README, Training).
+#[test]
+fn cifar10_program_trains_on_batches_in_the_real_format() {
+    let dir = std::env::temp_dir().join(format!("qatc-cifar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = qatc::train::rng::Rng::new(10);
+    let mut batch = |records: usize| -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(records * qatc::data::CIFAR_RECORD);
+        for r in 0..records {
+            let label = (r % 10) as u8;
+            bytes.push(label);
+            for c in 0..3 {
+                for y in 0..32 {
+                    for x in 0..32 {
+                        let quadrant = (y / 16) * 2 + x / 16;
+                        let bright = quadrant == label as usize % 4;
+                        let tint = if c == label as usize % 3 { 60 } else { 0 };
+                        let base = if bright { 170 } else { 50 } + tint;
+                        bytes.push((base + rng.below(40)) as u8);
+                    }
+                }
+            }
+        }
+        bytes
+    };
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), batch(2000)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), batch(300)).unwrap();
+    let path = common::root().join("specs/cifar10_cnn.qspec");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "data/cifar-10-batches-bin",
+        dir.to_str().expect("a UTF-8 temporary path"),
+    );
+    let spec = SpecFile::from_text(&path, "cifar10_cnn.qspec".into(), text).unwrap();
+    let options = TrainOptions {
+        out: Some(dir.join("run")),
+        epochs: Some(1),
+    };
+    let run = TrainRun::prepare(spec, &options).unwrap();
+    assert_eq!(run.data.train.len(), 10000);
+    assert_eq!(run.data.test.len(), 300);
+    let report = run.run(&mut qatc::train::Quiet).unwrap();
+    let int8 = report
+        .int8
+        .as_ref()
+        .expect("the CIFAR-10 model is quantized");
+    assert!(report.test_acc > 40.0, "learns the classes: {report:?}");
+    assert!(
+        (int8.int8_acc - report.test_acc).abs() <= 3.0,
+        "int8 follows fake quant: {report:?}"
+    );
+    assert_eq!(int8.int8_acc, int8.jit_int8_acc, "the JIT is bit-exact");
+    std::fs::remove_dir_all(dir).ok();
+}
