@@ -9,7 +9,7 @@
 
 use crate::int8::{FWeights, QGraph, QNode, QOp, QWeights, TensorType};
 use crate::ir::Graph;
-use crate::ir::{Act, Node, Op, Quantized};
+use crate::ir::{Act, Node, Op, OutputQuant, Quantized};
 use crate::quant::numerics::{activation_clamp, quantize, quantize_bias, QParams};
 use crate::quant::qconfig::{DType, Scheme};
 use crate::state::{NodeState, Param, State};
@@ -169,11 +169,15 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 }
             }
             (Op::Activation(a), _) => match (in_ty, a.quantized()) {
-                (Some(TensorType::U8(q)), Quantized::Clamp(act)) => {
+                // A clamp of the input's codes, unless the output is observed (ReLU6 under
+                // torch's placement, `Graph::torch_relu6`).
+                (Some(TensorType::U8(q)), Quantized::Clamp(act))
+                    if g.output_quant(&node.op) == OutputQuant::Shared =>
+                {
                     let (lo, hi) = activation_clamp(true, act == Act::ReLU6, q.into(), 0, 255);
                     push(&mut nodes, QOp::Clamp { lo, hi }, TensorType::U8(q))
                 }
-                (Some(TensorType::U8(q)), Quantized::Observed | Quantized::Fixed(_)) => {
+                (Some(TensorType::U8(q)), _) => {
                     let out = out_fq()?;
                     let table = a.table(q.into(), out);
                     push(&mut nodes, QOp::Lut { table }, TensorType::U8(out.into()))

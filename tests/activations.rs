@@ -6,7 +6,7 @@
 mod common;
 
 use qatc::int8::QOp;
-use qatc::ir::{Activation, Op, Quantized};
+use qatc::ir::{Activation, Op, OutputQuant, Quantized};
 
 // XS and GOLDEN: PyTorch's forward values and input gradients (tools/torch_activation_golden.py).
 include!("data/activation_golden.rs");
@@ -65,16 +65,17 @@ fn fake_quantization_goes_where_pytorch_puts_it() {
         let prepared = &stages.last().unwrap().1;
         let node = prepared.find("a").expect("the activation node");
         let after = &prepared.nodes[node + 1];
-        match (a.quantized(), &after.op) {
+        // Under fbgemm, ReLU6 is observed as torch observes `nn.ReLU6` (`Graph::torch_relu6`).
+        match (prepared.output_quant(&Op::Activation(a)), &after.op) {
             // Shares its input's parameters: the next node is the Linear reading it.
-            (Quantized::Clamp(_), Op::Linear { .. }) => {}
-            (Quantized::Observed, Op::FakeQuant(cfg)) => {
+            (OutputQuant::Shared, Op::Linear { .. }) => {}
+            (OutputQuant::Observed, Op::FakeQuant(cfg)) => {
                 assert_eq!(cfg.fixed, None, "{}", a.name());
                 assert_eq!(after.name, "a.fq");
             }
             // torch.ao.quantization's fixed parameters: sigmoid-like 1/256 and 0, tanh 2/256
             // and 128 (printed by tools/torch_activation_golden.py).
-            (Quantized::Fixed(q), Op::FakeQuant(cfg)) => {
+            (OutputQuant::Fixed(q), Op::FakeQuant(cfg)) => {
                 assert_eq!(cfg.fixed, Some(q), "{}", a.name());
                 // quint8 0..255 even under fbgemm's reduce_range, as torch's fixed observers.
                 assert_eq!((cfg.quant_min, cfg.quant_max), (0, 255), "{}", a.name());
@@ -99,7 +100,8 @@ fn int8_form_is_exact_in_the_interpreter_and_the_jit() {
         let (x, y) = (input.ty.qparams().unwrap(), node.ty.qparams().unwrap());
         match (&node.op, a.quantized()) {
             (QOp::Clamp { .. }, Quantized::Clamp(_)) => {}
-            (QOp::Lut { table }, Quantized::Observed | Quantized::Fixed(_)) => {
+            // Observed and fixed-parameter activations, and ReLU6 under torch's placement.
+            (QOp::Lut { table }, _) => {
                 // The table is the fake quantization of the float function of each code.
                 for (code, &out) in table.iter().enumerate() {
                     let v = qatc::quant::numerics::dequantize(code as i32, x);

@@ -70,6 +70,42 @@ fn prepare_qat_places_fake_quant_as_torch_does() {
     );
 }
 
+/// Observer placement around ReLU6 and Dropout against torch 2.9.1's eager mode. Golden: the
+/// modules `prepare_qat` gave an `activation_post_process`, for
+/// `quant, conv, relu6, drop, flat, fc+relu (fused), drop2, fc2, dequant` under
+/// `get_default_qat_qconfig(backend)`: `quant conv relu6 fc fc2` for fbgemm and for qnnpack
+/// (torch cannot fuse Conv2d+ReLU6; Dropout and Flatten are not observed). The `native`
+/// backend fuses the ReLU6 into the convolution instead (a clamp, exact).
+#[test]
+fn relu6_and_dropout_are_observed_where_torch_observes_them() {
+    let torch_observed = ["input", "conv", "relu6", "fc", "fc2"];
+    for backend in ["fbgemm", "qnnpack", "native"] {
+        let text = format!(
+            "model m {{ input: [1, 8, 8] conv: Conv2d(out: 4, kernel: 3) relu6: ReLU6 \
+             drop: Dropout(p: 0.5) flat: Flatten fc: Linear(out: 10) relu: ReLU \
+             drop2: Dropout(p: 0.5) fc2: Linear(out: 3) }} quantize {{ backend: {backend} }}"
+        );
+        let (result, _) = qatc::front_end("m.qspec", &text);
+        let graph = qatc::check::lower(&result.expect("checks").model);
+        let stages = passes::run(&graph, passes::QAT_PIPELINE).unwrap();
+        let g = &stages[1].1;
+        // The nodes whose output a fake quant reads (the input's is the quant stub's).
+        let mut observed: Vec<&str> = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::FakeQuant(_)))
+            .map(|n| g.nodes[n.inputs[0]].name.as_str())
+            .collect();
+        observed.sort_by_key(|n| torch_observed.iter().position(|t| t == n));
+        if backend == "native" {
+            assert_eq!(observed, ["input", "conv", "fc", "fc2"], "{backend}");
+            assert!(g.find("relu6").is_none(), "native fuses the ReLU6");
+        } else {
+            assert_eq!(observed, torch_observed, "{backend}");
+        }
+    }
+}
+
 #[test]
 fn float_specs_are_left_unquantized() {
     let text = "model m { input: [4] a: Linear(out: 3) r: ReLU b: Linear(out: 2) }";

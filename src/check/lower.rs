@@ -69,5 +69,6 @@ pub fn lower(model: &CheckedModel) -> Graph {
         name: model.name.clone(),
         nodes,
         output: model.output + 1,
+        backend: model.backend,
     }
 }

@@ -18,7 +18,7 @@ pub use crate::ops::combine::Combine;
 pub use crate::ops::norm::{Host, Norm};
 pub use crate::ops::pool::{Pool, Pool2d};
 use crate::quant::numerics::QParams;
-use crate::quant::qconfig::{FakeQuantConfig, QConfig};
+use crate::quant::qconfig::{Backend, FakeQuantConfig, QConfig};
 
 pub type NodeId = usize;
 
@@ -27,6 +27,9 @@ pub struct Graph {
     pub name: String,
     pub nodes: Vec<Node>,
     pub output: NodeId,
+    /// The model's backend, where placement rules depend on it ([`Graph::torch_relu6`]).
+    #[serde(default)]
+    pub backend: Option<Backend>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,6 +225,24 @@ impl Op {
 }
 
 impl Graph {
+    /// Whether ReLU6 keeps torch's eager-mode placement: not fused into the layer before it,
+    /// its output observed. So it is under fbgemm and qnnpack: torch has no Conv+ReLU6 or
+    /// Linear+ReLU6 fuser, and `prepare` observes `nn.ReLU6`. The `native` backend (and a float
+    /// model) fuses it as a clamp of the layer's codes, which is exact and saves a
+    /// requantization.
+    pub fn torch_relu6(&self) -> bool {
+        matches!(self.backend, Some(Backend::Fbgemm | Backend::Qnnpack))
+    }
+
+    /// How `op`'s output is quantized in this graph: [`Op::output_quant`], except a ReLU6 under
+    /// torch's placement, which is observed.
+    pub fn output_quant(&self, op: &Op) -> OutputQuant {
+        match op {
+            Op::Activation(Activation::ReLU6) if self.torch_relu6() => OutputQuant::Observed,
+            _ => op.output_quant(),
+        }
+    }
+
     /// Indices of the nodes that read each node.
     pub fn users(&self) -> Vec<Vec<NodeId>> {
         let mut users = vec![Vec::new(); self.nodes.len()];

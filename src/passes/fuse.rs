@@ -1,10 +1,11 @@
-//! fuse: Conv2d+BatchNorm2d(+ReLU/ReLU6), Linear+BatchNorm1d(+ReLU/ReLU6), Conv2d+ReLU/ReLU6
-//! and Linear+ReLU/ReLU6 become one node, as torch's `fuse_modules` does (each op says its part:
-//! [`Op::fusion`]). A pair fuses only when the first node's output has no
+//! fuse: Conv2d+BatchNorm2d(+ReLU), Linear+BatchNorm1d(+ReLU), Conv2d+ReLU and Linear+ReLU
+//! become one node, as torch's `fuse_modules` does (each op says its part: [`Op::fusion`]);
+//! ReLU6 too under the `native` backend only ([`Graph::torch_relu6`]). A pair fuses only when
+//! the first node's output has no
 //! other reader and is not the graph output. The fused node keeps the first node's name and
 //! qconfig; it does not change any shape or any parameter.
 
-use crate::ir::{Fusion, Graph, Node, NodeId, Op};
+use crate::ir::{Act, Fusion, Graph, Node, NodeId, Op};
 
 pub fn fuse(graph: &Graph) -> Graph {
     let users = graph.users();
@@ -38,6 +39,9 @@ pub fn fuse(graph: &Graph) -> Graph {
         }
         if let Some(u) = sole_user(tail) {
             if let Fusion::Act(a) = graph.nodes[u].op.fusion() {
+                if a == Act::ReLU6 && graph.torch_relu6() {
+                    continue;
+                }
                 if let Op::Conv2d { act, .. } | Op::Linear { act, .. } = &mut fused[i].op {
                     *act = a;
                     absorbed_into[u] = Some(i);
@@ -65,5 +69,6 @@ fn rebuild(graph: &Graph, nodes: Vec<Node>, absorbed_into: &[Option<NodeId>]) ->
         name: graph.name.clone(),
         nodes: out,
         output: new_id[graph.output],
+        backend: graph.backend,
     }
 }

@@ -6,7 +6,9 @@
 //!   ([`Op::output_quant`]): Linear, Conv2d, Add, standalone BatchNorm2d and table activations
 //!   (after a fused activation, never between a layer and its fused ReLU); after sigmoid-like
 //!   activations its parameters are fixed, as torch's `FixedQParamsFakeQuantize`;
-//! - nothing after ops that share their input's qparams (ReLU, pools, Flatten, Dropout);
+//! - nothing after ops that share their input's qparams (ReLU, pools, Flatten, Dropout, and
+//!   ReLU6 under `native`; under fbgemm and qnnpack ReLU6 is observed, as torch observes it:
+//!   [`Graph::output_quant`]);
 //! - a dequant where a float (`none`) node reads a quantized tensor, and a fake-quant where a
 //!   quantized node reads a float tensor; a dequant on a quantized graph output.
 //!
@@ -52,7 +54,7 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
         {
             *weight_fq = Some(q.weight);
         }
-        let output_quant = op.output_quant();
+        let output_quant = graph.output_quant(&op);
         let id = push(
             &mut out,
             Node {
@@ -98,6 +100,7 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
         name: graph.name.clone(),
         nodes: out,
         output,
+        backend: graph.backend,
     }
 }
 
