@@ -242,6 +242,32 @@ fn the_c_host_example_builds_and_classifies() {
     let acc = common::int8_accuracy(&graph, &data.test, &cfg);
     let want = format!("int8 accuracy on {} images: {acc:.2} %", data.test.len());
     assert!(stdout.contains(&want), "expected `{want}` in\n{stdout}");
+    // The same program compiled as C++ links against the object: the header's declarations
+    // are `extern "C"` there.
+    if have("c++") {
+        let cpp = dir.join("classify_cpp");
+        run(Command::new("c++")
+            .current_dir(&dir)
+            .args(["-x", "c++", "-O2", "-Wall", "-ffp-contract=off", "-o"])
+            .arg(&cpp)
+            .args(["main.c", "-x", "none", "model.o"]));
+        let out = Command::new(&cpp)
+            .current_dir(&dir)
+            .args(["images.idx", "labels.idx"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&want),
+            "C++: expected `{want}` in\n{stdout}"
+        );
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs a C++ compiler (c++)"
+        );
+        eprintln!("not compiled as C++: no c++ on this machine");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

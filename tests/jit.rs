@@ -594,6 +594,15 @@ fn compile_and_bench_commands() {
         );
     }
 
+    // The table names the dot-product form by its instruction, not by an internal name.
+    let out = qatc(&["bench", m, "--batch", "1", "--dot", "i16"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("peak of 128-bit pmaddwd (i16 pairs)"),
+        "the form by its instruction:\n{text}"
+    );
+    assert!(!text.contains("I16"), "no internal name:\n{text}");
+
     let missing = dir.join("nope.qmodel");
     let out = qatc(&["bench", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

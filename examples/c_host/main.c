@@ -36,7 +36,7 @@ static uint8_t *read_idx(const char *path, int dims, long *count, long *size) {
     }
     *count = n[0];
     *size = n[1] * n[2];
-    uint8_t *data = malloc(*count * *size);
+    uint8_t *data = (uint8_t *)malloc(*count * *size);
     if (!data || fread(data, 1, *count * *size, f) != (size_t)(*count * *size)) {
         fprintf(stderr, "%s: truncated data\n", path);
         fclose(f);
@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
     }
 
     /* Normalize as in training: (p / 255 - mean) / std, written as qatc computes it. */
-    float *input = malloc(n * size * sizeof(float));
+    float *input = (float *)malloc(n * size * sizeof(float));
     long plane = size / QATC_MODEL_NORM_CHANNELS;
     for (long i = 0; i < n * size; i++) {
         int c = (int)((i % size) / plane);
@@ -71,8 +71,8 @@ int main(int argc, char **argv) {
         input[i] = (float)pixels[i] * scale + shift;
     }
 
-    float *logits = malloc(n * QATC_MODEL_OUTPUT_SIZE * sizeof(float));
-    uint8_t *scratch = malloc(QATC_MODEL_SCRATCH_BYTES);
+    float *logits = (float *)malloc(n * QATC_MODEL_OUTPUT_SIZE * sizeof(float));
+    uint8_t *scratch = (uint8_t *)malloc(QATC_MODEL_SCRATCH_BYTES);
     QATC_MODEL_RUN(input, logits, n, scratch);
 
     long correct = 0;

@@ -47,6 +47,19 @@ pub enum DotProduct {
     Pairs,
 }
 
+impl std::fmt::Display for DotProduct {
+    /// The form as a user reads it: its instruction and the CPU feature that has it.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            DotProduct::Vnni => "vpdpbusd (VNNI)",
+            DotProduct::Usdot => "usdot (i8mm)",
+            DotProduct::Sdot => "sdot (dotprod)",
+            DotProduct::I16 => "pmaddwd (i16 pairs)",
+            DotProduct::Pairs => "pmaddubsw (u8 x i8 pairs)",
+        })
+    }
+}
+
 impl DotProduct {
     /// Columns one dot step consumes per output channel.
     pub(super) fn columns(self) -> usize {

@@ -208,7 +208,7 @@ pub fn bench(model_path: &Path, options: &BenchOptions) -> Result<BenchReport, E
         model: graph.name.clone(),
         threads: options.threads,
         compile_ms: round2(compile_times[compile_times.len() / 2].as_secs_f64() * 1e3),
-        dot: format!("{:?}", compiled.dot_product()),
+        dot: compiled.dot_product().to_string(),
         macs,
         peak_gmacs: round2(peak),
         rows,

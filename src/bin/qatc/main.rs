@@ -314,8 +314,11 @@ fn compile(
     }
     if verbose {
         eprintln!(
-            "compiled {} in {:.2} ms ({:?} dot products); {} bytes of scratch per call",
-            r.model, r.compile_ms, r.dot, r.scratch_bytes
+            "compiled {} in {:.2} ms ({}); {} bytes of scratch per call",
+            r.model,
+            r.compile_ms,
+            r.dot.map_or("no GEMM code".to_string(), |d| d.to_string()),
+            r.scratch_bytes
         );
     }
     Ok(())

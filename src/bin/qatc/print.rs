@@ -32,7 +32,7 @@ pub fn bench(r: &pipeline::BenchReport, json: bool) {
         r.model, r.macs, r.compile_ms, r.threads
     );
     println!(
-        "peak of {} dot products on one core of this CPU: {:.1} GMAC/s\n",
+        "peak of 128-bit {} on one core of this CPU: {:.1} GMAC/s\n",
         r.dot, r.peak_gmacs
     );
     println!(
