@@ -594,6 +594,29 @@ fn compile_and_bench_commands() {
         );
     }
 
+    // Every --emit honours -o.
+    let ir = dir.join("mlp.ir");
+    let out = qatc(&["compile", m, "--emit", "ir", "-o", ir.to_str().unwrap()]);
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert!(std::fs::read_to_string(&ir)
+        .unwrap()
+        .starts_with("graph mlp"));
+    // A reader that stops early (`| head`) ends the listing quietly, with success. The CLIF
+    // (about 160 KB) outgrows the pipe's buffer, so the write meets the closed pipe.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["compile", m, "--emit", "clif"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // The table names the dot-product form by its instruction, not by an internal name.
     let out = qatc(&["bench", m, "--batch", "1", "--dot", "i16"]);
     let text = String::from_utf8_lossy(&out.stdout);

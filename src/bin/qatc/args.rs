@@ -90,7 +90,8 @@ pub enum Command {
         /// aarch64 dotprod, i8mm.
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
-        /// Where to write the object or header (default: <model>.o / <model>.h).
+        /// Where to write the output (default: <model>.o / <model>.h for objects and headers,
+        /// stdout for ir, clif and asm).
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Also print the compile time and the scratch memory per call (to stderr).

@@ -25,6 +25,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +34,26 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
+}
+
+/// Output into a pipe whose reader has gone (`qatc compile M --emit asm | head`) ends the
+/// program quietly, with success, as other Unix tools do: Rust's printing macros panic on a
+/// closed stdout, and this hook turns that one panic into an exit; any other panic is reported
+/// as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info)
+    }));
 }
 
 /// Runs one command.
@@ -295,7 +316,13 @@ fn compile(
     let r = pipeline::compile(model, &options)?;
     let default_name = |ext: &str| PathBuf::from(format!("{}.{ext}", r.model));
     match emit {
-        Emit::Ir | Emit::Clif | Emit::Asm => print!("{}", String::from_utf8_lossy(&r.bytes)),
+        Emit::Ir | Emit::Clif | Emit::Asm => match output {
+            Some(path) => {
+                write(&path, &r.bytes)?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("{}", String::from_utf8_lossy(&r.bytes)),
+        },
         Emit::Obj => {
             let path = output.unwrap_or_else(|| default_name("o"));
             write(&path, &r.bytes)?;
