@@ -390,3 +390,16 @@ fn cifar10_program_trains_on_batches_in_the_real_format() {
     assert_eq!(int8.int8_acc, int8.jit_int8_acc, "the JIT is bit-exact");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `qatc train --epochs N` prints the model's table with N epochs, not the spec's count.
+#[test]
+fn the_table_shows_the_epochs_that_will_run() {
+    let spec = SpecFile::load(&common::root().join("specs/mnist_mlp.qspec")).unwrap();
+    let options = TrainOptions {
+        out: None,
+        epochs: Some(2),
+    };
+    let run = TrainRun::prepare(spec, &options).unwrap();
+    let table = qatc::check::model_table(&run.spec.model);
+    assert!(table.contains("\ntrain: 2 epochs, batch 64"), "{table}");
+}

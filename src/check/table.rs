@@ -132,8 +132,9 @@ pub fn model_table(m: &CheckedModel) -> String {
     if let Some(t) = &m.train {
         let _ = writeln!(
             out,
-            "\ntrain: {} epochs{}, batch {}, {}, seed {}",
+            "\ntrain: {} epoch{}{}, batch {}, {}, seed {}",
             t.epochs,
+            if t.epochs == 1 { "" } else { "s" },
             if t.pretrain_epochs > 0 {
                 format!(" ({} float)", t.pretrain_epochs)
             } else {

@@ -78,6 +78,11 @@ impl TrainRun {
         }
         let data = spec.data(&cfg)?;
         let net = spec.net(&cfg)?;
+        // The model's table says what will run: `--epochs` replaces the spec's count.
+        let mut spec = spec;
+        if let Some(t) = spec.model.train.as_mut() {
+            t.epochs = epochs;
+        }
         let dir = options
             .out
             .clone()
