@@ -136,7 +136,42 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
 }
 
 /// Parses and validates a .qmodel file's bytes.
+/// Whether `bytes` start as a safetensors file does (an 8-byte little-endian header length,
+/// then the JSON header's `{`) and name qatc's format: a `.qmodel` given where a spec was
+/// expected.
+pub fn looks_like_qmodel(bytes: &[u8]) -> bool {
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+        return false;
+    };
+    let len = u64::from_le_bytes(*len);
+    let head = &rest[..rest.len().min(len.min(1 << 20) as usize)];
+    rest.first() == Some(&b'{')
+        && head
+            .windows(FORMAT_KEY.len())
+            .any(|w| w == FORMAT_KEY.as_bytes())
+}
+
+/// Whether `bytes` are text that reads like a spec (a `model` block, or the YAML form's
+/// `model:`): a spec given where a `.qmodel` was expected.
+pub fn looks_like_spec(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(4096)];
+    let Ok(text) = std::str::from_utf8(head) else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("model ") || l.starts_with("model:")
+    })
+}
+
 pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
+    if looks_like_spec(bytes) {
+        return Err(
+            "this is a .qspec spec (text), not a .qmodel: `qatc train SPEC` (or \
+                    `qatc calibrate SPEC`) converts it and writes model.qmodel"
+                .into(),
+        );
+    }
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| format!("not a valid .qmodel (safetensors) file: {e}"))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;

@@ -470,3 +470,30 @@ fn random_mutations_never_panic() {
         "{loaded} of 3000 mutants loaded"
     );
 }
+
+/// A spec given where a `.qmodel` goes, and a `.qmodel` where a spec goes, are named for what
+/// they are (they read as "header too large" and "not UTF-8 text" before).
+#[test]
+fn the_other_kind_of_file_is_recognised() {
+    let spec = common::root().join("specs/mnist_mlp.qspec");
+    let Err(err) = qatc::Model::load(&spec) else {
+        panic!("a spec is not a model")
+    };
+    assert!(
+        err.to_string()
+            .contains("is a .qspec spec (text), not a .qmodel")
+            && err.to_string().contains("qatc train"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("qatc-kinds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("mlp.qmodel");
+    common::write_qmodel(&spec, 1, &model);
+    let err = qatc::pipeline::read_spec(&model).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a .qmodel file (a converted model), not a spec"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

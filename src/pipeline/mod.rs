@@ -229,6 +229,16 @@ pub fn read_spec(path: &Path) -> Result<String, Error> {
         ));
     }
     let bytes = std::fs::read(path).map_err(read_error)?;
+    if crate::qmodel::looks_like_qmodel(&bytes) {
+        return Err(Error::new(
+            Stage::Read,
+            format!(
+                "`{}` is a .qmodel file (a converted model), not a spec: `qatc eval`, `qatc run`, \
+                 `qatc bench` and `qatc compile` take it",
+                path.display()
+            ),
+        ));
+    }
     String::from_utf8(bytes).map_err(|e| {
         Error::new(
             Stage::Read,
