@@ -7,7 +7,9 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I16X8, I32, I32X4, I64, I64X2, I8, I8X16};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value};
 
-use super::builder::{accumulators_bounded, chw, flags, DotProduct, Emitter, Order, Tensor, BLOCK};
+use super::builder::{
+    accumulators_bounded, chw, flags, DotProduct, Emitter, Order, Requant, Tensor, BLOCK,
+};
 use crate::int8::QWeights;
 use crate::ir::ConvGeom;
 use crate::quant::numerics::{requant_multiplier, QParams};
@@ -276,12 +278,7 @@ impl Emitter<'_, '_> {
         let enc = Encoding::of(k.dot);
         let g = if g.encoding != enc {
             debug_assert!(g.encoding == Encoding::Codes);
-            let per_sample = enc.bytes() * g.a_stride * g.rows_per_sample;
-            let buf = if g.samples == 1 {
-                self.alloc_one(per_sample)
-            } else {
-                self.alloc(per_sample)
-            };
+            let buf = self.alloc_rows(&g, enc.bytes() * g.a_stride * g.rows_per_sample);
             let total = self.b.ins().imul_imm_s(g.rows, g.a_stride as i64);
             self.encode(g.a, buf, total, enc);
             Gemm {
@@ -293,13 +290,12 @@ impl Emitter<'_, '_> {
         } else {
             g
         };
-        let k = k.clone();
         // The 256-bit kernel pays for its call and its separate requantization pass on GEMMs
         // with many columns and several rows (measured on lenet: conv2, 400 columns, 161 against
         // 104 GMAC/s; conv1, 25 columns, slower); a single row streams its weights either way.
         if let (Some(f), DotProduct::Vnni, false, 16..) = (self.wide, k.dot, k.compact, k.k4) {
             match g.fixed_rows() {
-                Some(rows) if rows >= WIDE_ROWS => return self.gemm_wide(&g, &k, f),
+                Some(rows) if rows >= WIDE_ROWS => return self.gemm_wide(&g, k, f),
                 Some(_) => {}
                 None => {
                     let many = self.b.ins().icmp_imm_s(
@@ -307,20 +303,15 @@ impl Emitter<'_, '_> {
                         g.rows,
                         WIDE_ROWS as i64,
                     );
-                    return self.if_else(
-                        many,
-                        |e| e.gemm_wide(&g, &k, f),
-                        |e| e.gemm_narrow(&g, &k),
-                    );
+                    return self.if_else(many, |e| e.gemm_wide(&g, k, f), |e| e.gemm_narrow(&g, k));
                 }
             }
         }
-        self.gemm_narrow(&g, &k);
+        self.gemm_narrow(&g, k);
     }
 
     /// The GEMM in Cranelift's 128-bit register tiles.
     fn gemm_narrow(&mut self, g: &Gemm, k: &Kernel) {
-        let (g, k) = (g.clone(), k.clone());
         let blocks = k.blocks;
         let full = g.o / BLOCK;
         let a_bytes = g.samples * g.rows_per_sample * g.a_stride;
@@ -328,27 +319,27 @@ impl Emitter<'_, '_> {
         let tile_rows = tile.rows;
         if k.compact {
             let rows = g.rows;
-            self.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
+            self.for_loop(rows, |e, r| e.row_blocks(g, k, r, 1, full, blocks));
         } else if k.k4 * k.step_bytes() * blocks <= a_bytes {
             // Few weights, many rows (convolutions): tiles of rows outer, each tile times every
             // block of channels; the weights stay in cache.
             let tiles = self.b.ins().udiv_imm_s(g.rows, tile_rows as i64);
             self.for_loop(tiles, |e, t| {
                 let r0 = e.b.ins().imul_imm_s(t, tile_rows as i64);
-                e.row_blocks(&g, &k, r0, tile_rows, full, blocks);
+                e.row_blocks(g, k, r0, tile_rows, full, blocks);
             });
             let done = self.b.ins().imul_imm_s(tiles, tile_rows as i64);
             match g.fixed_rows() {
                 // A convolution's rows are known: the rest is one smaller tile.
                 Some(rows) if rows % tile_rows > 0 => {
-                    self.row_blocks(&g, &k, done, rows % tile_rows, full, blocks)
+                    self.row_blocks(g, k, done, rows % tile_rows, full, blocks)
                 }
                 Some(_) => {}
                 None => {
                     let rest = self.b.ins().isub(g.rows, done);
                     self.for_loop(rest, |e, r| {
                         let r0 = e.b.ins().iadd(done, r);
-                        e.row_blocks(&g, &k, r0, 1, full, blocks);
+                        e.row_blocks(g, k, r0, 1, full, blocks);
                     });
                 }
             }
@@ -363,9 +354,9 @@ impl Emitter<'_, '_> {
                 few,
                 |e| {
                     let rows = g.rows;
-                    e.for_loop(rows, |e, r| e.row_blocks(&g, &k, r, 1, full, blocks));
+                    e.for_loop(rows, |e, r| e.row_blocks(g, k, r, 1, full, blocks));
                 },
-                |e| e.grouped_rows(&g, &k),
+                |e| e.grouped_rows(g, k),
             );
         }
     }
@@ -423,11 +414,7 @@ impl Emitter<'_, '_> {
     /// requantized here, eight channels at a time.
     fn gemm_wide(&mut self, g: &Gemm, k: &Kernel, f: cranelift_codegen::ir::FuncRef) {
         let width = k.blocks * BLOCK;
-        let sums = if g.samples == 1 {
-            self.alloc_one(4 * width * g.rows_per_sample)
-        } else {
-            self.alloc(4 * width * g.rows_per_sample)
-        };
+        let sums = self.alloc_rows(g, 4 * width * g.rows_per_sample);
         let args = self.alloc_one(super::wide::ARGS_BYTES);
         let fields = [
             g.a,
@@ -450,19 +437,12 @@ impl Emitter<'_, '_> {
             let from = e.at(sums, r, 4 * width);
             let to = e.at(g.out, r, g.out_stride);
             let block = |e: &mut Self, bi: Value, valid: usize| {
-                let acc = e.at(from, bi, 4 * BLOCK);
+                let sums = e.at(from, bi, 4 * BLOCK);
+                let acc =
+                    |e: &mut Self, v: usize| e.b.ins().load(I32X4, flags(), sums, 16 * v as i32);
                 let mult = e.at(k.mult, bi, 4 * BLOCK);
-                let q: Vec<Value> = (0..2)
-                    .map(|v| {
-                        let m = e.b.ins().load(F32X4, flags(), mult, 16 * v);
-                        let a = e.b.ins().load(I32X4, flags(), acc, 16 * v);
-                        e.requantize(a, m, &requant)
-                    })
-                    .collect();
-                let codes = e.narrow([q[0], q[1], q[0], q[1]]);
-                let codes = e.clamp_packed(codes, &requant);
-                let out = e.at(to, bi, BLOCK);
-                e.store_low_bytes(codes, out, valid);
+                let out = |e: &mut Self| e.at(to, bi, BLOCK);
+                e.store_block(&acc, mult, &requant, &out, valid);
             };
             let count = e.imm(full as i64);
             e.for_loop(count, |e, bi| block(e, bi, BLOCK));
@@ -626,21 +606,48 @@ impl Emitter<'_, '_> {
             let blk_i = self.b.ins().iadd_imm_s(blk, bi as i64);
             let mult = self.at(k.mult, blk_i, BLOCK * 4);
             for r in 0..rows {
-                let q: Vec<Value> = (0..2)
-                    .map(|v| {
-                        let m = self.b.ins().load(F32X4, flags(), mult, 16 * v as i32);
-                        let acc = self.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
-                        self.requantize(acc, m, &requant)
-                    })
-                    .collect();
-                let codes = self.narrow([q[0], q[1], q[0], q[1]]);
-                let codes = self.clamp_packed(codes, &requant);
-                let row = self.b.ins().iadd_imm_s(r0, r as i64);
-                let out = self.at(g.out, row, g.out_stride);
-                let out = self.at(out, blk_i, BLOCK);
+                let acc = |e: &mut Self, v: usize| e.b.use_var(accs[r * nblk * 2 + bi * 2 + v]);
+                let out = |e: &mut Self| {
+                    let row = e.b.ins().iadd_imm_s(r0, r as i64);
+                    let out = e.at(g.out, row, g.out_stride);
+                    e.at(out, blk_i, BLOCK)
+                };
                 let valid = if bi + 1 == nblk { valid } else { BLOCK };
-                self.store_low_bytes(codes, out, valid);
+                self.store_block(&acc, mult, &requant, &out, valid);
             }
+        }
+    }
+
+    /// One block of eight channels (two vectors of i32 sums, bias included, `acc(e, 0)` and
+    /// `acc(e, 1)`) requantized with the multipliers at `mult`, narrowed to codes and stored at
+    /// `out(e)` (`valid` channels). The sums and the address are computed where this needs
+    /// them.
+    fn store_block(
+        &mut self,
+        acc: &dyn Fn(&mut Self, usize) -> Value,
+        mult: Value,
+        requant: &Requant,
+        out: &dyn Fn(&mut Self) -> Value,
+        valid: usize,
+    ) {
+        let q = [0, 1].map(|v: usize| {
+            let m = self.b.ins().load(F32X4, flags(), mult, 16 * v as i32);
+            let a = acc(self, v);
+            self.requantize(a, m, requant)
+        });
+        let codes = self.narrow([q[0], q[1], q[0], q[1]]);
+        let codes = self.clamp_packed(codes, requant);
+        let to = out(self);
+        self.store_low_bytes(codes, to, valid);
+    }
+
+    /// Scratch for the GEMM's rows: `bytes` per sample, for one sample (a convolution runs
+    /// sample by sample) or for the tile.
+    fn alloc_rows(&mut self, g: &Gemm, bytes: usize) -> Value {
+        if g.samples == 1 {
+            self.alloc_one(bytes)
+        } else {
+            self.alloc(bytes)
         }
     }
 
