@@ -32,7 +32,7 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
         let in_ty = inputs.first().map(|&j| nodes[j].ty);
         let quantized_in = matches!(in_ty, Some(TensorType::U8(_)));
         // The parameters of the fake quant that reads this node, if it is its only reader.
-        let out_fq = || -> Result<QParams, String> {
+        let out_fq = || -> Result<Observed, String> {
             match users[i].as_slice() {
                 [u] if matches!(g.nodes[*u].op, Op::FakeQuant(_)) => observed(g, &state, *u),
                 _ => Err(format!(
@@ -51,12 +51,28 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
             });
             nodes.len() - 1
         };
+        // Codes outside a narrow range (4-bit activations) are clamped as fake quant clamps
+        // them: the value node `v` is followed by a clamp when `out` asks for one.
+        let narrow = |nodes: &mut Vec<QNode>, v: usize, out: Observed| match out.narrow() {
+            Some((lo, hi)) => {
+                nodes.push(QNode {
+                    name: format!("{}.clamp", node.name),
+                    op: QOp::Clamp { lo, hi },
+                    inputs: vec![v],
+                    shape: node.shape.clone(),
+                    ty: nodes[v].ty,
+                });
+                nodes.len() - 1
+            }
+            None => v,
+        };
         value[i] = match (&node.op, &state.nodes[i]) {
             (Op::Input, _) => push(&mut nodes, QOp::Input, TensorType::F32),
             (Op::FakeQuant(_), _) if quantized_in => inputs[0], // its parameters are its producer's
             (Op::FakeQuant(_), _) => {
-                let q = observed(g, &state, i)?;
-                push(&mut nodes, QOp::Quantize, TensorType::U8(q.into()))
+                let out = observed(g, &state, i)?;
+                let v = push(&mut nodes, QOp::Quantize, TensorType::U8(out.q.into()));
+                narrow(&mut nodes, v, out)
             }
             (Op::DeQuantStub, _) if quantized_in => {
                 push(&mut nodes, QOp::Dequantize, TensorType::F32)
@@ -155,11 +171,12 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 let (scale, shift) = bn.affine();
                 if quantized_in {
                     let out = out_fq()?;
-                    push(
+                    let v = push(
                         &mut nodes,
                         QOp::BatchNorm { scale, shift },
-                        TensorType::U8(out.into()),
-                    )
+                        TensorType::U8(out.q.into()),
+                    );
+                    narrow(&mut nodes, v, out)
                 } else {
                     push(
                         &mut nodes,
@@ -179,8 +196,10 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 }
                 (Some(TensorType::U8(q)), _) => {
                     let out = out_fq()?;
-                    let table = a.table(q.into(), out);
-                    push(&mut nodes, QOp::Lut { table }, TensorType::U8(out.into()))
+                    let (lo, hi) = out.codes;
+                    let table = a.table(q.into(), out.q);
+                    let table = table.iter().map(|&c| c.clamp(lo as u8, hi as u8)).collect();
+                    push(&mut nodes, QOp::Lut { table }, TensorType::U8(out.q.into()))
                 }
                 _ => push(&mut nodes, QOp::FloatAct(*a), TensorType::F32),
             },
@@ -190,11 +209,8 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                 let all_quantized = inputs
                     .iter()
                     .all(|&j| matches!(nodes[j].ty, TensorType::U8(_)));
-                let ty = if all_quantized {
-                    TensorType::U8(out_fq()?.into())
-                } else {
-                    TensorType::F32
-                };
+                let out = if all_quantized { Some(out_fq()?) } else { None };
+                let ty = out.map_or(TensorType::F32, |o| TensorType::U8(o.q.into()));
                 if !all_quantized
                     && inputs
                         .iter()
@@ -206,7 +222,11 @@ pub fn convert(graph: &Graph, state: &State) -> Result<QGraph, String> {
                         c.name()
                     ));
                 }
-                push(&mut nodes, QOp::Combine(*c), ty)
+                let v = push(&mut nodes, QOp::Combine(*c), ty);
+                match out {
+                    Some(out) => narrow(&mut nodes, v, out),
+                    None => v,
+                }
             }
             // The state of a layer with parameters does not match it.
             (op @ (Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm(_)), _) => {
@@ -249,7 +269,7 @@ impl WeightLayer {
         node: &Node,
         in_ty: Option<TensorType>,
         weight_obs: Option<&crate::quant::observer::Observer>,
-        out_fq: impl FnOnce() -> Result<QParams, String>,
+        out_fq: impl FnOnce() -> Result<Observed, String>,
     ) -> Result<Converted, String> {
         match (self.quantized, in_ty) {
             (true, Some(TensorType::U8(x))) => {
@@ -265,7 +285,7 @@ impl WeightLayer {
                     self.act,
                     weight_obs,
                 )?;
-                Ok(Converted::Int8(w, out))
+                Ok(Converted::Int8(w, out.q))
             }
             _ => Ok(Converted::Float(FWeights {
                 weight: self.weight,
@@ -276,20 +296,49 @@ impl WeightLayer {
     }
 }
 
+/// A fake quant's parameters as quint8 codes, and the codes its values take.
+#[derive(Clone, Copy)]
+struct Observed {
+    q: QParams,
+    /// `quant_min..=quant_max` as codes; all 256 for the type's full range and for its
+    /// reduce_range half, where torch's int8 kernels saturate to the type (reduce_range only
+    /// narrows the scale's range; see [`crate::quant::numerics`]).
+    codes: (i32, i32),
+}
+
+impl Observed {
+    /// The clamp a narrower range needs after an op that does not clamp itself.
+    fn narrow(self) -> Option<(i32, i32)> {
+        (self.codes != (0, 255)).then_some(self.codes)
+    }
+}
+
 /// The parameters of fake-quant node `i`'s observer, as quint8 codes. A qint8 activation `q`
 /// with zero point `z` is the quint8 code `q + 128` with zero point `z + 128`: the same values
 /// on the same grid, so the u8 kernels run it unchanged.
-fn observed(g: &Graph, state: &State, i: usize) -> Result<QParams, String> {
+fn observed(g: &Graph, state: &State, i: usize) -> Result<Observed, String> {
     let name = &g.nodes[i].name;
     match &state.nodes[i] {
         NodeState::FakeQuant { obs } if obs.is_initialized() => {
             let q = obs.qparams()[0];
-            Ok(match obs.config.dtype {
-                DType::Quint8 => q,
-                DType::Qint8 => QParams {
-                    zero_point: q.zero_point + 128,
+            let cfg = obs.config;
+            let shift = match cfg.dtype {
+                DType::Quint8 => 0,
+                DType::Qint8 => 128,
+            };
+            let (lo, hi) = cfg.dtype.range();
+            let full = [(lo, hi), (lo / 2, hi / 2)].contains(&(cfg.quant_min, cfg.quant_max));
+            let codes = if full {
+                (0, 255)
+            } else {
+                (cfg.quant_min + shift, cfg.quant_max + shift)
+            };
+            Ok(Observed {
+                q: QParams {
+                    zero_point: q.zero_point + shift,
                     ..q
                 },
+                codes,
             })
         }
         NodeState::FakeQuant { .. } => Err(format!(
@@ -322,7 +371,7 @@ fn quantize_weights(
     b: &[f32],
     out_channels: usize,
     x: QParams,
-    out: QParams,
+    out: Observed,
     act: Act,
     obs: Option<&crate::quant::observer::Observer>,
 ) -> Result<QWeights, String> {
@@ -362,7 +411,8 @@ fn quantize_weights(
         .enumerate()
         .map(|(c, &v)| quantize_bias(v, x.scale, scale_of(c)))
         .collect();
-    let clamp = activation_clamp(act != Act::None, act == Act::ReLU6, out, 0, 255);
+    let (lo, hi) = out.codes;
+    let clamp = activation_clamp(act != Act::None, act == Act::ReLU6, out.q, lo, hi);
     Ok(QWeights {
         weight,
         weight_scales: scales,

@@ -41,6 +41,7 @@ pub mod jit;
 pub mod limits;
 pub mod onnx;
 pub mod ops;
+pub mod param;
 pub mod passes;
 pub mod pipeline;
 pub mod qmodel;

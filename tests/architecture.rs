@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may use the modules of the layers before its own, not its own layer
 /// nor later ones. `lib.rs` and the CLI (`bin/`) sit above all of them.
 const LAYERS: &[&[&str]] = &[
-    &["limits", "diag"],
+    &["limits", "diag", "param"],
     &["quant"],
     &["ops"],
     &["syntax"],

@@ -27,6 +27,7 @@ const TRAIN: Mode = Mode {
     fake_quant: false,
     observe: false,
     bn_frozen: false,
+    static_qparams: false,
 };
 
 /// loss = Σ output · r for a fixed random r.
@@ -222,12 +223,14 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         fake_quant: true,
         observe: true,
         bn_frozen: false,
+        static_qparams: true,
     };
     // A first pass sets the observers; then widen the data so the output fake quant clips.
     net.forward(&x, batch, mode, &mut Rng::new(1));
     let wide: Vec<f32> = x.iter().map(|v| v * 3.0).collect();
     let frozen = Mode {
         observe: false,
+        static_qparams: false,
         ..mode
     };
     let tape = net.forward(&wide, batch, frozen, &mut Rng::new(1));

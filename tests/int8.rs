@@ -229,6 +229,15 @@ fn pools_clamp_and_add_on_codes() {
     assert_eq!(codes(&g, &[1.5, 100.0], 2), [3, 200]);
 }
 
+fn checked_model(spec: &str) -> qatc::check::CheckedModel {
+    let path = common::root().join(spec);
+    let (result, _) = qatc::front_end(
+        &path.display().to_string(),
+        &std::fs::read_to_string(&path).unwrap(),
+    );
+    result.expect("spec checks").model
+}
+
 fn trained(
     spec: &str,
     epochs: usize,
@@ -238,12 +247,7 @@ fn trained(
     qatc::data::Splits,
     qatc::check::TrainConfig,
 ) {
-    let path = common::root().join(spec);
-    let (result, _) = qatc::front_end(
-        &path.display().to_string(),
-        &std::fs::read_to_string(&path).unwrap(),
-    );
-    let model = result.expect("spec checks").model;
+    let model = checked_model(spec);
     let cfg = model.train.clone().unwrap();
     let mut data = train::load_data(&model, &cfg, &common::root().join("specs")).unwrap();
     let size = data.train.image_size();
@@ -267,9 +271,21 @@ fn sqnr(reference: &[f32], int8: &[f32]) -> f64 {
 
 fn check_converted(spec: &str, epochs: usize, images: usize, min_db: f64) {
     let (mut net, data, cfg) = trained(spec, epochs, images);
+    check_trained(spec, &mut net, &data, &cfg, min_db);
+}
+
+/// A trained network converts, its int8 accuracy is within a point of fake quant's, and its
+/// logits are within `min_db` of fake quant's.
+fn check_trained(
+    spec: &str,
+    net: &mut train::engine::Net,
+    data: &qatc::data::Splits,
+    cfg: &qatc::check::TrainConfig,
+    min_db: f64,
+) {
     let graph = qatc::convert::convert(&net.graph, &net.state).expect("converts");
-    let fq_acc = train::evaluate(&mut net, &data.test, &cfg, true);
-    let int8_acc = common::int8_accuracy(&graph, &data.test, &cfg);
+    let fq_acc = train::evaluate(net, &data.test, cfg, true);
+    let int8_acc = common::int8_accuracy(&graph, &data.test, cfg);
     assert!(
         (fq_acc - int8_acc).abs() <= 1.0,
         "{spec}: fake quant {fq_acc} % vs int8 {int8_acc} %"
@@ -349,6 +365,7 @@ fn convert_refuses_an_overflowing_reduction_and_untrained_observers() {
         fake_quant: true,
         observe: true,
         bn_frozen: false,
+        static_qparams: true,
     };
     net.forward(&x, 1, mode, &mut Rng::new(0));
     let err = qatc::convert::convert(&net.graph, &net.state).unwrap_err();
@@ -356,4 +373,92 @@ fn convert_refuses_an_overflowing_reduction_and_untrained_observers() {
         err.contains("`fc` sums 70000 products") && err.contains("overflow"),
         "{err}"
     );
+}
+
+#[test]
+fn lsq_4bit_learns_its_scales_and_int8_keeps_the_4_bit_ranges() {
+    // specs/lenet_4bit.qspec: learnable scales (LSQ) at 4 bits. The observers set the scales in
+    // the first epoch; in the second the optimizer moves them away from the observers' values.
+    let spec = "specs/lenet_4bit.qspec";
+    let (mut net, data, cfg) = trained(spec, 2, 4000);
+    let mut learned = 0;
+    let mut moved = 0;
+    for (node, state) in net.graph.nodes.iter().zip(&net.state.nodes) {
+        let obs = match state {
+            train::engine::NodeState::FakeQuant { obs } => obs,
+            train::engine::NodeState::Linear {
+                weight_obs: Some(obs),
+                ..
+            }
+            | train::engine::NodeState::Conv {
+                weight_obs: Some(obs),
+                ..
+            } => obs,
+            _ => continue,
+        };
+        let l = obs
+            .learned
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: every fake quant is learnable", node.name));
+        learned += 1;
+        let observed = {
+            let mut o = obs.clone();
+            o.set_learned_from_range();
+            o.learned.unwrap().scale.value
+        };
+        moved += usize::from(l.scale.value != observed);
+        assert!(l.scale.value.iter().all(|&s| s > 0.0), "{}", node.name);
+    }
+    assert!(learned >= 10, "{learned} learnable fake quants");
+    assert!(
+        moved == learned,
+        "{moved} of {learned} scales moved from their observers'"
+    );
+
+    // The checkpoint keeps the learned parameters: a network loaded from it converts to the
+    // same int8 graph.
+    let bytes = qatc::state::checkpoint::to_bytes(&net.graph, &net.state, Default::default())
+        .expect("serializes");
+    let mut loaded = train::build_net(&checked_model(spec), 7).unwrap();
+    qatc::state::checkpoint::load(&loaded.graph, &mut loaded.state, &bytes).expect("loads");
+    let names: Vec<String> = qatc::state::checkpoint::state_tensors(&net.graph, &net.state)
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert!(
+        names.contains(&"conv1.weight_fake_quant.scale".to_string()),
+        "{names:?}"
+    );
+    let a = qatc::convert::convert(&net.graph, &net.state).unwrap();
+    let b = qatc::convert::convert(&loaded.graph, &loaded.state).unwrap();
+    assert_eq!(a.to_text(), b.to_text());
+
+    // Convert keeps the ranges: weights in -8..7, activations clamped to 0..15.
+    let graph = qatc::convert::convert(&net.graph, &net.state).expect("converts");
+    let mut layers = 0;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        match &node.op {
+            QOp::Linear { w, .. } | QOp::Conv2d { w, .. } => {
+                layers += 1;
+                assert!(
+                    w.weight.iter().all(|&c| (-8..=7).contains(&c)),
+                    "{}",
+                    node.name
+                );
+                assert!(w.clamp.1 <= 15, "{}: clamp {:?}", node.name, w.clamp);
+            }
+            QOp::Quantize => {
+                let next = graph.nodes.iter().find(|n| n.inputs == [i]);
+                assert!(
+                    matches!(next.map(|n| &n.op), Some(QOp::Clamp { lo: 0, hi: 15 })),
+                    "the input's codes are clamped to 0..15"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(layers, 5);
+    // One code of a 4-bit activation is a fifteenth of its range: int8 and fake quant round a
+    // few values apart, so the bar is lower than 8-bit lenet's 30 dB.
+    check_trained(spec, &mut net, &data, &cfg, 20.0);
 }

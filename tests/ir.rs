@@ -153,12 +153,7 @@ fn int8_graph_of_every_spec_is_snapshotted() {
         let size: usize = net.graph.nodes[0].shape.iter().product();
         let mut rng = Rng::new(1);
         let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let observe = Mode {
-            training: false,
-            fake_quant: false,
-            observe: true,
-            bn_frozen: true,
-        };
+        let observe = Mode::calibrate();
         net.forward(&x, 8, observe, &mut Rng::new(2));
         let int8 = qatc::convert::convert(&net.graph, &net.state)
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -67,12 +67,7 @@ fn every_spec_exports_and_onnxruntime_gives_qatc_codes() {
 
         // Post-training calibration of the seed weights on the inputs, then convert.
         let mut net = qatc::train::build_net(&spec.model, 0).unwrap();
-        let observe = Mode {
-            training: false,
-            fake_quant: false,
-            observe: true,
-            bn_frozen: true,
-        };
+        let observe = Mode::calibrate();
         net.forward(&x, n, observe, &mut qatc::train::rng::Rng::new(0));
         let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
 

@@ -90,16 +90,20 @@ pub fn model(graph: &QGraph, options: ExportOptions) -> Result<ModelProto, Strin
                 let shape = [*out_features as i64, *in_features as i64];
                 let (weight, bias) = b.qweights(w, &shape, xq, &name);
                 let y = b.node("Gemm", &[&x, &weight, &bias], vec![int("transB", 1)], &name);
-                let y = b.clamp_float(&y, w.clamp, out_q.expect("u8"), &name);
-                (Some(b.quantize(&y, out_q.expect("u8"), &name)), None)
+                (
+                    Some(b.quantize_clamped(&y, w.clamp, out_q.expect("u8"), &name)),
+                    None,
+                )
             }
             QOp::Conv2d { geom, w } => {
                 let x = float_of(&mut b, 0, &mut floats);
                 let xq = graph.nodes[node.inputs[0]].ty.qparams().expect("u8");
                 let (weight, bias) = b.qweights(w, &conv_weight_shape(geom), xq, &name);
                 let y = b.node("Conv", &[&x, &weight, &bias], conv_attrs(geom), &name);
-                let y = b.clamp_float(&y, w.clamp, out_q.expect("u8"), &name);
-                (Some(b.quantize(&y, out_q.expect("u8"), &name)), None)
+                (
+                    Some(b.quantize_clamped(&y, w.clamp, out_q.expect("u8"), &name)),
+                    None,
+                )
             }
             QOp::Clamp { lo, hi } => {
                 let lo = b.init_u8(&format!("{name}_lo"), &[], &[*lo as u8]);
@@ -525,20 +529,37 @@ impl Builder {
         (weight, bias)
     }
 
-    /// The float form of a quantized layer's output clamp `[lo, hi]` (codes): `Relu` when it
-    /// starts at the zero point and ends at 255 (what quantizing clamps anyway), else `Clip` at
-    /// the values of the two codes; nothing for the full range.
-    fn clamp_float(&mut self, y: &str, (lo, hi): (i32, i32), q: QParams, base: &str) -> String {
-        if (lo, hi) == (0, 255) {
-            return y.to_string();
+    /// A quantized layer's float result `y` quantized with `q` and clamped to the codes
+    /// `[lo, hi]`: a lower bound at a positive zero point is a `Relu` before quantizing
+    /// (onnxruntime fuses `Conv`/`Gemm`, `Relu` and `QuantizeLinear` into one int8 kernel); any
+    /// other bound (ReLU6's code of 6, a 4-bit range) is a `Clip` on the codes after it, which
+    /// is what the int8 kernels' saturation does. Quantizing is monotonic, so clamping codes
+    /// equals clamping values at the codes' values first.
+    fn quantize_clamped(
+        &mut self,
+        y: &str,
+        (lo, hi): (i32, i32),
+        q: QParams,
+        base: &str,
+    ) -> String {
+        let relu = lo > 0 && lo == q.zero_point;
+        let y = if relu {
+            self.node("Relu", &[y], vec![], &format!("{base}_relu"))
+        } else {
+            y.to_string()
+        };
+        let codes = self.quantize(&y, q, base);
+        if hi == 255 && (lo == 0 || relu) {
+            return codes;
         }
-        if lo == q.zero_point && hi == 255 {
-            return self.node("Relu", &[y], vec![], &format!("{base}_relu"));
-        }
-        let value = |c: i32| (c - q.zero_point) as f32 * q.scale;
-        let min = self.init_f32(&format!("{base}_min"), &[], &[value(lo)]);
-        let max = self.init_f32(&format!("{base}_max"), &[], &[value(hi)]);
-        self.node("Clip", &[y, &min, &max], vec![], &format!("{base}_clip"))
+        let min = self.init_u8(&format!("{base}_lo"), &[], &[lo as u8]);
+        let max = self.init_u8(&format!("{base}_hi"), &[], &[hi as u8]);
+        self.node(
+            "Clip",
+            &[&codes, &min, &max],
+            vec![],
+            &format!("{base}_clip"),
+        )
     }
 
     fn act(&mut self, y: &str, act: Act, base: &str) -> String {

@@ -80,6 +80,7 @@ pub fn prepare_qat(graph: &Graph) -> Graph {
                     quant_min: 0,
                     quant_max: 255,
                     fixed: Some(fixed),
+                    learnable: false,
                     ..q.activation
                 };
                 let fq = fake_quant_node(format!("{}.fq", node.name), id, &out, &q);

@@ -64,12 +64,7 @@ pub fn calibrate(
         }
     };
     let float_acc = crate::train::evaluate(&mut net, &data.test, &cfg, false);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
+    let observe = Mode::calibrate();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let order: Vec<usize> = (0..data.train.len()).collect();
     let mut rng = crate::train::rng::Rng::new(cfg.seed);

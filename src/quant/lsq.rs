@@ -17,7 +17,9 @@
 
 use super::numerics::{fake_quantize, round_half_even, QParams};
 
-/// LSQ's gradient scale for a tensor of `numel` values (per channel: values per channel).
+/// LSQ's gradient scale for a tensor of `numel` values: torch's `_LearnableFakeQuantize` with
+/// `use_grad_scaling` passes `1 / sqrt(X.numel() · quant_max)`, the whole tensor's count also
+/// per channel.
 pub fn default_grad_factor(numel: usize, quant_max: i32) -> f32 {
     (1.0 / ((numel as f64) * (quant_max as f64)).sqrt()) as f32
 }
@@ -54,12 +56,11 @@ pub fn forward_per_channel(
     }
 }
 
-/// Gradients of a learnable fake quantization: `dx` (written), and the sums for the scale and
-/// the zero point (returned).
+/// Gradients of a learnable fake quantization: `grad` holds the upstream gradient and becomes
+/// x's; the sums for the scale and the zero point are returned.
 pub fn backward(
     x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
+    grad: &mut [f32],
     scale: f32,
     zero_point: f32,
     range: (i32, i32),
@@ -68,15 +69,13 @@ pub fn backward(
     // torch per tensor: `static_cast<int64_t>(clamp(zero_point + 0.5))`.
     let (lo, hi) = range;
     let z = (zero_point + 0.5).clamp(lo as f32, hi as f32).trunc();
-    backward_with(x, dy, dx, scale, z, range, grad_factor)
+    backward_with(x, grad, scale, z, range, grad_factor)
 }
 
 /// The same per channel (axis 0): returns each channel's sums.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_per_channel(
     x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
+    grad: &mut [f32],
     scale: &[f32],
     zero_point: &[f32],
     range: (i32, i32),
@@ -85,15 +84,10 @@ pub fn backward_per_channel(
     let per = x.len() / scale.len();
     let (lo, hi) = range;
     let mut sums = (Vec::new(), Vec::new());
-    for (c, ((xs, dys), dxs)) in x
-        .chunks(per)
-        .zip(dy.chunks(per))
-        .zip(dx.chunks_mut(per))
-        .enumerate()
-    {
+    for (c, (xs, gs)) in x.chunks(per).zip(grad.chunks_mut(per)).enumerate() {
         // torch per channel: the zero point rounded, then clamped.
         let z = round_half_even(zero_point[c]).clamp(lo as f32, hi as f32);
-        let (ds, dz) = backward_with(xs, dys, dxs, scale[c], z, range, grad_factor);
+        let (ds, dz) = backward_with(xs, gs, scale[c], z, range, grad_factor);
         sums.0.push(ds);
         sums.1.push(dz);
     }
@@ -104,8 +98,7 @@ pub fn backward_per_channel(
 /// torch's order of summation differs, so sums agree to about 1e-7 relative.
 fn backward_with(
     x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
+    grad: &mut [f32],
     scale: f32,
     z: f32,
     (lo, hi): (i32, i32),
@@ -114,7 +107,8 @@ fn backward_with(
     let inv = 1.0 / scale;
     let (below, above) = (lo as f32 - z, hi as f32 - z);
     let (mut dscale, mut dzero) = (0.0f64, 0.0f64);
-    for ((&v, &g), d) in x.iter().zip(dy).zip(dx.iter_mut()) {
+    for (&v, d) in x.iter().zip(grad.iter_mut()) {
+        let g = *d;
         let q = round_half_even(z + v * inv);
         if q < lo as f32 || q > hi as f32 {
             *d = 0.0;
@@ -122,7 +116,6 @@ fn backward_with(
             dscale += ((g * edge) * grad_factor) as f64;
             dzero += ((-g * scale) * grad_factor) as f64;
         } else {
-            *d = g;
             // x̂ − x with a single rounding: (q − z)·s − x fused.
             let err = (q - z).mul_add(scale, -v);
             dscale += (((g * err) * inv) * grad_factor) as f64;
@@ -168,9 +161,9 @@ mod tests {
             for (i, &w) in y_want.iter().enumerate() {
                 assert_eq!(y[i], w as f32, "y at {} (scale {scale}, zp {zp})", X[i]);
             }
-            let mut dx = [0.0; 12];
+            let mut dx = DY;
             let g = default_grad_factor(12, hi);
-            let (ds, dz) = backward(&X, &DY, &mut dx, scale, zp, (lo, hi), g);
+            let (ds, dz) = backward(&X, &mut dx, scale, zp, (lo, hi), g);
             for (i, &w) in dx_want.iter().enumerate() {
                 assert_eq!(dx[i], w as f32, "dx at {}", X[i]);
             }
@@ -196,9 +189,9 @@ mod tests {
             for (i, &w) in y_want.iter().enumerate() {
                 assert_eq!(y[i], w as f32, "y at {}", X[i]);
             }
-            let mut dx = [0.0; 12];
+            let mut dx = DY;
             let g = default_grad_factor(4, hi);
-            let (ds, dz) = backward_per_channel(&X, &DY, &mut dx, &scales, &zps, (lo, hi), g);
+            let (ds, dz) = backward_per_channel(&X, &mut dx, &scales, &zps, (lo, hi), g);
             for (i, &w) in dx_want.iter().enumerate() {
                 assert_eq!(dx[i], w as f32, "dx at {}", X[i]);
             }
@@ -231,8 +224,8 @@ mod tests {
         };
         let h = 1e-4;
         let numeric = (loss(scale + h) - loss(scale - h)) / (2.0 * h);
-        let mut dx = vec![0.0; x.len()];
-        let (ds, _) = backward(&x, &dy, &mut dx, scale as f32, zp as f32, (lo, hi), 1.0);
+        let mut dx = dy.clone();
+        let (ds, _) = backward(&x, &mut dx, scale as f32, zp as f32, (lo, hi), 1.0);
         // LSQ's gradient: (round(x/s) − x/s) inside, the clamp's edge outside; the loss's
         // derivative is q·dy inside (the code is fixed), so compare with that.
         let analytic: f64 = x

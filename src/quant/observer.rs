@@ -4,16 +4,33 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::numerics::{qparams_for_fake_quant, qparams_from_range, QParams, QRange};
-use super::qconfig::FakeQuantConfig;
+use super::numerics::{
+    qparams_for_fake_quant, qparams_from_range, round_half_even, QParams, QRange,
+};
+use super::qconfig::{FakeQuantConfig, Scheme};
+use crate::param::Param;
 
-/// The running range of one fake-quant node.
+/// The running range of one fake-quant node, and a learnable fake quant's parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observer {
     pub config: FakeQuantConfig,
     /// Per channel (length = channels) or per tensor (length 1). Empty until the first batch.
     pub min: Vec<f32>,
     pub max: Vec<f32>,
+    /// A learnable fake quant's trained scale and zero point.
+    #[serde(skip)]
+    pub learned: Option<Learned>,
+}
+
+/// The parameters of a learnable fake quant (torch's `_LearnableFakeQuantize`): float scale and
+/// zero point, one per channel or one, trained by the optimizer. While the observer sets them
+/// ([`Observer::set_learned_from_range`]) they follow its range; after that only the optimizer
+/// moves them. A symmetric scheme keeps the zero point at 0, as torch zeroes it on every forward
+/// pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Learned {
+    pub scale: Param,
+    pub zero_point: Param,
 }
 
 impl Observer {
@@ -22,6 +39,68 @@ impl Observer {
             config,
             min: Vec::new(),
             max: Vec::new(),
+            learned: None,
+        }
+    }
+
+    /// The observer of a fake-quant node whose tensor has `channels` channels on axis 0 (for
+    /// per-channel observers): named `prefix` (`fc1.weight_fake_quant`), its learnable
+    /// parameters named `{prefix}.scale` and `{prefix}.zero_point` as in torch's state dict, and
+    /// starting, as torch's do, at scale 1 and zero point 0.
+    pub fn for_node(config: FakeQuantConfig, prefix: &str, channels: usize) -> Observer {
+        let n = if config.observer.is_per_channel() {
+            channels.max(1)
+        } else {
+            1
+        };
+        let param =
+            |name: &str, v: f32| Param::new(format!("{prefix}.{name}"), vec![n], vec![v; n]);
+        Observer {
+            learned: config.learnable.then(|| Learned {
+                scale: param("scale", 1.0),
+                zero_point: param("zero_point", 0.0),
+            }),
+            ..Observer::new(config)
+        }
+    }
+
+    /// Whether this fake quant updates its range in a pass where observers run (`observe`) and
+    /// learnable fake quants take their parameters from their observers (`static_qparams`,
+    /// torch's `static_enabled`): a learnable one observes only then.
+    pub fn updates(&self, observe: bool, static_qparams: bool) -> bool {
+        if self.learned.is_some() {
+            static_qparams
+        } else {
+            observe
+        }
+    }
+
+    /// After an update, a learnable fake quant's parameters become its observer's (its
+    /// `calculate_qparams`; a symmetric scheme's zero point 0). Without an update torch keeps
+    /// the learned scale at least `f32::EPSILON`: [`Observer::clamp_learned_scale`].
+    pub fn set_learned_from_range(&mut self) {
+        let qparams = self.qparams_with(qparams_from_range);
+        let symmetric = self.config.scheme == Scheme::Symmetric;
+        if let Some(l) = &mut self.learned {
+            for (c, q) in qparams.iter().enumerate().take(l.scale.value.len()) {
+                l.scale.value[c] = q.scale;
+                l.zero_point.value[c] = if symmetric { 0.0 } else { q.zero_point as f32 };
+            }
+        }
+    }
+
+    /// Keeps a learned scale positive (torch's `scale.data.clamp_(min=eps)`), and a symmetric
+    /// scheme's zero point at 0.
+    pub fn clamp_learned_scale(&mut self) {
+        let symmetric = self.config.scheme == Scheme::Symmetric;
+        if let Some(l) = &mut self.learned {
+            l.scale
+                .value
+                .iter_mut()
+                .for_each(|s| *s = s.max(f32::EPSILON));
+            if symmetric {
+                l.zero_point.value.iter_mut().for_each(|z| *z = 0.0);
+            }
         }
     }
 
@@ -79,8 +158,29 @@ impl Observer {
     /// Quantization parameters per channel (or one). An observer that saw nothing gives torch's
     /// defaults for an empty observer: scale 1, zero point 0.
     /// This is the observer's `calculate_qparams`, which torch's convert uses.
+    /// A learnable fake quant gives its learned parameters (scale at least `f32::EPSILON`, zero
+    /// point rounded half to even into the range), as its `calculate_qparams` does.
     pub fn qparams(&self) -> Vec<QParams> {
-        self.qparams_with(qparams_from_range)
+        match &self.learned {
+            Some(l) if self.is_initialized() => {
+                let (lo, hi) = (self.config.quant_min as f32, self.config.quant_max as f32);
+                let symmetric = self.config.scheme == Scheme::Symmetric;
+                l.scale
+                    .value
+                    .iter()
+                    .zip(&l.zero_point.value)
+                    .map(|(&s, &z)| QParams {
+                        scale: s.max(f32::EPSILON),
+                        zero_point: if symmetric {
+                            0
+                        } else {
+                            round_half_even(z).clamp(lo, hi) as i32
+                        },
+                    })
+                    .collect()
+            }
+            _ => self.qparams_with(qparams_from_range),
+        }
     }
 
     /// Quantization parameters for fake quantization during QAT. Moving-average observers
@@ -88,7 +188,7 @@ impl Observer {
     /// `ChooseQuantizationParams`, see [`qparams_for_fake_quant`]); min/max observers as torch's
     /// `FakeQuantize` does, with [`Observer::qparams`].
     pub fn fake_quant_qparams(&self) -> Vec<QParams> {
-        if self.config.observer.is_moving_average() {
+        if self.config.observer.is_moving_average() && self.learned.is_none() {
             self.qparams_with(qparams_for_fake_quant)
         } else {
             self.qparams()
@@ -192,6 +292,7 @@ mod tests {
                 quant_max,
                 averaging: 0.01,
                 fixed: None,
+                learnable: false,
             });
             for (x, &(scale, zero_point, y, grad)) in x.iter().zip(batches) {
                 obs.observe(x, 1);

@@ -21,6 +21,10 @@ pub struct FakeQuantConfig {
     /// sigmoid-like activations): the observer then observes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed: Option<QParams>,
+    /// LSQ: the scale (and, affine, the zero point) are trained once the observer stops setting
+    /// them (torch's `_LearnableFakeQuantize`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learnable: bool,
 }
 
 impl FakeQuantConfig {
@@ -47,6 +51,9 @@ impl FakeQuantConfig {
         }
         if self.observer.is_moving_average() {
             s.push_str(&format!("({})", self.averaging));
+        }
+        if self.learnable {
+            s.push_str(" learnable");
         }
         s
     }
@@ -88,6 +95,7 @@ pub fn preset(backend: Backend, mode: QuantMode) -> QConfig {
         quant_max: if backend == Backend::Fbgemm { 127 } else { 255 },
         averaging: DEFAULT_AVERAGING,
         fixed: None,
+        learnable: false,
     };
     let weight = FakeQuantConfig {
         observer: if backend == Backend::Qnnpack {
@@ -101,6 +109,7 @@ pub fn preset(backend: Backend, mode: QuantMode) -> QConfig {
         quant_max: 127,
         averaging: DEFAULT_AVERAGING,
         fixed: None,
+        learnable: false,
     };
     let mode_name = match mode {
         QuantMode::Qat => "qat",
@@ -142,6 +151,7 @@ pub fn apply(base: FakeQuantConfig, spec: &FakeQuantSpec) -> FakeQuantConfig {
         quant_max,
         averaging: spec.averaging.map(|a| a as f32).unwrap_or(base.averaging),
         fixed: base.fixed,
+        learnable: spec.learnable.unwrap_or(base.learnable),
     }
 }
 
@@ -192,6 +202,8 @@ pub struct FakeQuantSpec {
     pub quant_max: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub averaging: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learnable: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

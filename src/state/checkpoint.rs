@@ -1,7 +1,8 @@
 //! The training checkpoint: every parameter, BatchNorm statistic and observer range as f32
 //! tensors in one safetensors file, with the model name, the spec text and the qatc version in
 //! its metadata. Names follow PyTorch's state_dict (`conv1.weight`, `bn1.running_var`,
-//! `conv1.weight_fake_quant.min_val`, `fc1.fq.activation_post_process.max_val`).
+//! `conv1.weight_fake_quant.min_val`, `fc1.fq.activation_post_process.max_val`, and a learnable
+//! fake quant's `conv1.weight_fake_quant.scale` and `.zero_point`).
 
 use std::collections::HashMap;
 
@@ -16,6 +17,11 @@ pub fn state_tensors(graph: &Graph, state: &State) -> Vec<(String, Vec<usize>, V
     let mut out = Vec::new();
     let observer =
         |out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, prefix: String, obs: &Observer| {
+            if let Some(l) = &obs.learned {
+                for p in [&l.scale, &l.zero_point] {
+                    out.push((p.name.clone(), p.shape.clone(), p.value.clone()));
+                }
+            }
             if !obs.min.is_empty() {
                 out.push((
                     format!("{prefix}.min_val"),
@@ -297,6 +303,13 @@ pub fn load(
         if let (Some(min), Some(max)) = (min, max) {
             obs.min = min;
             obs.max = max;
+        }
+        if let Some(l) = &mut obs.learned {
+            for p in [&mut l.scale, &mut l.zero_point] {
+                if let Some(values) = get(&p.name, p.value.len())? {
+                    p.value = values;
+                }
+            }
         }
         Ok(())
     };

@@ -5,27 +5,16 @@
 
 pub mod checkpoint;
 
+pub use crate::param::Param;
+
 use crate::ir::BnAttrs;
-use crate::quant::observer::Observer;
+use crate::quant::observer::{Learned, Observer};
 
-/// A trainable tensor and its gradient.
-#[derive(Clone, Debug)]
-pub struct Param {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub value: Vec<f32>,
-    pub grad: Vec<f32>,
-}
-
-impl Param {
-    pub fn new(name: String, shape: Vec<usize>, value: Vec<f32>) -> Param {
-        let grad = vec![0.0; value.len()];
-        Param {
-            name,
-            shape,
-            value,
-            grad,
-        }
+/// A learnable fake quant's scale and zero point, when it has them.
+fn learned(obs: Option<&mut Observer>) -> Vec<&mut Param> {
+    match obs.and_then(|o| o.learned.as_mut()) {
+        Some(l) => vec![&mut l.scale, &mut l.zero_point],
+        None => Vec::new(),
     }
 }
 
@@ -75,10 +64,16 @@ impl State {
         for s in &mut self.nodes {
             match s {
                 NodeState::Linear {
-                    weight, bias, bn, ..
+                    weight,
+                    bias,
+                    bn,
+                    weight_obs,
                 }
                 | NodeState::Conv {
-                    weight, bias, bn, ..
+                    weight,
+                    bias,
+                    bn,
+                    weight_obs,
                 } => {
                     out.push(weight);
                     out.extend(bias.as_mut());
@@ -86,15 +81,28 @@ impl State {
                         out.push(&mut bn.gamma);
                         out.push(&mut bn.beta);
                     }
+                    out.extend(learned(weight_obs.as_mut()));
                 }
                 NodeState::Bn(bn) => {
                     out.push(&mut bn.gamma);
                     out.push(&mut bn.beta);
                 }
-                NodeState::None | NodeState::FakeQuant { .. } => {}
+                NodeState::FakeQuant { obs } => out.extend(learned(Some(obs))),
+                NodeState::None => {}
             }
         }
         out
+    }
+
+    /// Every learnable fake quant's parameters.
+    pub fn learned_mut(&mut self) -> impl Iterator<Item = &mut Learned> {
+        self.nodes.iter_mut().filter_map(|s| match s {
+            NodeState::Linear { weight_obs, .. } | NodeState::Conv { weight_obs, .. } => {
+                weight_obs.as_mut().and_then(|o| o.learned.as_mut())
+            }
+            NodeState::FakeQuant { obs } => obs.learned.as_mut(),
+            NodeState::Bn(_) | NodeState::None => None,
+        })
     }
 
     /// The quantization parameters of fake-quant node `i`'s observer, once it has seen data.

@@ -142,6 +142,7 @@ fn fake_quant(fq: &FakeQuantSpec) -> String {
     named("quant_min", fq.quant_min.map(|n| n.to_string()));
     named("quant_max", fq.quant_max.map(|n| n.to_string()));
     named("averaging", fq.averaging.map(number));
+    named("learnable", fq.learnable.map(|b| b.to_string()));
     format!("fake_quant({})", args.join(", "))
 }
 

@@ -516,6 +516,7 @@ impl Lower {
             "quant_min",
             "quant_max",
             "averaging",
+            "learnable",
         ];
         let bound = self.bind(callee, args, params, &[])?;
         Some(FakeQuantSpec {
@@ -528,6 +529,7 @@ impl Lower {
             averaging: self.opt(&bound, "averaging", |cx, v| {
                 cx.float_in(v, "`averaging`", 0.0, 1.0, false)
             })?,
+            learnable: self.opt(&bound, "learnable", Self::bool)?,
         })
     }
 

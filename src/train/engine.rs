@@ -13,8 +13,9 @@ use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
 use crate::ir::{BnAttrs, Graph, Node, Op};
 use crate::ops::combine;
 use crate::ops::expr::Program;
+use crate::quant::lsq;
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
-use crate::quant::observer::Observer;
+use crate::quant::observer::{Learned, Observer};
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
 pub use crate::state::{BnState, NodeState, Param, State};
 
@@ -33,6 +34,9 @@ pub struct Mode {
     pub observe: bool,
     /// BatchNorm uses and keeps its running statistics even while training.
     pub bn_frozen: bool,
+    /// Learnable fake quants observe and take their observers' parameters (torch's
+    /// `static_enabled`); otherwise their parameters are left to the optimizer.
+    pub static_qparams: bool,
 }
 
 impl Mode {
@@ -43,6 +47,17 @@ impl Mode {
             fake_quant,
             observe: false,
             bn_frozen: true,
+            static_qparams: false,
+        }
+    }
+
+    /// Calibration: observers (and learnable fake quants' parameters) follow the data; nothing
+    /// is fake-quantized or trained.
+    pub fn calibrate() -> Mode {
+        Mode {
+            observe: true,
+            static_qparams: true,
+            ..Mode::eval(false)
         }
     }
 }
@@ -100,6 +115,8 @@ enum Aux {
 struct WeightTape {
     used: Vec<f32>,
     mask: Option<Vec<bool>>,
+    /// The weight before its fake quant, when that is learnable (its scale's gradient reads it).
+    before_fq: Option<Vec<f32>>,
     /// Per output channel BN folding factor `gamma / sqrt(running_var + eps)` (fused Conv+BN).
     fold: Option<Vec<f32>>,
 }
@@ -350,9 +367,7 @@ impl Net {
                         .qconfig
                         .as_ref()
                         .is_none_or(|q| q.mode == QuantMode::Qat);
-                    if mode.observe {
-                        observe_parallel(obs, x);
-                    }
+                    update(obs, mode, |obs| observe_parallel(obs, x));
                     if mode.fake_quant && qat {
                         let q = obs.fake_quant_qparams()[0];
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
@@ -395,6 +410,10 @@ impl Net {
         let n = self.graph.nodes.len();
         let batch = tape.batch;
         let needs_grad = self.needs_grad();
+        for l in self.state.learned_mut() {
+            l.scale.grad.iter_mut().for_each(|g| *g = 0.0);
+            l.zero_point.grad.iter_mut().for_each(|g| *g = 0.0);
+        }
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; n];
         grads[self.graph.output] = Some(d_output);
         for i in (1..n).rev() {
@@ -416,7 +435,10 @@ impl Net {
                             ..
                         },
                         NodeState::Linear {
-                            weight, bias, bn, ..
+                            weight,
+                            bias,
+                            bn,
+                            weight_obs,
                         },
                         Aux::Linear {
                             weight: wt,
@@ -446,9 +468,7 @@ impl Net {
                             bias_grad,
                             want_dx,
                         );
-                        if let Some(mask) = &wt.mask {
-                            mask_gradient(&mut weight.grad, mask);
-                        }
+                        weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
                         if let (Some(fold), Some(bn), Some(d_fold)) =
                             (&wt.fold, bn.as_mut(), d_fold)
                         {
@@ -459,7 +479,10 @@ impl Net {
                     (
                         Op::Conv2d { geom, act, .. },
                         NodeState::Conv {
-                            weight, bias, bn, ..
+                            weight,
+                            bias,
+                            bn,
+                            weight_obs,
                         },
                         Aux::Conv {
                             weight: wt,
@@ -488,9 +511,7 @@ impl Net {
                             want_dx,
                         );
                         // weight.grad is d(used weight); undo the fake quant, then the folding.
-                        if let Some(mask) = &wt.mask {
-                            mask_gradient(&mut weight.grad, mask);
-                        }
+                        weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
                         if let (Some(fold), Some(bn), Some(d_fold)) =
                             (&wt.fold, bn.as_mut(), d_fold)
                         {
@@ -532,6 +553,19 @@ impl Net {
                     (Op::Flatten, _, _) => vec![Some(from_samples(dy, in_shape(0), batch))],
                     (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
                         dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                        vec![Some(dy)]
+                    }
+                    (
+                        Op::FakeQuant(_),
+                        NodeState::FakeQuant {
+                            obs:
+                                Observer {
+                                    learned: Some(l), ..
+                                },
+                        },
+                        Aux::FakeQuant(_, lo, hi),
+                    ) => {
+                        learned_backward(input(0), &mut dy, l, (*lo, *hi));
                         vec![Some(dy)]
                     }
                     (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
@@ -597,10 +631,11 @@ impl Net {
     fn needs_grad(&self) -> Vec<bool> {
         let mut needs = vec![false; self.graph.nodes.len()];
         for (i, node) in self.graph.nodes.iter().enumerate() {
-            let own = matches!(
-                self.state.nodes[i],
-                NodeState::Linear { .. } | NodeState::Conv { .. } | NodeState::Bn(_)
-            );
+            let own = match &self.state.nodes[i] {
+                NodeState::Linear { .. } | NodeState::Conv { .. } | NodeState::Bn(_) => true,
+                NodeState::FakeQuant { obs } => obs.learned.is_some(),
+                NodeState::None => false,
+            };
             needs[i] = own || node.inputs.iter().any(|&j| needs[j]);
         }
         needs
@@ -657,7 +692,9 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
             .map(|_| rng.uniform(-bound, bound))
             .collect::<Vec<f32>>()
     };
-    let weight_obs = |fq: &Option<FakeQuantConfig>| fq.map(Observer::new);
+    let weight_obs = |fq: &Option<FakeQuantConfig>, channels: usize| {
+        fq.map(|c| Observer::for_node(c, &format!("{}.weight_fake_quant", node.name), channels))
+    };
     match &node.op {
         Op::Linear {
             in_features,
@@ -689,7 +726,7 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
                 bn: bn
                     .as_ref()
                     .map(|attrs| Box::new(bn_state(attrs, *out_features))),
-                weight_obs: weight_obs(weight_fq),
+                weight_obs: weight_obs(weight_fq, *out_features),
             }
         }
         Op::Conv2d {
@@ -722,12 +759,12 @@ fn init_state(node: &Node, rng: &mut TorchGenerator) -> NodeState {
                 ),
                 bias: b,
                 bn: bn.as_ref().map(|attrs| Box::new(bn_state(attrs, o))),
-                weight_obs: weight_obs(weight_fq),
+                weight_obs: weight_obs(weight_fq, o),
             }
         }
         Op::BatchNorm(attrs) => NodeState::Bn(bn_state(attrs, node.shape[0])),
         Op::FakeQuant(cfg) => NodeState::FakeQuant {
-            obs: Observer::new(*cfg),
+            obs: Observer::for_node(*cfg, &format!("{}.activation_post_process", node.name), 1),
         },
         Op::Input
         | Op::Activation(_)
@@ -779,12 +816,13 @@ fn weight_tape(
         .qconfig
         .as_ref()
         .is_none_or(|q| q.mode == QuantMode::Qat);
-    let mut mask = None;
+    let (mut mask, mut before_fq) = (None, None);
     if let (true, Some(obs)) = (has_fq, obs.as_mut()) {
-        if mode.observe {
-            obs.observe(&used, out_channels);
-        }
+        update(obs, mode, |obs| obs.observe(&used, out_channels));
         if qat && mode.fake_quant {
+            if obs.learned.is_some() {
+                before_fq = Some(used.clone());
+            }
             let qparams = obs.fake_quant_qparams();
             let cfg = obs.config;
             let mut m = vec![false; used.len()];
@@ -797,7 +835,69 @@ fn weight_tape(
             mask = Some(m);
         }
     }
-    WeightTape { used, mask, fold }
+    WeightTape {
+        used,
+        mask,
+        before_fq,
+        fold,
+    }
+}
+
+/// Updates a fake quant's observer as `mode` asks ([`Observer::updates`]); a learnable one then
+/// takes its observer's parameters, or else keeps its learned scale positive.
+fn update(obs: &mut Observer, mode: Mode, observe: impl FnOnce(&mut Observer)) {
+    if obs.updates(mode.observe, mode.static_qparams) {
+        observe(obs);
+        obs.set_learned_from_range();
+    } else {
+        obs.clamp_learned_scale();
+    }
+}
+
+/// The backward of a weight's fake quant: `grad` (of the weight used) becomes the gradient of
+/// the weight before it, and a learnable fake quant's scale and zero point get theirs.
+fn weight_fq_backward(grad: &mut [f32], wt: &WeightTape, obs: Option<&mut Observer>) {
+    let learned = obs.and_then(|o| {
+        let range = (o.config.quant_min, o.config.quant_max);
+        o.learned.as_mut().map(|l| (l, range))
+    });
+    match (&wt.before_fq, learned) {
+        (Some(x), Some((l, range))) => {
+            let g = lsq::default_grad_factor(x.len(), range.1);
+            let (ds, dz) = if l.scale.value.len() == 1 {
+                let (s, z) = (l.scale.value[0], l.zero_point.value[0]);
+                let (ds, dz) = lsq::backward(x, grad, s, z, range, g);
+                (vec![ds], vec![dz])
+            } else {
+                let (s, z) = (&l.scale.value, &l.zero_point.value);
+                lsq::backward_per_channel(x, grad, s, z, range, g)
+            };
+            l.scale.grad = ds;
+            l.zero_point.grad = dz;
+        }
+        _ => {
+            if let Some(mask) = &wt.mask {
+                mask_gradient(grad, mask);
+            }
+        }
+    }
+}
+
+/// The backward of a learnable activation fake quant (one scale): `grad` becomes x's, in
+/// parallel chunks whose sums are added in a fixed order.
+fn learned_backward(x: &[f32], grad: &mut [f32], l: &mut Learned, range: (i32, i32)) {
+    let g = lsq::default_grad_factor(x.len(), range.1);
+    let (s, z) = (l.scale.value[0], l.zero_point.value[0]);
+    let sums: Vec<(f32, f32)> = grad
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .map(|(gs, xs)| lsq::backward(xs, gs, s, z, range, g))
+        .collect();
+    let (ds, dz) = sums.iter().fold((0f64, 0f64), |(a, b), &(ds, dz)| {
+        (a + ds as f64, b + dz as f64)
+    });
+    l.scale.grad[0] = ds as f32;
+    l.zero_point.grad[0] = dz as f32;
 }
 
 /// A tensor in the engine's layout (`[C, N, H·W]` for images, `[N, F]` else) as samples one

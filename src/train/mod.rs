@@ -106,6 +106,12 @@ pub fn train(
             observe: phase == Phase::Qat
                 && cfg.freeze_observers_after.is_none_or(|after| epoch < after),
             bn_frozen: cfg.freeze_bn_after.is_some_and(|after| epoch >= after),
+            // Learnable fake quants follow their observers until observers freeze, or, with no
+            // `freeze_observers`, through the first epoch of fake quantization.
+            static_qparams: phase == Phase::Qat
+                && cfg
+                    .freeze_observers_after
+                    .map_or(epoch == cfg.pretrain_epochs, |after| epoch < after),
         };
         let lr = optim::learning_rate(optimizer.base_lr(), cfg.schedule.as_ref(), epoch, epochs);
         progress.epoch_start(epoch + 1, epochs, phase, batches);

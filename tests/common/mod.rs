@@ -68,12 +68,7 @@ pub fn calibrated(
     let mut net = train::build_net(&model, seed).unwrap();
     let size: usize = model.input.iter().product();
     let mut rng = Rng::new(seed);
-    let observe = Mode {
-        training: false,
-        fake_quant: false,
-        observe: true,
-        bn_frozen: true,
-    };
+    let observe = Mode::calibrate();
     for _ in 0..batches {
         let x: Vec<f32> = (0..8 * size).map(|_| rng.uniform(-range, range)).collect();
         net.forward(&x, 8, observe, &mut rng);
