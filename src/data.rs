@@ -79,15 +79,74 @@ const MAX_FILE_BYTES: u64 = 1 << 31;
 /// Resolves a path from a spec: relative to the spec's folder if it exists there, else to the
 /// working directory.
 pub fn resolve(path: &str, spec_dir: &Path) -> PathBuf {
+    let places = candidates(path, spec_dir);
+    match places.iter().find(|p| p.exists()) {
+        Some(p) => p.clone(),
+        None => places[places.len() - 1].clone(),
+    }
+}
+
+/// Where a path from a spec may be, in the order [`resolve`] tries them: beside the spec, then
+/// in the working directory (one place for an absolute path).
+fn candidates(path: &str, spec_dir: &Path) -> Vec<PathBuf> {
     let p = Path::new(path);
     if p.is_absolute() {
-        return p.to_path_buf();
+        return vec![p.to_path_buf()];
     }
     let beside_spec = spec_dir.join(p);
-    if beside_spec.exists() {
-        beside_spec
+    let cwd = std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p));
+    if beside_spec == p || beside_spec == cwd {
+        vec![beside_spec]
     } else {
-        p.to_path_buf()
+        vec![beside_spec, cwd]
+    }
+}
+
+/// The places tried, for an error message: `a, b or c`.
+fn tried(places: &[PathBuf]) -> String {
+    let names: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Loads only the test data a spec names (evaluation needs no training files). A source
+/// without a test set holds out its last tenth, as [`load`] does.
+pub fn load_test(source: &DataSource, spec_dir: &Path) -> Result<Dataset, String> {
+    match source {
+        DataSource::Mnist { dir } => {
+            let dirs = candidates(dir, spec_dir);
+            let file = |stem: &str| find_mnist_file(&dirs, stem);
+            load_idx_pair(
+                &file("t10k-images-idx3-ubyte")?,
+                &file("t10k-labels-idx1-ubyte")?,
+            )
+        }
+        DataSource::Cifar10 { dir } => {
+            let mut test = Dataset {
+                images: Vec::new(),
+                labels: Vec::new(),
+                shape: [3, 32, 32],
+            };
+            load_cifar_batch(&cifar_dir(dir, spec_dir)?.join("test_batch.bin"), &mut test)?;
+            Ok(test)
+        }
+        DataSource::Idx { .. } => load(source, spec_dir).map(|s| s.test),
+    }
+}
+
+/// The CIFAR-10 folder a spec names, or an error listing the places tried.
+fn cifar_dir(dir: &str, spec_dir: &Path) -> Result<PathBuf, String> {
+    let places = candidates(dir, spec_dir);
+    match places.iter().find(|p| p.is_dir()) {
+        Some(dir) => Ok(dir.clone()),
+        None => Err(format!(
+            "CIFAR-10 folder not found: tried {}. qatc does not ship CIFAR-10; put its binary \
+             batches (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) there",
+            tried(&places)
+        )),
     }
 }
 
@@ -95,8 +154,8 @@ pub fn resolve(path: &str, spec_dir: &Path) -> PathBuf {
 pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
     match source {
         DataSource::Mnist { dir } => {
-            let dir = resolve(dir, spec_dir);
-            let file = |stem: &str| find_mnist_file(&dir, stem);
+            let dirs = candidates(dir, spec_dir);
+            let file = |stem: &str| find_mnist_file(&dirs, stem);
             Ok(Splits {
                 train: load_idx_pair(
                     &file("train-images-idx3-ubyte")?,
@@ -109,18 +168,25 @@ pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
                 held_out: false,
             })
         }
-        DataSource::Cifar10 { dir } => load_cifar10(&resolve(dir, spec_dir)),
+        DataSource::Cifar10 { dir } => load_cifar10(&cifar_dir(dir, spec_dir)?),
         DataSource::Idx {
             images,
             labels,
             test_images,
             test_labels,
         } => {
-            let train = load_idx_pair(&resolve(images, spec_dir), &resolve(labels, spec_dir))?;
+            let file = |path: &str| {
+                let places = candidates(path, spec_dir);
+                match places.iter().find(|p| p.is_file()) {
+                    Some(p) => Ok(p.clone()),
+                    None => Err(format!("data file `{path}` not found: tried {}", tried(&places))),
+                }
+            };
+            let train = load_idx_pair(&file(images)?, &file(labels)?)?;
             match (test_images, test_labels) {
                 (Some(ti), Some(tl)) => Ok(Splits {
                     train,
-                    test: load_idx_pair(&resolve(ti, spec_dir), &resolve(tl, spec_dir))?,
+                    test: load_idx_pair(&file(ti)?, &file(tl)?)?,
                     held_out: false,
                 }),
                 (None, None) => Ok(hold_out(train)),
@@ -151,20 +217,20 @@ fn hold_out(all: Dataset) -> Splits {
     }
 }
 
-/// `DIR/STEM` or `DIR/STEM.gz`, whichever exists.
-fn find_mnist_file(dir: &Path, stem: &str) -> Result<PathBuf, String> {
-    let plain = dir.join(stem);
-    let gz = dir.join(format!("{stem}.gz"));
-    if plain.is_file() {
-        Ok(plain)
-    } else if gz.is_file() {
-        Ok(gz)
-    } else {
-        Err(format!(
-            "MNIST file missing: neither {} nor {} exists",
-            plain.display(),
-            gz.display()
-        ))
+/// `DIR/STEM` or `DIR/STEM.gz` in the first of `dirs` that has one; the error lists every path
+/// tried.
+fn find_mnist_file(dirs: &[PathBuf], stem: &str) -> Result<PathBuf, String> {
+    let places: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| [d.join(stem), d.join(format!("{stem}.gz"))])
+        .collect();
+    match places.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(format!(
+            "MNIST file `{stem}` missing: tried {} (a relative data path is looked up beside \
+             the spec, then in the working directory)",
+            tried(&places)
+        )),
     }
 }
 
@@ -473,13 +539,6 @@ fn check_labels(labels: &[u8], path: &Path) -> Result<(), String> {
 pub const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 
 fn load_cifar10(dir: &Path) -> Result<Splits, String> {
-    if !dir.is_dir() {
-        return Err(format!(
-            "CIFAR-10 folder {} not found: qatc does not ship CIFAR-10; put its binary batches \
-             (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) there",
-            dir.display()
-        ));
-    }
     let train_files: Vec<PathBuf> = (1..=5)
         .map(|i| dir.join(format!("data_batch_{i}.bin")))
         .collect();

@@ -26,12 +26,16 @@ pub struct Info {
     /// How images become the model's input (from the spec's `train` block), so a model can be
     /// run on pixels without the spec's front end.
     pub normalization: Option<Normalization>,
+    /// The folder of the spec it was trained from (absolute), where the stored spec's relative
+    /// data paths point.
+    pub spec_dir: Option<String>,
 }
 
 const GRAPH_KEY: &str = "qatc.graph";
 const FORMAT_KEY: &str = "qatc.format";
 const FORMAT: &str = "qmodel/1";
 const NORMALIZATION_KEY: &str = "qatc.normalization";
+const SPEC_DIR_KEY: &str = "qatc.spec_dir";
 
 /// Serializes a converted model.
 pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
@@ -122,6 +126,9 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
         let json = serde_json::to_string(norm)
             .map_err(|e| format!("cannot serialize the normalization: {e}"))?;
         metadata.insert(NORMALIZATION_KEY.to_string(), json);
+    }
+    if let Some(dir) = &info.spec_dir {
+        metadata.insert(SPEC_DIR_KEY.to_string(), dir.clone());
     }
     let views = tensors
         .iter()
@@ -291,6 +298,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(QGraph, Info), String> {
         spec: get("qatc.spec"),
         qatc_version: get("qatc.version"),
         normalization,
+        spec_dir: meta.get(SPEC_DIR_KEY).cloned(),
     };
     Ok((graph, info))
 }

@@ -508,6 +508,7 @@ fn compile_and_bench_commands() {
         spec: text,
         qatc_version: "test".into(),
         normalization: common::calibrated_normalization(&spec),
+        spec_dir: None,
     };
     let dir = std::env::temp_dir().join(format!("qatc-cli-jit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -42,6 +42,7 @@ fn info() -> Info {
             mean: vec![0.1307],
             std: vec![0.3081],
         }),
+        spec_dir: None,
     }
 }
 

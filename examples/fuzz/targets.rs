@@ -159,6 +159,7 @@ fn qmodel_bytes(graph: &QGraph, spec: &str) -> Vec<u8> {
             mean: vec![0.1307],
             std: vec![0.3081],
         }),
+        spec_dir: None,
     };
     qatc::qmodel::to_bytes(graph, &info).expect("a converted graph serializes")
 }

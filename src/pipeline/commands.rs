@@ -6,7 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{create_dir, int8_accuracy, read_qmodel, round2, write_file, Error, SpecFile, Stage};
+use crate::check::TrainConfig;
 use crate::compare::LayerError;
+use crate::syntax::ast::DataSource;
 use crate::jit::{target, DotProduct};
 use crate::train::engine::Mode;
 
@@ -108,15 +110,47 @@ fn load_checkpoint(net: &mut crate::train::engine::Net, path: &Path) -> Result<(
 
 /// The spec a converted model's data comes from: `data_spec` when given, else the spec stored
 /// in the model (its data paths relative to the working directory).
-fn data_spec(model_path: &Path, stored: &str, data_spec: Option<&Path>) -> Result<SpecFile, Error> {
-    match data_spec {
-        Some(path) => SpecFile::load(path),
-        None => SpecFile::from_text(
-            Path::new("./model.qspec"),
-            format!("{} (its spec)", model_path.display()),
-            stored.to_string(),
-        ),
+fn data_spec(
+    model_path: &Path,
+    info: &crate::qmodel::Info,
+    data: Option<&Path>,
+) -> Result<(SpecFile, TrainConfig), Error> {
+    if let Some(path) = data.filter(|p| !p.is_dir()) {
+        let spec = SpecFile::load(path)?;
+        let cfg = spec.train_config("it names the test data")?;
+        return Ok((spec, cfg));
     }
+    // The stored spec, its relative data paths looked up where it was trained from.
+    let dir = info
+        .spec_dir
+        .as_deref()
+        .map(Path::new)
+        .filter(|d| d.is_dir())
+        .unwrap_or(Path::new("."));
+    let spec = SpecFile::from_text(
+        &dir.join("model.qspec"),
+        format!("{} (its spec)", model_path.display()),
+        info.spec.clone(),
+    )?;
+    let mut cfg = spec.train_config("it names the test data")?;
+    if let Some(dir) = data {
+        // A folder of the same kind of data as the spec names.
+        let dir = dir.display().to_string();
+        cfg.data = match cfg.data {
+            Some(DataSource::Mnist { .. }) => Some(DataSource::Mnist { dir }),
+            Some(DataSource::Cifar10 { .. }) => Some(DataSource::Cifar10 { dir }),
+            _ => {
+                return Err(Error::new(
+                    Stage::Data,
+                    format!(
+                        "--data {dir}: the model's spec does not read its data from a folder \
+                         (mnist(...) or cifar10(...)); give a spec whose `train` block names the data"
+                    ),
+                ))
+            }
+        };
+    }
+    Ok((spec, cfg))
 }
 
 /// The reference interpreter's accuracy and confusion matrix on the test data.
@@ -134,17 +168,14 @@ pub struct EvalReport {
 /// the spec stored in the model.
 pub fn evaluate(model_path: &Path, data: Option<&Path>) -> Result<EvalReport, Error> {
     let (graph, info) = read_qmodel(model_path)?;
-    let spec = data_spec(model_path, &info.spec, data)?;
-    let cfg = spec.train_config("it names the test data")?;
-    let splits = spec.data(&cfg)?;
+    let (spec, cfg) = data_spec(model_path, &info, data)?;
+    let test = spec.test_data(&cfg)?;
     let classes: usize = graph.nodes[graph.output].shape.iter().product();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    let indices: Vec<usize> = (0..splits.test.len()).collect();
+    let indices: Vec<usize> = (0..test.len()).collect();
     for chunk in indices.chunks(crate::data::EVAL_BATCH) {
-        splits
-            .test
-            .batch(chunk, &cfg.normalization, &mut x, &mut labels);
+        test.batch(chunk, &cfg.normalization, &mut x, &mut labels);
         let logits = crate::interp::run(&graph, &x, chunk.len())
             .map_err(|e| Error::new(Stage::Run, format!("{}: {e}", model_path.display())))?;
         for (row, &label) in logits.chunks_exact(classes).zip(&labels) {
@@ -155,8 +186,8 @@ pub fn evaluate(model_path: &Path, data: Option<&Path>) -> Result<EvalReport, Er
     Ok(EvalReport {
         model: graph.name.clone(),
         backend: info.backend,
-        test_images: splits.test.len(),
-        accuracy: 100.0 * correct as f64 / splits.test.len().max(1) as f64,
+        test_images: test.len(),
+        accuracy: 100.0 * correct as f64 / test.len().max(1) as f64,
         confusion,
     })
 }
@@ -178,17 +209,15 @@ pub fn compare(
     let (graph, info) = read_qmodel(model_path)?;
     let checkpoint =
         checkpoint.unwrap_or_else(|| model_path.with_file_name("checkpoint.safetensors"));
-    let spec = data_spec(model_path, &info.spec, None)?;
-    let cfg = spec.train_config("it names the test data")?;
-    let data = spec.data(&cfg)?;
+    let (spec, cfg) = data_spec(model_path, &info, None)?;
+    let test = spec.test_data(&cfg)?;
     let mut net =
         crate::train::build_net(&spec.model, cfg.seed).map_err(Error::at(Stage::Train))?;
     load_checkpoint(&mut net, &checkpoint)?;
-    let n = images.clamp(1, data.test.len());
+    let n = images.clamp(1, test.len());
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let indices: Vec<usize> = (0..n).collect();
-    data.test
-        .batch(&indices, &cfg.normalization, &mut x, &mut labels);
+    test.batch(&indices, &cfg.normalization, &mut x, &mut labels);
     Ok(CompareReport {
         images: n,
         layers: crate::compare::layer_errors(&mut net, &graph, &x, n),

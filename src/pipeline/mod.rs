@@ -166,6 +166,11 @@ impl SpecFile {
         crate::train::load_data(&self.model, cfg, self.dir()).map_err(Error::at(Stage::Data))
     }
 
+    /// Its test data alone.
+    pub fn test_data(&self, cfg: &TrainConfig) -> Result<crate::data::Dataset, Error> {
+        crate::train::load_test_data(&self.model, cfg, self.dir()).map_err(Error::at(Stage::Data))
+    }
+
     /// The network to train or calibrate: fresh weights from the seed, or the state dict the
     /// `train` block's `init:` names.
     pub fn net(&self, cfg: &TrainConfig) -> Result<crate::train::engine::Net, Error> {
@@ -205,6 +210,9 @@ impl SpecFile {
             spec: self.text.clone(),
             qatc_version: env!("CARGO_PKG_VERSION").to_string(),
             normalization: Some(cfg.normalization.clone()),
+            spec_dir: std::fs::canonicalize(self.dir())
+                .ok()
+                .map(|d| d.display().to_string()),
         }
     }
 }

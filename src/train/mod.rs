@@ -191,38 +191,61 @@ pub fn load_data(
     cfg: &TrainConfig,
     spec_dir: &std::path::Path,
 ) -> Result<Splits, String> {
-    let source = cfg.data.as_ref().ok_or(
-        "the `train` block names no data: add e.g. `data: mnist(\"data/mnist10k\")` to it",
-    )?;
-    let splits = crate::data::load(source, spec_dir)?;
+    let splits = crate::data::load(data_source(cfg)?, spec_dir)?;
+    check_fits(model, "training", &splits.train)?;
+    check_fits(model, "test", &splits.test)?;
+    Ok(splits)
+}
+
+/// The test data alone (evaluation reads no training files), checked as [`load_data`] does.
+pub fn load_test_data(
+    model: &crate::check::CheckedModel,
+    cfg: &TrainConfig,
+    spec_dir: &std::path::Path,
+) -> Result<Dataset, String> {
+    let test = crate::data::load_test(data_source(cfg)?, spec_dir)?;
+    check_fits(model, "test", &test)?;
+    Ok(test)
+}
+
+fn data_source(cfg: &TrainConfig) -> Result<&crate::syntax::ast::DataSource, String> {
+    cfg.data.as_ref().ok_or_else(|| {
+        "the `train` block names no data: add e.g. `data: mnist(\"data/mnist10k\")` to it".into()
+    })
+}
+
+/// Whether a data set fits the model: same values per sample, no label beyond its outputs.
+fn check_fits(
+    model: &crate::check::CheckedModel,
+    which: &str,
+    set: &Dataset,
+) -> Result<(), String> {
     let per_sample: usize = model.input.iter().product();
     let outputs: usize = model.layers[model.output].out_shape.iter().product();
-    for (which, set) in [("training", &splits.train), ("test", &splits.test)] {
-        if set.is_empty() {
-            return Err(format!("the {which} data is empty"));
-        }
-        if set.image_size() != per_sample {
-            return Err(format!(
-                "the {which} images are {:?} ({} values) but model `{}` takes input {:?} ({per_sample} values)",
-                set.shape,
-                set.image_size(),
-                model.name,
-                model.input
-            ));
-        }
-        if set.classes() > outputs {
-            return Err(format!(
-                "the {which} labels go up to {} but model `{}` has {outputs} outputs",
-                set.classes() - 1,
-                model.name
-            ));
-        }
-        if model.input.len() == 3 && model.input[0] != set.shape[0] {
-            return Err(format!(
-                "the {which} images have {} channels, the model expects {}",
-                set.shape[0], model.input[0]
-            ));
-        }
+    if set.is_empty() {
+        return Err(format!("the {which} data is empty"));
     }
-    Ok(splits)
+    if set.image_size() != per_sample {
+        return Err(format!(
+            "the {which} images are {:?} ({} values) but model `{}` takes input {:?} ({per_sample} values)",
+            set.shape,
+            set.image_size(),
+            model.name,
+            model.input
+        ));
+    }
+    if set.classes() > outputs {
+        return Err(format!(
+            "the {which} labels go up to {} but model `{}` has {outputs} outputs",
+            set.classes() - 1,
+            model.name
+        ));
+    }
+    if model.input.len() == 3 && model.input[0] != set.shape[0] {
+        return Err(format!(
+            "the {which} images have {} channels, the model expects {}",
+            set.shape[0], model.input[0]
+        ));
+    }
+    Ok(())
 }

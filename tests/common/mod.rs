@@ -91,6 +91,7 @@ pub fn write_qmodel(spec: &Path, seed: u64, path: &Path) -> qatc::int8::QGraph {
         spec: std::fs::read_to_string(spec).unwrap(),
         qatc_version: "test".into(),
         normalization: calibrated_normalization(spec),
+        spec_dir: None,
     };
     std::fs::write(path, qatc::qmodel::to_bytes(&graph, &info).unwrap()).unwrap();
     graph

@@ -32,7 +32,8 @@ pub enum Command {
     /// confusion matrix on its spec's test data.
     Eval {
         model: PathBuf,
-        /// Evaluate on this spec's data instead of the one stored in the model.
+        /// Evaluate on this data instead: a folder of the kind the model's spec reads (MNIST or
+        /// CIFAR-10 files), or a spec whose `train` block names the data.
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -46,7 +47,7 @@ pub enum Command {
         #[arg(long)]
         from: Option<PathBuf>,
         /// Calibration batches of training data.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, allow_negative_numbers = true, value_parser = count)]
         batches: usize,
         /// Where to write model.qmodel (default: runs/<model>-ptq).
         #[arg(long)]
@@ -59,7 +60,7 @@ pub enum Command {
         #[arg(long)]
         checkpoint: Option<PathBuf>,
         /// Test images to compare on.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = count)]
         images: usize,
     },
     /// Measure training throughput: images/s per epoch (median) for each spec.
@@ -67,10 +68,10 @@ pub enum Command {
         /// Specs to measure (default: specs/mnist_mlp.qspec and specs/lenet_mnist.qspec).
         specs: Vec<PathBuf>,
         /// Epochs per spec; the median epoch is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = count)]
         epochs: usize,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,
         /// Print one JSON object per spec instead of a table.
         #[arg(long)]
@@ -106,7 +107,7 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = [1, 256])]
         batch: Vec<usize>,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,
         /// Print one JSON object (keys jit_b1_us, jit_b1_gmacs, jit_b256_img_s,
         /// jit_b256_gmacs_per_core, peak_gmacs, compile_ms; ref_* with --reference; layers with
@@ -143,7 +144,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,
     },
     /// Write a converted model (.qmodel) as an ONNX model (opset 17, QDQ form) that
@@ -173,10 +174,20 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Override the spec's number of epochs.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = count)]
         epochs: Option<usize>,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,
     },
+}
+
+/// A count given on the command line: a whole number of at least 1. (`-1` reaches here rather
+/// than clap's advice to write `-- -1`.)
+fn count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        Ok(n) => Err(format!("it must be at least 1, not {n}")),
+        Err(_) => Err(format!("expected a whole number, found `{text}`")),
+    }
 }

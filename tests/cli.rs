@@ -1,0 +1,122 @@
+//! A new user's first hour (issue #16): the command line run as a user runs it, from a fresh
+//! clone and from other working directories.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `qatc` in `dir`: (exit code, stdout, stderr).
+fn qatc_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("qatc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh folder under the system's temporary directory.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qatc-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn shipped_specs_train_and_evaluate_from_any_working_directory() {
+    // Items 4 and 5: a shipped spec trains from /tmp, and its model evaluates from elsewhere,
+    // on its own data, on a folder holding only the test files, or on a spec.
+    let work = scratch("anywhere");
+    let spec = common::root().join("specs/mnist_mlp.qspec");
+    let run = work.join("run");
+    let (code, stdout, stderr) = qatc_in(
+        &work,
+        &["train", path(&spec), "--epochs", "1", "--out", path(&run)],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let model = run.join("model.qmodel");
+
+    let elsewhere = scratch("elsewhere");
+    let (code, stdout, stderr) = qatc_in(&elsewhere, &["eval", path(&model)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2000 test images"), "{stdout}");
+
+    // Only the two test files: evaluation does not need the training ones.
+    let tests_only = elsewhere.join("digits");
+    std::fs::create_dir_all(&tests_only).unwrap();
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(common::root().join("data/mnist10k").join(f), tests_only.join(f)).unwrap();
+    }
+    let (code, stdout, stderr) = qatc_in(&elsewhere, &["eval", path(&model), "--data", "digits"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2000 test images"), "{stdout}");
+    let (code, _, stderr) = qatc_in(&elsewhere, &["eval", path(&model), "--data", path(&spec)]);
+    assert_eq!(code, 0, "{stderr}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
+
+#[test]
+fn missing_data_names_every_path_tried() {
+    let work = scratch("missing");
+    let text = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec"))
+        .unwrap()
+        .replace("../data/mnist10k", "digits");
+    std::fs::create_dir_all(work.join("specs")).unwrap();
+    std::fs::write(work.join("specs/m.qspec"), text).unwrap();
+    let (code, _, stderr) = qatc_in(&work, &["train", "specs/m.qspec", "--epochs", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    let beside = Path::new("specs").join("digits").join("train-images-idx3-ubyte");
+    let cwd = work.canonicalize().unwrap().join("digits/train-images-idx3-ubyte.gz");
+    assert!(
+        stderr.contains(path(&beside)) && stderr.contains(path(&cwd)),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn negative_and_zero_counts_get_a_real_message() {
+    // Item 13: clap would advise `-- -1`.
+    let root = common::root();
+    for args in [
+        ["train", "specs/lenet_mnist.qspec", "--epochs", "-1"],
+        ["train", "specs/lenet_mnist.qspec", "--epochs", "0"],
+        ["compare", "runs/x/model.qmodel", "--images", "0"],
+    ] {
+        let (code, _, stderr) = qatc_in(&root, &args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(
+            stderr.contains("it must be at least 1") && !stderr.contains("-- -1"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_readme_states_the_rust_version_cargo_requires() {
+    // Item 25: the README said 1.87 while cranelift-codegen 0.135 needs 1.95.
+    let toml = std::fs::read_to_string(common::root().join("Cargo.toml")).unwrap();
+    let version = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml sets rust-version");
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Rust {version} or newer")),
+        "README does not say Rust {version}"
+    );
+    assert!(readme.contains("[profile.dev.package.\"*\"]\nopt-level = 3"));
+}
