@@ -94,8 +94,9 @@ fn candidates(path: &str, spec_dir: &Path) -> Vec<PathBuf> {
         return vec![p.to_path_buf()];
     }
     let beside_spec = spec_dir.join(p);
-    let cwd = std::env::current_dir().map_or_else(|_| p.to_path_buf(), |d| d.join(p));
-    if beside_spec == p || beside_spec == cwd {
+    let here = std::env::current_dir().unwrap_or_default();
+    let cwd = here.join(p);
+    if here.join(&beside_spec) == cwd {
         vec![beside_spec]
     } else {
         vec![beside_spec, cwd]
@@ -179,7 +180,10 @@ pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
                 let places = candidates(path, spec_dir);
                 match places.iter().find(|p| p.is_file()) {
                     Some(p) => Ok(p.clone()),
-                    None => Err(format!("data file `{path}` not found: tried {}", tried(&places))),
+                    None => Err(format!(
+                        "data file `{path}` not found: tried {}",
+                        tried(&places)
+                    )),
                 }
             };
             let train = load_idx_pair(&file(images)?, &file(labels)?)?;

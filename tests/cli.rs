@@ -56,7 +56,11 @@ fn shipped_specs_train_and_evaluate_from_any_working_directory() {
     let tests_only = elsewhere.join("digits");
     std::fs::create_dir_all(&tests_only).unwrap();
     for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
-        std::fs::copy(common::root().join("data/mnist10k").join(f), tests_only.join(f)).unwrap();
+        std::fs::copy(
+            common::root().join("data/mnist10k").join(f),
+            tests_only.join(f),
+        )
+        .unwrap();
     }
     let (code, stdout, stderr) = qatc_in(&elsewhere, &["eval", path(&model), "--data", "digits"]);
     assert_eq!(code, 0, "{stderr}");
@@ -77,8 +81,13 @@ fn missing_data_names_every_path_tried() {
     std::fs::write(work.join("specs/m.qspec"), text).unwrap();
     let (code, _, stderr) = qatc_in(&work, &["train", "specs/m.qspec", "--epochs", "1"]);
     assert_eq!(code, 2, "{stderr}");
-    let beside = Path::new("specs").join("digits").join("train-images-idx3-ubyte");
-    let cwd = work.canonicalize().unwrap().join("digits/train-images-idx3-ubyte.gz");
+    let beside = Path::new("specs")
+        .join("digits")
+        .join("train-images-idx3-ubyte");
+    let cwd = work
+        .canonicalize()
+        .unwrap()
+        .join("digits/train-images-idx3-ubyte.gz");
     assert!(
         stderr.contains(path(&beside)) && stderr.contains(path(&cwd)),
         "{stderr}"

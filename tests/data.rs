@@ -183,7 +183,11 @@ fn broken_idx_files_are_named_and_explained() {
         Path::new("."),
     )
     .unwrap_err();
-    assert!(err.contains("MNIST file missing"), "{err}");
+    assert!(
+        err.contains("MNIST file `train-images-idx3-ubyte` missing: tried")
+            && err.matches("no/such/dir").count() == 2,
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -327,7 +327,11 @@ fn failures_name_their_stage() {
         .err()
         .unwrap();
     assert_eq!(e.stage, Stage::Data);
-    assert!(e.message.contains("MNIST file missing"), "{e}");
+    assert!(
+        e.message
+            .contains("MNIST file `train-images-idx3-ubyte` missing"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -366,7 +370,7 @@ fn cifar10_program_trains_on_batches_in_the_real_format() {
     std::fs::write(dir.join("test_batch.bin"), batch(300)).unwrap();
     let path = common::root().join("specs/cifar10_cnn.qspec");
     let text = std::fs::read_to_string(&path).unwrap().replace(
-        "data/cifar-10-batches-bin",
+        "../data/cifar-10-batches-bin",
         dir.to_str().expect("a UTF-8 temporary path"),
     );
     let spec = SpecFile::from_text(&path, "cifar10_cnn.qspec".into(), text).unwrap();

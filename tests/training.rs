@@ -229,7 +229,7 @@ fn cli_train_reports_bad_data_clearly() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("MNIST file missing") && stderr.contains("train-images-idx3-ubyte"),
+        stderr.contains("MNIST file `train-images-idx3-ubyte` missing"),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();
@@ -260,7 +260,7 @@ fn calibrate_quantizes_a_float_checkpoint() {
     let float_spec = spec
         .replace("quantize {\n    backend: fbgemm\n}\n", "")
         .replace(
-            "data/mnist10k",
+            "../data/mnist10k",
             &common::root().join("data/mnist10k").display().to_string(),
         );
     assert!(!float_spec.contains("quantize"));

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::{create_dir, int8_accuracy, read_qmodel, round2, write_file, Error, SpecFile, Stage};
 use crate::check::TrainConfig;
 use crate::compare::LayerError;
-use crate::syntax::ast::DataSource;
 use crate::jit::{target, DotProduct};
+use crate::syntax::ast::DataSource;
 use crate::train::engine::Mode;
 
 /// What post-training quantization measured and wrote.
