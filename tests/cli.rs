@@ -129,3 +129,17 @@ fn the_readme_states_the_rust_version_cargo_requires() {
     );
     assert!(readme.contains("[profile.dev.package.\"*\"]\nopt-level = 3"));
 }
+
+#[test]
+fn an_unwritable_output_folder_fails_before_the_first_epoch() {
+    // Item 1: `--out` naming an existing file trained to the end, then failed.
+    let work = scratch("outfile");
+    let file = work.join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let spec = common::root().join("specs/lenet_mnist.qspec");
+    let (code, stdout, stderr) = qatc_in(&work, &["train", path(&spec), "--out", path(&file)]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is a file"), "{stderr}");
+    assert!(!stdout.contains("epoch  1"), "it trained first: {stdout}");
+    let _ = std::fs::remove_dir_all(&work);
+}

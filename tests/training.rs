@@ -302,6 +302,27 @@ fn calibrate_quantizes_a_float_checkpoint() {
         .unwrap();
     assert!(int8 > 80.0, "{text}");
     assert!(ptq.join("model.qmodel").exists());
+
+    // #16 item 16: calibrate writes its checkpoint, so compare checks a calibrated model; the
+    // float checkpoint is refused, not compared at -inf dB.
+    let model = ptq.join("model.qmodel").display().to_string();
+    let text = qatc_in_root(&["compare", &model, "--images", "16"]);
+    assert!(
+        text.contains("on 16 test images") && text.contains("output SQNR") && !text.contains("inf"),
+        "{text}"
+    );
+    let float_checkpoint = out.join("checkpoint.safetensors").display().to_string();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["compare", &model, "--checkpoint", &float_checkpoint])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not the checkpoint") && stderr.contains("does not convert"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -46,6 +46,8 @@ pub fn calibrate(
     }
     let cfg = spec.train_config("it names the calibration data")?;
     let data = spec.data(&cfg)?;
+    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
+    create_dir(&dir)?;
     let mut net = match checkpoint {
         Some(path) => {
             let mut net =
@@ -81,8 +83,9 @@ pub fn calibrate(
     let graph =
         crate::convert::convert(&net.graph, &net.state).map_err(Error::at(Stage::Convert))?;
     let int8_acc = int8_accuracy(&graph, &data.test, &cfg.normalization)?;
-    let dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-ptq", model.name)));
-    create_dir(&dir)?;
+    // The calibrated state (weights and observer ranges), for `qatc compare`.
+    let checkpoint = spec.checkpoint_bytes(&net, ("calibration_images", seen.to_string()))?;
+    write_file(&dir, "checkpoint.safetensors", &checkpoint)?;
     let bytes = crate::qmodel::to_bytes(&graph, &spec.qmodel_info(&cfg))
         .map_err(Error::at(Stage::Write))?;
     let qmodel = write_file(&dir, "model.qmodel", &bytes)?;
@@ -214,7 +217,28 @@ pub fn compare(
     let mut net =
         crate::train::build_net(&spec.model, cfg.seed).map_err(Error::at(Stage::Train))?;
     load_checkpoint(&mut net, &checkpoint)?;
-    let n = images.clamp(1, test.len());
+    // The pair must belong together: the checkpoint converts to exactly the model's graph.
+    let mismatch = |why: String| {
+        Error::new(
+            Stage::Read,
+            format!(
+                "`{}` is not the checkpoint `{}` was converted from: {why}. Give the fake-quant \
+                 checkpoint `qatc train` or `qatc calibrate` wrote beside the model",
+                checkpoint.display(),
+                model_path.display()
+            ),
+        )
+    };
+    match crate::convert::convert(&net.graph, &net.state) {
+        Ok(g) if g == graph => {}
+        Ok(_) => {
+            return Err(mismatch(
+                "it converts to different int8 weights or scales".into(),
+            ))
+        }
+        Err(e) => return Err(mismatch(format!("it does not convert ({e})"))),
+    }
+    let n = images.min(test.len());
     let (mut x, mut labels) = (Vec::new(), Vec::new());
     let indices: Vec<usize> = (0..n).collect();
     test.batch(&indices, &cfg.normalization, &mut x, &mut labels);

@@ -200,6 +200,26 @@ impl SpecFile {
         Ok(net)
     }
 
+    /// A checkpoint of `net` (trained or calibrated from this spec): its state, with the model's
+    /// name, the spec, qatc's version and one more `(key, value)` in the metadata.
+    pub fn checkpoint_bytes(
+        &self,
+        net: &crate::train::engine::Net,
+        (key, value): (&str, String),
+    ) -> Result<Vec<u8>, Error> {
+        let metadata = std::collections::HashMap::from([
+            ("model".to_string(), self.model.name.clone()),
+            ("spec".to_string(), self.text.clone()),
+            (
+                "qatc_version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (key.to_string(), value),
+        ]);
+        crate::state::checkpoint::to_bytes(&net.graph, &net.state, metadata)
+            .map_err(Error::at(Stage::Write))
+    }
+
     /// What a `.qmodel` converted from this spec stores besides its graph.
     pub fn qmodel_info(&self, cfg: &TrainConfig) -> crate::qmodel::Info {
         crate::qmodel::Info {
@@ -296,12 +316,31 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Error
 
 /// Creates `dir` and its parents.
 pub fn create_dir(dir: &Path) -> Result<(), Error> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::new(
+            Stage::Write,
+            format!(
+                "the output folder {} is a file: give a folder with --out",
+                dir.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::new(
             Stage::Write,
-            format!("cannot create {}: {e}", dir.display()),
+            format!("cannot create the folder {}: {e}", dir.display()),
         )
-    })
+    })?;
+    // A folder we cannot write to fails here, not after training.
+    let probe = dir.join(".qatc-write-check");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            Error::new(
+                Stage::Write,
+                format!("cannot write in the folder {}: {e}", dir.display()),
+            )
+        })
 }
 
 /// Rounds to two decimals for reports.

@@ -69,7 +69,8 @@ pub struct Int8Report {
 }
 
 impl TrainRun {
-    /// Loads the data and builds the network: everything that can fail before training.
+    /// Loads the data, builds the network and makes the output folder (checking that it can
+    /// be written): everything that can fail before training.
     pub fn prepare(spec: SpecFile, options: &TrainOptions) -> Result<TrainRun, Error> {
         let cfg = spec.train_config("nothing to train")?;
         let epochs = options.epochs.unwrap_or(cfg.epochs);
@@ -87,6 +88,7 @@ impl TrainRun {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(&spec.model.name));
+        create_dir(&dir)?;
         Ok(TrainRun {
             spec,
             cfg,
@@ -103,25 +105,15 @@ impl TrainRun {
         let quantized = model.backend.is_some();
         let outcome =
             crate::train::train(&mut self.net, &self.data, &self.cfg, self.epochs, progress);
-        create_dir(&self.dir)?;
         let mut files = Vec::new();
         let mut write = |name: &str, bytes: &[u8]| {
             write_file(&self.dir, name, bytes)?;
             files.push(name.to_string());
             Ok::<_, Error>(())
         };
-        let metadata = std::collections::HashMap::from([
-            ("model".to_string(), model.name.clone()),
-            ("spec".to_string(), self.spec.text.clone()),
-            (
-                "qatc_version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-            ("epochs".to_string(), self.epochs.to_string()),
-        ]);
-        let checkpoint =
-            crate::state::checkpoint::to_bytes(&self.net.graph, &self.net.state, metadata)
-                .map_err(Error::at(Stage::Write))?;
+        let checkpoint = self
+            .spec
+            .checkpoint_bytes(&self.net, ("epochs", self.epochs.to_string()))?;
         write("checkpoint.safetensors", &checkpoint)?;
         write(
             "metrics.csv",

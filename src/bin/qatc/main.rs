@@ -111,12 +111,25 @@ fn run(cli: Cli) -> Result<(), Error> {
                 "{:<16} {:<16} {:<16} {:>9}",
                 "layer", "op", "shape", "SQNR dB"
             );
+            // Identical values have no noise: an infinite SQNR reads "exact".
+            let db = |v: f64| {
+                if v.is_infinite() && v > 0.0 {
+                    "exact".to_string()
+                } else {
+                    format!("{v:.1}")
+                }
+            };
             for e in &r.layers {
                 let shape = format!("{:?}", e.shape);
-                println!("{:<16} {:<16} {shape:<16} {:>9.1}", e.name, e.op, e.sqnr_db);
+                println!(
+                    "{:<16} {:<16} {shape:<16} {:>9}",
+                    e.name,
+                    e.op,
+                    db(e.sqnr_db)
+                );
             }
             if let Some(last) = r.layers.last() {
-                println!("\noutput SQNR: {:.1} dB", last.sqnr_db);
+                println!("\noutput SQNR: {} dB", db(last.sqnr_db));
             }
             Ok(())
         }),
