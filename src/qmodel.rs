@@ -138,7 +138,7 @@ pub fn to_bytes(graph: &QGraph, info: &Info) -> Result<Vec<u8>, String> {
                 .map_err(|e| format!("tensor {name}: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    safetensors::tensor::serialize(views, Some(metadata))
+    crate::state::checkpoint::serialize(views, metadata)
         .map_err(|e| format!("cannot write the model: {e}"))
 }
 

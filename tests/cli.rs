@@ -143,3 +143,36 @@ fn an_unwritable_output_folder_fails_before_the_first_epoch() {
     assert!(!stdout.contains("epoch  1"), "it trained first: {stdout}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn two_runs_with_the_same_seed_write_the_same_bytes() {
+    // Item 23: the safetensors metadata was written in hash order (and speeds were in the
+    // files).
+    let spec = common::root().join("specs/mnist_mlp.qspec");
+    let runs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|tag| {
+            let work = scratch(&format!("repro-{tag}"));
+            let (code, _, stderr) = qatc_in(
+                &work,
+                &["train", path(&spec), "--epochs", "1", "--out", "run"],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            work
+        })
+        .collect();
+    let mut names: Vec<String> = std::fs::read_dir(runs[0].join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "{names:?}");
+    for name in &names {
+        let a = std::fs::read(runs[0].join("run").join(name)).unwrap();
+        let b = std::fs::read(runs[1].join("run").join(name)).unwrap();
+        assert!(a == b, "{name} differs between two runs with the same seed");
+    }
+    for dir in runs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

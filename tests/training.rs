@@ -158,7 +158,7 @@ fn cli_train_writes_the_run_folder() {
     assert!(stdout.contains("epoch  1 qat"), "{stdout}");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert!(
-        metrics.starts_with("epoch,phase,train_loss,train_acc,test_acc,images_per_s\n1,qat,"),
+        metrics.starts_with("epoch,phase,lr,train_loss,train_acc,test_acc\n1,qat,"),
         "{metrics}"
     );
     let summary: serde_json::Value =
@@ -167,7 +167,6 @@ fn cli_train_writes_the_run_folder() {
         "model",
         "epochs",
         "fake_quant_acc",
-        "train_images_per_s",
         "int8_acc",
         "checkpoint_bytes",
         "qmodel_bytes",

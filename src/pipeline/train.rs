@@ -43,6 +43,9 @@ pub struct TrainReport {
     pub fake_quant_acc: Option<f64>,
     /// After float pretraining, when it ran.
     pub float_acc: Option<f64>,
+    /// Measured (like the epochs' speed and `jit_b1_us`): not in `summary.json`, whose bytes are
+    /// the same for the same seed.
+    #[serde(skip)]
     pub train_images_per_s: f64,
     pub per_epoch: Vec<EpochStats>,
     pub test_images: usize,
@@ -62,6 +65,7 @@ pub struct Int8Report {
     /// On the reference interpreter.
     pub int8_acc: f64,
     pub jit_int8_acc: f64,
+    #[serde(skip)]
     pub jit_b1_us: f64,
     pub qmodel_bytes: usize,
     /// Bytes of int8 weights plus their i32 biases and f32 scales (float layers at 4 bytes).

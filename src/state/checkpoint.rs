@@ -4,7 +4,7 @@
 //! `conv1.weight_fake_quant.min_val`, `fc1.fq.activation_post_process.max_val`, and a learnable
 //! fake quant's `conv1.weight_fake_quant.scale` and `.zero_point`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -121,8 +121,38 @@ pub fn tensors_to_bytes(
                 .map_err(|e| format!("tensor {name}: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| format!("cannot serialize the checkpoint: {e}"))
+    serialize(views, metadata).map_err(|e| format!("cannot serialize the checkpoint: {e}"))
+}
+
+/// A safetensors file of `views` with `metadata`, the same bytes for the same content: the
+/// safetensors crate writes its metadata map in hash order, so the header is written again with
+/// every key sorted (the tensors' data and offsets do not change).
+pub fn serialize(
+    views: Vec<(String, TensorView<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
+    let (len, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or("safetensors wrote no header")?;
+    let n = u64::from_le_bytes(*len) as usize;
+    let (header, data) = rest.split_at(n.min(rest.len()));
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    if let Some(meta) = header.remove("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta).map_err(|e| format!("metadata: {e}"))?;
+        let sorted = serde_json::to_value(sorted).map_err(|e| format!("metadata: {e}"))?;
+        header.insert("__metadata__".into(), sorted);
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| format!("header: {e}"))?;
+    // safetensors pads its header with spaces to a multiple of 8 bytes.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(data);
+    Ok(out)
 }
 
 /// A tensor the state owns besides observers: a parameter or a BatchNorm statistic, by its

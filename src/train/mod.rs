@@ -46,6 +46,8 @@ pub struct EpochStats {
     pub train_loss: f32,
     pub train_acc: f32,
     pub test_acc: f32,
+    /// Measured, so it differs between runs: printed, not written to the run's files.
+    #[serde(skip)]
     pub images_per_s: f32,
 }
 

@@ -1,62 +1,32 @@
-//! What a run leaves in its folder besides the checkpoint: `metrics.csv` (one row per epoch),
-//! `summary.json`, and `curves.svg`, a plot of loss and accuracy per epoch.
+//! What a run leaves in its folder besides the checkpoint: `metrics.csv` (one row per epoch)
+//! and `curves.svg`, a plot of loss and accuracy per epoch.
 
 use std::fmt::Write;
 
 #[cfg(feature = "plot")]
 use plotters::prelude::*;
 
-use super::{EpochStats, TrainOutcome};
+use super::EpochStats;
 
-pub const METRICS_HEADER: &str = "epoch,phase,train_loss,train_acc,test_acc,images_per_s";
+/// The columns of `metrics.csv`. Speed is not among them: every file of a run is the same
+/// for the same seed (the speed is printed, and is in `--json`).
+pub const METRICS_HEADER: &str = "epoch,phase,lr,train_loss,train_acc,test_acc";
 
 pub fn metrics_csv(epochs: &[EpochStats]) -> String {
     let mut out = format!("{METRICS_HEADER}\n");
     for e in epochs {
         let _ = writeln!(
             out,
-            "{},{},{:.6},{:.2},{:.2},{:.0}",
+            "{},{},{},{:.6},{:.2},{:.2}",
             e.epoch,
             e.phase.name(),
+            e.lr,
             e.train_loss,
             e.train_acc,
             e.test_acc,
-            e.images_per_s
         );
     }
     out
-}
-
-/// `summary.json`: the run's headline figures. Later stages add keys to the same object.
-pub fn summary(
-    model: &str,
-    outcome: &TrainOutcome,
-    quantized: bool,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut map = serde_json::Map::new();
-    map.insert("model".into(), model.into());
-    map.insert("epochs".into(), outcome.epochs.len().into());
-    map.insert("quantized".into(), quantized.into());
-    let round2 = |x: f32| ((x as f64) * 100.0).round() / 100.0;
-    map.insert("test_acc".into(), round2(outcome.final_acc).into());
-    map.insert(
-        "fake_quant_acc".into(),
-        if quantized {
-            round2(outcome.final_acc).into()
-        } else {
-            serde_json::Value::Null
-        },
-    );
-    map.insert("float_acc".into(), outcome.float_acc.map(round2).into());
-    map.insert(
-        "train_images_per_s".into(),
-        outcome.train_images_per_s.round().into(),
-    );
-    map.insert(
-        "per_epoch".into(),
-        serde_json::to_value(&outcome.epochs).unwrap_or_default(),
-    );
-    map
 }
 
 /// An SVG with two panels: training loss, and train/test accuracy, per epoch.
