@@ -162,11 +162,16 @@ fn host_vnni_features() -> Vec<&'static [&'static str]> {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "runs x86_64 objects: needs an x86_64 host"
+)]
+#[cfg_attr(
+    qatc_missing_c_tools,
+    ignore = "needs cc, c++ and make (Debian: build-essential)"
+)]
 fn x86_64_objects_match_the_interpreter() {
-    if std::env::consts::ARCH != "x86_64" || !have("cc") {
-        eprintln!("skipped: needs an x86_64 machine with a C compiler (cc)");
-        return;
-    }
+    assert!(have("cc"), "this test needs a C compiler (cc)");
     let dir = work_dir("x86");
     for graph in graphs() {
         // The baseline (i16 dot products), AVX2 (`pmaddubsw` pairs) and, where this CPU has them,
@@ -181,14 +186,17 @@ fn x86_64_objects_match_the_interpreter() {
 }
 
 #[test]
+#[cfg_attr(
+    qatc_missing_aarch64,
+    ignore = "needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu \
+              libc6-dev-arm64-cross qemu-user; .ci/run installs them)"
+)]
 fn aarch64_objects_match_the_interpreter_under_qemu() {
     let (cc, qemu) = ("aarch64-linux-gnu-gcc", "qemu-aarch64");
-    if !have(cc) || !have(qemu) {
-        eprintln!(
-            "skipped: needs {cc} and {qemu} (Debian: gcc-aarch64-linux-gnu qemu-user; .ci/run installs them)"
-        );
-        return;
-    }
+    assert!(
+        have(cc) && have(qemu),
+        "this test needs {cc} and {qemu} (Debian: gcc-aarch64-linux-gnu qemu-user)"
+    );
     let dir = work_dir("aarch64");
     let runner = [qemu, "-cpu", "max", "-L", "/usr/aarch64-linux-gnu"];
     for graph in graphs() {
@@ -201,11 +209,19 @@ fn aarch64_objects_match_the_interpreter_under_qemu() {
 }
 
 #[test]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    ignore = "builds for the host: needs an x86_64 host"
+)]
+#[cfg_attr(
+    qatc_missing_c_tools,
+    ignore = "needs cc, c++ and make (Debian: build-essential)"
+)]
 fn the_c_host_example_builds_and_classifies() {
-    if std::env::consts::ARCH != "x86_64" || !have("cc") || !have("make") {
-        eprintln!("skipped: needs cc and make");
-        return;
-    }
+    assert!(
+        have("cc") && have("make") && have("c++"),
+        "this test needs cc, c++ and make"
+    );
     // A lenet .qmodel (initial weights, calibrated observers) carrying its spec.
     let spec = common::root().join("specs/lenet_mnist.qspec");
     let dir = work_dir("c_host");
@@ -244,30 +260,22 @@ fn the_c_host_example_builds_and_classifies() {
     assert!(stdout.contains(&want), "expected `{want}` in\n{stdout}");
     // The same program compiled as C++ links against the object: the header's declarations
     // are `extern "C"` there.
-    if have("c++") {
-        let cpp = dir.join("classify_cpp");
-        run(Command::new("c++")
-            .current_dir(&dir)
-            .args(["-x", "c++", "-O2", "-Wall", "-ffp-contract=off", "-o"])
-            .arg(&cpp)
-            .args(["main.c", "-x", "none", "model.o"]));
-        let out = Command::new(&cpp)
-            .current_dir(&dir)
-            .args(["images.idx", "labels.idx"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains(&want),
-            "C++: expected `{want}` in\n{stdout}"
-        );
-    } else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs a C++ compiler (c++)"
-        );
-        eprintln!("not compiled as C++: no c++ on this machine");
-    }
+    let cpp = dir.join("classify_cpp");
+    run(Command::new("c++")
+        .current_dir(&dir)
+        .args(["-x", "c++", "-O2", "-Wall", "-ffp-contract=off", "-o"])
+        .arg(&cpp)
+        .args(["main.c", "-x", "none", "model.o"]));
+    let out = Command::new(&cpp)
+        .current_dir(&dir)
+        .args(["images.idx", "labels.idx"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&want),
+        "C++: expected `{want}` in\n{stdout}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
