@@ -178,6 +178,15 @@ pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
 }
 
 /// The largest char boundary of `s` at or before `i` (`i <= s.len()`).
+/// A count and its noun, singular for one: `1 test image`, `2000 test images`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;

@@ -316,10 +316,12 @@ impl QGraph {
                     in_features,
                     out_features,
                     w,
-                } => format!("in={in_features} out={out_features} act={:?}", w.act),
+                } => format!("in={in_features} out={out_features}{}", fused(w.act)),
                 QOp::FloatConv2d { geom, w } => format!(
-                    "in={} out={} act={:?}",
-                    geom.in_channels, geom.out_channels, w.act
+                    "in={} out={}{}",
+                    geom.in_channels,
+                    geom.out_channels,
+                    fused(w.act)
                 ),
                 QOp::FloatAct(a) => a
                     .args()
@@ -709,4 +711,9 @@ fn check_qweights(err: &mut impl FnMut(String), w: &QWeights, out: usize, k: usi
             "reduction of {k} products could overflow the i32 accumulator (limit {MAX_REDUCTION})"
         ));
     }
+}
+
+/// A fused activation in the graph's text: ` act=relu`, or nothing.
+fn fused(act: Act) -> String {
+    crate::ir::act_text(act).map_or(String::new(), |t| format!(" {t}"))
 }

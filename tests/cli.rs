@@ -176,3 +176,72 @@ fn two_runs_with_the_same_seed_write_the_same_bytes() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn internal_names_do_not_leak() {
+    // Item 19: `unknown X86_64 feature`, `act=None`, `1 test images`, `eps: 0.00000001`.
+    let work = scratch("names");
+    let spec = common::root().join("specs/lenet_custom.qspec");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "../data/mnist10k",
+        path(&common::root().join("data/mnist10k")),
+    );
+    let adam = work.join("adam.qspec");
+    let with_adam = with_optimizer(&text, "adam(lr: 0.001)");
+    std::fs::write(&adam, with_adam).unwrap();
+    let (code, table, stderr) = qatc_in(&work, &["check", path(&adam)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        table.contains("eps: 1e-8") && !table.contains("0.00000001"),
+        "{table}"
+    );
+
+    // One epoch of lenet_custom is its float pretraining: refused before it runs.
+    let (code, _, stderr) = qatc_in(&work, &["train", path(&spec), "--epochs", "1"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("1 epoch would all be float pretraining"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = qatc_in(
+        &work,
+        &["train", path(&spec), "--epochs", "2", "--out", "run"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let model = work.join("run/model.qmodel");
+    // lenet_custom keeps fc3 float.
+    let (_, ir, _) = qatc_in(&work, &["compile", path(&model), "--emit", "ir"]);
+    assert!(ir.contains("= linear(") && !ir.contains("act=None"), "{ir}");
+    let (_, _, stderr) = qatc_in(
+        &work,
+        &[
+            "compile",
+            path(&model),
+            "--emit",
+            "clif",
+            "--target",
+            "x86_64",
+            "--features",
+            "sse9",
+        ],
+    );
+    assert!(stderr.contains("unknown x86_64 feature `sse9`"), "{stderr}");
+    let (code, stdout, stderr) = qatc_in(&work, &["compare", path(&model), "--images", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("on 1 test image ("), "{stdout}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// `text` with its `optimizer:` line replaced.
+fn with_optimizer(text: &str, optimizer: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.trim_start().starts_with("optimizer:") {
+                format!("    optimizer: {optimizer}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

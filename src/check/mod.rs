@@ -7,6 +7,7 @@
 mod lower;
 mod table;
 
+use crate::syntax::fmt::number;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -178,14 +179,28 @@ impl std::fmt::Display for OptimizerConfig {
                 momentum,
                 weight_decay,
                 nesterov,
-            } => write!(f, "sgd(lr: {lr}, momentum: {momentum}, weight_decay: {weight_decay}, nesterov: {nesterov})"),
+            } => write!(
+                f,
+                "sgd(lr: {}, momentum: {}, weight_decay: {}, nesterov: {nesterov})",
+                number(*lr),
+                number(*momentum),
+                number(*weight_decay)
+            ),
             OptimizerConfig::Adam {
                 lr,
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
-            } => write!(f, "adam(lr: {lr}, beta1: {beta1}, beta2: {beta2}, eps: {eps}, weight_decay: {weight_decay})"),
+            } => write!(
+                f,
+                "adam(lr: {}, beta1: {}, beta2: {}, eps: {}, weight_decay: {})",
+                number(*lr),
+                number(*beta1),
+                number(*beta2),
+                number(*eps),
+                number(*weight_decay)
+            ),
         }
     }
 }

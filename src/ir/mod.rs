@@ -342,7 +342,8 @@ pub fn dims_text(shape: &[usize]) -> String {
         .join(", ")
 }
 
-fn act_text(act: Act) -> Option<&'static str> {
+/// A fused activation as the graphs' text shows it: `act=relu`.
+pub(crate) fn act_text(act: Act) -> Option<&'static str> {
     match act {
         Act::None => None,
         Act::ReLU => Some("act=relu"),

@@ -20,6 +20,16 @@ pub enum Arch {
     Aarch64,
 }
 
+impl std::fmt::Display for Arch {
+    /// The name `--target` takes: `x86_64`, `aarch64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        })
+    }
+}
+
 impl FromStr for Arch {
     type Err = Error;
     fn from_str(s: &str) -> Result<Arch, Error> {
@@ -105,7 +115,7 @@ pub fn isa(arch: Arch, features: &[String]) -> Result<OwnedTargetIsa, Error> {
         Arch::Aarch64 => "aarch64-unknown-linux-gnu",
     };
     let mut builder = isa::lookup_by_name(triple)
-        .map_err(|e| Error(format!("Cranelift cannot target {arch:?}: {e}")))?;
+        .map_err(|e| Error(format!("Cranelift cannot target {arch}: {e}")))?;
     let mut enable = |name: &str| {
         builder
             .enable(name)
@@ -133,7 +143,7 @@ pub fn isa(arch: Arch, features: &[String]) -> Result<OwnedTargetIsa, Error> {
                     .map(|(_, n, _)| *n)
                     .collect();
                 Error(format!(
-                    "unknown {arch:?} feature `{feature}` (known: {})",
+                    "unknown {arch} feature `{feature}` (known: {})",
                     names.join(", ")
                 ))
             })?;

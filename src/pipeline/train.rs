@@ -81,6 +81,18 @@ impl TrainRun {
         if epochs == 0 {
             return Err(Error::new(Stage::Train, "--epochs must be at least 1"));
         }
+        if spec.model.backend.is_some() && epochs <= cfg.pretrain_epochs {
+            return Err(Error::new(
+                Stage::Train,
+                format!(
+                    "{} would all be float pretraining (`pretrain: {}`): nothing would observe the \
+                     activations, so the model could not be converted. Train for at least {} epochs",
+                    crate::diag::count(epochs, "epoch"),
+                    crate::diag::count(cfg.pretrain_epochs, "epoch"),
+                    cfg.pretrain_epochs + 1
+                ),
+            ));
+        }
         let data = spec.data(&cfg)?;
         let net = spec.net(&cfg)?;
         // The model's table says what will run: `--epochs` replaces the spec's count.

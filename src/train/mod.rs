@@ -245,8 +245,9 @@ fn check_fits(
     }
     if model.input.len() == 3 && model.input[0] != set.shape[0] {
         return Err(format!(
-            "the {which} images have {} channels, the model expects {}",
-            set.shape[0], model.input[0]
+            "the {which} images have {}, the model expects {}",
+            crate::diag::count(set.shape[0], "channel"),
+            model.input[0]
         ));
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use args::{Cli, Command};
+use qatc::diag::count;
 use qatc::pipeline::Emit;
 
 use qatc::pipeline::{self, Error, SpecFile, Stage};
@@ -88,8 +89,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => with_threads(None, |_| {
             let r = pipeline::calibrate(&load_spec(&spec)?, from.as_deref(), batches, out)?;
             println!(
-                "calibrated on {} training images; test accuracy on {} images:",
-                r.calibration_images, r.test_images
+                "calibrated on {}; test accuracy on {}:",
+                count(r.calibration_images, "training image"),
+                count(r.test_images, "image")
             );
             println!("  float                      {:6.2} %", r.float_acc);
             println!("  fake quant (PTQ)           {:6.2} %", r.fake_quant_acc);
@@ -104,8 +106,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => with_threads(None, |_| {
             let r = pipeline::compare(&model, checkpoint, images)?;
             println!(
-                "int8 vs fake quant on {} test images (SQNR, higher is closer; 30 dB is PyTorch's bar)\n",
-                r.images
+                "int8 vs fake quant on {} (SQNR, higher is closer; 30 dB is PyTorch's bar)\n",
+                count(r.images, "test image")
             );
             println!(
                 "{:<16} {:<16} {:<16} {:>9}",
@@ -286,9 +288,10 @@ fn train(
         ""
     };
     println!(
-        "\ndata: {} training and {} test images{held_out}; {threads} threads",
-        run.data.train.len(),
-        run.data.test.len(),
+        "\ndata: {} and {}{held_out}; {}",
+        count(run.data.train.len(), "training image"),
+        count(run.data.test.len(), "test image"),
+        count(threads, "thread"),
     );
     let r = run.run(&mut progress::Bars::default())?;
     println!("\ntest accuracy on {} images:", r.test_images);

@@ -4,8 +4,11 @@ use qatc::pipeline;
 
 pub fn eval(r: &pipeline::EvalReport) {
     println!(
-        "model {} ({} backend), {} test images: int8 accuracy {:.2} %",
-        r.model, r.backend, r.test_images, r.accuracy
+        "model {} ({} backend), {}: int8 accuracy {:.2} %",
+        r.model,
+        r.backend,
+        qatc::diag::count(r.test_images, "test image"),
+        r.accuracy
     );
     println!("\nconfusion matrix (rows: label, columns: prediction)");
     print!("      ");
