@@ -203,11 +203,17 @@ fn internal_names_do_not_leak() {
         stderr.contains("1 epoch would all be float pretraining"),
         "{stderr}"
     );
-    let (code, _, stderr) = qatc_in(
+    let (code, stdout, stderr) = qatc_in(
         &work,
         &["train", path(&spec), "--epochs", "2", "--out", "run"],
     );
     assert_eq!(code, 0, "{stderr}");
+    // Item 21: each accuracy says after how much training it was measured.
+    assert!(
+        stdout.contains("float, after 1 epoch of pretraining")
+            && stdout.contains("fake quant, after 2 epochs (1 with fake quant)"),
+        "{stdout}"
+    );
     let model = work.join("run/model.qmodel");
     // lenet_custom keeps fc3 float.
     let (_, ir, _) = qatc_in(&work, &["compile", path(&model), "--emit", "ir"]);
@@ -244,4 +250,114 @@ fn with_optimizer(text: &str, optimizer: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn train_speaks_json_quietly_and_takes_overrides() {
+    // Items 18 and 20: `--json` (one object on stdout), `--quiet`, `--seed`, `--lr`, `--data`;
+    // epoch lines fit 80 columns.
+    let work = scratch("json");
+    // The spec's data path is wrong; --data gives the folder.
+    let text = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec"))
+        .unwrap()
+        .replace("../data/mnist10k", "nowhere");
+    std::fs::write(work.join("m.qspec"), text).unwrap();
+    let digits = common::root().join("data/mnist10k");
+    let (code, stdout, stderr) = qatc_in(
+        &work,
+        &[
+            "train",
+            "m.qspec",
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            "--lr",
+            "0.05",
+            "--data",
+            path(&digits),
+            "--out",
+            "run",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is one JSON object");
+    assert_eq!(report["epochs"], 1);
+    assert!(report["int8_acc"].as_f64().is_some() && report["jit_b1_us"].as_f64().is_some());
+    assert!(
+        stderr.contains("seed 3") && stderr.contains("lr: 0.05"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = qatc_in(
+        &work,
+        &[
+            "train",
+            "m.qspec",
+            "--epochs",
+            "2",
+            "--data",
+            path(&digits),
+            "--out",
+            "run",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // Everything after the model table: the epoch lines and the results.
+    let after_table = stdout.split_once("\ndata: ").expect("a data line").1;
+    for line in after_table.lines().skip(1) {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    let epochs: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("1 ") || l.starts_with("2 "))
+        .collect();
+    assert_eq!(epochs.len(), 2, "{stdout}");
+
+    let (code, stdout, _) = qatc_in(
+        &work,
+        &[
+            "train",
+            "m.qspec",
+            "--epochs",
+            "1",
+            "--data",
+            path(&digits),
+            "--out",
+            "run",
+            "-q",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("test accuracy")
+            && !stdout.contains("layer")
+            && !stdout.contains("img/s  "),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = qatc_in(&work, &["check", "m.qspec", "--json"]);
+    assert_eq!(code, 0);
+    let table: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(table["layers"][1]["name"], "fc1");
+    let (code, stdout, _) = qatc_in(
+        &work,
+        &[
+            "eval",
+            "run/model.qmodel",
+            "--json",
+            "--data",
+            path(&digits),
+        ],
+    );
+    assert_eq!(code, 0);
+    let eval: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(eval["test_images"], 2000);
+    let _ = std::fs::remove_dir_all(&work);
 }

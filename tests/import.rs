@@ -113,6 +113,7 @@ fn a_pytorch_model_imports_calibrates_and_fine_tunes() {
     let options = TrainOptions {
         out: Some(dir.join("qat")),
         epochs: Some(1),
+        ..TrainOptions::default()
     };
     let run = TrainRun::prepare(spec, &options).unwrap();
     let r = run.run(&mut qatc::train::Quiet).unwrap();

@@ -11,6 +11,7 @@ fn short_run(tag: &str) -> pipeline::TrainReport {
     let options = TrainOptions {
         out: Some(out),
         epochs: Some(1),
+        ..TrainOptions::default()
     };
     let mut run = TrainRun::prepare(spec, &options).unwrap();
     let size = run.data.train.image_size();
@@ -377,6 +378,7 @@ fn cifar10_program_trains_on_batches_in_the_real_format() {
     let options = TrainOptions {
         out: Some(dir.join("run")),
         epochs: Some(1),
+        ..TrainOptions::default()
     };
     let run = TrainRun::prepare(spec, &options).unwrap();
     assert_eq!(run.data.train.len(), 10000);
@@ -399,11 +401,14 @@ fn cifar10_program_trains_on_batches_in_the_real_format() {
 #[test]
 fn the_table_shows_the_epochs_that_will_run() {
     let spec = SpecFile::load(&common::root().join("specs/mnist_mlp.qspec")).unwrap();
+    let out = std::env::temp_dir().join(format!("qatc-epochs-{}", std::process::id()));
     let options = TrainOptions {
-        out: None,
+        out: Some(out.clone()),
         epochs: Some(2),
+        ..TrainOptions::default()
     };
     let run = TrainRun::prepare(spec, &options).unwrap();
     let table = qatc::check::model_table(&run.spec.model);
     assert!(table.contains("\ntrain: 2 epochs, batch 64"), "{table}");
+    std::fs::remove_dir_all(out).ok();
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 pub use lower::lower;
-pub use table::model_table;
+pub use table::{model_json, model_table};
 
 use crate::diag::{suggest, suggest_among, Diag, Span};
 use crate::ir::shape::{self, hw_text as hw, ShapeError};
@@ -169,6 +169,15 @@ pub enum OptimizerConfig {
         eps: f64,
         weight_decay: f64,
     },
+}
+
+impl OptimizerConfig {
+    /// Replaces the learning rate (`qatc train --lr`).
+    pub fn set_lr(&mut self, rate: f64) {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr = rate,
+        }
+    }
 }
 
 impl std::fmt::Display for OptimizerConfig {

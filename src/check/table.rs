@@ -148,6 +148,62 @@ pub fn model_table(m: &CheckedModel) -> String {
     out
 }
 
+/// The model table as one JSON object (`qatc check --json`): the model, its input and backend,
+/// one object per layer (name, op, inputs, output shape, parameters, MACs, qconfig), the
+/// totals, each qconfig's meaning and the training settings.
+pub fn model_json(m: &CheckedModel) -> serde_json::Value {
+    use serde_json::json;
+    let layers: Vec<serde_json::Value> = m
+        .layers
+        .iter()
+        .map(|layer| {
+            let inputs: Vec<String> = layer
+                .inputs
+                .iter()
+                .map(|s| match s {
+                    Source::Input => "input".to_string(),
+                    Source::Layer(j) => m.layers[*j].name.clone(),
+                })
+                .collect();
+            json!({
+                "name": layer.name,
+                "op": layer.kind.describe(),
+                "inputs": inputs,
+                "output": layer.out_shape,
+                "params": layer.params,
+                "macs": layer.macs,
+                "qconfig": layer.qconfig.as_ref().map(|q| q.name.clone()),
+            })
+        })
+        .collect();
+    let mut qconfigs = serde_json::Map::new();
+    for q in m.layers.iter().filter_map(|l| l.qconfig.as_ref()) {
+        qconfigs.insert(
+            q.name.clone(),
+            json!({"activation": q.activation.describe(), "weight": q.weight.describe()}),
+        );
+    }
+    let train = m.train.as_ref().map(|t| {
+        json!({
+            "epochs": t.epochs,
+            "pretrain_epochs": t.pretrain_epochs,
+            "batch": t.batch,
+            "optimizer": t.optimizer.to_string(),
+            "seed": t.seed,
+        })
+    });
+    json!({
+        "model": m.name,
+        "input": m.input,
+        "backend": m.backend.map(|b| b.name()),
+        "layers": layers,
+        "params": m.layers.iter().map(|l| l.params as u128).sum::<u128>(),
+        "macs": m.layers.iter().map(|l| l.macs as u128).sum::<u128>(),
+        "qconfigs": qconfigs,
+        "train": train,
+    })
+}
+
 pub use crate::limits::thousands;
 
 /// `1121960` -> `1.12M`, `230400` -> `230.4K`.

@@ -9,7 +9,6 @@ use super::{create_dir, int8_accuracy, read_qmodel, round2, write_file, Error, S
 use crate::check::TrainConfig;
 use crate::compare::LayerError;
 use crate::jit::{target, DotProduct};
-use crate::syntax::ast::DataSource;
 use crate::train::engine::Mode;
 
 /// What post-training quantization measured and wrote.
@@ -137,21 +136,7 @@ fn data_spec(
     )?;
     let mut cfg = spec.train_config("it names the test data")?;
     if let Some(dir) = data {
-        // A folder of the same kind of data as the spec names.
-        let dir = dir.display().to_string();
-        cfg.data = match cfg.data {
-            Some(DataSource::Mnist { .. }) => Some(DataSource::Mnist { dir }),
-            Some(DataSource::Cifar10 { .. }) => Some(DataSource::Cifar10 { dir }),
-            _ => {
-                return Err(Error::new(
-                    Stage::Data,
-                    format!(
-                        "--data {dir}: the model's spec does not read its data from a folder \
-                         (mnist(...) or cifar10(...)); give a spec whose `train` block names the data"
-                    ),
-                ))
-            }
-        };
+        cfg.data = Some(super::data_folder(cfg.data.take(), dir)?);
     }
     Ok((spec, cfg))
 }

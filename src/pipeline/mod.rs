@@ -343,6 +343,27 @@ pub fn create_dir(dir: &Path) -> Result<(), Error> {
         })
 }
 
+/// The data source `spec` names, read from `dir` instead: a folder of the same kind (MNIST or
+/// CIFAR-10 files), for `--data DIR`.
+pub(crate) fn data_folder(
+    spec: Option<crate::syntax::ast::DataSource>,
+    dir: &Path,
+) -> Result<crate::syntax::ast::DataSource, Error> {
+    use crate::syntax::ast::DataSource;
+    let name = dir.display().to_string();
+    match spec {
+        Some(DataSource::Mnist { .. }) => Ok(DataSource::Mnist { dir: name }),
+        Some(DataSource::Cifar10 { .. }) => Ok(DataSource::Cifar10 { dir: name }),
+        _ => Err(Error::new(
+            Stage::Data,
+            format!(
+                "--data {name}: the spec does not read its data from a folder (mnist(...) or \
+                 cifar10(...)); give a spec whose `train` block names the data"
+            ),
+        )),
+    }
+}
+
 /// Rounds to two decimals for reports.
 pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0

@@ -19,6 +19,12 @@ pub struct TrainOptions {
     pub out: Option<PathBuf>,
     /// Overrides the spec's number of epochs.
     pub epochs: Option<usize>,
+    /// Overrides the spec's seed.
+    pub seed: Option<u64>,
+    /// Overrides the optimizer's learning rate.
+    pub lr: Option<f64>,
+    /// Overrides the data folder (of the kind the spec names: MNIST or CIFAR-10 files).
+    pub data: Option<PathBuf>,
 }
 
 /// A training run whose spec, data and network are ready.
@@ -75,9 +81,27 @@ pub struct Int8Report {
 impl TrainRun {
     /// Loads the data, builds the network and makes the output folder (checking that it can
     /// be written): everything that can fail before training.
-    pub fn prepare(spec: SpecFile, options: &TrainOptions) -> Result<TrainRun, Error> {
-        let cfg = spec.train_config("nothing to train")?;
+    pub fn prepare(mut spec: SpecFile, options: &TrainOptions) -> Result<TrainRun, Error> {
+        let mut cfg = spec.train_config("nothing to train")?;
+        // The command line's overrides, shown in the model's table as what will run.
+        if let Some(seed) = options.seed {
+            cfg.seed = seed;
+        }
+        if let Some(lr) = options.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(Error::new(
+                    Stage::Train,
+                    format!("--lr must be a positive number, not {lr}"),
+                ));
+            }
+            cfg.optimizer.set_lr(lr);
+        }
+        if let Some(dir) = &options.data {
+            cfg.data = Some(super::data_folder(cfg.data.take(), dir)?);
+        }
         let epochs = options.epochs.unwrap_or(cfg.epochs);
+        cfg.epochs = epochs;
+        spec.model.train = Some(cfg.clone());
         if epochs == 0 {
             return Err(Error::new(Stage::Train, "--epochs must be at least 1"));
         }
@@ -95,11 +119,6 @@ impl TrainRun {
         }
         let data = spec.data(&cfg)?;
         let net = spec.net(&cfg)?;
-        // The model's table says what will run: `--epochs` replaces the spec's count.
-        let mut spec = spec;
-        if let Some(t) = spec.model.train.as_mut() {
-            t.epochs = epochs;
-        }
         let dir = options
             .out
             .clone()
@@ -127,6 +146,7 @@ impl TrainRun {
             files.push(name.to_string());
             Ok::<_, Error>(())
         };
+        progress.stage("writing the checkpoint");
         let checkpoint = self
             .spec
             .checkpoint_bytes(&self.net, ("epochs", self.epochs.to_string()))?;
@@ -136,13 +156,16 @@ impl TrainRun {
             crate::train::report::metrics_csv(&outcome.epochs).as_bytes(),
         )?;
         let int8 = if quantized {
+            progress.stage("converting to int8");
             let graph = crate::convert::convert(&self.net.graph, &self.net.state)
                 .map_err(Error::at(Stage::Convert))?;
+            progress.stage("evaluating int8 on the reference interpreter");
             let int8_acc = int8_accuracy(&graph, &self.data.test, &self.cfg.normalization)?;
             let bytes = crate::qmodel::to_bytes(&graph, &self.spec.qmodel_info(&self.cfg))
                 .map_err(Error::at(Stage::Write))?;
             write("model.qmodel", &bytes)?;
             // Compile it and measure the native code on the same test set.
+            progress.stage("compiling to native code and evaluating it");
             let int8_weight_bytes = graph.weight_bytes();
             let jit = crate::jit::Model::from_graph(graph)
                 .and_then(|m| m.compile())

@@ -68,6 +68,9 @@ pub trait Progress {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _phase: Phase, _batches: usize) {}
     fn batch_done(&mut self, _loss: f32, _images: usize) {}
     fn epoch_end(&mut self, _stats: &EpochStats) {}
+    /// Work after the last epoch (converting, evaluating, compiling), as a phrase: `converting
+    /// to int8`.
+    fn stage(&mut self, _what: &str) {}
 }
 
 /// Ignores all progress.

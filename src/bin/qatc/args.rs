@@ -20,6 +20,9 @@ pub enum Command {
     Check {
         /// A .qspec file, or its YAML form (.yaml / .yml).
         spec: PathBuf,
+        /// Print the model table as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a spec in canonical .qspec form, or as YAML with --yaml.
     Fmt {
@@ -36,6 +39,9 @@ pub enum Command {
         /// CIFAR-10 files), or a spec whose `train` block names the data.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Print one JSON object (model, backend, test_images, accuracy, confusion).
+        #[arg(long)]
+        json: bool,
     },
     /// Post-training quantization: calibrate a float checkpoint's observers on training data
     /// (no training) and write the converted model.
@@ -176,9 +182,26 @@ pub enum Command {
         /// Override the spec's number of epochs.
         #[arg(long, allow_negative_numbers = true, value_parser = count)]
         epochs: Option<usize>,
+        /// Override the spec's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the optimizer's learning rate.
+        #[arg(long, allow_negative_numbers = true)]
+        lr: Option<f64>,
+        /// Read the data from this folder instead (MNIST or CIFAR-10 files, the kind the spec
+        /// names).
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Worker threads (default: all cores).
         #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,
+        /// Print one JSON object with the results on stdout (the table and the epochs go to
+        /// stderr).
+        #[arg(long)]
+        json: bool,
+        /// No table, progress bars or epoch lines: only the results.
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 

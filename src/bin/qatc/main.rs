@@ -60,9 +60,13 @@ fn quiet_on_closed_stdout() {
 /// Runs one command.
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Check { spec } => {
+        Command::Check { spec, json } => {
             let spec = load_spec(&spec)?;
-            print!("{}", qatc::check::model_table(&spec.model));
+            if json {
+                println!("{:#}", qatc::check::model_json(&spec.model));
+            } else {
+                print!("{}", qatc::check::model_table(&spec.model));
+            }
             Ok(())
         }
         Command::Fmt { spec, yaml } => {
@@ -135,8 +139,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }),
-        Command::Eval { model, data } => with_threads(None, |_| {
-            print::eval(&pipeline::evaluate(&model, data.as_deref())?);
+        Command::Eval { model, data, json } => with_threads(None, |_| {
+            let report = pipeline::evaluate(&model, data.as_deref())?;
+            if json {
+                println!("{}", to_json(&report)?);
+            } else {
+                print::eval(&report);
+            }
             Ok(())
         }),
         Command::Run {
@@ -189,8 +198,27 @@ fn run(cli: Cli) -> Result<(), Error> {
             spec,
             out,
             epochs,
+            seed,
+            lr,
+            data,
             threads,
-        } => with_threads(threads, |threads| train(&spec, out, epochs, threads)),
+            json,
+            quiet,
+        } => {
+            let options = pipeline::TrainOptions {
+                out,
+                epochs,
+                seed,
+                lr,
+                data,
+            };
+            let output = match (json, quiet) {
+                (true, _) => Output::Json,
+                (false, true) => Output::Quiet,
+                (false, false) => Output::Normal,
+            };
+            with_threads(threads, |threads| train(&spec, options, threads, output))
+        }
         Command::Compile {
             model,
             emit,
@@ -272,47 +300,71 @@ fn with_threads<T: Send>(
     pool.install(|| work(threads))
 }
 
+/// How `qatc train` reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// The table, a bar and a line per epoch, then the results.
+    Normal,
+    /// Only the results.
+    Quiet,
+    /// One JSON object on stdout; the table and the epoch lines on stderr.
+    Json,
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, Error> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::new(Stage::Write, e.to_string()))
+}
+
 fn train(
     spec_path: &Path,
-    out: Option<PathBuf>,
-    epochs: Option<usize>,
+    options: pipeline::TrainOptions,
     threads: usize,
+    output: Output,
 ) -> Result<(), Error> {
     let spec = load_spec(spec_path)?;
-    let options = pipeline::TrainOptions { out, epochs };
     let run = pipeline::TrainRun::prepare(spec, &options)?;
-    print!("{}", qatc::check::model_table(&run.spec.model));
     let held_out = if run.data.held_out {
         " (held out from the training files)"
     } else {
         ""
     };
-    println!(
-        "\ndata: {} and {}{held_out}; {}",
+    let header = format!(
+        "{}\ndata: {} and {}{held_out}; {}\n",
+        qatc::check::model_table(&run.spec.model),
         count(run.data.train.len(), "training image"),
         count(run.data.test.len(), "test image"),
         count(threads, "thread"),
     );
-    let r = run.run(&mut progress::Bars::default())?;
-    println!("\ntest accuracy on {} images:", r.test_images);
-    if let Some(acc) = r.float_acc {
-        println!("  float (after pretraining)  {acc:6.2} %");
+    let mut bars = progress::Bars::new(match output {
+        Output::Normal => progress::Lines::Stdout,
+        Output::Json => progress::Lines::Stderr,
+        Output::Quiet => progress::Lines::None,
+    });
+    match output {
+        Output::Normal => print!("{header}"),
+        Output::Json => eprint!("{header}"),
+        Output::Quiet => {}
     }
-    let what = if r.quantized { "fake quant" } else { "float" };
-    println!("  {what:<26} {:6.2} %", r.test_acc);
-    if let Some(q) = &r.int8 {
-        println!("  int8 (reference)           {:6.2} %", q.int8_acc);
-        println!(
-            "  int8 (JIT, native)         {:6.2} %   batch-1 latency {:.1} µs",
-            q.jit_int8_acc, q.jit_b1_us
-        );
-        println!(
-            "model weights: float {} bytes, int8 {} bytes",
-            r.float_weight_bytes, q.int8_weight_bytes
-        );
+    let r = run.run(&mut bars)?;
+    bars.done();
+    if output == Output::Json {
+        // The report as summary.json has it, with the measured speeds added.
+        // (Through text, so f32 figures keep their short form: 86.1, not 86.0999984741211.)
+        let mut v: serde_json::Value = serde_json::from_str(&to_json(&r)?)
+            .map_err(|e| Error::new(Stage::Write, e.to_string()))?;
+        v["train_images_per_s"] = r.train_images_per_s.into();
+        if let Some(q) = &r.int8 {
+            v["jit_b1_us"] = q.jit_b1_us.into();
+        }
+        if let Some(epochs) = v["per_epoch"].as_array_mut() {
+            for (e, s) in epochs.iter_mut().zip(&r.per_epoch) {
+                e["images_per_s"] = (s.images_per_s.round() as f64).into();
+            }
+        }
+        println!("{}", to_json(&v)?);
+        return Ok(());
     }
-    println!("training throughput: {:.0} images/s", r.train_images_per_s);
-    println!("wrote {}/{{{}}}", r.dir.display(), r.files.join(", "));
+    print::train(&r);
     Ok(())
 }
 

@@ -94,3 +94,70 @@ pub fn run(r: &pipeline::RunOutput, json: bool) {
         println!("{i:>8} {:>6} {:>12.6}", p.class, p.score);
     }
 }
+
+/// The results of `qatc train`: each accuracy says what it measures and after how much
+/// training, so a float figure after pretraining is not read against fake quant after more
+/// epochs as if quantizing had helped.
+pub fn train(r: &pipeline::TrainReport) {
+    use qatc::diag::count;
+    let float_epochs = r
+        .per_epoch
+        .iter()
+        .filter(|e| e.phase == qatc::train::Phase::Float)
+        .count();
+    let qat_epochs = r.per_epoch.len() - float_epochs;
+    println!("\ntest accuracy on {}:", count(r.test_images, "image"));
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+    if let Some(acc) = r.float_acc {
+        rows.push((
+            format!(
+                "float, after {} of pretraining",
+                count(float_epochs, "epoch")
+            ),
+            acc,
+            String::new(),
+        ));
+    }
+    if r.quantized {
+        let after = if float_epochs > 0 {
+            format!(
+                "fake quant, after {} ({} with fake quant)",
+                count(r.epochs, "epoch"),
+                qat_epochs
+            )
+        } else {
+            format!("fake quant, after {}", count(r.epochs, "epoch"))
+        };
+        rows.push((after, r.test_acc, String::new()));
+    } else {
+        rows.push((
+            format!("float, after {}", count(r.epochs, "epoch")),
+            r.test_acc,
+            String::new(),
+        ));
+    }
+    if let Some(q) = &r.int8 {
+        rows.push((
+            "int8, reference interpreter".into(),
+            q.int8_acc,
+            String::new(),
+        ));
+        rows.push((
+            "int8, native code (JIT)".into(),
+            q.jit_int8_acc,
+            format!("   batch-1 latency {:.1} µs", q.jit_b1_us),
+        ));
+    }
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    for (what, acc, note) in rows {
+        println!("  {what:<width$}  {acc:6.2} %{note}");
+    }
+    if let Some(q) = &r.int8 {
+        println!(
+            "model weights: float {} bytes, int8 {} bytes",
+            r.float_weight_bytes, q.int8_weight_bytes
+        );
+    }
+    println!("training throughput: {:.0} images/s", r.train_images_per_s);
+    println!("wrote in {}/:\n  {}", r.dir.display(), r.files.join(" "));
+}

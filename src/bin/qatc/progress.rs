@@ -1,12 +1,55 @@
-//! Training progress on the terminal: a bar per epoch on stderr, a line per epoch on stdout.
+//! Training progress on the terminal: a bar per epoch on stderr (with elapsed time and ETA), a
+//! line per epoch, and what runs after the last epoch.
 
-/// A progress bar per epoch on stderr, and one line per epoch on stdout.
-#[derive(Default)]
+/// Where the per-epoch lines go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    Stdout,
+    /// With `--json`: stdout holds only the JSON object.
+    Stderr,
+    /// With `--quiet`: no lines and no bars.
+    None,
+}
+
+/// A progress bar per epoch on stderr, one line per epoch, and a spinner naming the work after
+/// the last epoch.
 pub struct Bars {
+    lines: Lines,
     bar: Option<indicatif::ProgressBar>,
     images: usize,
     started: Option<std::time::Instant>,
+    header_shown: bool,
 }
+
+impl Bars {
+    pub fn new(lines: Lines) -> Bars {
+        Bars {
+            lines,
+            bar: None,
+            images: 0,
+            started: None,
+            header_shown: false,
+        }
+    }
+
+    /// Clears the spinner of the last stage.
+    pub fn done(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match self.lines {
+            Lines::Stdout => println!("{text}"),
+            Lines::Stderr => eprintln!("{text}"),
+            Lines::None => {}
+        }
+    }
+}
+
+/// The epoch lines' columns, 80 characters at most.
+const HEADER: &str = "epoch    phase  lr        loss    train acc  test acc    img/s";
 
 impl qatc::train::Progress for Bars {
     fn epoch_start(
@@ -16,10 +59,20 @@ impl qatc::train::Progress for Bars {
         phase: qatc::train::Phase,
         batches: usize,
     ) {
+        if !self.header_shown {
+            self.header_shown = true;
+            self.line(&format!(
+                "\n{HEADER}\n(test acc: with fake quantization in qat epochs, float in float ones)"
+            ));
+        }
+        self.done();
+        if self.lines == Lines::None {
+            return;
+        }
         let bar = indicatif::ProgressBar::new(batches as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} batches {msg}",
+                "{prefix} [{bar:20}] {pos}/{len} {elapsed}<{eta} {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -34,29 +87,39 @@ impl qatc::train::Progress for Bars {
         self.images += images;
         if let (Some(bar), Some(started)) = (&self.bar, self.started) {
             let rate = self.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {loss:.4}, {rate:.0} img/s"));
+            bar.set_message(format!("loss {loss:.4} {rate:.0} img/s"));
             bar.inc(1);
         }
     }
 
     fn epoch_end(&mut self, s: &qatc::train::EpochStats) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        let test = if s.phase == qatc::train::Phase::Qat {
-            "test acc (fake quant)"
-        } else {
-            "test acc (float)"
-        };
-        println!(
-            "epoch {:>2} {:<5} lr {:.5}  train loss {:.4}  train acc {:6.2} %  {test} {:6.2} %  {:>7.0} img/s",
-            s.epoch,
-            s.phase.name(),
-            s.lr,
-            s.train_loss,
-            s.train_acc,
-            s.test_acc,
-            s.images_per_s
-        );
+        self.done();
+        self.line(&epoch_line(s));
     }
+
+    fn stage(&mut self, what: &str) {
+        if self.lines == Lines::None {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            spinner
+        });
+        bar.set_message(format!("{what}..."));
+    }
+}
+
+/// One epoch's figures under [`HEADER`].
+fn epoch_line(s: &qatc::train::EpochStats) -> String {
+    format!(
+        "{:<8} {:<6} {:<9} {:<7.4} {:>7.2} %  {:>6.2} %  {:>7.0}",
+        s.epoch,
+        s.phase.name(),
+        qatc::syntax::fmt::number(s.lr),
+        s.train_loss,
+        s.train_acc,
+        s.test_acc,
+        s.images_per_s
+    )
 }
