@@ -155,7 +155,7 @@ fn cli_train_writes_the_run_folder() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    assert!(stdout.contains("epoch  1 qat"), "{stdout}");
+    assert!(stdout.contains("\n1        qat    0.01"), "{stdout}");
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert!(
         metrics.starts_with("epoch,phase,lr,train_loss,train_acc,test_acc\n1,qat,"),
