@@ -6,6 +6,7 @@
 use codespan_reporting::diagnostic::{Diagnostic, Label};
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, Chars, Config};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A byte range in the source text. Spans are not part of a spec's meaning: they are skipped by
 /// the YAML form and by the AST's equality helpers.
@@ -43,6 +44,9 @@ pub struct Diag {
     pub label: String,
     /// Extra lines: `= help: ...`, `= note: ...`.
     pub notes: Vec<String>,
+    /// Other places that explain it (`first defined here`), shown with their lines. (Boxed:
+    /// most diagnostics have none, and `Result<_, Diag>` stays small.)
+    pub secondary: Option<Box<[(Span, String)]>>,
 }
 
 impl Diag {
@@ -53,6 +57,7 @@ impl Diag {
             span: Some(span),
             label: String::new(),
             notes: Vec::new(),
+            secondary: None,
         }
     }
 
@@ -64,6 +69,7 @@ impl Diag {
             span: None,
             label: String::new(),
             notes: Vec::new(),
+            secondary: None,
         }
     }
 
@@ -84,6 +90,14 @@ impl Diag {
         self
     }
 
+    /// Points at another place, with its own label and line.
+    pub fn with_secondary(mut self, span: Span, label: impl Into<String>) -> Diag {
+        let mut all = self.secondary.take().map_or_else(Vec::new, Vec::from);
+        all.push((span, label.into()));
+        self.secondary = Some(all.into_boxed_slice());
+        self
+    }
+
     pub fn with_note(mut self, note: impl Into<String>) -> Diag {
         self.notes.push(format!("note: {}", note.into()));
         self
@@ -101,7 +115,31 @@ pub const MAX_RENDERED: usize = 50;
 /// Source lines longer than this are not echoed: the diagnostic names the line and column only.
 const MAX_ECHOED_LINE: usize = 400;
 
-/// Renders diagnostics as plain text (no colour), in the order given: at most [`MAX_RENDERED`],
+/// Whether [`render`] colours its output (the command line turns it on for a terminal).
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Turns colour on or off for every later [`render`]: on a terminal, unless `NO_COLOR` is set
+/// (or forced with `CLICOLOR_FORCE`). The library never turns it on by itself.
+pub fn set_color(on: bool) {
+    COLOR.store(on, Ordering::Relaxed);
+}
+
+/// One diagnostic as text, with ANSI colours when [`set_color`] asked for them.
+fn emit(
+    config: &Config,
+    file: &SimpleFile<&str, &str>,
+    d: &Diagnostic<()>,
+) -> Result<String, codespan_reporting::files::Error> {
+    if COLOR.load(Ordering::Relaxed) {
+        let mut buffer = term::termcolor::Buffer::ansi();
+        term::emit_to_write_style(&mut buffer, config, file, d)?;
+        Ok(String::from_utf8_lossy(buffer.as_slice()).into_owned())
+    } else {
+        term::emit_into_string(config, file, d)
+    }
+}
+
+/// Renders diagnostics as text (plain unless [`set_color`] turned colour on), in the order given: at most [`MAX_RENDERED`],
 /// each in time proportional to its own lines (a long line is not echoed), after one pass over
 /// the source. Lines break at `\n`, `\r\n` and a lone `\r`, as the parser counts them.
 pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
@@ -143,12 +181,16 @@ pub fn render(diags: &[Diag], file_name: &str, source: &str) -> String {
                 let column = display[line_start..start].chars().count() + 1;
                 location = Some(format!("{file_name}:{line}:{column}"));
             } else {
-                d = d.with_labels(vec![
-                    Label::primary((), start..end).with_message(&diag.label)
-                ]);
+                let mut labels = vec![Label::primary((), start..end).with_message(&diag.label)];
+                for (span, label) in diag.secondary.iter().flat_map(|s| s.iter()) {
+                    let end = floor_char_boundary(&display, span.end.min(display.len()));
+                    let start = floor_char_boundary(&display, span.start.min(end));
+                    labels.push(Label::secondary((), start..end).with_message(label));
+                }
+                d = d.with_labels(labels);
             }
         }
-        match (location, term::emit_into_string(&config, &file, &d)) {
+        match (location, emit(&config, &file, &d)) {
             (Some(at), Ok(text)) => {
                 // The message and notes without the (too long) source line.
                 let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));

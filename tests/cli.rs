@@ -361,3 +361,91 @@ fn train_speaks_json_quietly_and_takes_overrides() {
     assert_eq!(eval["test_images"], 2000);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Items 6, 7 and 8: rustc-style warnings (exit 0; `--deny-warnings` makes them fail), and the
+/// check table shows what fuses into what.
+#[test]
+fn warnings_name_the_mistakes_a_pytorch_user_makes() {
+    let work = scratch("warnings");
+    let spec = work.join("w.qspec");
+    std::fs::write(
+        &spec,
+        "model m {
+    input: [1, 28, 28]
+    conv1: Conv2d(1, 16, 3)
+    bn1: BatchNorm2d
+    relu1: ReLU
+    flat: Flatten
+    fc: Linear(out: 10)
+}
+quantize {
+    backend: fbgemm
+    default: qat(qnnpack)
+    qconfig spare { activation: fake_quant(observer: minmax) }
+    bn1: none
+    fc: ptq(fbgemm)
+}
+train { data: mnist(\"digits\") }
+",
+    )
+    .unwrap();
+    let (code, table, stderr) = qatc_in(&work, &["check", "w.qspec"]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        // 6: the tutorial's PTQ preset under QAT.
+        "warning: `ptq(fbgemm)` is a post-training preset",
+        "write `qat(fbgemm)`",
+        // 7: another backend's preset, an unused qconfig, an override fusion ignores.
+        "warning: `qat(qnnpack)` is the qnnpack preset, but the backend is fbgemm",
+        "warning: qconfig `spare` is not used",
+        "warning: `bn1: none` has no effect: `bn1` fuses into `conv1`",
+        // 8: PyTorch's positional Conv2d.
+        "this reads as `Conv2d(out: 1, kernel: 16, stride: 3)`",
+        "`Conv2d(out: 16, kernel: 3)`",
+        // Spans, as rustc shows them.
+        "--> w.qspec:13:5",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in\n{stderr}"
+        );
+    }
+    assert!(table.contains("fused into conv1"), "{table}");
+    let (code, _, stderr) = qatc_in(&work, &["check", "w.qspec", "--deny-warnings"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--deny-warnings"), "{stderr}");
+
+    // PyTorch's Linear(in, out) is an error that says what to write.
+    std::fs::write(&spec, "model m { input: [784] fc: Linear(784, 10) }\n").unwrap();
+    let (code, _, stderr) = qatc_in(&work, &["check", "w.qspec"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("write `Linear(out: 10)`"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Item 11: a duplicate shows where the first one is, and diagnostics are coloured when asked
+/// (a terminal, or `CLICOLOR_FORCE`), never with `NO_COLOR`.
+#[test]
+fn duplicates_point_at_the_first_and_colour_follows_the_terminal() {
+    let work = scratch("colour");
+    std::fs::write(
+        work.join("d.qspec"),
+        "model m {\n    input: [4]\n    fc: Linear(out: 2)\n    fc: Linear(out: 2)\n}\n",
+    )
+    .unwrap();
+    let (code, _, plain) = qatc_in(&work, &["check", "d.qspec"]);
+    assert_eq!(code, 2);
+    assert!(
+        plain.contains("first defined here") && plain.contains("3 |") && !plain.contains('\x1b'),
+        "{plain}"
+    );
+    let coloured = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["check", "d.qspec"])
+        .current_dir(&work)
+        .env_remove("NO_COLOR")
+        .env("CLICOLOR_FORCE", "1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&coloured.stderr).contains("\x1b["));
+    let _ = std::fs::remove_dir_all(&work);
+}

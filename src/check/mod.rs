@@ -52,6 +52,9 @@ pub struct CheckedLayer {
     pub qconfig: Option<QConfig>,
     #[serde(skip)]
     pub span: Span,
+    /// Where the `quantize` block gives this layer its own qconfig (`bn1: none`), if it does.
+    #[serde(skip)]
+    pub qconfig_override: Option<Span>,
 }
 
 /// Where a layer's input comes from.
@@ -256,11 +259,13 @@ fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
             diags.push(
                 Diag::error(layer.name.span, format!("duplicate layer name `{name}`"))
                     .with_label("second definition")
-                    .with_note(format!(
-                        "first defined on the layer `{}: {}`",
-                        name,
-                        layers[first].op.node.type_name()
-                    )),
+                    .with_secondary(
+                        layers[first].name.span,
+                        format!(
+                            "first defined here, as a {}",
+                            layers[first].op.node.type_name()
+                        ),
+                    ),
             );
         } else {
             index.insert(name, i);
@@ -381,17 +386,123 @@ fn check_model(spec: &Spec, diags: &mut Vec<Diag>) -> Option<CheckedModel> {
                 macs,
                 qconfig: qconfigs[i].clone(),
                 span: layers[i].name.span.to(layers[i].op.span),
+                qconfig_override: spec.quantize.as_ref().and_then(|q| {
+                    q.overrides
+                        .iter()
+                        .find(|o| o.layer.node == layers[i].name.node)
+                        .map(|o| o.layer.span.to(o.qconfig.span))
+                }),
             }
         })
         .collect();
-    Some(CheckedModel {
+    let model = CheckedModel {
         name: m.name.node.clone(),
         input: input_shape.clone(),
         layers: checked,
         output: position[output],
         backend,
         train: None,
-    })
+    };
+    warn_fused_overrides(&model, diags);
+    Some(model)
+}
+
+impl CheckedModel {
+    /// Which layer each layer fuses into (`bn1` into `conv1`), as training and convert will
+    /// fuse them ([`crate::ir::Graph::fusion_hosts`]); `None` for the layers that stay.
+    pub fn fusion_hosts(&self) -> Vec<Option<usize>> {
+        // The IR has the input as node 0, then one node per layer.
+        let hosts = lower(self).fusion_hosts();
+        hosts[1..].iter().map(|h| h.map(|node| node - 1)).collect()
+    }
+}
+
+/// `Conv2d(1, 16, 3)` on a 1-channel input is PyTorch's `nn.Conv2d(in_channels, out_channels,
+/// kernel_size)`, which qatc reads as `out: 1, kernel: 16, stride: 3`: said, with the form to
+/// write.
+fn torch_positional_conv(layer: &ast::Layer, in_channels: usize, diags: &mut Vec<Diag>) {
+    let Op::Conv2d {
+        out,
+        kernel,
+        stride,
+        ..
+    } = &layer.op.node
+    else {
+        return;
+    };
+    if layer.arg_spans.1 < 3 || *out != in_channels {
+        return;
+    }
+    let (k, s) = (kernel.hw(), stride.map_or((1, 1), ast::Size2::hw));
+    let size = |(a, b): (usize, usize)| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("({a}, {b})")
+        }
+    };
+    diags.push(
+        Diag::warning(
+            layer.op.span,
+            format!(
+                "this reads as `Conv2d(out: {out}, kernel: {}, stride: {})`, with as many output \
+                 channels as input channels",
+                size(k),
+                size(s)
+            ),
+        )
+        .with_label("PyTorch's argument order?")
+        .with_help(format!(
+            "PyTorch's order is `Conv2d(in_channels, out_channels, kernel_size)`; qatc infers the \
+             input channels, so that is `Conv2d(out: {}, kernel: {})`",
+            size(k),
+            size(s)
+        )),
+    );
+}
+
+/// A qconfig given to a layer that fuses into another has no effect: the fused layer is
+/// quantized (or kept float) as its host is.
+fn warn_fused_overrides(model: &CheckedModel, diags: &mut Vec<Diag>) {
+    for (j, host) in model.fusion_hosts().into_iter().enumerate() {
+        let (Some(h), Some(span)) = (host, model.layers[j].qconfig_override) else {
+            continue;
+        };
+        let (layer, host) = (&model.layers[j], &model.layers[h]);
+        let name = |q: &Option<QConfig>| q.as_ref().map_or("none".to_string(), |q| q.name.clone());
+        if name(&layer.qconfig) == name(&host.qconfig) {
+            continue;
+        }
+        diags.push(
+            Diag::warning(
+                span,
+                format!(
+                    "`{}: {}` has no effect: `{}` fuses into `{}`",
+                    layer.name,
+                    name(&layer.qconfig),
+                    layer.name,
+                    host.name
+                ),
+            )
+            .with_label(format!(
+                "`{}` follows `{}`'s qconfig",
+                layer.name, host.name
+            ))
+            .with_note(format!(
+                "`{}` ({}) is fused into `{}` ({}) before training, as torch's `fuse_modules` \
+                 does, and quantized with it: {}",
+                layer.name,
+                layer.kind.describe(),
+                host.name,
+                host.kind.describe(),
+                name(&host.qconfig)
+            ))
+            .with_help(format!(
+                "give `{}` the qconfig instead, or remove this line",
+                host.name
+            )),
+        );
+    }
 }
 
 /// Kahn's algorithm, taking the earliest ready layer in source order each time so the order
@@ -706,6 +817,7 @@ fn infer_layer(
                 return None;
             };
             let bias = bias.unwrap_or(true);
+            torch_positional_conv(layer, c, diags);
             // The window's taps are bounded, so this fits; the weights may still be too many.
             let per_out = (c / groups) * kernel.0 * kernel.1;
             let Some(weights) = limits::weights(*out, per_out) else {
@@ -868,6 +980,7 @@ fn resolve_qconfigs(
     };
     let backend = q.backend.as_ref().map_or(Backend::Fbgemm, |b| b.node);
     let base = qconfig::preset(backend, QuantMode::Qat);
+    let errors_before = diags.len();
 
     // Named qconfigs, built on the backend's preset.
     let mut defined: HashMap<&str, QConfig> = HashMap::new();
@@ -876,7 +989,14 @@ fn resolve_qconfigs(
         if defined.contains_key(name) {
             diags.push(
                 Diag::error(def.name.span, format!("qconfig `{name}` is defined twice"))
-                    .with_label("second definition"),
+                    .with_label("second definition")
+                    .with_secondary(
+                        q.qconfigs
+                            .iter()
+                            .find(|d| d.name.node == name)
+                            .map_or(def.name.span, |d| d.name.span),
+                        "first defined here",
+                    ),
             );
             continue;
         }
@@ -911,15 +1031,64 @@ fn resolve_qconfigs(
         }
     }
     let qconfig_names: Vec<&str> = q.qconfigs.iter().map(|d| d.name.node.as_str()).collect();
+    let used: std::cell::RefCell<Vec<&str>> = Default::default();
     let resolve = |r: &ast::Spanned<QconfigRef>,
                    diags: &mut Vec<Diag>|
      -> Option<Option<QConfig>> {
         match &r.node {
             QconfigRef::None => Some(None),
-            QconfigRef::Qat(b) => Some(Some(qconfig::preset(*b, QuantMode::Qat))),
-            QconfigRef::Ptq(b) => Some(Some(qconfig::preset(*b, QuantMode::Ptq))),
+            QconfigRef::Qat(b) | QconfigRef::Ptq(b) => {
+                let mode = match &r.node {
+                    QconfigRef::Ptq(_) => QuantMode::Ptq,
+                    _ => QuantMode::Qat,
+                };
+                let preset = qconfig::preset(*b, mode);
+                if *b != backend {
+                    diags.push(
+                        Diag::warning(
+                            r.span,
+                            format!(
+                                "`{}` is the {} preset, but the backend is {}",
+                                preset.name,
+                                b.name(),
+                                backend.name()
+                            ),
+                        )
+                        .with_label("another backend's preset")
+                        .with_help(format!(
+                            "write `{}({})`, or set `backend: {}`",
+                            &preset.name[..3],
+                            backend.name(),
+                            b.name()
+                        )),
+                    );
+                }
+                if mode == QuantMode::Ptq && spec.train.is_some() {
+                    diags.push(
+                        Diag::warning(
+                            r.span,
+                            format!(
+                                "`{}` is a post-training preset: `qatc train` trains this model in \
+                                 float and its observers only watch",
+                                preset.name
+                            ),
+                        )
+                        .with_label("no fake quantization while training")
+                        .with_help(format!(
+                            "for quantization-aware training write `qat({})` (PyTorch's tutorial \
+                             passes `get_default_qconfig` to `prepare_qat`, the same mistake); \
+                             `qatc calibrate` is what this preset is for",
+                            b.name()
+                        )),
+                    );
+                }
+                Some(Some(preset))
+            }
             QconfigRef::Named(name) => match defined.get(name.as_str()) {
-                Some(qc) => Some(Some(qc.clone())),
+                Some(qc) => {
+                    used.borrow_mut().push(qc.name.as_str());
+                    Some(Some(qc.clone()))
+                }
                 None if qconfig_names.contains(&name.as_str()) => None, // already reported
                 None => {
                     let d = Diag::error(r.span, format!("no qconfig named `{name}`"))
@@ -948,13 +1117,13 @@ fn resolve_qconfigs(
     for o in &q.overrides {
         let name = o.layer.node.as_str();
         if let Some(prev) = overridden.insert(name, o.layer.span) {
-            let _ = prev;
             diags.push(
                 Diag::error(
                     o.layer.span,
                     format!("layer `{name}` is given a qconfig twice"),
                 )
-                .with_label("second override"),
+                .with_label("second override")
+                .with_secondary(prev, "first given here"),
             );
             continue;
         }
@@ -978,6 +1147,21 @@ fn resolve_qconfigs(
                     layer_names.iter().copied().chain(["backend", "default"]),
                 ));
             }
+        }
+    }
+    let used = used.into_inner();
+    // After an error (a misspelt qconfig name) the "not used" warnings would only repeat it.
+    let errors_here = diags[errors_before..].iter().any(Diag::is_error);
+    for def in q.qconfigs.iter().filter(|_| !errors_here) {
+        let name = def.name.node.as_str();
+        if defined.contains_key(name) && !used.contains(&name) {
+            diags.push(
+                Diag::warning(def.name.span, format!("qconfig `{name}` is not used"))
+                    .with_label("no layer uses it")
+                    .with_help(format!(
+                        "give it to layers with `LAYER: {name}` or `default: {name}`"
+                    )),
+            );
         }
     }
     default.map(|_| (Some(backend), per_layer))

@@ -29,7 +29,8 @@ pub fn model_table(m: &CheckedModel) -> String {
             "float".into()
         },
     ]);
-    for layer in &m.layers {
+    let hosts = m.fusion_hosts();
+    for (i, layer) in m.layers.iter().enumerate() {
         let inputs = layer
             .inputs
             .iter()
@@ -54,10 +55,14 @@ pub fn model_table(m: &CheckedModel) -> String {
             } else {
                 si(layer.macs as u128)
             },
-            layer
-                .qconfig
-                .as_ref()
-                .map_or("float".to_string(), |q| q.name.clone()),
+            match hosts[i] {
+                // Quantized (or kept float) with the layer it fuses into.
+                Some(h) => format!("fused into {}", m.layers[h].name),
+                None => layer
+                    .qconfig
+                    .as_ref()
+                    .map_or("float".to_string(), |q| q.name.clone()),
+            },
         ]);
     }
     // Each layer's counts are bounded (`crate::limits`), their sums over many layers are not.
@@ -153,10 +158,12 @@ pub fn model_table(m: &CheckedModel) -> String {
 /// totals, each qconfig's meaning and the training settings.
 pub fn model_json(m: &CheckedModel) -> serde_json::Value {
     use serde_json::json;
+    let hosts = m.fusion_hosts();
     let layers: Vec<serde_json::Value> = m
         .layers
         .iter()
-        .map(|layer| {
+        .zip(&hosts)
+        .map(|(layer, host)| {
             let inputs: Vec<String> = layer
                 .inputs
                 .iter()
@@ -173,6 +180,7 @@ pub fn model_json(m: &CheckedModel) -> serde_json::Value {
                 "params": layer.params,
                 "macs": layer.macs,
                 "qconfig": layer.qconfig.as_ref().map(|q| q.name.clone()),
+                "fused_into": host.map(|h| m.layers[h].name.clone()),
             })
         })
         .collect();

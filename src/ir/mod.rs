@@ -244,6 +244,48 @@ impl Graph {
     }
 
     /// Indices of the nodes that read each node.
+    /// Which node each node fuses into, as torch's `fuse_modules` would fuse them:
+    /// Conv2d+BatchNorm2d(+ReLU), Linear+BatchNorm1d(+ReLU), Conv2d+ReLU and Linear+ReLU (each
+    /// op says its part: [`Op::fusion`]); ReLU6 too, under the `native` backend only
+    /// ([`Graph::torch_relu6`]). A pair fuses only when the first node's output has no other
+    /// reader and is not the graph output. `None` for the nodes that stay.
+    pub fn fusion_hosts(&self) -> Vec<Option<NodeId>> {
+        let users = self.users();
+        // The single reader of `i`, when fusing into it is allowed.
+        let sole_user = |i: NodeId| -> Option<NodeId> {
+            match users[i].as_slice() {
+                [u] if i != self.output => Some(*u),
+                _ => None,
+            }
+        };
+        let mut host: Vec<Option<NodeId>> = vec![None; self.nodes.len()];
+        for i in 0..self.nodes.len() {
+            if host[i].is_some() {
+                continue;
+            }
+            let Fusion::Head(kind) = self.nodes[i].op.fusion() else {
+                continue;
+            };
+            let mut tail = i;
+            if let Some(u) = sole_user(tail) {
+                if let Fusion::BatchNorm(attrs) = self.nodes[u].op.fusion() {
+                    if attrs.kind.host() == kind {
+                        host[u] = Some(i);
+                        tail = u;
+                    }
+                }
+            }
+            if let Some(u) = sole_user(tail) {
+                if let Fusion::Act(a) = self.nodes[u].op.fusion() {
+                    if !(a == Act::ReLU6 && self.torch_relu6()) {
+                        host[u] = Some(i);
+                    }
+                }
+            }
+        }
+        host
+    }
+
     pub fn users(&self) -> Vec<Vec<NodeId>> {
         let mut users = vec![Vec::new(); self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {

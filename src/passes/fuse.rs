@@ -1,52 +1,26 @@
 //! fuse: Conv2d+BatchNorm2d(+ReLU), Linear+BatchNorm1d(+ReLU), Conv2d+ReLU and Linear+ReLU
-//! become one node, as torch's `fuse_modules` does (each op says its part: [`Op::fusion`]);
-//! ReLU6 too under the `native` backend only ([`Graph::torch_relu6`]). A pair fuses only when
-//! the first node's output has no
-//! other reader and is not the graph output. The fused node keeps the first node's name and
-//! qconfig; it does not change any shape or any parameter.
+//! become one node, as torch's `fuse_modules` does; which nodes fuse is
+//! [`Graph::fusion_hosts`]. The fused node keeps the first node's name and qconfig; it does not
+//! change any shape or any parameter.
 
-use crate::ir::{Act, Fusion, Graph, Node, NodeId, Op};
+use crate::ir::{Fusion, Graph, Node, NodeId, Op};
 
 pub fn fuse(graph: &Graph) -> Graph {
-    let users = graph.users();
-    // The single reader of `i`, when fusing into it is allowed.
-    let sole_user = |i: NodeId| -> Option<NodeId> {
-        match users[i].as_slice() {
-            [u] if i != graph.output => Some(*u),
-            _ => None,
-        }
-    };
-    let mut absorbed_into: Vec<Option<NodeId>> = vec![None; graph.nodes.len()];
+    let absorbed_into = graph.fusion_hosts();
     let mut fused: Vec<Node> = graph.nodes.clone();
-    for i in 0..graph.nodes.len() {
-        if absorbed_into[i].is_some() {
-            continue;
-        }
-        let Fusion::Head(host) = graph.nodes[i].op.fusion() else {
-            continue;
-        };
-        let mut tail = i;
-        if let Some(u) = sole_user(tail) {
-            if let (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. } | Op::Linear { bn, .. }) =
-                (graph.nodes[u].op.fusion(), &mut fused[i].op)
-            {
-                if attrs.kind.host() == host {
-                    *bn = Some(attrs);
-                    absorbed_into[u] = Some(i);
-                    tail = u;
-                }
+    for (u, host) in absorbed_into.iter().enumerate() {
+        let Some(i) = *host else { continue };
+        match (graph.nodes[u].op.fusion(), &mut fused[i].op) {
+            (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. } | Op::Linear { bn, .. }) => {
+                *bn = Some(attrs);
             }
-        }
-        if let Some(u) = sole_user(tail) {
-            if let Fusion::Act(a) = graph.nodes[u].op.fusion() {
-                if a == Act::ReLU6 && graph.torch_relu6() {
-                    continue;
-                }
-                if let Op::Conv2d { act, .. } | Op::Linear { act, .. } = &mut fused[i].op {
-                    *act = a;
-                    absorbed_into[u] = Some(i);
-                }
-            }
+            (Fusion::Act(a), Op::Conv2d { act, .. } | Op::Linear { act, .. }) => *act = a,
+            // `fusion_hosts` absorbs only BatchNorms and activations, into Conv2d and Linear.
+            (fusion, op) => unreachable!(
+                "node {} ({fusion:?}) fused into {}",
+                graph.nodes[u].name,
+                op.mnemonic()
+            ),
         }
     }
     rebuild(graph, fused, &absorbed_into)

@@ -89,9 +89,10 @@ pub struct Layer {
     pub arg_spans: ArgSpans,
 }
 
-/// Argument name -> span of its value. Not part of the meaning: always equal.
+/// Argument name -> span of its value, and how many arguments were positional. Not part of
+/// the meaning: always equal.
 #[derive(Clone, Debug, Default)]
-pub struct ArgSpans(pub Vec<(String, Span)>);
+pub struct ArgSpans(pub Vec<(String, Span)>, pub usize);
 
 impl ArgSpans {
     pub fn get(&self, arg: &str) -> Option<Span> {

@@ -289,6 +289,9 @@ impl Lower {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.span))
                 .collect(),
+            rest.iter()
+                .filter(|a| matches!(a, Arg::Positional(_)))
+                .count(),
         );
         let op = match callee.text.as_str() {
             name if activation.is_some() => {
@@ -841,8 +844,23 @@ impl Lower {
                             format!("`{}` takes no more positional arguments", callee.text),
                         )
                         .with_label("unexpected argument");
+                        let positional_args = args
+                            .iter()
+                            .filter(|a| matches!(a, Arg::Positional(_)))
+                            .count();
                         let d = if params.is_empty() {
                             d.with_note(format!("`{}` takes no arguments", callee.text))
+                        } else if callee.text == "Linear" && positional_args == 2 {
+                            // PyTorch's `nn.Linear(in_features, out_features)`.
+                            d.with_help(format!(
+                                "this looks like PyTorch's `Linear(in_features, out_features)`; \
+                                 qatc infers the input size from the layer before: write \
+                                 `Linear(out: {})`",
+                                match &value.kind {
+                                    cst::ValueKind::Number { int: Some(n), .. } => n.to_string(),
+                                    _ => "N".to_string(),
+                                }
+                            ))
                         } else {
                             d.with_help(format!(
                                 "name it: {}",

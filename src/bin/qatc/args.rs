@@ -12,6 +12,9 @@ use qatc::pipeline::Emit;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Treat the spec's warnings as errors (exit status 2).
+    #[arg(long, global = true)]
+    pub deny_warnings: bool,
 }
 
 #[derive(Subcommand)]

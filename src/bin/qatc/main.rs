@@ -27,6 +27,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
+    qatc::diag::set_color(colour_wanted());
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,6 +36,14 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
+}
+
+/// Diagnostics are coloured on a terminal, as clap's are: not when `NO_COLOR` is set (to
+/// anything), always when `CLICOLOR_FORCE` is (and `NO_COLOR` is not).
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    !set("NO_COLOR") && (set("CLICOLOR_FORCE") || std::io::stderr().is_terminal())
 }
 
 /// Output into a pipe whose reader has gone (`qatc compile M --emit asm | head`) ends the
@@ -59,6 +68,7 @@ fn quiet_on_closed_stdout() {
 
 /// Runs one command.
 fn run(cli: Cli) -> Result<(), Error> {
+    DENY_WARNINGS.store(cli.deny_warnings, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Check { spec, json } => {
             let spec = load_spec(&spec)?;
@@ -258,9 +268,23 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// `--deny-warnings`: a spec with warnings is refused.
+static DENY_WARNINGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads and checks a spec, printing its warnings (rustc-style, to stderr); with
+/// `--deny-warnings` a warning fails the command.
 fn load_spec(path: &Path) -> Result<SpecFile, Error> {
     let spec = SpecFile::load(path)?;
     eprint!("{}", spec.warnings);
+    if !spec.warnings.is_empty() && DENY_WARNINGS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::new(
+            Stage::Spec,
+            format!(
+                "error: {} has warnings, and --deny-warnings makes them errors\n",
+                path.display()
+            ),
+        ));
+    }
     Ok(spec)
 }
 
