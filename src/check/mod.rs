@@ -1012,11 +1012,13 @@ fn resolve_qconfigs(
         let mut ok = true;
         if let Some(a) = &def.activation {
             activation = qconfig::apply(base.activation, &a.node);
-            ok &= validate_fake_quant(&activation, a.span, Role::Activation, diags);
+            let at = FieldAt(a.span, &def.field_spans[0]);
+            ok &= validate_fake_quant(&activation, at, Role::Activation, diags);
         }
         if let Some(w) = &def.weight {
             weight = qconfig::apply(base.weight, &w.node);
-            ok &= validate_fake_quant(&weight, w.span, Role::Weight, diags);
+            let at = FieldAt(w.span, &def.field_spans[1]);
+            ok &= validate_fake_quant(&weight, at, Role::Weight, diags);
         }
         if ok {
             defined.insert(
@@ -1173,9 +1175,19 @@ enum Role {
     Weight,
 }
 
+/// Where a `fake_quant(...)` was written, and each of its fields.
+struct FieldAt<'a>(Span, &'a ast::ArgSpans);
+
+impl FieldAt<'_> {
+    /// The span of the first of `fields` that was written, else the whole call's.
+    fn of(&self, fields: &[&str]) -> Span {
+        fields.iter().find_map(|f| self.1.get(f)).unwrap_or(self.0)
+    }
+}
+
 fn validate_fake_quant(
     fq: &FakeQuantConfig,
-    span: Span,
+    at: FieldAt,
     role: Role,
     diags: &mut Vec<Diag>,
 ) -> bool {
@@ -1186,7 +1198,7 @@ fn validate_fake_quant(
             if fq.observer.is_per_channel() {
                 diags.push(
                     Diag::error(
-                        span,
+                        at.of(&["observer"]),
                         format!(
                             "per-channel observer `{}` used for activations",
                             fq.observer.name()
@@ -1201,7 +1213,7 @@ fn validate_fake_quant(
             if fq.dtype != DType::Qint8 {
                 diags.push(
                     Diag::error(
-                        span,
+                        at.of(&["dtype"]),
                         format!("weights must be qint8, not {}", fq.dtype.name()),
                     )
                     .with_label("the int8 kernels take signed 8-bit weights"),
@@ -1210,9 +1222,15 @@ fn validate_fake_quant(
         }
     }
     if fq.quant_min >= fq.quant_max || fq.quant_min < lo || fq.quant_max > hi {
+        // The bound that is out of the dtype's range, else the range as written.
+        let field = if fq.quant_min < lo || fq.quant_min >= fq.quant_max {
+            at.of(&["quant_min", "quant_max", "reduce_range", "dtype"])
+        } else {
+            at.of(&["quant_max", "quant_min", "reduce_range", "dtype"])
+        };
         diags.push(
             Diag::error(
-                span,
+                field,
                 format!(
                     "quantization range {}..{} is not a non-empty range inside {} ({lo}..{hi})",
                     fq.quant_min,

@@ -469,6 +469,9 @@ pub struct QconfigDef {
     pub activation: Option<Spanned<FakeQuantSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Spanned<FakeQuantSpec>>,
+    /// Where each field of `activation` and `weight` was written, for messages about one field.
+    #[serde(skip)]
+    pub field_spans: [ArgSpans; 2],
 }
 
 // ------------------------------------------------------------------------------------------ train

@@ -119,36 +119,66 @@ pub fn parse(source: &str) -> Result<File, Diag> {
     Ok(File { blocks })
 }
 
-/// Rejects bracket nesting deeper than [`MAX_NESTING`] before pest sees it, so no input can
-/// recurse the parser deeply.
+/// Matches brackets before pest sees the text: nesting deeper than [`MAX_NESTING`] is refused
+/// (no input can recurse the parser deeply), and an unclosed or mismatched bracket is reported
+/// at the bracket left open (pest would report the token after it: ``expected `epochs`, found
+/// `}` ``).
 fn check_nesting(source: &str) -> Result<(), Diag> {
-    let mut depth = 0usize;
+    let mut open: Vec<(char, usize)> = Vec::new();
     let mut in_comment = false;
     let mut in_string = false;
+    let closer = |c: char| match c {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    };
     for (i, c) in source.char_indices() {
         match c {
-            '\n' => {
-                in_comment = false;
-                in_string = false;
-            }
+            // A string left open at the end of its line: the parser says so better.
+            '\n' if in_string => return Ok(()),
+            '\n' => in_comment = false,
             _ if in_comment => {}
             '"' => in_string = !in_string,
             _ if in_string => {}
             '#' => in_comment = true,
             '(' | '[' | '{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
+                open.push((c, i));
+                if open.len() > MAX_NESTING {
                     return Err(
                         Diag::error(Span::new(i, i + 1), "brackets nested too deeply")
                             .with_label(format!("more than {MAX_NESTING} levels deep")),
                     );
                 }
             }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            ')' | ']' | '}' => match open.pop() {
+                Some((o, _)) if closer(o) == c => {}
+                Some((o, at)) => {
+                    return Err(
+                        Diag::error(Span::new(at, at + 1), format!("unclosed `{o}`"))
+                            .with_label(format!("this `{o}` is never closed"))
+                            .with_secondary(
+                                Span::new(i, i + 1),
+                                format!("`{c}` found here, where `{}` was expected", closer(o)),
+                            ),
+                    );
+                }
+                None => {
+                    return Err(Diag::error(Span::new(i, i + 1), format!("unmatched `{c}`"))
+                        .with_label("nothing here to close"));
+                }
+            },
             _ => {}
         }
     }
-    Ok(())
+    match open.pop() {
+        Some(_) if in_string => Ok(()),
+        Some((o, at)) => Err(
+            Diag::error(Span::new(at, at + 1), format!("unclosed `{o}`"))
+                .with_label(format!("this `{o}` is never closed"))
+                .with_help(format!("close it with `{}`", closer(o))),
+        ),
+        None => Ok(()),
+    }
 }
 
 fn span_of(pair: &Pair<Rule>) -> Span {

@@ -468,12 +468,13 @@ impl Lower {
             name: spanned_name(name),
             activation: None,
             weight: None,
+            field_spans: Default::default(),
         };
         let mut ok = true;
         for entry in entries {
-            let slot = match entry.key.text.as_str() {
-                "activation" => &mut def.activation,
-                "weight" => &mut def.weight,
+            let (slot, spans) = match entry.key.text.as_str() {
+                "activation" => (&mut def.activation, &mut def.field_spans[0]),
+                "weight" => (&mut def.weight, &mut def.field_spans[1]),
                 other => {
                     let d = Diag::error(entry.key.span, format!("unknown qconfig field `{other}`"))
                         .with_label("a qconfig has `activation` and `weight`");
@@ -489,12 +490,16 @@ impl Lower {
             }
             let fq = self.fake_quant(&entry.value);
             ok &= fq.is_some();
-            *slot = fq.map(|f| Spanned::new(f, entry.value.span));
+            if let Some((f, field_spans)) = fq {
+                *slot = Some(Spanned::new(f, entry.value.span));
+                *spans = field_spans;
+            }
         }
         ok.then_some(def)
     }
 
-    fn fake_quant(&self, value: &Value) -> Option<FakeQuantSpec> {
+    /// A `fake_quant(...)` call, and where each of its fields was written.
+    fn fake_quant(&self, value: &Value) -> Option<(FakeQuantSpec, ArgSpans)> {
         let ValueKind::Call { callee, args } = &value.kind else {
             self.error(
                 Diag::error(
@@ -522,7 +527,15 @@ impl Lower {
             "learnable",
         ];
         let bound = self.bind(callee, args, params, &[])?;
-        Some(FakeQuantSpec {
+        let spans = ArgSpans(
+            bound
+                .args
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.span))
+                .collect(),
+            0,
+        );
+        let spec = FakeQuantSpec {
             observer: self.opt(&bound, "observer", Self::observer)?,
             dtype: self.opt(&bound, "dtype", Self::dtype)?,
             scheme: self.opt(&bound, "scheme", Self::scheme)?,
@@ -533,7 +546,8 @@ impl Lower {
                 cx.float_in(v, "`averaging`", 0.0, 1.0, false)
             })?,
             learnable: self.opt(&bound, "learnable", Self::bool)?,
-        })
+        };
+        Some((spec, spans))
     }
 
     fn observer(&self, value: &Value) -> Option<ObserverKind> {
