@@ -5,6 +5,16 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
+/// Builds `Path { field: value? ... }` after evaluating every value (each an `Option`, `None`
+/// once its error is reported), so every bad argument of a call is reported in one run, not
+/// only the first.
+macro_rules! every {
+    ($($path:ident)::+ { $($field:ident: $value:expr),* $(,)? }) => {{
+        $(let $field = $value;)*
+        $($path)::+ { $($field: $field?),* }
+    }};
+}
+
 use super::ast::*;
 use super::cst::{self, Arg, BlockKind, Entry, Item, Value, ValueKind};
 use crate::diag::{suggest, Diag};
@@ -305,39 +315,47 @@ impl Lower {
                 }
                 Op::Activation(ActivationSpec(Activation::from_args(name, &values)?))
             }
-            "Linear" => Op::Linear {
-                out: self.positive(self.require(&bound, callee, "out")?, "`out`")?,
-                bias: self.opt(&bound, "bias", Self::bool)?,
-            },
-            "Conv2d" => Op::Conv2d {
-                out: self.positive(self.require(&bound, callee, "out")?, "`out`")?,
-                kernel: self.size2(self.require(&bound, callee, "kernel")?, "`kernel`", 1)?,
-                stride: self.opt(&bound, "stride", |cx, v| cx.size2(v, "`stride`", 1))?,
-                padding: self.opt(&bound, "padding", |cx, v| cx.size2(v, "`padding`", 0))?,
-                groups: self.opt(&bound, "groups", |cx, v| cx.positive(v, "`groups`"))?,
-                bias: self.opt(&bound, "bias", Self::bool)?,
-            },
+            "Linear" => every!(Op::Linear {
+                out: self
+                    .require(&bound, callee, "out")
+                    .and_then(|v| self.positive(v, "`out`")),
+                bias: self.opt(&bound, "bias", Self::bool),
+            }),
+            "Conv2d" => every!(Op::Conv2d {
+                out: self
+                    .require(&bound, callee, "out")
+                    .and_then(|v| self.positive(v, "`out`")),
+                kernel: self
+                    .require(&bound, callee, "kernel")
+                    .and_then(|v| self.size2(v, "`kernel`", 1)),
+                stride: self.opt(&bound, "stride", |cx, v| cx.size2(v, "`stride`", 1)),
+                padding: self.opt(&bound, "padding", |cx, v| cx.size2(v, "`padding`", 0)),
+                groups: self.opt(&bound, "groups", |cx, v| cx.positive(v, "`groups`")),
+                bias: self.opt(&bound, "bias", Self::bool),
+            }),
             "MaxPool2d" | "AvgPool2d" => {
-                let pool = Pool {
-                    kernel: self.size2(self.require(&bound, callee, "kernel")?, "`kernel`", 1)?,
-                    stride: self.opt(&bound, "stride", |cx, v| cx.size2(v, "`stride`", 1))?,
-                    padding: self.opt(&bound, "padding", |cx, v| cx.size2(v, "`padding`", 0))?,
-                };
+                let pool = every!(Pool {
+                    kernel: self
+                        .require(&bound, callee, "kernel")
+                        .and_then(|v| self.size2(v, "`kernel`", 1)),
+                    stride: self.opt(&bound, "stride", |cx, v| cx.size2(v, "`stride`", 1)),
+                    padding: self.opt(&bound, "padding", |cx, v| cx.size2(v, "`padding`", 0)),
+                });
                 if callee.text == "MaxPool2d" {
                     Op::MaxPool2d(pool)
                 } else {
                     Op::AvgPool2d(pool)
                 }
             }
-            name if Norm::from_name(name).is_some() => Op::Norm(NormSpec {
-                kind: Norm::from_name(name)?,
+            name if Norm::from_name(name).is_some() => Op::Norm(every!(NormSpec {
+                kind: Norm::from_name(name),
                 eps: self.opt(&bound, "eps", |cx, v| {
                     cx.float_in(v, "`eps`", 0.0, f64::MAX, false)
-                })?,
+                }),
                 momentum: self.opt(&bound, "momentum", |cx, v| {
                     cx.float_in(v, "`momentum`", 0.0, 1.0, true)
-                })?,
-            }),
+                }),
+            })),
             "Dropout" => Op::Dropout {
                 p: self.opt(&bound, "p", |cx, v| cx.float_in(v, "`p`", 0.0, 1.0, true))?,
             },
@@ -535,18 +553,18 @@ impl Lower {
                 .collect(),
             0,
         );
-        let spec = FakeQuantSpec {
-            observer: self.opt(&bound, "observer", Self::observer)?,
-            dtype: self.opt(&bound, "dtype", Self::dtype)?,
-            scheme: self.opt(&bound, "scheme", Self::scheme)?,
-            reduce_range: self.opt(&bound, "reduce_range", Self::bool)?,
-            quant_min: self.opt(&bound, "quant_min", |cx, v| cx.int(v, "`quant_min`"))?,
-            quant_max: self.opt(&bound, "quant_max", |cx, v| cx.int(v, "`quant_max`"))?,
+        let spec = every!(FakeQuantSpec {
+            observer: self.opt(&bound, "observer", Self::observer),
+            dtype: self.opt(&bound, "dtype", Self::dtype),
+            scheme: self.opt(&bound, "scheme", Self::scheme),
+            reduce_range: self.opt(&bound, "reduce_range", Self::bool),
+            quant_min: self.opt(&bound, "quant_min", |cx, v| cx.int(v, "`quant_min`")),
+            quant_max: self.opt(&bound, "quant_max", |cx, v| cx.int(v, "`quant_max`")),
             averaging: self.opt(&bound, "averaging", |cx, v| {
                 cx.float_in(v, "`averaging`", 0.0, 1.0, false)
-            })?,
-            learnable: self.opt(&bound, "learnable", Self::bool)?,
-        };
+            }),
+            learnable: self.opt(&bound, "learnable", Self::bool),
+        });
         Some((spec, spans))
     }
 
@@ -736,14 +754,16 @@ impl Lower {
                     &["lr", "momentum", "weight_decay", "nesterov"],
                     &["lr"],
                 )?;
-                Some(Optimizer::Sgd {
-                    lr: rate(self, self.require(&bound, callee, "lr")?, "`lr`")?,
-                    momentum: self.opt(&bound, "momentum", |cx, v| frac(cx, v, "`momentum`"))?,
+                Some(every!(Optimizer::Sgd {
+                    lr: self
+                        .require(&bound, callee, "lr")
+                        .and_then(|v| rate(self, v, "`lr`")),
+                    momentum: self.opt(&bound, "momentum", |cx, v| frac(cx, v, "`momentum`")),
                     weight_decay: self.opt(&bound, "weight_decay", |cx, v| {
                         frac(cx, v, "`weight_decay`")
-                    })?,
-                    nesterov: self.opt(&bound, "nesterov", Self::bool)?,
-                })
+                    }),
+                    nesterov: self.opt(&bound, "nesterov", Self::bool),
+                }))
             }
             "adam" => {
                 let bound = self.bind(
@@ -752,15 +772,15 @@ impl Lower {
                     &["lr", "beta1", "beta2", "eps", "weight_decay"],
                     &["lr"],
                 )?;
-                Some(Optimizer::Adam {
-                    lr: self.opt(&bound, "lr", |cx, v| rate(cx, v, "`lr`"))?,
-                    beta1: self.opt(&bound, "beta1", |cx, v| frac(cx, v, "`beta1`"))?,
-                    beta2: self.opt(&bound, "beta2", |cx, v| frac(cx, v, "`beta2`"))?,
-                    eps: self.opt(&bound, "eps", |cx, v| rate(cx, v, "`eps`"))?,
+                Some(every!(Optimizer::Adam {
+                    lr: self.opt(&bound, "lr", |cx, v| rate(cx, v, "`lr`")),
+                    beta1: self.opt(&bound, "beta1", |cx, v| frac(cx, v, "`beta1`")),
+                    beta2: self.opt(&bound, "beta2", |cx, v| frac(cx, v, "`beta2`")),
+                    eps: self.opt(&bound, "eps", |cx, v| rate(cx, v, "`eps`")),
                     weight_decay: self.opt(&bound, "weight_decay", |cx, v| {
                         frac(cx, v, "`weight_decay`")
-                    })?,
-                })
+                    }),
+                }))
             }
             other => {
                 let d = Diag::error(callee.span, format!("unknown optimizer `{other}`"))
@@ -781,13 +801,14 @@ impl Lower {
                     &["step_size", "gamma"],
                     &["step_size", "gamma"],
                 )?;
-                Some(Schedule::Step {
+                Some(every!(Schedule::Step {
                     step_size: self
-                        .positive(self.require(&bound, callee, "step_size")?, "`step_size`")?,
+                        .require(&bound, callee, "step_size")
+                        .and_then(|v| self.positive(v, "`step_size`")),
                     gamma: self.opt(&bound, "gamma", |cx, v| {
                         cx.float_in(v, "`gamma`", 0.0, f64::MAX, false)
-                    })?,
-                })
+                    }),
+                }))
             }
             _ => {
                 let d = Diag::error(value.span, format!("unknown schedule {}", value.describe()))
