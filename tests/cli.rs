@@ -449,3 +449,43 @@ fn duplicates_point_at_the_first_and_colour_follows_the_terminal() {
     assert!(String::from_utf8_lossy(&coloured.stderr).contains("\x1b["));
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Item 22: `qatc fmt` keeps comments, has `--check` and `--write`, and the shipped specs are
+/// in its layout.
+#[test]
+fn fmt_keeps_comments_and_the_shipped_specs_are_fmt_clean() {
+    for spec in common::spec_files() {
+        let (code, _, stderr) = qatc_in(&common::root(), &["fmt", "--check", path(&spec)]);
+        assert_eq!(code, 0, "{}: {stderr}", spec.display());
+    }
+    let work = scratch("fmt");
+    let messy = "# The header.\nmodel m {\n  input: [4]   # one sample\n\n  # the only layer\n  fc: Linear(10)\n}\ntrain {\n    seed: 3\n    epochs: 2 # short\n    # before the brace\n}\n";
+    std::fs::write(work.join("m.qspec"), messy).unwrap();
+    let (code, _, stderr) = qatc_in(&work, &["fmt", "--check", "m.qspec"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("m.qspec is not in canonical form"),
+        "{stderr}"
+    );
+    let (code, printed, _) = qatc_in(&work, &["fmt", "m.qspec"]);
+    assert_eq!(code, 0);
+    for comment in [
+        "# The header.",
+        "# one sample",
+        "# the only layer",
+        "# short",
+        "# before the brace",
+    ] {
+        assert!(printed.contains(comment), "lost `{comment}`:\n{printed}");
+    }
+    assert!(printed.contains("    epochs: 2  # short\n"), "{printed}");
+    let (code, _, _) = qatc_in(&work, &["fmt", "--write", "m.qspec"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(work.join("m.qspec")).unwrap(),
+        printed
+    );
+    let (code, _, _) = qatc_in(&work, &["fmt", "--check", "m.qspec"]);
+    assert_eq!(code, 0, "fmt is idempotent");
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -304,3 +304,138 @@ pub fn number(x: f64) -> String {
 fn string(s: &str) -> String {
     format!("\"{s}\"")
 }
+
+/// [`format_spec`] with the comments of `source` kept: a comment on its own lines stays above
+/// the entry (or the `}`) that followed it, and a comment after code stays at the end of that
+/// entry's line. Entries are found by their block and key (`train/epochs`,
+/// `quantize/qconfig wide/weight`), so moving or re-spacing them keeps their comments; a comment
+/// whose entry is gone goes to the end of the file rather than being lost.
+pub fn format_with_comments(spec: &Spec, source: &str) -> String {
+    let formatted = format_spec(spec);
+    // Comments by anchor: (lines above it, the comment after it on its line).
+    let mut comments: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    let mut blocks = Anchors::default();
+    for line in source.lines() {
+        let (code, comment) = split_comment(line);
+        match blocks.anchor(code) {
+            // A blank line before a comment stays (one, as an empty entry).
+            None if comment.is_none() => {
+                if pending.last().is_some_and(|c| !c.is_empty()) || pending.is_empty() {
+                    pending.push(String::new());
+                }
+            }
+            None => pending.extend(comment.map(str::to_string)),
+            Some(anchor) => {
+                // Blank lines after the comments are the formatter's to place.
+                while pending.last().is_some_and(String::is_empty) {
+                    pending.pop();
+                }
+                comments.push((
+                    anchor,
+                    std::mem::take(&mut pending),
+                    comment.map(str::to_string),
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut blocks = Anchors::default();
+    for line in formatted.lines() {
+        let anchor = blocks.anchor(line);
+        let found = anchor.and_then(|a| comments.iter().position(|(b, ..)| *b == a));
+        let (above, after) = match found {
+            Some(i) => {
+                let (_, above, after) = comments.remove(i);
+                (above, after)
+            }
+            None => (Vec::new(), None),
+        };
+        // Comments above a `}` belong to the block's body, one level in.
+        let indent = format!(
+            "{}{}",
+            &line[..line.len() - line.trim_start().len()],
+            if line.trim() == "}" { "    " } else { "" }
+        );
+        for c in above {
+            if c.is_empty() {
+                // Not twice, and not right after a block's `{`.
+                if !(out.is_empty() || out.ends_with("\n\n") || out.ends_with("{\n")) {
+                    out.push('\n');
+                }
+            } else {
+                let _ = writeln!(out, "{indent}{c}");
+            }
+        }
+        match after {
+            Some(c) => {
+                let _ = writeln!(out, "{line}  {c}");
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    // Comments whose entry the formatted text no longer has, and those at the end of the file.
+    let rest: Vec<String> = comments
+        .into_iter()
+        .flat_map(|(_, above, after)| above.into_iter().chain(after))
+        .chain(pending)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if !rest.is_empty() {
+        out.push('\n');
+        for c in rest {
+            let _ = writeln!(out, "{c}");
+        }
+    }
+    out
+}
+
+/// A line's code and its comment (`# ...`, outside strings; strings have no escapes).
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    let mut in_string = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            '#' if !in_string => return (line[..i].trim_end(), Some(line[i..].trim_end())),
+            _ => {}
+        }
+    }
+    (line.trim_end(), None)
+}
+
+/// Names the lines of a spec by their block and key, line by line.
+#[derive(Default)]
+struct Anchors {
+    path: Vec<String>,
+}
+
+impl Anchors {
+    /// The anchor of a line of code (`None` for a blank line): its block path and key, or the
+    /// block's header or closing brace.
+    fn anchor(&mut self, code: &str) -> Option<String> {
+        let code = code.trim();
+        if code.is_empty() {
+            return None;
+        }
+        let here = self.path.join("/");
+        if code == "}" {
+            self.path.pop();
+            return Some(format!("{here}/}}"));
+        }
+        if let Some(header) = code.strip_suffix('{') {
+            // `model NAME {`, `quantize {`, `qconfig NAME {`.
+            let header = header.trim();
+            let key = if header.starts_with("model") {
+                "model"
+            } else {
+                header
+            };
+            self.path.push(key.to_string());
+            return Some(format!("{here}/{key}"));
+        }
+        let key = code.split(':').next().unwrap_or(code).trim();
+        Some(format!("{here}/{key}"))
+    }
+}

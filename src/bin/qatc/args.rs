@@ -33,6 +33,12 @@ pub enum Command {
         /// Print the YAML form instead.
         #[arg(long)]
         yaml: bool,
+        /// Change nothing; exit with status 1 (naming the file) if it is not in canonical form.
+        #[arg(long, conflicts_with_all = ["yaml", "write"])]
+        check: bool,
+        /// Rewrite the file in canonical form instead of printing it.
+        #[arg(long, conflicts_with = "yaml")]
+        write: bool,
     },
     /// Evaluate a converted model (.qmodel) on the reference interpreter: accuracy and the
     /// confusion matrix on its spec's test data.

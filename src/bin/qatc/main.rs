@@ -79,7 +79,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Fmt { spec, yaml } => {
+        Command::Fmt {
+            spec,
+            yaml,
+            check,
+            write,
+        } => {
             let text = pipeline::read_spec(&spec)?;
             let (parsed, source) = qatc::syntax::parse_source(&spec.display().to_string(), &text);
             let ast = parsed.map_err(|diags| {
@@ -90,8 +95,38 @@ fn run(cli: Cli) -> Result<(), Error> {
             })?;
             if yaml {
                 print!("{}", qatc::syntax::to_yaml(&ast));
+                return Ok(());
+            }
+            // A .qspec keeps its comments; the YAML form's are YAML's own.
+            let is_yaml = spec.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            let formatted = if is_yaml {
+                qatc::syntax::fmt::format_spec(&ast)
             } else {
-                print!("{}", qatc::syntax::fmt::format_spec(&ast));
+                qatc::syntax::fmt::format_with_comments(&ast, &text)
+            };
+            if check {
+                if formatted != text {
+                    eprintln!(
+                        "{} is not in canonical form: `qatc fmt --write {}` rewrites it",
+                        spec.display(),
+                        spec.display()
+                    );
+                    std::process::exit(1);
+                }
+            } else if write {
+                let target = if is_yaml {
+                    spec.with_extension("qspec")
+                } else {
+                    spec.clone()
+                };
+                std::fs::write(&target, &formatted).map_err(|e| {
+                    Error::new(
+                        Stage::Write,
+                        format!("cannot write {}: {e}", target.display()),
+                    )
+                })?;
+            } else {
+                print!("{formatted}");
             }
             Ok(())
         }
