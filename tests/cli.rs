@@ -489,3 +489,39 @@ fn fmt_keeps_comments_and_the_shipped_specs_are_fmt_clean() {
     assert_eq!(code, 0, "fmt is idempotent");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Item 2 from the command line: Ctrl-C (SIGINT) after the first epoch stops the run with its
+/// state saved and says how to resume; `--resume` finishes it.
+#[test]
+fn ctrl_c_saves_the_run_and_resume_finishes_it() {
+    let work = scratch("sigint");
+    let spec = common::root().join("specs/lenet_custom.qspec");
+    let child = Command::new(env!("CARGO_BIN_EXE_qatc"))
+        .args(["train", path(&spec), "--out", "run", "-q"])
+        .current_dir(&work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's files, then interrupt.
+    let metrics = work.join("run/metrics.csv");
+    let started = std::time::Instant::now();
+    while !metrics.exists() {
+        assert!(started.elapsed().as_secs() < 300, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--resume run"), "{stderr}");
+    assert!(work.join("run/train_state.safetensors").exists());
+    let (code, stdout, stderr) = qatc_in(&work, &["train", path(&spec), "--resume", "run", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("fake quant, after 6 epochs"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -412,3 +412,88 @@ fn the_table_shows_the_epochs_that_will_run() {
     assert!(table.contains("\ntrain: 2 epochs, batch 64"), "{table}");
     std::fs::remove_dir_all(out).ok();
 }
+
+/// Sets the stop flag when epoch `after` ends, as Ctrl-C would.
+struct StopAfter<'a> {
+    after: usize,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl qatc::train::Progress for StopAfter<'_> {
+    fn epoch_end(&mut self, stats: &qatc::train::EpochStats) {
+        if stats.epoch == self.after {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// #16 item 2: a run stopped during an epoch keeps the previous epoch's files, and resuming it
+/// gives the same bytes as a run never stopped (BatchNorm, float pretraining then QAT, a cosine
+/// schedule, momentum).
+#[test]
+fn an_interrupted_run_resumes_to_the_same_bytes() {
+    let root = std::env::temp_dir().join(format!("qatc-resume-{}", std::process::id()));
+    let spec_path = common::root().join("specs/lenet_custom.qspec");
+    let prepare = |options: TrainOptions| {
+        let spec = SpecFile::load(&spec_path).unwrap();
+        let mut run = TrainRun::prepare(spec, &options).unwrap();
+        let size = run.data.train.image_size();
+        run.data.train.images.truncate(600 * size);
+        run.data.train.labels.truncate(600);
+        run
+    };
+    let options = |dir: &str| TrainOptions {
+        out: Some(root.join(dir)),
+        epochs: Some(3),
+        ..TrainOptions::default()
+    };
+    prepare(options("whole"))
+        .run(&mut qatc::train::Quiet)
+        .unwrap();
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let err = prepare(options("stopped"))
+        .run_until(
+            &mut StopAfter {
+                after: 2,
+                stop: &stop,
+            },
+            &stop,
+        )
+        .err()
+        .expect("the run stops");
+    assert!(
+        err.message.contains("interrupted during epoch 3") && err.message.contains("--resume"),
+        "{err}"
+    );
+    let metrics = std::fs::read_to_string(root.join("stopped/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "two epochs saved: {metrics}");
+
+    prepare(TrainOptions {
+        resume: Some(root.join("stopped")),
+        epochs: Some(3),
+        ..TrainOptions::default()
+    })
+    .run(&mut qatc::train::Quiet)
+    .unwrap();
+    for name in [
+        "checkpoint.safetensors",
+        "train_state.safetensors",
+        "metrics.csv",
+        "model.qmodel",
+    ] {
+        let a = std::fs::read(root.join("whole").join(name)).unwrap();
+        let b = std::fs::read(root.join("stopped").join(name)).unwrap();
+        assert!(a == b, "{name} differs after resuming");
+    }
+    let summary = |dir: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(dir).join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        v["dir"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(summary("whole"), summary("stopped"));
+    std::fs::remove_dir_all(root).ok();
+}

@@ -303,14 +303,20 @@ pub fn int8_accuracy(
 }
 
 /// Writes `bytes` to `dir/name`.
+/// Writes `dir/name` atomically: the bytes go to a temporary file in the same folder, which is
+/// then renamed over the old one, so an interrupted run never leaves half a file.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Error> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(|e| {
-        Error::new(
-            Stage::Write,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    })?;
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, bytes)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            Error::new(
+                Stage::Write,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     Ok(path)
 }
 

@@ -25,7 +25,14 @@ pub struct TrainOptions {
     pub lr: Option<f64>,
     /// Overrides the data folder (of the kind the spec names: MNIST or CIFAR-10 files).
     pub data: Option<PathBuf>,
+    /// Continues the run in this folder from its last completed epoch (its checkpoint and
+    /// `train_state.safetensors`); the run's files stay there.
+    pub resume: Option<PathBuf>,
 }
+
+/// The file beside the checkpoint with what resuming needs besides the network's state.
+pub const TRAIN_STATE: &str = "train_state.safetensors";
+const RESUME_KEY: &str = "qatc.resume";
 
 /// A training run whose spec, data and network are ready.
 pub struct TrainRun {
@@ -35,6 +42,8 @@ pub struct TrainRun {
     pub net: Net,
     pub epochs: usize,
     pub dir: PathBuf,
+    /// Where a resumed run starts.
+    pub resume: Option<crate::train::Resume>,
 }
 
 /// What a run produced: written as the run folder's `summary.json`.
@@ -120,10 +129,16 @@ impl TrainRun {
         let data = spec.data(&cfg)?;
         let net = spec.net(&cfg)?;
         let dir = options
-            .out
+            .resume
             .clone()
+            .or_else(|| options.out.clone())
             .unwrap_or_else(|| PathBuf::from("runs").join(&spec.model.name));
         create_dir(&dir)?;
+        let mut net = net;
+        let resume = match &options.resume {
+            Some(from) => Some(load_resume(&spec, &mut net, from, epochs)?),
+            None => None,
+        };
         Ok(TrainRun {
             spec,
             cfg,
@@ -131,15 +146,61 @@ impl TrainRun {
             net,
             epochs,
             dir,
+            resume,
         })
     }
 
     /// Trains, converts and compiles, and writes the run folder.
-    pub fn run(mut self, progress: &mut dyn Progress) -> Result<TrainReport, Error> {
+    pub fn run(self, progress: &mut dyn Progress) -> Result<TrainReport, Error> {
+        self.run_until(progress, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`TrainRun::run`], stopping before the next batch once `stop` is set (Ctrl-C): the epoch
+    /// in progress is abandoned, and the folder keeps the last completed epoch's checkpoint,
+    /// `train_state.safetensors` and `metrics.csv` (written, atomically, after every epoch), from
+    /// which `TrainOptions::resume` continues with the same result as a run never stopped.
+    pub fn run_until(
+        mut self,
+        progress: &mut dyn Progress,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<TrainReport, Error> {
         let model = &self.spec.model;
         let quantized = model.backend.is_some();
-        let outcome =
-            crate::train::train(&mut self.net, &self.data, &self.cfg, self.epochs, progress);
+        let run = crate::train::Run {
+            epochs: self.epochs,
+            resume: self.resume.take(),
+            stop,
+        };
+        let (spec, dir) = (&self.spec, &self.dir);
+        let mut save = |net: &Net, resume: &crate::train::Resume| -> Result<(), String> {
+            save_epoch(spec, dir, net, resume).map_err(|e| e.message)
+        };
+        let outcome = crate::train::train_run(
+            &mut self.net,
+            &self.data,
+            &self.cfg,
+            run,
+            progress,
+            &mut save,
+        )
+        .map_err(|stopped| match stopped {
+            crate::train::Stopped::Interrupted { epochs_done: 0 } => Error::new(
+                Stage::Train,
+                "interrupted during the first epoch: nothing was saved",
+            ),
+            crate::train::Stopped::Interrupted { epochs_done } => Error::new(
+                Stage::Train,
+                format!(
+                    "interrupted during epoch {}; {} holds the state after epoch {epochs_done}. \
+                     Continue with: qatc train {} --resume {}",
+                    epochs_done + 1,
+                    self.dir.display(),
+                    self.spec.path.display(),
+                    self.dir.display()
+                ),
+            ),
+            crate::train::Stopped::Hook(e) => Error::new(Stage::Write, e),
+        })?;
         let mut files = Vec::new();
         let mut write = |name: &str, bytes: &[u8]| {
             write_file(&self.dir, name, bytes)?;
@@ -220,4 +281,119 @@ impl TrainRun {
         write_file(&self.dir, "summary.json", format!("{json}\n").as_bytes())?;
         Ok(report)
     }
+}
+
+/// After an epoch: the checkpoint, the state to resume from, and the metrics so far, each
+/// written atomically.
+fn save_epoch(
+    spec: &SpecFile,
+    dir: &std::path::Path,
+    net: &Net,
+    resume: &crate::train::Resume,
+) -> Result<(), Error> {
+    let epochs = spec.model.train.as_ref().map_or(0, |t| t.epochs);
+    let checkpoint = spec.checkpoint_bytes(net, ("epochs", epochs.to_string()))?;
+    write_file(dir, "checkpoint.safetensors", &checkpoint)?;
+    let json = serde_json::to_string(resume).map_err(Error::at(Stage::Write))?;
+    let buffers = resume
+        .optimizer_m
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("optimizer.{i}.m"), vec![m.len()], m.clone()))
+        .chain(
+            resume
+                .optimizer_v
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("optimizer.{i}.v"), vec![v.len()], v.clone())),
+        )
+        .collect();
+    let metadata = std::collections::HashMap::from([
+        (RESUME_KEY.to_string(), json),
+        ("spec".to_string(), spec.text.clone()),
+    ]);
+    let state = crate::state::checkpoint::tensors_to_bytes(buffers, metadata)
+        .map_err(Error::at(Stage::Write))?;
+    write_file(dir, TRAIN_STATE, &state)?;
+    write_file(
+        dir,
+        "metrics.csv",
+        crate::train::report::metrics_csv(&resume.stats).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Loads the run in `dir` into `net` (its checkpoint) and returns where it resumes. The run must
+/// come from the same spec, and have epochs left to train.
+fn load_resume(
+    spec: &SpecFile,
+    net: &mut Net,
+    dir: &std::path::Path,
+    epochs: usize,
+) -> Result<crate::train::Resume, Error> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| {
+            Error::new(
+                Stage::Read,
+                format!(
+                    "cannot resume from {}: {}: {e} (a run folder has it after its first epoch)",
+                    dir.display(),
+                    path.display()
+                ),
+            )
+        })
+    };
+    let bad = |what: String| {
+        Error::new(
+            Stage::Read,
+            format!("cannot resume from {}: {what}", dir.display()),
+        )
+    };
+    let state = read(TRAIN_STATE)?;
+    let file = safetensors::SafeTensors::deserialize(&state)
+        .map_err(|e| bad(format!("{TRAIN_STATE} is not a valid file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&state)
+        .map_err(|e| bad(format!("{TRAIN_STATE}: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("spec") != Some(&spec.text) {
+        return Err(bad(format!(
+            "it was trained from a different spec than {} (resuming continues the same run; \
+             start a new one with --out)",
+            spec.path.display()
+        )));
+    }
+    let mut resume: crate::train::Resume = meta
+        .get(RESUME_KEY)
+        .ok_or_else(|| bad(format!("{TRAIN_STATE} has no `{RESUME_KEY}`")))
+        .and_then(|json| {
+            serde_json::from_str(json).map_err(|e| bad(format!("{TRAIN_STATE}: {e}")))
+        })?;
+    if resume.epochs_done >= epochs {
+        return Err(bad(format!(
+            "it has trained {} of {epochs} already; give more with --epochs",
+            crate::diag::count(resume.epochs_done, "epoch")
+        )));
+    }
+    let buffer = |name: String| -> Result<Vec<f32>, Error> {
+        let t = file
+            .tensor(&name)
+            .map_err(|_| bad(format!("{TRAIN_STATE} has no `{name}`")))?;
+        crate::state::checkpoint::f32_values(&t).map_err(|e| bad(format!("`{name}` {e}")))
+    };
+    let params = net.params_mut().len();
+    let step = resume.optimizer_step;
+    let stored = file.names().iter().filter(|n| n.ends_with(".m")).count();
+    if stored > 0 || step > 0 {
+        resume.optimizer_m = (0..params)
+            .map(|i| buffer(format!("optimizer.{i}.m")))
+            .collect::<Result<_, _>>()?;
+        resume.optimizer_v = (0..params)
+            .map(|i| buffer(format!("optimizer.{i}.v")))
+            .collect::<Result<_, _>>()?;
+    }
+    let checkpoint = read("checkpoint.safetensors")?;
+    crate::state::checkpoint::load(&net.graph, &mut net.state, &checkpoint)
+        .map_err(|e| bad(format!("checkpoint.safetensors: {e}")))?;
+    Ok(resume)
 }

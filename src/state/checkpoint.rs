@@ -207,7 +207,7 @@ fn slots<'a>(state: &'a mut State) -> Vec<Slot<'a>> {
 }
 
 /// A tensor's values as f32 (from f32 or f64), or why not.
-fn f32_values(t: &TensorView) -> Result<Vec<f32>, String> {
+pub fn f32_values(t: &TensorView) -> Result<Vec<f32>, String> {
     match t.dtype() {
         Dtype::F32 => Ok(t
             .data()

@@ -13,14 +13,17 @@ pub mod torch_rng;
 
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use engine::{Mode, Net};
 use rng::Rng;
+use torch_rng::TorchGenerator;
 
 use crate::check::TrainConfig;
 use crate::data::{Dataset, Splits};
 
 /// Whether an epoch trains plain float or with fake quantization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Float,
@@ -37,7 +40,7 @@ impl Phase {
 }
 
 /// One epoch's figures. Accuracies in percent.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,
@@ -86,20 +89,99 @@ pub fn train(
     epochs: usize,
     progress: &mut dyn Progress,
 ) -> TrainOutcome {
+    let never = AtomicBool::new(false);
+    let run = Run {
+        epochs,
+        resume: None,
+        stop: &never,
+    };
+    match train_run(net, data, cfg, run, progress, &mut |_, _| Ok(())) {
+        Ok(outcome) => outcome,
+        Err(stop) => unreachable!("a run without a stop flag or an epoch hook stopped: {stop:?}"),
+    }
+}
+
+/// How a run goes: its length, where it starts, and the flag that interrupts it (Ctrl-C).
+pub struct Run<'a> {
+    pub epochs: usize,
+    /// Continue a run from the end of one of its epochs.
+    pub resume: Option<Resume>,
+    /// Set from outside (a signal handler): the run stops before its next batch, abandoning the
+    /// epoch it is in.
+    pub stop: &'a AtomicBool,
+}
+
+/// Why a run stopped before its last epoch.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The stop flag was set during epoch `epochs_done + 1`, which was abandoned.
+    Interrupted { epochs_done: usize },
+    /// The epoch hook failed (writing the epoch's files).
+    Hook(String),
+}
+
+/// What resuming a run needs besides the network's state (its checkpoint): where it is, the
+/// figures so far, the random streams and the optimizer's buffers. With them, a resumed run
+/// gives the same bytes as one that was never stopped.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    pub stats: Vec<EpochStats>,
+    pub float_acc: Option<f32>,
+    /// The torch generator (batch order): its 624 words and position.
+    pub generator: (Vec<u32>, usize),
+    /// Dropout's generator.
+    pub dropout: [u64; 4],
+    pub optimizer_step: u32,
+    /// Optimizer buffers, one per parameter (kept out of the JSON: the caller stores them as
+    /// tensors).
+    #[serde(skip)]
+    pub optimizer_m: Vec<Vec<f32>>,
+    #[serde(skip)]
+    pub optimizer_v: Vec<Vec<f32>>,
+}
+
+/// Trains as `run` says, calling `each_epoch` after every completed epoch with the network and
+/// the state to resume from there.
+pub fn train_run(
+    net: &mut Net,
+    data: &Splits,
+    cfg: &TrainConfig,
+    run: Run,
+    progress: &mut dyn Progress,
+    each_epoch: &mut dyn FnMut(&Net, &Resume) -> Result<(), String>,
+) -> Result<TrainOutcome, Stopped> {
+    let epochs = run.epochs;
     let quantized = net.graph.nodes.iter().any(|n| n.qconfig.is_some());
     // Dropout's masks; the batch order comes from the network's torch-compatible generator.
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
     let mut optimizer = optim::Optimizer::new(cfg.optimizer.clone());
-    let n = data.train.len();
-    let batches = n.div_ceil(cfg.batch);
     let mut stats = Vec::new();
     let mut float_acc = None;
+    let mut first = 0;
+    if let Some(r) = run.resume {
+        net.generator = TorchGenerator::restore(&r.generator.0, r.generator.1)
+            .ok_or_else(|| Stopped::Hook("the saved batch-order generator is malformed".into()))?;
+        rng = Rng::restore(r.dropout);
+        optimizer
+            .restore(
+                r.optimizer_m,
+                r.optimizer_v,
+                r.optimizer_step,
+                &net.params_mut(),
+            )
+            .map_err(Stopped::Hook)?;
+        (stats, float_acc, first) = (r.stats, r.float_acc, r.epochs_done);
+    }
+    let n = data.train.len();
+    let batches = n.div_ceil(cfg.batch);
     let mut total_images = 0usize;
     let mut total_seconds = 0f64;
     let mut x = Vec::new();
     let mut labels = Vec::new();
 
-    for epoch in 0..epochs {
+    for epoch in first..epochs {
         let phase = if quantized && epoch >= cfg.pretrain_epochs {
             Phase::Qat
         } else {
@@ -124,6 +206,9 @@ pub fn train(
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for chunk in order.chunks(cfg.batch) {
+            if run.stop.load(Ordering::Relaxed) {
+                return Err(Stopped::Interrupted { epochs_done: epoch });
+            }
             data.train
                 .batch(chunk, &cfg.normalization, &mut x, &mut labels);
             let tape = net.forward(&x, chunk.len(), mode, &mut rng);
@@ -154,16 +239,28 @@ pub fn train(
         };
         progress.epoch_end(&s);
         stats.push(s);
+        let (m, v, step) = optimizer.save();
+        let resume = Resume {
+            epochs_done: epoch + 1,
+            stats: stats.clone(),
+            float_acc,
+            generator: net.generator.save(),
+            dropout: rng.save(),
+            optimizer_step: step,
+            optimizer_m: m.to_vec(),
+            optimizer_v: v.to_vec(),
+        };
+        each_epoch(net, &resume).map_err(Stopped::Hook)?;
     }
     let final_acc = stats
         .last()
         .map_or_else(|| evaluate(net, &data.test, cfg, quantized), |s| s.test_acc);
-    TrainOutcome {
+    Ok(TrainOutcome {
         epochs: stats,
         float_acc,
         final_acc,
         train_images_per_s: (total_images as f64 / total_seconds.max(1e-9)) as f32,
-    }
+    })
 }
 
 /// Test accuracy in percent, with fake quantization on or off. Nothing is updated.

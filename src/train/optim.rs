@@ -30,6 +30,32 @@ impl Optimizer {
         }
     }
 
+    /// Its state: the first and second moment buffers (momentum buffers for SGD; empty before
+    /// the first step) and the number of steps taken.
+    pub fn save(&self) -> (&[Vec<f32>], &[Vec<f32>], u32) {
+        (&self.m, &self.v, self.step)
+    }
+
+    /// Continues from a saved state; the buffers must fit `params`, one each.
+    pub fn restore(
+        &mut self,
+        m: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+        step: u32,
+        params: &[&mut Param],
+    ) -> Result<(), String> {
+        let fits = |b: &[Vec<f32>]| {
+            b.is_empty()
+                || (b.len() == params.len()
+                    && b.iter().zip(params).all(|(b, p)| b.len() == p.value.len()))
+        };
+        if !(fits(&m) && fits(&v) && m.len() == v.len()) {
+            return Err("the optimizer state does not fit the model's parameters".into());
+        }
+        (self.m, self.v, self.step) = (m, v, step);
+        Ok(())
+    }
+
     pub fn base_lr(&self) -> f64 {
         match self.config {
             OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => lr,

@@ -39,6 +39,16 @@ impl Rng {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// Its state, to resume a run.
+    pub fn save(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator in a state [`Rng::save`] gave.
+    pub fn restore(s: [u64; 4]) -> Rng {
+        Rng { s }
+    }
+
     /// Uniform in [lo, hi).
     pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.next_f32()

@@ -32,6 +32,17 @@ impl TorchGenerator {
         TorchGenerator { state, next: N }
     }
 
+    /// Its state (the 624 words and the position in them), to resume a run.
+    pub fn save(&self) -> (Vec<u32>, usize) {
+        (self.state.to_vec(), self.next)
+    }
+
+    /// A generator in a state [`TorchGenerator::save`] gave, or `None` for one it cannot have.
+    pub fn restore(state: &[u32], next: usize) -> Option<TorchGenerator> {
+        let state: Box<[u32; N]> = state.to_vec().into_boxed_slice().try_into().ok()?;
+        (next <= N).then_some(TorchGenerator { state, next })
+    }
+
     /// One 32-bit draw (`generator->random()`).
     pub fn random(&mut self) -> u32 {
         if self.next >= N {

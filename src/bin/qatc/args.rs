@@ -201,6 +201,10 @@ pub enum Command {
         /// names).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Continue the run in this folder from its last completed epoch (after Ctrl-C, or with
+        /// more --epochs); the result is the same as a run never stopped.
+        #[arg(long, conflicts_with = "out")]
+        resume: Option<PathBuf>,
         /// Worker threads (default: all cores).
         #[arg(long, allow_negative_numbers = true, value_parser = count)]
         threads: Option<usize>,

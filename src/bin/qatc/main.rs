@@ -246,6 +246,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             seed,
             lr,
             data,
+            resume,
             threads,
             json,
             quiet,
@@ -256,6 +257,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 seed,
                 lr,
                 data,
+                resume,
             };
             let output = match (json, quiet) {
                 (true, _) => Output::Json,
@@ -359,6 +361,23 @@ fn with_threads<T: Send>(
     pool.install(|| work(threads))
 }
 
+/// Set by the first Ctrl-C: training stops before its next batch and says how to resume. A
+/// second Ctrl-C ends the program at once.
+fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let installed = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this batch (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end training without saving its state: {e}");
+    }
+    &STOP
+}
+
 /// How `qatc train` reports.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -404,8 +423,9 @@ fn train(
         Output::Json => eprint!("{header}"),
         Output::Quiet => {}
     }
-    let r = run.run(&mut bars)?;
+    let r = run.run_until(&mut bars, interrupt_flag());
     bars.done();
+    let r = r?;
     if output == Output::Json {
         // The report as summary.json has it, with the measured speeds added.
         // (Through text, so f32 figures keep their short form: 86.1, not 86.0999984741211.)
