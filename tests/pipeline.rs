@@ -460,8 +460,7 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
             },
             &stop,
         )
-        .err()
-        .expect("the run stops");
+        .expect_err("the run stops");
     assert!(
         err.message.contains("interrupted during epoch 3") && err.message.contains("--resume"),
         "{err}"
