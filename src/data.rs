@@ -70,6 +70,25 @@ pub struct Splits {
     pub test: Dataset,
     /// Set when the source had no test files and the last 10 % of training data was held out.
     pub held_out: bool,
+    /// The validation set (`train { validation: F }`): the last fraction F of the training
+    /// data, measured after every epoch instead of the test set.
+    pub validation: Option<Dataset>,
+}
+
+impl Splits {
+    /// Moves the last `fraction` of the training data (at least one sample, and never all of
+    /// it) into [`Splits::validation`].
+    pub fn hold_out_validation(&mut self, fraction: f64) {
+        let n = self.train.len();
+        let k = ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1));
+        let size = self.train.image_size();
+        let keep = n - k;
+        self.validation = Some(Dataset {
+            images: self.train.images.split_off(keep * size),
+            labels: self.train.labels.split_off(keep),
+            shape: self.train.shape,
+        });
+    }
 }
 
 /// Files up to this size are read whole; larger ones are refused (a sanity bound, not a format
@@ -167,6 +186,7 @@ pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
                     &file("t10k-labels-idx1-ubyte")?,
                 )?,
                 held_out: false,
+                validation: None,
             })
         }
         DataSource::Cifar10 { dir } => load_cifar10(&cifar_dir(dir, spec_dir)?),
@@ -192,6 +212,7 @@ pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
                     train,
                     test: load_idx_pair(&file(ti)?, &file(tl)?)?,
                     held_out: false,
+                    validation: None,
                 }),
                 (None, None) => Ok(hold_out(train)),
                 _ => Err("idx(...): give both test_images and test_labels, or neither".into()),
@@ -218,6 +239,7 @@ fn hold_out(all: Dataset) -> Splits {
         train,
         test,
         held_out: true,
+        validation: None,
     }
 }
 
@@ -565,6 +587,7 @@ fn load_cifar10(dir: &Path) -> Result<Splits, String> {
         train,
         test,
         held_out: false,
+        validation: None,
     })
 }
 

@@ -525,3 +525,35 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
     assert!(stdout.contains("fake quant, after 6 epochs"), "{stdout}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Item 21: `train { validation: F }` measures the epochs on held-out training data and keeps
+/// the test set for the end.
+#[test]
+fn a_validation_split_keeps_the_test_set_for_the_end() {
+    let work = scratch("validation");
+    let text = std::fs::read_to_string(common::root().join("specs/mnist_mlp.qspec"))
+        .unwrap()
+        .replace(
+            "../data/mnist10k",
+            path(&common::root().join("data/mnist10k")),
+        )
+        .replace("    seed: 0\n", "    seed: 0\n    validation: 0.1\n");
+    std::fs::write(work.join("v.qspec"), text).unwrap();
+    let (code, stdout, stderr) = qatc_in(
+        &work,
+        &["train", "v.qspec", "--epochs", "1", "--out", "run"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("data: 7200 training images, 800 validation images and 2000 test images")
+            && stdout.contains("val acc")
+            && stdout.contains("test accuracy on 2000 images"),
+        "{stdout}"
+    );
+    let metrics = std::fs::read_to_string(work.join("run/metrics.csv")).unwrap();
+    assert!(
+        metrics.starts_with("epoch,phase,lr,train_loss,train_acc,val_acc\n"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -113,6 +113,7 @@ fn a_seed_reproduces_a_run_bit_for_bit() {
         train: first(&full.train, 384),
         test: first(&full.test, 200),
         held_out: false,
+        validation: None,
     };
     let mut cfg = spec.model.train.clone().unwrap();
     cfg.pretrain_epochs = 1;

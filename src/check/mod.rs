@@ -153,6 +153,9 @@ pub struct TrainConfig {
     pub freeze_bn_after: Option<usize>,
     pub freeze_observers_after: Option<usize>,
     pub seed: u64,
+    /// The fraction of the training data held out for the per-epoch accuracy; `None` (the
+    /// default, as PyTorch's tutorial) measures each epoch on the test set.
+    pub validation: Option<f64>,
     /// The state dict to start from, as written (relative to the spec's folder).
     pub init: Option<String>,
 }
@@ -1369,6 +1372,7 @@ fn check_train(t: &ast::Train, spec: &Spec, diags: &mut Vec<Diag>) -> Option<Tra
         freeze_bn_after,
         freeze_observers_after,
         seed: t.seed.as_ref().map_or(0, |s| s.node),
+        validation: t.validation.as_ref().map(|v| v.node),
         init: t.init.as_ref().map(|p| p.node.clone()),
     })
 }

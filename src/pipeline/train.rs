@@ -126,7 +126,10 @@ impl TrainRun {
                 ),
             ));
         }
-        let data = spec.data(&cfg)?;
+        let mut data = spec.data(&cfg)?;
+        if let Some(fraction) = cfg.validation {
+            data.hold_out_validation(fraction);
+        }
         let net = spec.net(&cfg)?;
         let dir = options
             .resume
@@ -201,7 +204,8 @@ impl TrainRun {
             ),
             crate::train::Stopped::Hook(e) => Error::new(Stage::Write, e),
         })?;
-        let mut files = Vec::new();
+        // Written after every epoch (by `save_epoch`).
+        let mut files = vec![TRAIN_STATE.to_string()];
         let mut write = |name: &str, bytes: &[u8]| {
             write_file(&self.dir, name, bytes)?;
             files.push(name.to_string());

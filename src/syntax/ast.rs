@@ -502,6 +502,10 @@ pub struct Train {
     pub freeze_observers: Option<Spanned<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<Spanned<u64>>,
+    /// The fraction of the training data held out for the per-epoch accuracy (the test set is
+    /// then used once, at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Spanned<f64>>,
     /// A safetensors state dict to start from instead of random weights (relative to the
     /// spec's folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -188,6 +188,7 @@ fn train(out: &mut String, t: &Train) {
             .map(|n| format!("after {} epochs", n.node)),
     );
     line("seed", t.seed.as_ref().map(|n| n.node.to_string()));
+    line("validation", t.validation.as_ref().map(|f| number(f.node)));
     line("init", t.init.as_ref().map(|p| string(&p.node)));
     out.push_str("}\n");
 }

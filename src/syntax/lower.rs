@@ -47,6 +47,7 @@ const TRAIN_KEYS: &[&str] = &[
     "freeze_bn",
     "freeze_observers",
     "seed",
+    "validation",
     "init",
 ];
 
@@ -636,6 +637,14 @@ impl Lower {
                         .map(|x| Spanned::new(x, v.span))
                 }
                 "init" => t.init = self.string(v, "`init`").map(|x| Spanned::new(x, v.span)),
+                "validation" => {
+                    t.validation = self
+                        .float_in(v, "`validation`", 0.0, 1.0, false)
+                        .and_then(|f| {
+                            self.check((f < 1.0).then_some(f), v, "`validation` must be below 1")
+                        })
+                        .map(|x| Spanned::new(x, v.span))
+                }
                 other => {
                     let d = Diag::error(entry.key.span, format!("unknown train setting `{other}`"))
                         .with_label("not a train setting");

@@ -48,7 +48,10 @@ pub struct EpochStats {
     pub lr: f64,
     pub train_loss: f32,
     pub train_acc: f32,
+    /// On the validation set when the spec holds one out (`validation`), else on the test set.
     pub test_acc: f32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_validation: bool,
     /// Measured, so it differs between runs: printed, not written to the run's files.
     #[serde(skip)]
     pub images_per_s: f32,
@@ -224,9 +227,15 @@ pub fn train_run(
         let seconds = started.elapsed().as_secs_f64();
         total_images += n;
         total_seconds += seconds;
-        let test_acc = evaluate(net, &data.test, cfg, phase == Phase::Qat);
+        // Each epoch is measured on the validation set when there is one; the test set is for
+        // the headline figures (after pretraining, and at the end).
+        let measured = data.validation.as_ref().unwrap_or(&data.test);
+        let test_acc = evaluate(net, measured, cfg, phase == Phase::Qat);
         if quantized && cfg.pretrain_epochs > 0 && epoch + 1 == cfg.pretrain_epochs {
-            float_acc = Some(test_acc);
+            float_acc = Some(match &data.validation {
+                Some(_) => evaluate(net, &data.test, cfg, false),
+                None => test_acc,
+            });
         }
         let s = EpochStats {
             epoch: epoch + 1,
@@ -235,6 +244,7 @@ pub fn train_run(
             train_loss: (loss_sum / n as f64) as f32,
             train_acc: 100.0 * correct as f32 / n as f32,
             test_acc,
+            on_validation: data.validation.is_some(),
             images_per_s: (n as f64 / seconds) as f32,
         };
         progress.epoch_end(&s);
@@ -252,9 +262,10 @@ pub fn train_run(
         };
         each_epoch(net, &resume).map_err(Stopped::Hook)?;
     }
-    let final_acc = stats
-        .last()
-        .map_or_else(|| evaluate(net, &data.test, cfg, quantized), |s| s.test_acc);
+    let final_acc = match (stats.last(), &data.validation) {
+        (Some(s), None) => s.test_acc,
+        _ => evaluate(net, &data.test, cfg, quantized),
+    };
     Ok(TrainOutcome {
         epochs: stats,
         float_acc,

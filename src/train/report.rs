@@ -13,7 +13,12 @@ use super::EpochStats;
 pub const METRICS_HEADER: &str = "epoch,phase,lr,train_loss,train_acc,test_acc";
 
 pub fn metrics_csv(epochs: &[EpochStats]) -> String {
-    let mut out = format!("{METRICS_HEADER}\n");
+    // With a validation set, the last column is its accuracy.
+    let mut out = if epochs.iter().any(|e| e.on_validation) {
+        METRICS_HEADER.replace("test_acc", "val_acc") + "\n"
+    } else {
+        format!("{METRICS_HEADER}\n")
+    };
     for e in epochs {
         let _ = writeln!(
             out,

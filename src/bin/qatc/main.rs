@@ -406,18 +406,23 @@ fn train(
     } else {
         ""
     };
+    let validation = match &run.data.validation {
+        Some(v) => format!(", {}", count(v.len(), "validation image")),
+        None => String::new(),
+    };
     let header = format!(
-        "{}\ndata: {} and {}{held_out}; {}\n",
+        "{}\ndata: {}{validation} and {}{held_out}; {}\n",
         qatc::check::model_table(&run.spec.model),
         count(run.data.train.len(), "training image"),
         count(run.data.test.len(), "test image"),
         count(threads, "thread"),
     );
-    let mut bars = progress::Bars::new(match output {
+    let lines = match output {
         Output::Normal => progress::Lines::Stdout,
         Output::Json => progress::Lines::Stderr,
         Output::Quiet => progress::Lines::None,
-    });
+    };
+    let mut bars = progress::Bars::new(lines, run.data.validation.is_some());
     match output {
         Output::Normal => print!("{header}"),
         Output::Json => eprint!("{header}"),

@@ -159,5 +159,18 @@ pub fn train(r: &pipeline::TrainReport) {
         );
     }
     println!("training throughput: {:.0} images/s", r.train_images_per_s);
-    println!("wrote in {}/:\n  {}", r.dir.display(), r.files.join(" "));
+    // The file names, wrapped to 80 columns.
+    println!("wrote in {}/:", r.dir.display());
+    let mut line = String::new();
+    for f in &r.files {
+        if !line.is_empty() && line.len() + 1 + f.len() > 78 {
+            println!("  {line}");
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(f);
+    }
+    println!("  {line}");
 }

@@ -19,16 +19,19 @@ pub struct Bars {
     images: usize,
     started: Option<std::time::Instant>,
     header_shown: bool,
+    /// Epochs are measured on a validation set rather than the test set.
+    validation: bool,
 }
 
 impl Bars {
-    pub fn new(lines: Lines) -> Bars {
+    pub fn new(lines: Lines, validation: bool) -> Bars {
         Bars {
             lines,
             bar: None,
             images: 0,
             started: None,
             header_shown: false,
+            validation,
         }
     }
 
@@ -61,8 +64,16 @@ impl qatc::train::Progress for Bars {
     ) {
         if !self.header_shown {
             self.header_shown = true;
+            let (header, set) = if self.validation {
+                (
+                    HEADER.replace("test acc", " val acc"),
+                    "val acc: on the validation set",
+                )
+            } else {
+                (HEADER.to_string(), "test acc: on the test set")
+            };
             self.line(&format!(
-                "\n{HEADER}\n(test acc: with fake quantization in qat epochs, float in float ones)"
+                "\n{header}\n({set}; fake quant in qat epochs, float in float ones)"
             ));
         }
         self.done();
