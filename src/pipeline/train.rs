@@ -275,7 +275,13 @@ impl TrainRun {
         };
         #[cfg(feature = "plot")]
         {
-            let svg = crate::train::report::curves_svg(&model.name, &outcome.epochs)
+            let marks = crate::train::report::PlotMarks {
+                qat_from: quantized.then_some(self.cfg.pretrain_epochs),
+                freeze_bn_after: self.cfg.freeze_bn_after,
+                freeze_observers_after: self.cfg.freeze_observers_after,
+                int8_acc: report.int8.as_ref().map(|q| q.int8_acc),
+            };
+            let svg = crate::train::report::curves_svg(&model.name, &outcome.epochs, marks)
                 .map_err(|e| Error::new(Stage::Write, format!("plot: {e}")))?;
             write("curves.svg", svg.as_bytes())?;
         }
