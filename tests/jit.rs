@@ -561,7 +561,7 @@ fn compile_and_bench_commands() {
         "asm",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown Aarch64 feature `sve`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown aarch64 feature `sve`"));
 
     let out = qatc(&[
         "bench",
