@@ -510,8 +510,9 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
         assert!(started.elapsed().as_secs() < 300, "no epoch finished");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's own `kill` (no procps needed).
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(killed.success());
