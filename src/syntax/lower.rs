@@ -65,6 +65,17 @@ impl<'a> Bound<'a> {
     fn get(&self, name: &str) -> Option<&'a Value> {
         self.args.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
+
+    /// Where each argument was written, and how many of the call's were positional.
+    fn spans(&self, positional: usize) -> ArgSpans {
+        ArgSpans(
+            self.args
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.span))
+                .collect(),
+            positional,
+        )
+    }
 }
 
 impl Lower {
@@ -294,12 +305,7 @@ impl Lower {
             }
         };
         let bound = self.bind(callee, &rest, params, positional)?;
-        let arg_spans = ArgSpans(
-            bound
-                .args
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.span))
-                .collect(),
+        let arg_spans = bound.spans(
             rest.iter()
                 .filter(|a| matches!(a, Arg::Positional(_)))
                 .count(),
@@ -546,14 +552,7 @@ impl Lower {
             "learnable",
         ];
         let bound = self.bind(callee, args, params, &[])?;
-        let spans = ArgSpans(
-            bound
-                .args
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.span))
-                .collect(),
-            0,
-        );
+        let spans = bound.spans(0);
         let spec = every!(FakeQuantSpec {
             observer: self.opt(&bound, "observer", Self::observer),
             dtype: self.opt(&bound, "dtype", Self::dtype),
