@@ -10,17 +10,13 @@ pub fn fuse(graph: &Graph) -> Graph {
     let mut fused: Vec<Node> = graph.nodes.clone();
     for (u, host) in absorbed_into.iter().enumerate() {
         let Some(i) = *host else { continue };
-        match (graph.nodes[u].op.fusion(), &mut fused[i].op) {
-            (Fusion::BatchNorm(attrs), Op::Conv2d { bn, .. } | Op::Linear { bn, .. }) => {
-                *bn = Some(attrs);
+        // `fusion_hosts` absorbs BatchNorms and activations into Conv2d and Linear only.
+        if let Op::Conv2d { bn, act, .. } | Op::Linear { bn, act, .. } = &mut fused[i].op {
+            match graph.nodes[u].op.fusion() {
+                Fusion::BatchNorm(attrs) => *bn = Some(attrs),
+                Fusion::Act(a) => *act = a,
+                Fusion::Head(_) | Fusion::None => {}
             }
-            (Fusion::Act(a), Op::Conv2d { act, .. } | Op::Linear { act, .. }) => *act = a,
-            // `fusion_hosts` absorbs only BatchNorms and activations, into Conv2d and Linear.
-            (fusion, op) => unreachable!(
-                "node {} ({fusion:?}) fused into {}",
-                graph.nodes[u].name,
-                op.mnemonic()
-            ),
         }
     }
     rebuild(graph, fused, &absorbed_into)
