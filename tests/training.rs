@@ -384,3 +384,31 @@ fn images_of_several_channels_keep_their_layout() {
         assert!((a - b).abs() < 1e-5, "engine {a} vs interpreter {b}");
     }
 }
+
+/// #17 item 1: `qatc bench-train --profile` says where training time goes, per layer and phase.
+#[test]
+fn the_training_profile_accounts_for_every_layer() {
+    let spec = common::root().join("specs/mnist_mlp.qspec");
+    let plain = qatc::pipeline::bench_train(&spec, 1, 2, false).unwrap();
+    assert!(plain.profile.is_none(), "profiling is off unless asked for");
+    let r = qatc::pipeline::bench_train(&spec, 1, 2, true).unwrap();
+    let p = r.profile.expect("a profile");
+    assert_eq!((p.epochs, p.images), (1, 8000));
+    for layer in ["fc1", "fc2"] {
+        let n = p.nodes.iter().find(|n| n.name == layer).unwrap();
+        assert!(n.forward_s > 0.0 && n.backward_s > 0.0, "{layer}: {n:?}");
+        assert!(n.flops_forward > 0.0, "{layer} is a GEMM layer");
+    }
+    assert!(p.optimizer_s > 0.0 && p.data_s > 0.0 && p.evaluation_s > 0.0);
+    // The parts it lists are the training time it reports.
+    let table = p.table();
+    for text in [
+        "fc1",
+        "fwd GF/s",
+        "optimizer step",
+        "batching the data",
+        "GEMM layers",
+    ] {
+        assert!(table.contains(text), "missing `{text}` in\n{table}");
+    }
+}

@@ -275,10 +275,18 @@ pub struct TrainBench {
     pub min_images_per_s: f64,
     pub max_images_per_s: f64,
     pub fake_quant_acc: f32,
+    /// With `profile`: where the time went, over all epochs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::train::profile::Profile>,
 }
 
 /// Trains `spec` for `epochs` epochs (nothing written) and reports images/s per epoch.
-pub fn bench_train(spec_path: &Path, epochs: usize, threads: usize) -> Result<TrainBench, Error> {
+pub fn bench_train(
+    spec_path: &Path,
+    epochs: usize,
+    threads: usize,
+    profile: bool,
+) -> Result<TrainBench, Error> {
     if epochs == 0 {
         return Err(Error::new(Stage::Train, "--epochs must be at least 1"));
     }
@@ -287,6 +295,9 @@ pub fn bench_train(spec_path: &Path, epochs: usize, threads: usize) -> Result<Tr
     let data = spec.data(&cfg)?;
     let mut net =
         crate::train::build_net(&spec.model, cfg.seed).map_err(Error::at(Stage::Train))?;
+    if profile {
+        net.profile = Some(crate::train::profile::Profile::new(&net.graph));
+    }
     let outcome = crate::train::train(&mut net, &data, &cfg, epochs, &mut crate::train::Quiet);
     let mut rates: Vec<f32> = outcome.epochs.iter().map(|e| e.images_per_s).collect();
     rates.sort_by(f32::total_cmp);
@@ -301,5 +312,6 @@ pub fn bench_train(spec_path: &Path, epochs: usize, threads: usize) -> Result<Tr
         min_images_per_s: min.round() as f64,
         max_images_per_s: max.round() as f64,
         fake_quant_acc: outcome.final_acc,
+        profile: net.profile.take(),
     })
 }

@@ -7,7 +7,10 @@
 
 use rayon::prelude::*;
 
+use std::time::Instant;
+
 use super::kernels::{self, ConvDims};
+use super::profile::{self, Profile};
 use super::rng::Rng;
 use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
 use crate::ir::{BnAttrs, Graph, Node, Op};
@@ -141,6 +144,8 @@ pub struct Net {
     /// it: training takes each epoch's batch order from it, as a PyTorch script seeded once
     /// draws its model and then its `randperm`s from one generator.
     pub generator: TorchGenerator,
+    /// Where the time goes, when asked for (`qatc bench-train --profile`).
+    pub profile: Option<Profile>,
 }
 
 impl Net {
@@ -165,6 +170,7 @@ impl Net {
             graph,
             state,
             generator,
+            profile: None,
         }
     }
 
@@ -179,6 +185,7 @@ impl Net {
         let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(n);
         let mut aux = Vec::with_capacity(n);
         for i in 0..n {
+            let started = self.profile.is_some().then(Instant::now);
             let node = &self.graph.nodes[i];
             let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
@@ -203,6 +210,7 @@ impl Net {
                 ) => {
                     let o = *out_features;
                     let fold = bn.as_ref().map(|bn| bn.fold_scale());
+                    let t = self.profile.is_some().then(Instant::now);
                     let wt = weight_tape(
                         &weight.value,
                         fold,
@@ -212,6 +220,7 @@ impl Net {
                         node,
                         mode,
                     );
+                    profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
                     let (mut y, bn_tape) = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
                             // LinearBn1d QAT, on the output's channel-major transpose [O, N].
@@ -265,6 +274,7 @@ impl Net {
                 ) => {
                     let d = ConvDims::new(geom, in_shape(0), &node.shape);
                     let fold = bn.as_ref().map(|bn| bn.fold_scale());
+                    let t = self.profile.is_some().then(Instant::now);
                     let wt = weight_tape(
                         &weight.value,
                         fold,
@@ -274,6 +284,7 @@ impl Net {
                         node,
                         mode,
                     );
+                    profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
                     let mut y = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
                     let o = geom.out_channels;
                     let bn_tape = match (bn, &wt.fold) {
@@ -396,6 +407,10 @@ impl Net {
             };
             outputs.push(y);
             aux.push(a);
+            profile::add(
+                self.profile.as_mut().map(|p| &mut p.nodes[i].forward_s),
+                started,
+            );
         }
         Tape {
             outputs,
@@ -420,6 +435,7 @@ impl Net {
             let Some(mut dy) = grads[i].take() else {
                 continue;
             };
+            let started = self.profile.is_some().then(Instant::now);
             let node = &self.graph.nodes[i];
             let want_dx = node.inputs.iter().any(|&j| needs_grad[j]);
             let input = |k: usize| -> &[f32] { &tape.outputs[node.inputs[k]] };
@@ -624,6 +640,10 @@ impl Net {
                     }
                 }
             }
+            profile::add(
+                self.profile.as_mut().map(|p| &mut p.nodes[i].backward_s),
+                started,
+            );
         }
     }
 

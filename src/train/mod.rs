@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod kernels;
 pub mod optim;
+pub mod profile;
 pub mod report;
 pub mod rng;
 pub mod torch_rng;
@@ -208,18 +209,25 @@ pub fn train_run(
         let order = net.generator.randperm(n);
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
+        let timer = |net: &Net| net.profile.is_some().then(Instant::now);
         for chunk in order.chunks(cfg.batch) {
             if run.stop.load(Ordering::Relaxed) {
                 return Err(Stopped::Interrupted { epochs_done: epoch });
             }
+            let t = timer(net);
             data.train
                 .batch(chunk, &cfg.normalization, &mut x, &mut labels);
+            profile::add(net.profile.as_mut().map(|p| &mut p.data_s), t);
             let tape = net.forward(&x, chunk.len(), mode, &mut rng);
+            let t = timer(net);
             let classes = net.graph.nodes[net.graph.output].shape[0];
             let (loss, right, grad) =
                 kernels::softmax_cross_entropy(tape.output(&net.graph), &labels, classes);
+            profile::add(net.profile.as_mut().map(|p| &mut p.loss_s), t);
             net.backward(&tape, grad);
+            let t = timer(net);
             optimizer.step(&mut net.params_mut(), lr as f32);
+            profile::add(net.profile.as_mut().map(|p| &mut p.optimizer_s), t);
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += right;
             progress.batch_done(loss, chunk.len());
@@ -230,7 +238,13 @@ pub fn train_run(
         // Each epoch is measured on the validation set when there is one; the test set is for
         // the headline figures (after pretraining, and at the end).
         let measured = data.validation.as_ref().unwrap_or(&data.test);
+        let t = timer(net);
         let test_acc = evaluate(net, measured, cfg, phase == Phase::Qat);
+        profile::add(net.profile.as_mut().map(|p| &mut p.evaluation_s), t);
+        if let Some(p) = net.profile.as_mut() {
+            p.images += n;
+            p.epochs += 1;
+        }
         if quantized && cfg.pretrain_epochs > 0 && epoch + 1 == cfg.pretrain_epochs {
             float_acc = Some(match &data.validation {
                 Some(_) => evaluate(net, &data.test, cfg, false),
@@ -276,6 +290,14 @@ pub fn train_run(
 
 /// Test accuracy in percent, with fake quantization on or off. Nothing is updated.
 pub fn evaluate(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant: bool) -> f32 {
+    // Its forward passes are not training's: a profile stops counting meanwhile.
+    let profiling = net.profile.take();
+    let acc = evaluate_quietly(net, data, cfg, fake_quant);
+    net.profile = profiling;
+    acc
+}
+
+fn evaluate_quietly(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant: bool) -> f32 {
     let mut rng = Rng::new(0);
     let classes = net.graph.nodes[net.graph.output].shape[0];
     let run = |x: &[f32], n: usize| {

@@ -91,6 +91,10 @@ pub enum Command {
         /// Print one JSON object per spec instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also show where the time goes: each layer's forward and backward time and GFLOP/s,
+        /// fake quant, batching, the optimizer (profiling adds a little time of its own).
+        #[arg(long)]
+        profile: bool,
     },
     /// Compile a converted model (.qmodel) to native code and print the int8 IR, the Cranelift IR
     /// (CLIF) or the machine code; or write a relocatable object and its C header.

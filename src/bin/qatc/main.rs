@@ -301,7 +301,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             epochs,
             threads,
             json,
-        } => with_threads(threads, |threads| bench_train(specs, epochs, threads, json)),
+            profile,
+        } => with_threads(threads, |threads| {
+            bench_train(specs, epochs, threads, json, profile)
+        }),
     }
 }
 
@@ -517,6 +520,7 @@ fn bench_train(
     epochs: usize,
     threads: usize,
     json: bool,
+    profile: bool,
 ) -> Result<(), Error> {
     let specs = if specs.is_empty() {
         vec![
@@ -533,7 +537,7 @@ fn bench_train(
         );
     }
     for spec in specs {
-        let r = pipeline::bench_train(&spec, epochs, threads)?;
+        let r = pipeline::bench_train(&spec, epochs, threads, profile)?;
         if json {
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
         } else {
@@ -544,6 +548,9 @@ fn bench_train(
                 r.min_images_per_s,
                 r.max_images_per_s
             );
+            if let Some(p) = &r.profile {
+                println!("\n{}", p.table());
+            }
         }
     }
     Ok(())
