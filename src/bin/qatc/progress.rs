@@ -51,6 +51,9 @@ impl Bars {
     }
 }
 
+/// The bar of an epoch: where it is, the time it has taken and the time it will still take.
+const BAR: &str = "{prefix} [{bar:20}] {pos}/{len} {elapsed}<{eta} {msg}";
+
 /// The epoch lines' columns, 80 characters at most.
 const HEADER: &str = "epoch    phase  lr        loss    train acc  test acc    img/s";
 
@@ -82,11 +85,9 @@ impl qatc::train::Progress for Bars {
         }
         let bar = indicatif::ProgressBar::new(batches as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:20}] {pos}/{len} {elapsed}<{eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(BAR)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_prefix(format!("epoch {epoch}/{epochs} {}", phase.name()));
         self.bar = Some(bar);
@@ -133,4 +134,34 @@ fn epoch_line(s: &qatc::train::EpochStats) -> String {
         s.test_acc,
         s.images_per_s
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #16 item 18: the bar shows elapsed time and ETA; an epoch's line fits 80 columns even
+    /// with wide figures.
+    #[test]
+    fn bars_show_time_and_lines_fit_80_columns() {
+        assert!(BAR.contains("{elapsed}") && BAR.contains("{eta}"));
+        assert!(indicatif::ProgressStyle::with_template(BAR).is_ok());
+        let wide = qatc::train::EpochStats {
+            epoch: 100,
+            phase: qatc::train::Phase::Float,
+            lr: 0.000_123_456_789,
+            train_loss: 12.345_678,
+            train_acc: 100.0,
+            test_acc: 100.0,
+            on_validation: false,
+            images_per_s: 9_999_999.0,
+        };
+        for line in [epoch_line(&wide), HEADER.to_string()] {
+            assert!(
+                line.chars().count() <= 80,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+    }
 }
