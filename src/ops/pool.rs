@@ -10,6 +10,10 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Planes per parallel task: a plane is small (a few hundred values), and one task per plane
+/// spends more time being scheduled than working.
+const PLANES_PER_TASK: usize = 32;
+
 use super::shape::{chw, hw_text as hw, tap, ShapeError};
 use crate::limits;
 use crate::quant::numerics::average_codes;
@@ -113,19 +117,23 @@ impl Pool {
             Pool::AvgPool2d(pool) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
                 let mut y = vec![0.0; x.len() / (h * w) * ho * wo];
-                y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
-                    let plane = &x[q * h * w..][..h * w];
-                    for (o, out) in yp.iter_mut().enumerate() {
-                        let sum = window_taps(pool, (h, w), (o / wo, o % wo))
-                            .fold(0.0f32, |s, i| s + plane[i]);
-                        *out = sum / n;
-                    }
-                });
+                y.par_chunks_mut(ho * wo)
+                    .enumerate()
+                    .with_min_len(PLANES_PER_TASK)
+                    .for_each(|(q, yp)| {
+                        let plane = &x[q * h * w..][..h * w];
+                        for (o, out) in yp.iter_mut().enumerate() {
+                            let sum = window_taps(pool, (h, w), (o / wo, o % wo))
+                                .fold(0.0f32, |s, i| s + plane[i]);
+                            *out = sum / n;
+                        }
+                    });
                 y
             }
             Pool::GlobalAvgPool => {
                 let p = h * w;
                 x.par_chunks(p)
+                    .with_min_len(PLANES_PER_TASK)
                     .map(|plane| plane.iter().fold(0.0f32, |s, v| s + v) / p as f32)
                     .collect()
             }
@@ -150,14 +158,17 @@ impl Pool {
             Pool::AvgPool2d(pool) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
                 let mut dx = vec![0.0; x.len()];
-                dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
-                    let dyp = &dy[q * ho * wo..][..ho * wo];
-                    for (o, &g) in dyp.iter().enumerate() {
-                        for i in window_taps(pool, (h, w), (o / wo, o % wo)) {
-                            dxp[i] += g / n;
+                dx.par_chunks_mut(h * w)
+                    .enumerate()
+                    .with_min_len(PLANES_PER_TASK)
+                    .for_each(|(q, dxp)| {
+                        let dyp = &dy[q * ho * wo..][..ho * wo];
+                        for (o, &g) in dyp.iter().enumerate() {
+                            for i in window_taps(pool, (h, w), (o / wo, o % wo)) {
+                                dxp[i] += g / n;
+                            }
                         }
-                    }
-                });
+                    });
                 dx
             }
             Pool::GlobalAvgPool => {
@@ -258,24 +269,27 @@ fn max_pool(
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
-    y.par_chunks_mut(ho * wo).enumerate().for_each(|(q, yp)| {
-        let plane = &x[q * h * w..(q + 1) * h * w];
-        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
-            // Four loads and three max per output.
-            for oh in 0..ho {
-                let (r0, r1) = (&plane[2 * oh * w..][..w], &plane[(2 * oh + 1) * w..][..w]);
-                for (ow, out) in yp[oh * wo..(oh + 1) * wo].iter_mut().enumerate() {
-                    let m = larger(r0[2 * ow], r0[2 * ow + 1]);
-                    *out = larger(larger(m, r1[2 * ow]), r1[2 * ow + 1]);
+    y.par_chunks_mut(ho * wo)
+        .enumerate()
+        .with_min_len(PLANES_PER_TASK)
+        .for_each(|(q, yp)| {
+            let plane = &x[q * h * w..(q + 1) * h * w];
+            if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+                // Four loads and three max per output.
+                for oh in 0..ho {
+                    let (r0, r1) = (&plane[2 * oh * w..][..w], &plane[(2 * oh + 1) * w..][..w]);
+                    for (ow, out) in yp[oh * wo..(oh + 1) * wo].iter_mut().enumerate() {
+                        let m = larger(r0[2 * ow], r0[2 * ow + 1]);
+                        *out = larger(larger(m, r1[2 * ow]), r1[2 * ow + 1]);
+                    }
                 }
+                return;
             }
-            return;
-        }
-        for (o, out) in yp.iter_mut().enumerate() {
-            *out = window_taps(pool, (h, w), (o / wo, o % wo))
-                .fold(f32::NEG_INFINITY, |m, i| larger(m, plane[i]));
-        }
-    });
+            for (o, out) in yp.iter_mut().enumerate() {
+                *out = window_taps(pool, (h, w), (o / wo, o % wo))
+                    .fold(f32::NEG_INFINITY, |m, i| larger(m, plane[i]));
+            }
+        });
     y
 }
 
@@ -292,38 +306,43 @@ fn max_pool_backward(
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(q, dxp)| {
-        let plane = &x[q * h * w..(q + 1) * h * w];
-        let (yp, dyp) = (
-            &y[q * ho * wo..(q + 1) * ho * wo],
-            &dy[q * ho * wo..(q + 1) * ho * wo],
-        );
-        if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
-            // Windows do not overlap, so each input is written once, with selects: the first
-            // of the four that equals the maximum takes the gradient.
-            for oh in 0..ho {
-                let (r0, r1) = (2 * oh * w, (2 * oh + 1) * w);
-                for ow in 0..wo {
-                    let (m, g) = (yp[oh * wo + ow], dyp[oh * wo + ow]);
-                    let (a, b) = (r0 + 2 * ow, r1 + 2 * ow);
-                    let e0 = plane[a] == m;
-                    let e1 = !e0 && plane[a + 1] == m;
-                    let e2 = !(e0 || e1) && plane[b] == m;
-                    let e3 = !(e0 || e1 || e2) && plane[b + 1] == m;
-                    dxp[a] = if e0 { g } else { 0.0 };
-                    dxp[a + 1] = if e1 { g } else { 0.0 };
-                    dxp[b] = if e2 { g } else { 0.0 };
-                    dxp[b + 1] = if e3 { g } else { 0.0 };
+    dx.par_chunks_mut(h * w)
+        .enumerate()
+        .with_min_len(PLANES_PER_TASK)
+        .for_each(|(q, dxp)| {
+            let plane = &x[q * h * w..(q + 1) * h * w];
+            let (yp, dyp) = (
+                &y[q * ho * wo..(q + 1) * ho * wo],
+                &dy[q * ho * wo..(q + 1) * ho * wo],
+            );
+            if unpadded && (kh, kw, sh, sw) == (2, 2, 2, 2) {
+                // Windows do not overlap, so each input is written once, with selects: the first
+                // of the four that equals the maximum takes the gradient.
+                for oh in 0..ho {
+                    let (r0, r1) = (2 * oh * w, (2 * oh + 1) * w);
+                    for ow in 0..wo {
+                        let (m, g) = (yp[oh * wo + ow], dyp[oh * wo + ow]);
+                        let (a, b) = (r0 + 2 * ow, r1 + 2 * ow);
+                        let e0 = plane[a] == m;
+                        let e1 = !e0 && plane[a + 1] == m;
+                        let e2 = !(e0 || e1) && plane[b] == m;
+                        let e3 = !(e0 || e1 || e2) && plane[b + 1] == m;
+                        dxp[a] = if e0 { g } else { 0.0 };
+                        dxp[a + 1] = if e1 { g } else { 0.0 };
+                        dxp[b] = if e2 { g } else { 0.0 };
+                        dxp[b + 1] = if e3 { g } else { 0.0 };
+                    }
+                }
+                return;
+            }
+            for (o, (&m, &g)) in yp.iter().zip(dyp).enumerate() {
+                if let Some(i) =
+                    window_taps(pool, (h, w), (o / wo, o % wo)).find(|&i| plane[i] == m)
+                {
+                    dxp[i] += g;
                 }
             }
-            return;
-        }
-        for (o, (&m, &g)) in yp.iter().zip(dyp).enumerate() {
-            if let Some(i) = window_taps(pool, (h, w), (o / wo, o % wo)).find(|&i| plane[i] == m) {
-                dxp[i] += g;
-            }
-        }
-    });
+        });
     dx
 }
 

@@ -848,6 +848,8 @@ fn weight_tape(
             let mut m = vec![false; used.len()];
             let per_row = qparams.len() == out_channels && out_channels > 1;
             let rows = used.par_chunks_mut(k).zip(m.par_chunks_mut(k)).enumerate();
+            // Rows are short (a conv's fan-in): a few thousand values per task.
+            let rows = rows.with_min_len((CHUNK / k.max(1)).max(1));
             rows.for_each(|(r, (row, mrow))| {
                 let q = if per_row { qparams[r] } else { qparams[0] };
                 fake_quantize_in_place(row, mrow, q, cfg.quant_min, cfg.quant_max);
