@@ -558,3 +558,13 @@ fn a_validation_split_keeps_the_test_set_for_the_end() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Item 4 for `bench-train`: its default specs are found from any working directory.
+#[test]
+fn bench_train_finds_its_default_specs_from_anywhere() {
+    let work = scratch("bench-train");
+    let (code, stdout, stderr) = qatc_in(&work, &["bench-train", "--epochs", "1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -522,11 +522,20 @@ fn bench_train(
     json: bool,
     profile: bool,
 ) -> Result<(), Error> {
+    // The defaults are the shipped specs: in the working directory's `specs/`, else in the
+    // source tree this binary was built from, so the command works from anywhere.
     let specs = if specs.is_empty() {
-        vec![
-            PathBuf::from("specs/mnist_mlp.qspec"),
-            PathBuf::from("specs/lenet_mnist.qspec"),
-        ]
+        ["specs/mnist_mlp.qspec", "specs/lenet_mnist.qspec"]
+            .iter()
+            .map(|s| {
+                let here = PathBuf::from(s);
+                if here.exists() {
+                    here
+                } else {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join(s)
+                }
+            })
+            .collect()
     } else {
         specs
     };
