@@ -44,6 +44,27 @@ pub struct Node {
     pub qconfig: Option<QConfig>,
 }
 
+impl Node {
+    /// Multiply-accumulates per sample: the weight layers' products (output values times
+    /// fan-in), as [`crate::int8::QNode::macs`] counts them; 0 for every other op.
+    pub fn macs(&self) -> usize {
+        let outputs: usize = self.shape.iter().product();
+        match &self.op {
+            Op::Linear { in_features, .. } => outputs * in_features,
+            Op::Conv2d { geom, .. } => outputs * geom.fan_in(),
+            Op::Input
+            | Op::BatchNorm(_)
+            | Op::Activation(_)
+            | Op::Pool(_)
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Combine(_)
+            | Op::FakeQuant(_)
+            | Op::DeQuantStub => 0,
+        }
+    }
+}
+
 /// A node's part in fusion.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fusion {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ir::{Graph, Op};
+use crate::ir::Graph;
 
 /// Times, in seconds, summed over every batch of the profiled epochs.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -47,26 +47,7 @@ impl Profile {
             .iter()
             .map(|node| {
                 // Multiply-adds per image: the GEMM layers' work.
-                let macs = match &node.op {
-                    Op::Linear {
-                        in_features,
-                        out_features,
-                        ..
-                    } => in_features * out_features,
-                    Op::Conv2d { geom, .. } => {
-                        let pixels: usize = node.shape[1..].iter().product();
-                        geom.out_channels * geom.fan_in() * pixels
-                    }
-                    Op::Input
-                    | Op::BatchNorm(_)
-                    | Op::Activation(_)
-                    | Op::Pool(_)
-                    | Op::Flatten
-                    | Op::Dropout { .. }
-                    | Op::Combine(_)
-                    | Op::FakeQuant(_)
-                    | Op::DeQuantStub => 0,
-                } as f64;
+                let macs = node.macs() as f64;
                 NodeTimes {
                     name: node.name.clone(),
                     op: node.op.mnemonic().to_string(),
