@@ -95,17 +95,7 @@ impl Splits {
 /// limit: CIFAR-10's batches are 30 MB each).
 const MAX_FILE_BYTES: u64 = 1 << 31;
 
-/// Resolves a path from a spec: relative to the spec's folder if it exists there, else to the
-/// working directory.
-pub fn resolve(path: &str, spec_dir: &Path) -> PathBuf {
-    let places = candidates(path, spec_dir);
-    match places.iter().find(|p| p.exists()) {
-        Some(p) => p.clone(),
-        None => places[places.len() - 1].clone(),
-    }
-}
-
-/// Where a path from a spec may be, in the order [`resolve`] tries them: beside the spec, then
+/// Where a path from a spec may be, in the order [`locate`] tries them: beside the spec, then
 /// in the working directory (one place for an absolute path).
 fn candidates(path: &str, spec_dir: &Path) -> Vec<PathBuf> {
     let p = Path::new(path);
@@ -119,6 +109,16 @@ fn candidates(path: &str, spec_dir: &Path) -> Vec<PathBuf> {
         vec![beside_spec]
     } else {
         vec![beside_spec, cwd]
+    }
+}
+
+/// A path from a spec where it is (the first of [`candidates`] for which `found` holds), or the
+/// places tried, for an error message: `a, b or c`.
+pub fn locate(path: &str, spec_dir: &Path, found: fn(&Path) -> bool) -> Result<PathBuf, String> {
+    let places = candidates(path, spec_dir);
+    match places.iter().find(|p| found(p)) {
+        Some(p) => Ok(p.clone()),
+        None => Err(tried(&places)),
     }
 }
 
@@ -159,15 +159,12 @@ pub fn load_test(source: &DataSource, spec_dir: &Path) -> Result<Dataset, String
 
 /// The CIFAR-10 folder a spec names, or an error listing the places tried.
 fn cifar_dir(dir: &str, spec_dir: &Path) -> Result<PathBuf, String> {
-    let places = candidates(dir, spec_dir);
-    match places.iter().find(|p| p.is_dir()) {
-        Some(dir) => Ok(dir.clone()),
-        None => Err(format!(
-            "CIFAR-10 folder not found: tried {}. qatc does not ship CIFAR-10; put its binary \
-             batches (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) there",
-            tried(&places)
-        )),
-    }
+    locate(dir, spec_dir, Path::is_dir).map_err(|places| {
+        format!(
+            "CIFAR-10 folder not found: tried {places}. qatc does not ship CIFAR-10; put its \
+             binary batches (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) there"
+        )
+    })
 }
 
 /// Loads the data a spec names.
@@ -197,14 +194,8 @@ pub fn load(source: &DataSource, spec_dir: &Path) -> Result<Splits, String> {
             test_labels,
         } => {
             let file = |path: &str| {
-                let places = candidates(path, spec_dir);
-                match places.iter().find(|p| p.is_file()) {
-                    Some(p) => Ok(p.clone()),
-                    None => Err(format!(
-                        "data file `{path}` not found: tried {}",
-                        tried(&places)
-                    )),
-                }
+                locate(path, spec_dir, Path::is_file)
+                    .map_err(|places| format!("data file `{path}` not found: tried {places}"))
             };
             let train = load_idx_pair(&file(images)?, &file(labels)?)?;
             match (test_images, test_labels) {

@@ -177,16 +177,12 @@ impl SpecFile {
         let mut net =
             crate::train::build_net(&self.model, cfg.seed).map_err(Error::at(Stage::Train))?;
         if let Some(init) = &cfg.init {
-            let path = crate::data::resolve(init, self.dir());
-            if !path.exists() {
-                return Err(Error::new(
+            let path = crate::data::locate(init, self.dir(), Path::exists).map_err(|places| {
+                Error::new(
                     Stage::Read,
-                    format!(
-                        "the `init` state dict `{init}` is missing: neither {} nor {init} exists",
-                        self.dir().join(init).display()
-                    ),
-                ));
-            }
+                    format!("the `init` state dict `{init}` is missing: tried {places}"),
+                )
+            })?;
             let bytes = crate::data::read_file(&path).map_err(|e| {
                 Error::new(Stage::Read, format!("cannot read `init` state dict: {e}"))
             })?;
