@@ -175,8 +175,11 @@ impl TrainRun {
             stop,
         };
         let (spec, dir) = (&self.spec, &self.dir);
+        // The last epoch's files are the run's: they are not written again at the end.
+        let mut checkpoint_bytes = 0;
         let mut save = |net: &Net, resume: &crate::train::Resume| -> Result<(), String> {
-            save_epoch(spec, dir, net, resume).map_err(|e| e.message)
+            checkpoint_bytes = save_epoch(spec, dir, net, resume).map_err(|e| e.message)?;
+            Ok(())
         };
         let outcome = crate::train::train_run(
             &mut self.net,
@@ -205,21 +208,14 @@ impl TrainRun {
             crate::train::Stopped::Hook(e) => Error::new(Stage::Write, e),
         })?;
         // Written after every epoch (by `save_epoch`).
-        let mut files = vec![TRAIN_STATE.to_string()];
+        let mut files: Vec<String> = [TRAIN_STATE, "checkpoint.safetensors", "metrics.csv"]
+            .map(String::from)
+            .to_vec();
         let mut write = |name: &str, bytes: &[u8]| {
             write_file(&self.dir, name, bytes)?;
             files.push(name.to_string());
             Ok::<_, Error>(())
         };
-        progress.stage("writing the checkpoint");
-        let checkpoint = self
-            .spec
-            .checkpoint_bytes(&self.net, ("epochs", self.epochs.to_string()))?;
-        write("checkpoint.safetensors", &checkpoint)?;
-        write(
-            "metrics.csv",
-            crate::train::report::metrics_csv(&outcome.epochs).as_bytes(),
-        )?;
         let int8 = if quantized {
             progress.stage("converting to int8");
             let graph = crate::convert::convert(&self.net.graph, &self.net.state)
@@ -262,7 +258,7 @@ impl TrainRun {
             train_images_per_s: outcome.train_images_per_s.round() as f64,
             per_epoch: outcome.epochs.clone(),
             test_images: self.data.test.len(),
-            checkpoint_bytes: checkpoint.len(),
+            checkpoint_bytes,
             float_weight_bytes: self
                 .net
                 .params_mut()
@@ -294,13 +290,13 @@ impl TrainRun {
 }
 
 /// After an epoch: the checkpoint, the state to resume from, and the metrics so far, each
-/// written atomically.
+/// written atomically. Returns the checkpoint's size.
 fn save_epoch(
     spec: &SpecFile,
     dir: &std::path::Path,
     net: &Net,
     resume: &crate::train::Resume,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let epochs = spec.model.train.as_ref().map_or(0, |t| t.epochs);
     let checkpoint = spec.checkpoint_bytes(net, ("epochs", epochs.to_string()))?;
     write_file(dir, "checkpoint.safetensors", &checkpoint)?;
@@ -330,7 +326,7 @@ fn save_epoch(
         "metrics.csv",
         crate::train::report::metrics_csv(&resume.stats).as_bytes(),
     )?;
-    Ok(())
+    Ok(checkpoint.len())
 }
 
 /// Loads the run in `dir` into `net` (its checkpoint) and returns where it resumes. The run must
