@@ -45,9 +45,29 @@ fn lenet_qat_learns_in_a_reduced_schedule() {
         "fake-quant test accuracy {} after 4 epochs",
         outcome.final_acc
     );
-    // Fake quantization is really on: the quantized and float evaluations differ.
-    let float_acc = train::evaluate(&mut net, &data.test, &cfg, false);
-    assert_ne!(float_acc, outcome.final_acc);
+    // Fake quantization is really on: the fake-quant and float forward passes give different
+    // logits on the same test images (their accuracies can coincide).
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let images: Vec<usize> = (0..256).collect();
+    data.test
+        .batch(&images, &cfg.normalization, &mut x, &mut labels);
+    let mut rng = train::rng::Rng::new(0);
+    let mut logits = |fake_quant| {
+        let tape = net.forward(
+            &x,
+            images.len(),
+            train::engine::Mode::eval(fake_quant),
+            &mut rng,
+        );
+        tape.output(&net.graph).to_vec()
+    };
+    let (quantized, float) = (logits(true), logits(false));
+    let moved = quantized.iter().zip(&float).filter(|(a, b)| a != b).count();
+    assert!(
+        moved > quantized.len() / 2,
+        "fake quant changed only {moved} of {} logits",
+        quantized.len()
+    );
 }
 
 /// `torch.manual_seed(0)`, the LeNet of tools/torch_lenet_qat.py, fuse_modules_qat and
@@ -343,19 +363,45 @@ fn mobilenet_v3_trains_and_compiles_bit_exact() {
         outcome.final_acc
     );
     let graph = qatc::convert::convert(&net.graph, &net.state).unwrap();
-    let int8_acc = common::int8_accuracy(&graph, &data.test, &cfg);
-    assert!(
-        (int8_acc - outcome.final_acc).abs() < 3.0,
-        "int8 {int8_acc} vs fake quant {}",
-        outcome.final_acc
-    );
+    // Conversion keeps the network: on the 2000 test images, the int8 graph and the fake-quant
+    // network predict the same class for most images, and their logits agree to 12 dB SQNR.
+    // (Comparing the two accuracies instead is noise at this point: after 2 short epochs the
+    // network is near 60 % and a change in float rounding moved fake quant by 3 points while
+    // agreement stayed at 88-90 % and the SQNR at 15.6 dB.)
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    let images: Vec<usize> = (0..100).collect();
+    let all: Vec<usize> = (0..data.test.len()).collect();
     data.test
-        .batch(&images, &cfg.normalization, &mut x, &mut labels);
-    let want = qatc::interp::run(&graph, &x, images.len()).unwrap();
+        .batch(&all, &cfg.normalization, &mut x, &mut labels);
+    let int8 = qatc::interp::run(&graph, &x, all.len()).unwrap();
+    let mut rng = train::rng::Rng::new(0);
+    let tape = net.forward(&x, all.len(), train::engine::Mode::eval(true), &mut rng);
+    let fake_quant = tape.output(&net.graph);
+    let same = int8
+        .chunks_exact(10)
+        .zip(fake_quant.chunks_exact(10))
+        .filter(|(a, b)| qatc::data::argmax(a) == qatc::data::argmax(b))
+        .count();
+    assert!(
+        same * 100 >= all.len() * 85,
+        "int8 and fake quant agree on {same} of {} images",
+        all.len()
+    );
+    let signal: f64 = fake_quant.iter().map(|&v| f64::from(v).powi(2)).sum();
+    let noise: f64 = int8
+        .iter()
+        .zip(fake_quant)
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    let sqnr = 10.0 * (signal / noise).log10();
+    assert!(
+        sqnr >= 12.0,
+        "int8 logits' SQNR against fake quant {sqnr:.1} dB"
+    );
+    let images = 100;
+    let x = &x[..images * data.test.image_size()];
+    let want = qatc::interp::run(&graph, x, images).unwrap();
     let compiled = qatc::Model::from_graph(graph).unwrap().compile().unwrap();
-    let got = compiled.run(&x).unwrap();
+    let got = compiled.run(x).unwrap();
     assert!(want
         .iter()
         .zip(&got)

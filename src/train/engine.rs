@@ -967,7 +967,7 @@ fn fused_bn_forward(
     bn: &mut BnState,
     mode: Mode,
 ) -> BnTape {
-    let raw = z.to_vec();
+    let raw = kernels::copy(z);
     let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
     let shift = bias.map_or(vec![0.0; o], |b| b.value.clone());
     kernels::channel_affine(z, o, &unfold, &shift);
@@ -1077,7 +1077,7 @@ fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
         let var: Vec<f32> = x
             .par_chunks(x.len() / c)
             .zip(&mean)
-            .map(|(row, &m)| row.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / n)
+            .map(|(row, &m)| kernels::sum_of(row, |v| (v - m) * (v - m)) / n)
             .collect();
         let momentum = bn.attrs.momentum as f32;
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
@@ -1093,7 +1093,7 @@ fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
     kernels::channel_affine(x, c, &inv_std, &shift);
-    let xhat = x.to_vec();
+    let xhat = kernels::copy(x);
     kernels::channel_affine(x, c, &bn.gamma.value, &bn.beta.value);
     BnTape {
         xhat,
