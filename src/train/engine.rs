@@ -13,7 +13,7 @@ use super::kernels::{self, ConvDims};
 use super::profile::{self, Profile};
 use super::rng::Rng;
 use super::torch_rng::{bias_bound, kaiming_uniform_bound, TorchGenerator};
-use crate::ir::{BnAttrs, Graph, Node, Op};
+use crate::ir::{Act, BnAttrs, Graph, Node, Op};
 use crate::ops::combine;
 use crate::ops::expr::Program;
 use crate::quant::lsq;
@@ -232,9 +232,10 @@ impl Net {
                                 *in_features,
                                 o,
                             );
-                            let mut zt = kernels::transpose_batch_channels(&z, batch, o, 1, true);
-                            let t = fused_bn_forward(&mut zt, o, fold, bias.as_ref(), bn, mode);
-                            let y = kernels::transpose_batch_channels(&zt, batch, o, 1, false);
+                            let zt = kernels::transpose_batch_channels(&z, batch, o, 1, true);
+                            let (yt, t) =
+                                fused_bn_forward(zt, o, fold, bias.as_ref(), bn, mode, Act::None);
+                            let y = kernels::transpose_batch_channels(&yt, batch, o, 1, false);
                             (y, Some(t))
                         }
                         _ => {
@@ -287,19 +288,21 @@ impl Net {
                     profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
                     let mut y = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
                     let o = geom.out_channels;
+                    // BatchNorm applies the activation in its last pass; otherwise one pass
+                    // adds the bias and applies it.
                     let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
-                            Some(fused_bn_forward(&mut y, o, fold, bias.as_ref(), bn, mode))
+                            let (out, t) =
+                                fused_bn_forward(y, o, fold, bias.as_ref(), bn, mode, *act);
+                            y = out;
+                            Some(t)
                         }
-                        _ => None,
+                        _ => {
+                            let bias = bias.as_ref().map(|b| b.value.as_slice());
+                            kernels::channel_bias_act(&mut y, o, bias, *act);
+                            None
+                        }
                     };
-                    // One pass: the bias (unless BatchNorm already added it) and the activation.
-                    let bias = if bn_tape.is_none() {
-                        bias.as_ref().map(|b| b.value.as_slice())
-                    } else {
-                        None
-                    };
-                    kernels::channel_bias_act(&mut y, o, bias, *act);
                     (
                         y,
                         Aux::Conv {
@@ -311,15 +314,13 @@ impl Net {
                 (Op::BatchNorm(_), NodeState::Bn(bn)) => match in_shape(0) {
                     // Vectors are [N, F]: normalized on their transpose [F, N].
                     [f] => {
-                        let mut xt =
-                            kernels::transpose_batch_channels(input(0), batch, *f, 1, true);
-                        let t = batch_norm_forward(&mut xt, bn, mode);
-                        let y = kernels::transpose_batch_channels(&xt, batch, *f, 1, false);
+                        let xt = kernels::transpose_batch_channels(input(0), batch, *f, 1, true);
+                        let (yt, t) = batch_norm_forward(&xt, None, bn, mode, Act::None);
+                        let y = kernels::transpose_batch_channels(&yt, batch, *f, 1, false);
                         (y, Aux::Bn(t))
                     }
                     _ => {
-                        let mut y = kernels::copy(input(0));
-                        let t = batch_norm_forward(&mut y, bn, mode);
+                        let (y, t) = batch_norm_forward(input(0), None, bn, mode, Act::None);
                         (y, Aux::Bn(t))
                     }
                 },
@@ -957,23 +958,22 @@ fn copy_from_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
 }
 
 /// ConvBn2d and LinearBn1d QAT after the layer's raw output `z` (channel-major, `[O, N·P]`,
-/// computed with the folded weight): undo the folding, add the bias, then BatchNorm. `z` becomes
-/// the BatchNorm's output.
+/// computed with the folded weight): undo the folding, add the bias, then BatchNorm and the
+/// activation. Returns the output; the tape keeps `z`.
 fn fused_bn_forward(
-    z: &mut [f32],
+    z: Vec<f32>,
     o: usize,
     fold: &[f32],
     bias: Option<&Param>,
     bn: &mut BnState,
     mode: Mode,
-) -> BnTape {
-    let raw = kernels::copy(z);
+    act: Act,
+) -> (Vec<f32>, BnTape) {
     let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
     let shift = bias.map_or(vec![0.0; o], |b| b.value.clone());
-    kernels::channel_affine(z, o, &unfold, &shift);
-    let mut t = batch_norm_forward(z, bn, mode);
-    t.z = raw;
-    t
+    let (y, mut t) = batch_norm_forward(&z, Some((&unfold, &shift)), bn, mode, act);
+    t.z = z;
+    (y, t)
 }
 
 /// The backward of [`fused_bn_forward`]: turns `dy` into the gradient of the raw output, sets
@@ -1064,20 +1064,43 @@ fn observe_parallel(obs: &mut Observer, x: &[f32]) {
     obs.observe(&[lo, hi], 1);
 }
 
-/// BatchNorm over a CNHW `[C, B*P]` tensor in place. Batch statistics when training and not
-/// frozen (and the running statistics updated as torch does, with the unbiased variance);
-/// running ones otherwise.
-fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
+/// BatchNorm over a CNHW `[C, B*P]` tensor, then `act`: returns the output. Batch statistics
+/// when training and not frozen (and the running statistics updated as torch does, with the
+/// unbiased variance); running ones otherwise. `pre`, a per-channel `(scale, shift)`, is applied
+/// to `x` first, on the fly (ConvBn's unfolding and bias), so that no pass writes it out.
+fn batch_norm_forward(
+    x: &[f32],
+    pre: Option<(&[f32], &[f32])>,
+    bn: &mut BnState,
+    mode: Mode,
+    act: Act,
+) -> (Vec<f32>, BnTape) {
     let c = bn.gamma.value.len();
     let eps = bn.attrs.eps as f32;
     let batch_stats = mode.training && !mode.bn_frozen;
+    let identity = (vec![1.0; c], vec![0.0; c]);
+    let (pre_scale, pre_shift) = pre.unwrap_or((&identity.0, &identity.1));
     let (mean, var) = if batch_stats {
         let n = (x.len() / c) as f32;
-        let mean: Vec<f32> = kernels::channel_sums(x, c).iter().map(|s| s / n).collect();
+        let row_len = x.len() / c;
+        let mean: Vec<f32> = x
+            .par_chunks(row_len)
+            .enumerate()
+            .map(|(ch, row)| {
+                let (a, b) = (pre_scale[ch], pre_shift[ch]);
+                kernels::sum_of(row, |v| v * a + b) / n
+            })
+            .collect();
         let var: Vec<f32> = x
-            .par_chunks(x.len() / c)
-            .zip(&mean)
-            .map(|(row, &m)| kernels::sum_of(row, |v| (v - m) * (v - m)) / n)
+            .par_chunks(row_len)
+            .enumerate()
+            .map(|(ch, row)| {
+                let (a, b, m) = (pre_scale[ch], pre_shift[ch], mean[ch]);
+                kernels::sum_of(row, |v| {
+                    let u = v * a + b;
+                    (u - m) * (u - m)
+                }) / n
+            })
             .collect();
         let momentum = bn.attrs.momentum as f32;
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
@@ -1092,15 +1115,26 @@ fn batch_norm_forward(x: &mut [f32], bn: &mut BnState, mode: Mode) -> BnTape {
     };
     let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
-    kernels::channel_affine(x, c, &inv_std, &shift);
-    let xhat = kernels::copy(x);
-    kernels::channel_affine(x, c, &bn.gamma.value, &bn.beta.value);
-    BnTape {
+    // One pass: x̂ = (x - mean) / std, kept for the backward, and y = act(gamma x̂ + beta).
+    let (mut y, mut xhat) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
+    kernels::channel_normalize(
+        x,
+        (&mut y, &mut xhat),
+        c,
+        [
+            (pre_scale, pre_shift),
+            (&inv_std, &shift),
+            (&bn.gamma.value, &bn.beta.value),
+        ],
+        act,
+    );
+    let tape = BnTape {
         xhat,
         inv_std,
         batch_stats,
         z: Vec::new(),
-    }
+    };
+    (y, tape)
 }
 
 /// Turns `dy` (w.r.t. the BatchNorm output) into the gradient w.r.t. its input, in place, and

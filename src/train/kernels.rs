@@ -534,22 +534,50 @@ pub fn channel_affine(x: &mut [f32], channels: usize, scale: &[f32], shift: &[f3
     });
 }
 
+/// BatchNorm's last pass over a `[C, N]` tensor, with three per-channel affines
+/// `[(a0, b0), (a1, b1), (gamma, beta)]`: `u = x a0 + b0` (an affine before the BatchNorm),
+/// `xhat = u a1 + b1` (the normalization) and `y = act(xhat gamma + beta)`; writes `y` and
+/// `xhat`.
+pub fn channel_normalize(
+    x: &[f32],
+    (y, xhat): (&mut [f32], &mut [f32]),
+    channels: usize,
+    affines: [(&[f32], &[f32]); 3],
+    act: Act,
+) {
+    let n = x.len() / channels;
+    let (lo, hi) = act_bounds(act);
+    let [(a0, b0), (a1, b1), (g, beta)] = affines;
+    y.par_chunks_mut(n)
+        .zip(xhat.par_chunks_mut(n))
+        .zip(x.par_chunks(n))
+        .enumerate()
+        .for_each(|(c, ((y, hat), x))| {
+            let (a0, b0, a1, b1, g, beta) = (a0[c], b0[c], a1[c], b1[c], g[c], beta[c]);
+            for ((y, h), &v) in y.iter_mut().zip(hat).zip(x) {
+                *h = (v * a0 + b0) * a1 + b1;
+                *y = (*h * g + beta).clamp(lo, hi);
+            }
+        });
+}
+
 /// `x[c, ..] = act(x[c, ..] + bias[c])` for a `[C, N]` tensor, in one pass.
 pub fn channel_bias_act(x: &mut [f32], channels: usize, bias: Option<&[f32]>, act: Act) {
     let n = x.len() / channels;
-    let hi = match act {
-        Act::ReLU6 => 6.0,
-        _ => f32::INFINITY,
-    };
-    let lo = if act == Act::None {
-        f32::NEG_INFINITY
-    } else {
-        0.0
-    };
+    let (lo, hi) = act_bounds(act);
     x.par_chunks_mut(n).enumerate().for_each(|(c, row)| {
         let b = bias.map_or(0.0, |b| b[c]);
         row.iter_mut().for_each(|v| *v = (*v + b).clamp(lo, hi));
     });
+}
+
+/// The clamp an activation is: `(lo, hi)`, infinite where it does not bound.
+fn act_bounds(act: Act) -> (f32, f32) {
+    match act {
+        Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+        Act::ReLU => (0.0, f32::INFINITY),
+        Act::ReLU6 => (0.0, 6.0),
+    }
 }
 
 /// `[B, C, H, W]` -> `[C, B, H, W]` (or back, with `to_cnhw` false).
