@@ -458,3 +458,52 @@ fn the_training_profile_accounts_for_every_layer() {
         assert!(table.contains(text), "missing `{text}` in\n{table}");
     }
 }
+
+/// PyTorch parity of the loss curve: with `seed: 0`, qatc and torch start from the same weights
+/// and see the same batches, so every per-batch loss of the first epoch is within 2e-3 of
+/// torch 2.9.1's (`python3 tools/torch_lenet_qat.py 0 LOSSES.json` wrote the fixture).
+#[test]
+fn first_epoch_losses_match_torch() {
+    struct Losses(Vec<f32>);
+    impl train::Progress for Losses {
+        fn batch_done(&mut self, loss: f32, _images: usize) {
+            self.0.push(loss);
+        }
+    }
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            common::root().join("tests/fixtures/torch_lenet_epoch1_losses.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let torch: Vec<f32> = golden["batch_losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let spec = checked("specs/lenet_mnist.qspec");
+    let data = mnist(&spec.model);
+    let cfg = spec.model.train.clone().unwrap();
+    let mut net = train::build_net(&spec.model, cfg.seed).unwrap();
+    let mut losses = Losses(Vec::new());
+    train::train(&mut net, &data, &cfg, 1, &mut losses);
+    assert_eq!(losses.0.len(), torch.len(), "batches in the first epoch");
+    let (worst, at) = losses
+        .0
+        .iter()
+        .zip(&torch)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold(
+            (0.0f32, 0),
+            |(w, at), (i, d)| if d > w { (d, i) } else { (w, at) },
+        );
+    assert!(
+        worst <= 2e-3,
+        "batch {at}: qatc {} against torch {} (difference {worst})",
+        losses.0[at],
+        torch[at]
+    );
+}

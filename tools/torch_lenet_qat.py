@@ -4,12 +4,15 @@ Prints, per epoch: the logits' observer range, train loss, fake-quant test accur
 qatc draws from torch's generator, so `seed: N` in the spec starts from the same weights and visits
 the batches in the same order as this script with SEED N.
 
-    pip install torch==2.9.1 && python3 tools/torch_lenet_qat.py SEED
+    pip install torch==2.9.1 && python3 tools/torch_lenet_qat.py SEED [LOSSES.json]
+
+With LOSSES.json it trains one epoch only and writes that epoch's per-batch losses there (the
+golden values of tests/training.rs's `first_epoch_losses_match_torch`).
 """
 import gzip, struct, sys, time, torch, torch.nn as nn
 import torch.ao.quantization as tq
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-arch = sys.argv[2] if len(sys.argv) > 2 else "lenet"
+losses_out = sys.argv[2] if len(sys.argv) > 2 else None
 torch.manual_seed(seed)
 torch.set_num_threads(2)
 def idx(path):
@@ -43,11 +46,13 @@ m.qconfig = tq.get_default_qat_qconfig("fbgemm")
 tq.prepare_qat(m, inplace=True)
 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
 lossf = nn.CrossEntropyLoss()
-for epoch in range(5):
+batch_losses = []
+for epoch in range(1 if losses_out else 5):
     m.train(); perm = torch.randperm(len(xtr)); tl = 0; t0 = time.time()
     for i in range(0, len(xtr), 64):
         idxs = perm[i:i + 64]
         opt.zero_grad(); out = m(xtr[idxs]); loss = lossf(out, ytr[idxs]); loss.backward(); opt.step(); tl += loss.item() * len(idxs)
+        batch_losses.append(loss.item())
     dt = time.time() - t0
     m.eval()
     with torch.no_grad():
@@ -55,3 +60,9 @@ for epoch in range(5):
     app = m.fc3.activation_post_process; inq = m.quant.activation_post_process
     print("fc3 range", app.activation_post_process.min_val.item(), app.activation_post_process.max_val.item(), "scale", app.scale.item(), "zp", app.zero_point.item(), "input", inq.activation_post_process.min_val.item(), inq.activation_post_process.max_val.item())
     print(f"epoch {epoch+1} loss {tl/len(xtr):.4f} test {acc:.2f} img/s {len(xtr)/dt:.0f}", flush=True)
+if losses_out:
+    import json
+    with open(losses_out, "w") as f:
+        json.dump({"spec": "specs/lenet_mnist.qspec", "seed": seed, "torch": torch.__version__,
+                   "batch_losses": batch_losses}, f)
+        f.write("\n")
