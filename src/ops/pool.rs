@@ -140,13 +140,34 @@ impl Pool {
         }
     }
 
-    /// The input gradient from the output gradient `dy`, given the forward pass's input `x`
-    /// and output `y`. Max pooling routes each gradient to the first input of its window that
-    /// equals the maximum (the element torch's max-pool picks).
-    pub fn backward(
+    /// [`Pool::forward`] for training: the same output, and for the common 2x2 stride-2 max
+    /// pool also each output's route, the window tap (0 to 3, row by row) its gradient goes to
+    /// ([`NO_ROUTE`] for none). The backward pass then reads one byte per output instead of the
+    /// whole input, which it would otherwise reload from memory to find the maximum again.
+    pub fn forward_routed(
         &self,
         x: &[f32],
-        y: &[f32],
+        in_shape: &[usize],
+        out_shape: &[usize],
+    ) -> (Vec<f32>, Option<Vec<u8>>) {
+        match self {
+            Pool::MaxPool2d(pool) if is_two_by_two(pool) => {
+                let (h, w) = (in_shape[1], in_shape[2]);
+                let (ho, wo) = (out_shape[1], out_shape[2]);
+                let (y, route) = max_pool_2x2_routed(x, (h, w), (ho, wo));
+                (y, Some(route))
+            }
+            _ => (self.forward(x, in_shape, out_shape), None),
+        }
+    }
+
+    /// The input gradient from the output gradient `dy`, given the forward pass's input `x`
+    /// and output `y`, or the route [`Pool::forward_routed`] gave. Max pooling routes each
+    /// gradient to the first input of its window that equals the maximum (the element torch's
+    /// max-pool picks).
+    pub fn backward(
+        &self,
+        (x, y, route): (&[f32], &[f32], Option<&[u8]>),
         dy: &[f32],
         in_shape: &[usize],
         out_shape: &[usize],
@@ -154,6 +175,10 @@ impl Pool {
         let (h, w) = (in_shape[1], in_shape[2]);
         let (ho, wo) = (out_shape[1], out_shape[2]);
         match self {
+            Pool::MaxPool2d(_) if route.is_some() => {
+                let route = route.unwrap_or_default();
+                max_pool_2x2_backward(x.len(), route, dy, (h, w), (ho, wo))
+            }
             Pool::MaxPool2d(pool) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
             Pool::AvgPool2d(pool) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
@@ -293,6 +318,84 @@ fn max_pool(
     y
 }
 
+/// Whether a max pool takes the 2x2 stride-2 unpadded path.
+fn is_two_by_two(pool: &Pool2d) -> bool {
+    pool.padding == (0, 0) && pool.kernel == (2, 2) && pool.stride == (2, 2)
+}
+
+/// A 2x2 max-pool output's route when no tap equals its maximum (a NaN maximum).
+pub const NO_ROUTE: u8 = 4;
+
+/// [`max_pool`]'s 2x2 stride-2 path, with each output's route: the first tap, row by row, that
+/// equals the maximum ([`max_pool_backward`]'s rule), found without branches (which tap wins is
+/// data, and mispredicted branches would cost more than the loop).
+fn max_pool_2x2_routed(
+    x: &[f32],
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> (Vec<f32>, Vec<u8>) {
+    let outputs = x.len() / (h * w) * ho * wo;
+    let (mut y, mut route) = (vec![0.0; outputs], vec![NO_ROUTE; outputs]);
+    y.par_chunks_mut(ho * wo)
+        .zip(route.par_chunks_mut(ho * wo))
+        .enumerate()
+        .with_min_len(PLANES_PER_TASK)
+        .for_each(|(q, (yp, rp))| {
+            let plane = &x[q * h * w..(q + 1) * h * w];
+            for oh in 0..ho {
+                let x0 = &plane[2 * oh * w..][..2 * wo];
+                let x1 = &plane[(2 * oh + 1) * w..][..2 * wo];
+                let taps = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+                let outs = yp[oh * wo..][..wo].iter_mut().zip(&mut rp[oh * wo..][..wo]);
+                for ((t0, t1), (out, r)) in taps.zip(outs) {
+                    let m = larger(larger(larger(t0[0], t0[1]), t1[0]), t1[1]);
+                    // How many taps come before the first that equals m (4: none does).
+                    let (n0, n1, n2, n3) = (
+                        u8::from(t0[0] != m),
+                        u8::from(t0[1] != m),
+                        u8::from(t1[0] != m),
+                        u8::from(t1[1] != m),
+                    );
+                    *out = m;
+                    *r = n0 * (1 + n1 * (1 + n2 * (1 + n3)));
+                }
+            }
+        });
+    (y, route)
+}
+
+/// The gradient of [`max_pool_2x2_routed`]: each output's gradient to its route's tap. Windows
+/// do not overlap, so each covered input is written once.
+fn max_pool_2x2_backward(
+    x_len: usize,
+    route: &[u8],
+    dy: &[f32],
+    (h, w): (usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f32> {
+    let mut dx = vec![0.0; x_len];
+    dx.par_chunks_mut(h * w)
+        .zip(route.par_chunks(ho * wo))
+        .zip(dy.par_chunks(ho * wo))
+        .with_min_len(PLANES_PER_TASK)
+        .for_each(|((dxp, rp), dyp)| {
+            for oh in 0..ho {
+                let (d0, d1) = dxp[2 * oh * w..(2 * oh + 2) * w].split_at_mut(w);
+                let taps = d0[..2 * wo]
+                    .chunks_exact_mut(2)
+                    .zip(d1[..2 * wo].chunks_exact_mut(2));
+                let outs = rp[oh * wo..][..wo].iter().zip(&dyp[oh * wo..][..wo]);
+                for ((d0, d1), (&r, &g)) in taps.zip(outs) {
+                    d0[0] = if r == 0 { g } else { 0.0 };
+                    d0[1] = if r == 1 { g } else { 0.0 };
+                    d1[0] = if r == 2 { g } else { 0.0 };
+                    d1[1] = if r == 3 { g } else { 0.0 };
+                }
+            }
+        });
+    dx
+}
+
 /// The gradient of [`max_pool`]: each window's maximum is found again rather than stored.
 fn max_pool_backward(
     x: &[f32],
@@ -387,7 +490,18 @@ mod tests {
             let pool = Pool::MaxPool2d(pool);
             let y = pool.forward(&x, &[1, 3, 5], &[1, 1, 2]);
             assert_eq!(y, want_y);
-            let dx = pool.backward(&x, &y, &[10.0, 20.0], &[1, 3, 5], &[1, 1, 2]);
+            let dx = pool.backward((&x, &y, None), &[10.0, 20.0], &[1, 3, 5], &[1, 1, 2]);
+            assert_eq!(dx, want_dx);
+            // Training's routed form gives the same output and the same gradient.
+            let (routed_y, route) = pool.forward_routed(&x, &[1, 3, 5], &[1, 1, 2]);
+            assert_eq!(routed_y, y);
+            let (shape_in, shape_out) = ([1, 3, 5], [1, 1, 2]);
+            let dx = pool.backward(
+                (&x, &y, route.as_deref()),
+                &[10.0, 20.0],
+                &shape_in,
+                &shape_out,
+            );
             assert_eq!(dx, want_dx);
         }
     }
@@ -407,7 +521,7 @@ mod tests {
         // In codes with zero point 10, padding adds 10s: (14 + 30) / 4 = 11.
         let q = pool.eval_u8(&[14, 18, 22, 26], &[1, 2, 2], &shape, 10);
         assert_eq!(q, [11, 12, 13, 14]);
-        let dx = pool.backward(&[0.0; 4], &y, &[4.0; 4], &[1, 2, 2], &shape);
+        let dx = pool.backward((&[0.0; 4], &y, None), &[4.0; 4], &[1, 2, 2], &shape);
         assert_eq!(dx, [1.0; 4]);
     }
 

@@ -103,6 +103,8 @@ enum Aux {
     /// from the input in the backward pass).
     FakeQuant(QParams, i32, i32),
     Dropout(Vec<f32>),
+    /// A pool: each output's route, for the max pools that record one (`Pool::forward_routed`).
+    Pool(Option<Vec<u8>>),
     Linear {
         weight: WeightTape,
         bn: Option<BnTape>,
@@ -331,8 +333,8 @@ impl Net {
                     (y, Aux::None)
                 }
                 (Op::Pool(pool), _) => {
-                    let y = pool.forward(input(0), in_shape(0), &node.shape);
-                    (y, Aux::None)
+                    let (y, route) = pool.forward_routed(input(0), in_shape(0), &node.shape);
+                    (y, Aux::Pool(route))
                 }
                 // Images leave the engine's channel-major layout.
                 (Op::Flatten, _) => (to_samples(input(0), in_shape(0), batch), Aux::None),
@@ -560,9 +562,8 @@ impl Net {
                             .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
                         vec![Some(dy)]
                     }
-                    (Op::Pool(pool), _, _) => vec![Some(pool.backward(
-                        input(0),
-                        y,
+                    (Op::Pool(pool), _, Aux::Pool(route)) => vec![Some(pool.backward(
+                        (input(0), y, route.as_deref()),
                         &dy,
                         in_shape(0),
                         &node.shape,
@@ -620,7 +621,11 @@ impl Net {
                     // The input is never back-propagated (`i >= 1`); the forward pass pairs every
                     // op with its own state and tape.
                     (
-                        op @ (Op::Input | Op::Linear { .. } | Op::Conv2d { .. } | Op::BatchNorm(_)),
+                        op @ (Op::Input
+                        | Op::Linear { .. }
+                        | Op::Conv2d { .. }
+                        | Op::BatchNorm(_)
+                        | Op::Pool(_)),
                         _,
                         _,
                     ) => unreachable!(
