@@ -84,7 +84,9 @@ impl Optimizer {
                         .par_chunks_mut(CHUNK)
                         .zip(p.grad.par_chunks(CHUNK))
                         .zip(buf.par_chunks_mut(CHUNK));
-                    chunks.for_each(|((value, grad), buf)| {
+                    // `move`: the flags are the closure's own copies, not references the
+                    // compiler must reload after every store, so the loop vectorizes.
+                    chunks.for_each(move |((value, grad), buf)| {
                         for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
                             let d = g + wd * *w;
                             let update = if mu != 0.0 {
