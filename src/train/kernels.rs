@@ -423,6 +423,13 @@ pub fn conv_backward(
             .map(|part| {
                 let mut dw_part = vec![0.0; d.og * d.kg];
                 let mut dx_blocks = Vec::new();
+                // The input-gradient columns of one block at a time, allocated (and zeroed)
+                // once per part: the product overwrites them.
+                let mut dcols_buffer = if want_dx {
+                    vec![0.0; d.kg * block_images(d) * p]
+                } else {
+                    Vec::new()
+                };
                 for images in part {
                     let cols = im2col(x, geom, d, batch, g, images.clone());
                     let nb = images.len() * p;
@@ -436,16 +443,10 @@ pub fn conv_backward(
                         &mut view_mut(&mut dw_part, d.og, d.kg),
                     );
                     if want_dx {
-                        let mut dcols = vec![0.0; d.kg * nb];
-                        general_mat_mul(
-                            1.0,
-                            &wg.t(),
-                            &dyb,
-                            0.0,
-                            &mut view_mut(&mut dcols, d.kg, nb),
-                        );
+                        let dcols = &mut dcols_buffer[..d.kg * nb];
+                        general_mat_mul(1.0, &wg.t(), &dyb, 0.0, &mut view_mut(dcols, d.kg, nb));
                         let mut local = vec![0.0; d.cg * images.len() * hw];
-                        col2im(&dcols, geom, d, images.len(), &mut local);
+                        col2im(dcols, geom, d, images.len(), &mut local);
                         dx_blocks.push((images.clone(), local));
                     }
                 }
