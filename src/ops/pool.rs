@@ -174,13 +174,12 @@ impl Pool {
     ) -> Vec<f32> {
         let (h, w) = (in_shape[1], in_shape[2]);
         let (ho, wo) = (out_shape[1], out_shape[2]);
-        match self {
-            Pool::MaxPool2d(_) if route.is_some() => {
-                let route = route.unwrap_or_default();
+        match (self, route) {
+            (Pool::MaxPool2d(_), Some(route)) => {
                 max_pool_2x2_backward(x.len(), route, dy, (h, w), (ho, wo))
             }
-            Pool::MaxPool2d(pool) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
-            Pool::AvgPool2d(pool) => {
+            (Pool::MaxPool2d(pool), None) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
+            (Pool::AvgPool2d(pool), _) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
                 let mut dx = vec![0.0; x.len()];
                 dx.par_chunks_mut(h * w)
@@ -196,7 +195,7 @@ impl Pool {
                     });
                 dx
             }
-            Pool::GlobalAvgPool => {
+            (Pool::GlobalAvgPool, _) => {
                 let p = h * w;
                 dy.iter()
                     .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))

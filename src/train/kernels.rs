@@ -110,11 +110,10 @@ pub fn act_forward(act: Act, y: &mut [f32]) {
 /// Zeroes `dy` where the activation's output `y` is flat (torch: relu passes where y > 0,
 /// hardtanh where 0 < y < 6).
 pub fn act_backward(act: Act, y: &[f32], dy: &mut [f32]) {
-    let hi = match act {
-        Act::None => return,
-        Act::ReLU => f32::INFINITY,
-        Act::ReLU6 => 6.0,
-    };
+    if act == Act::None {
+        return;
+    }
+    let (lo, hi) = act_bounds(act);
     let chunk = PAR_MIN / 4;
     dy.par_chunks_mut(chunk)
         .zip(y.par_chunks(chunk))
@@ -122,7 +121,7 @@ pub fn act_backward(act: Act, y: &[f32], dy: &mut [f32]) {
             // A select rather than a conditional store, so the loop vectorizes.
             d.iter_mut()
                 .zip(y)
-                .for_each(|(d, &v)| *d = if v > 0.0 && v < hi { *d } else { 0.0 })
+                .for_each(|(d, &v)| *d = if v > lo && v < hi { *d } else { 0.0 })
         });
 }
 
