@@ -129,14 +129,7 @@ impl Observer {
         let row = x.len() / n;
         let (mins, maxs): (Vec<f32>, Vec<f32>) = (0..n)
             .into_par_iter()
-            .map(|c| {
-                let slice = &x[c * row..(c + 1) * row];
-                slice
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                        (lo.min(v), hi.max(v))
-                    })
-            })
+            .map(|c| min_max(&x[c * row..(c + 1) * row]))
             .unzip();
         if self.min.is_empty() || self.min.len() != n {
             self.min = mins;
@@ -212,6 +205,30 @@ impl Observer {
             .map(|(&lo, &hi)| rule(lo, hi, &range))
             .collect()
     }
+}
+
+/// The least and greatest value of `x` (NaNs ignored, as by `f32::min` and `f32::max`), over 16
+/// independent lanes: a single running minimum waits on its previous step, while lanes
+/// vectorize. Minima and maxima do not depend on the order they are taken in, so this is the
+/// value a plain fold gives.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let groups = x.chunks_exact(LANES);
+    let rest = groups.remainder();
+    for group in groups {
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(group) {
+            *l = l.min(v);
+            *h = h.max(v);
+        }
+    }
+    let lo = lo.iter().chain(rest).fold(f32::INFINITY, |a, &v| a.min(v));
+    let hi = hi
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    (lo, hi)
 }
 
 #[cfg(test)]
