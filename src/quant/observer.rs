@@ -211,7 +211,7 @@ impl Observer {
 /// independent lanes: a single running minimum waits on its previous step, while lanes
 /// vectorize. Minima and maxima do not depend on the order they are taken in, so this is the
 /// value a plain fold gives.
-fn min_max(x: &[f32]) -> (f32, f32) {
+pub fn min_max(x: &[f32]) -> (f32, f32) {
     const LANES: usize = 16;
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];

@@ -18,7 +18,7 @@ use crate::ops::combine;
 use crate::ops::expr::Program;
 use crate::quant::lsq;
 use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
-use crate::quant::observer::{Learned, Observer};
+use crate::quant::observer::{min_max, Learned, Observer};
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
 pub use crate::state::{BnState, NodeState, Param, State};
 
@@ -1056,12 +1056,7 @@ fn mask_gradient(grad: &mut [f32], mask: &[bool]) {
 fn observe_parallel(obs: &mut Observer, x: &[f32]) {
     let (lo, hi) = x
         .par_chunks(1 << 14)
-        .map(|c| {
-            c.iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                })
-        })
+        .map(min_max)
         .reduce(
             || (f32::INFINITY, f32::NEG_INFINITY),
             |a, b| (a.0.min(b.0), a.1.max(b.1)),
