@@ -385,11 +385,7 @@ impl Net {
                     if mode.fake_quant && qat {
                         let q = obs.fake_quant_qparams()[0];
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
-                        let mut y = kernels::copy(x);
-                        y.par_chunks_mut(CHUNK).for_each(|c| {
-                            c.iter_mut()
-                                .for_each(|v| *v = fake_quantize(*v, q, inv, lo, hi))
-                        });
+                        let y = kernels::map(x, |v| fake_quantize(v, q, inv, lo, hi));
                         (y, Aux::FakeQuant(q, lo, hi))
                     } else {
                         (kernels::copy(x), Aux::None)

@@ -77,12 +77,23 @@ pub fn zeros(n: usize) -> Vec<f32> {
 
 /// A copy of a buffer, made by all threads when large.
 pub fn copy(x: &[f32]) -> Vec<f32> {
+    map(x, |v| v)
+}
+
+/// `f` of each value of `x`, into a new buffer, by all threads when large: one pass over
+/// fixed-size chunks, each a plain loop that vectorizes.
+pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    let mut y = zeros(x.len());
+    let chunk = PAR_MIN / 4;
+    let body = |(out, src): (&mut [f32], &[f32])| {
+        out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
+    };
     if x.len() < PAR_MIN {
-        return x.to_vec();
+        body((&mut y, x));
+    } else {
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(body);
     }
-    let mut v = Vec::with_capacity(x.len());
-    v.par_extend(x.par_iter().copied());
-    v
+    y
 }
 
 /// Work below this many elements is not worth a parallel split.
