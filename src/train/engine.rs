@@ -1050,13 +1050,10 @@ fn mask_gradient(grad: &mut [f32], mask: &[bool]) {
 
 /// Observes a large activation tensor: min/max reduced in parallel, then one update.
 fn observe_parallel(obs: &mut Observer, x: &[f32]) {
-    let (lo, hi) = x
-        .par_chunks(1 << 14)
-        .map(min_max)
-        .reduce(
-            || (f32::INFINITY, f32::NEG_INFINITY),
-            |a, b| (a.0.min(b.0), a.1.max(b.1)),
-        );
+    let (lo, hi) = x.par_chunks(1 << 14).map(min_max).reduce(
+        || (f32::INFINITY, f32::NEG_INFINITY),
+        |a, b| (a.0.min(b.0), a.1.max(b.1)),
+    );
     obs.observe(&[lo, hi], 1);
 }
 

@@ -91,7 +91,9 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() < PAR_MIN {
         body((&mut y, x));
     } else {
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(body);
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(body);
     }
     y
 }
