@@ -201,11 +201,22 @@ fn softmax_cross_entropy_gradient() {
 /// Σ_b mask_out · r · x_q, zeroed where the weight's own fake quant clipped.
 #[test]
 fn fake_quant_gradient_is_the_straight_through_estimator() {
+    check_straight_through("a: Linear(out: 4)", false);
+}
+
+/// With a ReLU fused into the layer, the fake quant after it applies the ReLU's mask too (one
+/// pass for both): the gradient must still vanish where the ReLU clipped.
+#[test]
+fn fake_quant_after_a_fused_relu_masks_both() {
+    check_straight_through("a: Linear(out: 4) r: ReLU", true);
+}
+
+fn check_straight_through(layers: &str, relu: bool) {
     use qatc::quant::numerics::fake_quant_passes;
     use qatc::state::NodeState;
 
-    let spec = "model m { input: [5] a: Linear(out: 4) }\nquantize { backend: qnnpack }";
-    let (result, _) = qatc::front_end("fq.qspec", spec);
+    let spec = format!("model m {{ input: [5] {layers} }}\nquantize {{ backend: qnnpack }}");
+    let (result, _) = qatc::front_end("fq.qspec", &spec);
     let graph = qatc::check::lower(&result.expect("checks").model);
     let graph = passes::run(&graph, passes::QAT_PIPELINE)
         .unwrap()
@@ -248,13 +259,16 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
     let q = obs.qparams()[0];
     let (lo, hi) = (obs.config.quant_min, obs.config.quant_max);
     let pre = &tape.outputs[a];
-    let mut clipped = 0;
+    let (mut clipped, mut relu_clipped) = (0, 0);
     let mut expected = vec![0.0f32; 4 * 5];
     for b in 0..batch {
         for o in 0..4 {
-            let passes = fake_quant_passes(pre[b * 4 + o], q, 1.0 / q.scale, lo, hi);
+            let v = pre[b * 4 + o];
+            let passes = fake_quant_passes(v, q, 1.0 / q.scale, lo, hi);
+            let relu_passes = !relu || v > 0.0;
             clipped += usize::from(!passes);
-            if passes {
+            relu_clipped += usize::from(passes && !relu_passes);
+            if passes && relu_passes {
                 for i in 0..5 {
                     expected[o * 5 + i] += r[b * 4 + o] * tape.outputs[x_q][b * 5 + i];
                 }
@@ -262,6 +276,10 @@ fn fake_quant_gradient_is_the_straight_through_estimator() {
         }
     }
     assert!(clipped > 0, "the test must exercise the mask");
+    assert!(
+        !relu || relu_clipped > 0,
+        "the test must exercise the ReLU's mask"
+    );
     let NodeState::Linear {
         weight,
         weight_obs: Some(wobs),

@@ -430,6 +430,8 @@ impl Net {
         }
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; n];
         grads[self.graph.output] = Some(d_output);
+        // Layers whose activation's gradient mask the fake quant after them applied already.
+        let mut act_applied = vec![false; n];
         for i in (1..n).rev() {
             let Some(mut dy) = grads[i].take() else {
                 continue;
@@ -440,6 +442,7 @@ impl Net {
             let input = |k: usize| -> &[f32] { &tape.outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
             let y = &tape.outputs[i];
+            let act_before = self.act_before_fake_quant(i);
             let dxs: Vec<Option<Vec<f32>>> =
                 match (&node.op, &mut self.state.nodes[i], &tape.aux[i]) {
                     (
@@ -460,7 +463,9 @@ impl Net {
                             bn: bn_tape,
                         },
                     ) => {
-                        kernels::act_backward(*act, y, &mut dy);
+                        if !act_applied[i] {
+                            kernels::act_backward(*act, y, &mut dy);
+                        }
                         let o = *out_features;
                         let mut d_fold = None;
                         if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
@@ -504,7 +509,9 @@ impl Net {
                             bn: bn_tape,
                         },
                     ) => {
-                        kernels::act_backward(*act, y, &mut dy);
+                        if !act_applied[i] {
+                            kernels::act_backward(*act, y, &mut dy);
+                        }
                         let d = ConvDims::new(geom, in_shape(0), &node.shape);
                         let o = geom.out_channels;
                         // d(fold) per channel, for the fused BatchNorm's gamma.
@@ -584,11 +591,23 @@ impl Net {
                     }
                     (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
                         let inv = 1.0 / q.scale;
+                        // With the activation of the layer before it (whose output is this
+                        // input) in the same pass: both masks test the same value.
+                        let (act_lo, act_hi) = match act_before {
+                            Some((j, act)) => {
+                                act_applied[j] = true;
+                                kernels::act_bounds(act)
+                            }
+                            None => (f32::NEG_INFINITY, f32::INFINITY),
+                        };
                         dy.par_chunks_mut(CHUNK)
                             .zip(input(0).par_chunks(CHUNK))
                             .for_each(|(gs, xs)| {
                                 for (g, &x) in gs.iter_mut().zip(xs) {
-                                    let pass = fake_quant_passes(x, *q, inv, *lo, *hi);
+                                    // `&`, not `&&`: no branch, so the loop vectorizes.
+                                    let pass = fake_quant_passes(x, *q, inv, *lo, *hi)
+                                        & (x > act_lo)
+                                        & (x < act_hi);
                                     *g = if pass { *g } else { 0.0 };
                                 }
                             });
@@ -647,6 +666,24 @@ impl Net {
                 started,
             );
         }
+    }
+
+    /// When node `i` is a fake quant whose input is the output of a Conv2d or Linear with an
+    /// activation, read by nothing else: that layer and its activation. The fake quant's
+    /// backward then applies the activation's gradient mask too (the same values: both test the
+    /// layer's output), and the layer's backward skips its own pass.
+    fn act_before_fake_quant(&self, i: usize) -> Option<(usize, Act)> {
+        let node = &self.graph.nodes[i];
+        let Op::FakeQuant(_) = node.op else {
+            return None;
+        };
+        let j = *node.inputs.first()?;
+        let act = match self.graph.nodes[j].op {
+            Op::Conv2d { act, .. } | Op::Linear { act, .. } if act != Act::None => act,
+            _ => return None,
+        };
+        let readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&j));
+        (readers.count() == 1 && self.graph.output != j).then_some((j, act))
     }
 
     /// Whether each node's output depends on a parameter (only those need a gradient).

@@ -585,7 +585,7 @@ pub fn channel_bias_act(x: &mut [f32], channels: usize, bias: Option<&[f32]>, ac
 }
 
 /// The clamp an activation is: `(lo, hi)`, infinite where it does not bound.
-fn act_bounds(act: Act) -> (f32, f32) {
+pub fn act_bounds(act: Act) -> (f32, f32) {
     match act {
         Act::None => (f32::NEG_INFINITY, f32::INFINITY),
         Act::ReLU => (0.0, f32::INFINITY),
