@@ -10,3 +10,19 @@ pub mod expr;
 pub mod norm;
 pub mod pool;
 pub mod shape;
+
+use rayon::prelude::*;
+
+/// Buffers below this many values are zeroed by one thread.
+const PAR_ZERO_MIN: usize = 1 << 14;
+
+/// A zeroed buffer of `n` floats; large ones are zeroed by all threads (one thread's memset of
+/// megabytes is a measurable, and serial, part of a training step).
+pub fn zeros(n: usize) -> Vec<f32> {
+    if n < PAR_ZERO_MIN {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
+}

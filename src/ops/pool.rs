@@ -181,7 +181,7 @@ impl Pool {
             (Pool::MaxPool2d(pool), None) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
             (Pool::AvgPool2d(pool), _) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
-                let mut dx = vec![0.0; x.len()];
+                let mut dx = super::zeros(x.len());
                 dx.par_chunks_mut(h * w)
                     .enumerate()
                     .with_min_len(PLANES_PER_TASK)
@@ -334,7 +334,7 @@ fn max_pool_2x2_routed(
     (ho, wo): (usize, usize),
 ) -> (Vec<f32>, Vec<u8>) {
     let outputs = x.len() / (h * w) * ho * wo;
-    let (mut y, mut route) = (vec![0.0; outputs], vec![NO_ROUTE; outputs]);
+    let (mut y, mut route) = (super::zeros(outputs), vec![NO_ROUTE; outputs]);
     y.par_chunks_mut(ho * wo)
         .zip(route.par_chunks_mut(ho * wo))
         .enumerate()
@@ -372,7 +372,7 @@ fn max_pool_2x2_backward(
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
 ) -> Vec<f32> {
-    let mut dx = vec![0.0; x_len];
+    let mut dx = super::zeros(x_len);
     dx.par_chunks_mut(h * w)
         .zip(route.par_chunks(ho * wo))
         .zip(dy.par_chunks(ho * wo))
@@ -404,7 +404,7 @@ fn max_pool_backward(
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
 ) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
+    let mut dx = super::zeros(x.len());
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);

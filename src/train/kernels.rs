@@ -64,16 +64,7 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
     ArrayViewMut2::from_shape((rows, cols), data).expect("buffer matches its shape")
 }
 
-/// A zeroed buffer; large ones are zeroed by all threads (one thread's memset of megabytes is a
-/// measurable part of a training step).
-pub fn zeros(n: usize) -> Vec<f32> {
-    if n < PAR_MIN {
-        return vec![0.0; n];
-    }
-    let mut v = Vec::with_capacity(n);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
-    v
-}
+pub use crate::ops::zeros;
 
 /// A copy of a buffer, made by all threads when large.
 pub fn copy(x: &[f32]) -> Vec<f32> {
