@@ -74,18 +74,15 @@ pub fn copy(x: &[f32]) -> Vec<f32> {
 /// `f` of each value of `x`, into a new buffer, by all threads when large: one pass over
 /// fixed-size chunks, each a plain loop that vectorizes.
 pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if x.len() < PAR_MIN {
+        // Collected straight from the slice: no zeroing first.
+        return x.iter().map(|&v| f(v)).collect();
+    }
     let mut y = zeros(x.len());
     let chunk = PAR_MIN / 4;
-    let body = |(out, src): (&mut [f32], &[f32])| {
-        out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
-    };
-    if x.len() < PAR_MIN {
-        body((&mut y, x));
-    } else {
-        y.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(body);
-    }
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .for_each(|(out, src)| out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v)));
     y
 }
 
