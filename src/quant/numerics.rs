@@ -207,6 +207,19 @@ pub fn fake_quant_passes(
     r >= quant_min as f32 && r <= quant_max as f32
 }
 
+/// [`fake_quant_passes`] as a range of `x * inv_scale`: the gradient passes at `x` exactly when
+/// `lo <= x * inv_scale <= hi`. Two comparisons per value instead of a rounding and two; the
+/// bounds are where rounding half to even crosses into and out of the grid (a tie at a bound
+/// rounds in only when it rounds to an even code).
+pub fn fake_quant_pass_range(q: QParams, quant_min: i32, quant_max: i32) -> (f32, f32) {
+    let (low, high) = (quant_min - q.zero_point, quant_max - q.zero_point);
+    let lo = low as f32 - 0.5;
+    let hi = high as f32 + 0.5;
+    let lo = if low % 2 == 0 { lo } else { lo.next_up() };
+    let hi = if high % 2 == 0 { hi } else { hi.next_down() };
+    (lo, hi)
+}
+
 /// Fake-quantizes `x` in place; sets `mask[i]` to whether the gradient passes (straight-through
 /// estimator with PyTorch's clipping mask).
 pub fn fake_quantize_in_place(
@@ -411,6 +424,38 @@ mod tests {
         assert_eq!(q.zero_point, 128);
         let q = qparams_from_range(-0.3, 0.2, &range(DType::Quint8, Scheme::Symmetric, 0, 200));
         assert_eq!(q.zero_point, 100);
+    }
+
+    #[test]
+    fn the_pass_range_is_the_rounded_mask() {
+        let grids = [(0, 255), (0, 127), (-128, 127), (-127, 127)];
+        for (quant_min, quant_max) in grids {
+            for zero_point in [quant_min, quant_min + 1, 0, 3, quant_max - 1, quant_max] {
+                let q = QParams {
+                    scale: 0.037,
+                    zero_point,
+                };
+                let inv = 1.0 / q.scale;
+                let (lo, hi) = fake_quant_pass_range(q, quant_min, quant_max);
+                // Every code's midpoints and their neighbours, where the two could differ.
+                let mut xs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e30, -1e30];
+                for code in quant_min - 3..=quant_max + 3 {
+                    let t = (code - zero_point) as f32 - 0.5;
+                    for v in [t.next_down(), t, t.next_up(), t + 0.25, t + 0.5] {
+                        xs.push(v * q.scale);
+                        xs.push(v);
+                    }
+                }
+                for x in xs {
+                    let t = x * inv;
+                    assert_eq!(
+                        t >= lo && t <= hi,
+                        fake_quant_passes(x, q, inv, quant_min, quant_max),
+                        "x {x} (x/scale {t}), zero point {zero_point}, grid {quant_min}..{quant_max}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

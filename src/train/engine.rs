@@ -17,7 +17,9 @@ use crate::ir::{Act, BnAttrs, Graph, Node, Op};
 use crate::ops::combine;
 use crate::ops::expr::Program;
 use crate::quant::lsq;
-use crate::quant::numerics::{fake_quant_passes, fake_quantize, fake_quantize_in_place, QParams};
+use crate::quant::numerics::{
+    fake_quant_pass_range, fake_quantize, fake_quantize_in_place, QParams,
+};
 use crate::quant::observer::{min_max, Learned, Observer};
 use crate::quant::qconfig::{FakeQuantConfig, QuantMode};
 pub use crate::state::{BnState, NodeState, Param, State};
@@ -591,6 +593,7 @@ impl Net {
                     }
                     (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
                         let inv = 1.0 / q.scale;
+                        let (pass_lo, pass_hi) = fake_quant_pass_range(*q, *lo, *hi);
                         // With the activation of the layer before it (whose output is this
                         // input) in the same pass: both masks test the same value.
                         let (act_lo, act_hi) = match act_before {
@@ -605,7 +608,9 @@ impl Net {
                             .for_each(|(gs, xs)| {
                                 for (g, &x) in gs.iter_mut().zip(xs) {
                                     // `&`, not `&&`: no branch, so the loop vectorizes.
-                                    let pass = fake_quant_passes(x, *q, inv, *lo, *hi)
+                                    let t = x * inv;
+                                    let pass = (t >= pass_lo)
+                                        & (t <= pass_hi)
                                         & (x > act_lo)
                                         & (x < act_hi);
                                     *g = if pass { *g } else { 0.0 };
