@@ -187,10 +187,23 @@ pub fn saturate(q: f32, lo: i32, hi: i32) -> i32 {
 }
 
 /// One fake-quantized value: `(clamp(round(x / s) + zp) - zp) * s`, with `inv_scale = 1 / s`.
+///
+/// Computed as `round(clamp(x / s, quant_min - zp, quant_max - zp)) * s`, the same value bit for
+/// bit: rounding is monotone and the bounds are integers, so clamping before rounding gives what
+/// clamping after does; and a clamped value is small (the grid is at most 16 bits wide), so
+/// adding and subtracting 1.5 · 2^23 rounds it half to even with no test for large magnitudes
+/// (see [`round_half_even`]). A NaN stays NaN.
 #[inline]
 pub fn fake_quantize(x: f32, q: QParams, inv_scale: f32, quant_min: i32, quant_max: i32) -> f32 {
+    const ROUNDER: f32 = 12_582_912.0;
     let zp = q.zero_point as f32;
-    ((round_half_even(x * inv_scale) + zp).clamp(quant_min as f32, quant_max as f32) - zp) * q.scale
+    let (lo, hi) = (quant_min as f32 - zp, quant_max as f32 - zp);
+    debug_assert!(
+        lo.abs() <= 4_194_304.0 && hi.abs() <= 4_194_304.0,
+        "grid {lo}..{hi}"
+    );
+    let clamped = (x * inv_scale).clamp(lo, hi);
+    ((clamped + ROUNDER) - ROUNDER) * q.scale
 }
 
 /// Whether the straight-through estimator passes the gradient at `x`: its rounded value lies
@@ -453,6 +466,36 @@ mod tests {
                         fake_quant_passes(x, q, inv, quant_min, quant_max),
                         "x {x} (x/scale {t}), zero point {zero_point}, grid {quant_min}..{quant_max}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fake_quant_is_round_then_clamp_bit_for_bit() {
+        for (quant_min, quant_max) in [(0, 255), (0, 127), (-128, 127), (-32768, 32767)] {
+            for zero_point in [quant_min, 0, 7, quant_max] {
+                for scale in [0.037, 0.5, 3.0e-5] {
+                    let q = QParams { scale, zero_point };
+                    let inv = 1.0 / scale;
+                    let textbook = |x: f32| {
+                        let code = (round_half_even(x * inv) + zero_point as f32)
+                            .clamp(quant_min as f32, quant_max as f32);
+                        (code - zero_point as f32) * scale
+                    };
+                    let mut xs = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+                    for step in -300..300 {
+                        for frac in [0.0, 0.25, 0.5, 0.75] {
+                            let t = step as f32 + frac;
+                            xs.extend([t * scale, t.next_up() * scale, t.next_down() * scale]);
+                        }
+                    }
+                    for x in xs {
+                        let (got, want) =
+                            (fake_quantize(x, q, inv, quant_min, quant_max), textbook(x));
+                        assert_eq!(got.to_bits(), want.to_bits(), "x {x}: {got} vs {want}");
+                    }
+                    assert!(fake_quantize(f32::NAN, q, inv, quant_min, quant_max).is_nan());
                 }
             }
         }
