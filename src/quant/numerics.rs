@@ -243,8 +243,10 @@ pub fn fake_quantize_in_place(
     quant_max: i32,
 ) {
     let inv_scale = 1.0 / q.scale;
+    let (lo, hi) = fake_quant_pass_range(q, quant_min, quant_max);
     for (v, m) in x.iter_mut().zip(mask.iter_mut()) {
-        *m = fake_quant_passes(*v, q, inv_scale, quant_min, quant_max);
+        let t = *v * inv_scale;
+        *m = t >= lo && t <= hi;
         *v = fake_quantize(*v, q, inv_scale, quant_min, quant_max);
     }
 }

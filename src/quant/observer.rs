@@ -127,8 +127,10 @@ impl Observer {
         let per_channel = self.config.observer.is_per_channel();
         let n = if per_channel { channels.max(1) } else { 1 };
         let row = x.len() / n;
+        // Tasks of at least 16k values: a weight's rows are short (a layer's fan-in).
         let (mins, maxs): (Vec<f32>, Vec<f32>) = (0..n)
             .into_par_iter()
+            .with_min_len(((1 << 14) / row.max(1)).max(1))
             .map(|c| min_max(&x[c * row..(c + 1) * row]))
             .unzip();
         if self.min.is_empty() || self.min.len() != n {

@@ -78,31 +78,40 @@ impl Optimizer {
             } => {
                 let (mu, wd) = (momentum as f32, weight_decay as f32);
                 let first = self.step == 1;
-                for (p, buf) in params.iter_mut().zip(&mut self.m) {
-                    let chunks = p
-                        .value
-                        .par_chunks_mut(CHUNK)
-                        .zip(p.grad.par_chunks(CHUNK))
-                        .zip(buf.par_chunks_mut(CHUNK));
+                // Every parameter's chunks in one parallel pass: most parameters are small,
+                // and a pass per parameter would wake the pool's threads once each.
+                let chunks: Vec<_> = params
+                    .iter_mut()
+                    .zip(&mut self.m)
+                    .flat_map(|(p, buf)| {
+                        p.value
+                            .chunks_mut(CHUNK)
+                            .zip(p.grad.chunks(CHUNK))
+                            .zip(buf.chunks_mut(CHUNK))
+                    })
+                    .collect();
+                {
                     // `move`: the flags are the closure's own copies, not references the
                     // compiler must reload after every store, so the loop vectorizes.
-                    chunks.for_each(move |((value, grad), buf)| {
-                        for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
-                            let d = g + wd * *w;
-                            let update = if mu != 0.0 {
-                                // torch initialises the buffer with the first gradient.
-                                *b = if first { d } else { mu * *b + d };
-                                if nesterov {
-                                    d + mu * *b
+                    chunks
+                        .into_par_iter()
+                        .for_each(move |((value, grad), buf)| {
+                            for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
+                                let d = g + wd * *w;
+                                let update = if mu != 0.0 {
+                                    // torch initialises the buffer with the first gradient.
+                                    *b = if first { d } else { mu * *b + d };
+                                    if nesterov {
+                                        d + mu * *b
+                                    } else {
+                                        *b
+                                    }
                                 } else {
-                                    *b
-                                }
-                            } else {
-                                d
-                            };
-                            *w -= lr * update;
-                        }
-                    });
+                                    d
+                                };
+                                *w -= lr * update;
+                            }
+                        });
                 }
             }
             OptimizerConfig::Adam {
