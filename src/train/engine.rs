@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use std::time::Instant;
 
+use super::direct;
 use super::kernels::{self, ConvDims};
 use super::profile::{self, Profile};
 use super::rng::Rng;
@@ -290,7 +291,7 @@ impl Net {
                         mode,
                     );
                     profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
-                    let mut y = kernels::conv_forward(input(0), &wt.used, geom, &d, batch);
+                    let mut y = direct::conv_forward(input(0), &wt.used, geom, &d, batch);
                     let o = geom.out_channels;
                     // BatchNorm applies the activation in its last pass; otherwise one pass
                     // adds the bias and applies it.

@@ -4,6 +4,7 @@
 //!
 //! The loop never prints: it reports through [`Progress`], and the CLI draws the bars.
 
+mod direct;
 pub mod engine;
 pub mod kernels;
 pub mod optim;

@@ -1,0 +1,280 @@
+//! Direct convolution for training's forward pass: a stride-1, unpadded, ungrouped convolution
+//! computed straight from its CNHW input, with no im2col matrix and no packed copy of one.
+//!
+//! The output is cut into tiles of 16 consecutive output pixels by 16 output channels. A tile's
+//! sums stay in registers, one vector of pixels per channel: for each kernel tap `(c, i, j)`,
+//! the input values under the tile are two runs of eight in the input plane, and the tap's weights for
+//! the tile's channels one run of the transposed weight; each weight times the pixels is one
+//! fused multiply-add. Each output is one chain of
+//! fused multiply-adds over the taps in order, so results do not depend on threads or tiles.
+//!
+//! The kernel is compiled for the host's widest vectors at run time (`multiversion`): the
+//! default build targets baseline x86_64, whose 128-bit vectors and lack of FMA would make it
+//! slower than the general path. [`applies`] says when it is used.
+
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::kernels::{self, zeros, ConvDims};
+use crate::ir::ConvGeom;
+
+/// Pixels per tile: 16 consecutive output pixels, one vector's lanes.
+const TILE: usize = 16;
+
+/// A tile is two runs of eight pixels, each within one output row.
+const HALF: usize = TILE / 2;
+
+/// Taps summed in one chain: matrixmultiply's `kc` for f32 (its products split the reduction
+/// into blocks of this many and add the blocks' sums), so that this path and the general one
+/// agree bit for bit.
+const KC: usize = 256;
+
+/// Output channels per tile: one accumulator each.
+const CHANNELS: usize = 16;
+
+/// Whether [`conv_forward`] handles this convolution: stride 1, no padding, one group, output
+/// channels a multiple of 16, output rows a multiple of 8 wide (so that a run of eight never
+/// crosses a row) and output planes a multiple of 16 pixels; and a CPU with fused multiply-add
+/// (without it `mul_add` is a library call).
+pub fn applies(geom: &ConvGeom, d: &ConvDims) -> bool {
+    geom.groups == 1
+        && geom.stride == (1, 1)
+        && geom.padding == (0, 0)
+        && d.wo.is_multiple_of(HALF)
+        && d.pixels().is_multiple_of(TILE)
+        && geom.out_channels.is_multiple_of(CHANNELS)
+        && has_fma()
+}
+
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Convolution without bias, CNHW in and out (`[O, B*P]`): computed directly when [`applies`]
+/// says so, else by [`kernels::conv_forward`] (im2col and matrix products). The two give the
+/// same values bit for bit.
+pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f32> {
+    if applies(geom, d) {
+        direct_conv_forward(x, w, geom, d, batch)
+    } else {
+        kernels::conv_forward(x, w, geom, d, batch)
+    }
+}
+
+/// [`conv_forward`]'s direct path. Images run in parallel.
+fn direct_conv_forward(
+    x: &[f32],
+    w: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+) -> Vec<f32> {
+    let (o, kg, p) = (geom.out_channels, d.kg, d.pixels());
+    let n = batch * p;
+    // The weight regrouped as [O / 16, kg, 16]: a tap's weights for a tile's channels in one
+    // run, and a tile's taps one after the other.
+    let mut wt = vec![0.0; kg * o];
+    for (oc, row) in w.chunks_exact(kg).enumerate() {
+        let (group, lane) = (oc / CHANNELS, oc % CHANNELS);
+        for (k, &v) in row.iter().enumerate() {
+            wt[(group * kg + k) * CHANNELS + lane] = v;
+        }
+    }
+    // Each tap's offset from its image's first input plane (CNHW: a channel's planes for all
+    // images are adjacent).
+    let (kh, kw) = geom.kernel;
+    let channel_stride = batch * d.h * d.w;
+    let taps: Vec<usize> = (0..kg)
+        .map(|k| (k / (kh * kw)) * channel_stride + (k / kw % kh) * d.w + k % kw)
+        .collect();
+    let mut y = zeros(o * n);
+    // Each image's segment of every output channel's row.
+    let mut images: Vec<Vec<&mut [f32]>> = (0..batch).map(|_| Vec::with_capacity(o)).collect();
+    for row in y.chunks_exact_mut(n) {
+        for (segments, segment) in images.iter_mut().zip(row.chunks_exact_mut(p)) {
+            segments.push(segment);
+        }
+    }
+    images
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut out)| image(&x[b * d.h * d.w..], &wt, &taps, d, &mut out));
+    y
+}
+
+/// One image: `out[oc]` is output channel `oc`'s `[ho * wo]` plane; `x` starts at the image's
+/// first input plane.
+fn image(x: &[f32], wt: &[f32], taps: &[usize], d: &ConvDims, out: &mut [&mut [f32]]) {
+    for (w_group, out_group) in wt
+        .chunks_exact(taps.len() * CHANNELS)
+        .zip(out.chunks_exact_mut(CHANNELS))
+    {
+        tiles(x, w_group.as_chunks().0, taps, d, out_group);
+    }
+}
+
+/// Every tile of 16 output channels: `out` their planes, `wt` their weights, one run of 16 per
+/// tap. A tile's 16 pixels are consecutive in the output; in the input they are two runs of
+/// eight, each within one row.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn tiles(x: &[f32], wt: &[[f32; CHANNELS]], taps: &[usize], d: &ConvDims, out: &mut [&mut [f32]]) {
+    // The largest tap offset: clamping to it (a no-op) tells the compiler every run is in
+    // bounds of the slices below, so the loop has no bounds checks.
+    let last_tap = taps.iter().copied().max().unwrap_or(0);
+    for start in (0..d.ho * d.wo).step_by(TILE) {
+        // Where an output pixel's window starts in the input plane.
+        let corner = |pixel: usize| pixel / d.wo * d.w + pixel % d.wo;
+        let (first, second) = (corner(start), corner(start + HALF));
+        let xa = &x[first..first + last_tap + HALF];
+        let xb = &x[second..second + last_tap + HALF];
+        // Taps in blocks of KC, each block's sums added to the earlier blocks' total, as the
+        // general path's matrix product adds them: both give the same value bit for bit.
+        for (block, (wt, taps)) in wt.chunks(KC).zip(taps.chunks(KC)).enumerate() {
+            let sums = tile_sums(xa, xb, wt, taps, last_tap);
+            for (row, sums) in out.iter_mut().zip(&sums) {
+                let run = &mut row[start..start + TILE];
+                if block == 0 {
+                    run.copy_from_slice(sums);
+                } else {
+                    run.iter_mut().zip(sums).for_each(|(v, s)| *v += s);
+                }
+            }
+        }
+    }
+}
+
+/// A tile's sums over `taps`: one fused multiply-add chain per output, from zero, taps in order.
+#[inline(always)]
+fn tile_sums(
+    xa: &[f32],
+    xb: &[f32],
+    wt: &[[f32; CHANNELS]],
+    taps: &[usize],
+    last_tap: usize,
+) -> [[f32; TILE]; CHANNELS] {
+    // One accumulator per channel, each a vector of the tile's pixels: separate variables, so
+    // that they live in registers (an array of them is kept in memory).
+    let zero = [0.0; TILE];
+    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
+    for (ws, &tap) in wt.iter().zip(taps) {
+        let tap = tap.min(last_tap);
+        let mut xs = [0.0; TILE];
+        xs[..HALF].copy_from_slice(&xa[tap..tap + HALF]);
+        xs[HALF..].copy_from_slice(&xb[tap..tap + HALF]);
+        fma_row(&mut c0, ws[0], &xs);
+        fma_row(&mut c1, ws[1], &xs);
+        fma_row(&mut c2, ws[2], &xs);
+        fma_row(&mut c3, ws[3], &xs);
+        fma_row(&mut c4, ws[4], &xs);
+        fma_row(&mut c5, ws[5], &xs);
+        fma_row(&mut c6, ws[6], &xs);
+        fma_row(&mut c7, ws[7], &xs);
+        fma_row(&mut c8, ws[8], &xs);
+        fma_row(&mut c9, ws[9], &xs);
+        fma_row(&mut c10, ws[10], &xs);
+        fma_row(&mut c11, ws[11], &xs);
+        fma_row(&mut c12, ws[12], &xs);
+        fma_row(&mut c13, ws[13], &xs);
+        fma_row(&mut c14, ws[14], &xs);
+        fma_row(&mut c15, ws[15], &xs);
+    }
+    [
+        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+    ]
+}
+
+/// `acc += a * b`, lane by lane, fused: one vector instruction per vector of lanes.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into one FMA
+fn fma_row(acc: &mut [f32; TILE], a: f32, b: &[f32; TILE]) {
+    for l in 0..TILE {
+        acc[l] = a.mul_add(b[l], acc[l]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution in f64, summed plainly: the reference both paths are held to.
+    fn reference(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f64> {
+        let (kh, kw) = geom.kernel;
+        let mut y = vec![0.0; geom.out_channels * batch * d.pixels()];
+        for (o, plane) in y.chunks_exact_mut(batch * d.pixels()).enumerate() {
+            for (q, v) in plane.iter_mut().enumerate() {
+                let (b, oh, ow) = (q / d.pixels(), q % d.pixels() / d.wo, q % d.wo);
+                for k in 0..d.kg {
+                    let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+                    let xv = x[((c * batch + b) * d.h + oh + i) * d.w + ow + j];
+                    *v += f64::from(xv) * f64::from(w[o * d.kg + k]);
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn direct_and_im2col_convolutions_agree_with_the_reference() {
+        // lenet's two convolutions, a 16-wide output, and two groups of 16 channels.
+        let cases = [
+            (1, 28, 28, 16, 5, 3),
+            (16, 12, 12, 32, 5, 2),
+            (3, 18, 18, 16, 3, 2),
+            (2, 10, 10, 48, 3, 1),
+        ];
+        for (c, h, w, o, k, batch) in cases {
+            let geom = ConvGeom {
+                in_channels: c,
+                out_channels: o,
+                kernel: (k, k),
+                stride: (1, 1),
+                padding: (0, 0),
+                groups: 1,
+            };
+            let d = ConvDims::new(&geom, &[c, h, w], &[o, h - k + 1, w - k + 1]);
+            assert!(applies(&geom, &d) || !has_fma(), "{c}x{h}x{w} -> {o}");
+            let x: Vec<f32> = (0..c * batch * h * w)
+                .map(|i| ((i * 7919 % 2003) as f32 / 1001.0) - 1.0)
+                .collect();
+            let wt: Vec<f32> = (0..o * d.kg)
+                .map(|i| ((i * 104_729 % 997) as f32 / 498.0) - 1.0)
+                .collect();
+            let want = reference(&x, &wt, &geom, &d, batch);
+            let direct = direct_conv_forward(&x, &wt, &geom, &d, batch);
+            let im2col = kernels::conv_forward(&x, &wt, &geom, &d, batch);
+            if has_fma() {
+                // Same products, same order, same blocks: the same values.
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&direct) == bits(&im2col),
+                    "{c}x{h}x{w} -> {o}: paths differ"
+                );
+            }
+            for (path, got) in [("direct", &direct), ("im2col", &im2col)] {
+                assert_eq!(got.len(), want.len());
+                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    // Terms are at most 1 in size: rounding error grows with their count.
+                    let tolerance = 1e-6 * d.kg as f64;
+                    assert!(
+                        (f64::from(g) - r).abs() <= tolerance,
+                        "{path} [{i}]: {g} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+}
