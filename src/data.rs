@@ -7,6 +7,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::syntax::ast::DataSource;
 
 /// Images as bytes (N x C x H x W, row-major) with one label each.
@@ -45,12 +47,16 @@ impl Dataset {
         labels: &mut Vec<u8>,
     ) {
         let plane = self.shape[1] * self.shape[2];
-        x.clear();
+        let size = self.image_size();
+        // Every value is overwritten: resizing only zeroes when the batch grows.
+        x.resize(indices.len() * size, 0.0);
+        // Images in parallel: a serial pass here would leave the other threads idle long
+        // enough to sleep, and waking them costs more than the pass.
+        x.par_chunks_mut(size.max(1))
+            .zip(indices)
+            .for_each(|(out, &i)| norm.apply_into(self.image(i), (self.shape[0], plane), out));
         labels.clear();
-        for &i in indices {
-            norm.apply(self.image(i), (self.shape[0], plane), x);
-            labels.push(self.labels[i]);
-        }
+        labels.extend(indices.iter().map(|&i| self.labels[i]));
     }
 
     /// Number of classes: one more than the largest label.
@@ -462,16 +468,28 @@ pub struct Normalization {
 impl Normalization {
     /// Appends images of 8-bit pixels (`channels` planes of `plane` pixels each, images one
     /// after another) to `out`, normalized.
-    pub fn apply(&self, pixels: &[u8], (channels, plane): (usize, usize), out: &mut Vec<f32>) {
+    pub fn apply(&self, pixels: &[u8], dims: (usize, usize), out: &mut Vec<f32>) {
+        let start = out.len();
+        out.resize(start + pixels.len(), 0.0);
+        self.apply_into(pixels, dims, &mut out[start..]);
+    }
+
+    /// [`Normalization::apply`] into a slice as long as `pixels`.
+    pub fn apply_into(&self, pixels: &[u8], (channels, plane): (usize, usize), out: &mut [f32]) {
         let channels = channels.max(1);
-        for (k, pixels) in pixels.chunks(plane.max(1)).enumerate() {
+        let planes = pixels
+            .chunks(plane.max(1))
+            .zip(out.chunks_mut(plane.max(1)));
+        for (k, (pixels, out)) in planes.enumerate() {
             let c = k % channels;
             let (mean, std) = (
                 self.mean[c.min(self.mean.len().saturating_sub(1))],
                 self.std[c.min(self.std.len().saturating_sub(1))],
             );
             let (scale, shift) = (1.0 / (255.0 * std), -mean / std);
-            out.extend(pixels.iter().map(|&p| p as f32 * scale + shift));
+            for (v, &p) in out.iter_mut().zip(pixels) {
+                *v = p as f32 * scale + shift;
+            }
         }
     }
 }

@@ -589,6 +589,10 @@ pub fn transpose_batch_channels(
     plane: usize,
     to_cnhw: bool,
 ) -> Vec<f32> {
+    if channels == 1 || batch == 1 {
+        // The two layouts are the same.
+        return x.to_vec();
+    }
     let (outer, inner) = if to_cnhw {
         (channels, batch)
     } else {
