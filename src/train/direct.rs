@@ -113,6 +113,125 @@ fn direct_conv_forward(
     y
 }
 
+/// Kernel rows [`conv_backward`] computes the weight gradient of directly: five taps wide.
+const KW: usize = 5;
+
+/// Output channels per weight-gradient tile: two vectors.
+const PAIR: usize = 2 * CHANNELS;
+
+/// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted, by
+/// [`kernels::conv_backward`]. When [`applies`] holds, kernel rows are five taps wide and the
+/// output channels come in pairs of 16, the weight gradient is computed straight from the input
+/// (no im2col matrix), in the general path's order, so the two agree bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward(
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+    dw: &mut [f32],
+    want_dx: bool,
+) -> Option<Vec<f32>> {
+    let direct = applies(geom, d)
+        && geom.kernel.1 == KW
+        && geom.out_channels.is_multiple_of(PAIR)
+        && wide_registers();
+    let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
+        block_weight_grad(x, dy, geom, d, batch, images, dw_part)
+    };
+    let block_dw: Option<&kernels::BlockWeightGrad> = if direct { Some(&block_dw) } else { None };
+    kernels::conv_backward(x, dy, w, geom, d, batch, dw, want_dx, block_dw)
+}
+
+/// Whether the CPU has 32 vector registers (AVX-512, or aarch64's 32 NEON registers): the
+/// weight-gradient tile keeps 10 accumulators of two vectors each (of one with AVX-512).
+fn wide_registers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
+    }
+}
+
+/// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
+/// product `dw_part += dy_block · cols_block^T` does: for each run of [`KC`] pixels, one fused
+/// multiply-add chain per weight from zero, pixels in order, then added to the part's sum.
+fn block_weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+    images: std::ops::Range<usize>,
+    dw_part: &mut [f32],
+) {
+    let (p, hw) = (d.pixels(), d.h * d.w);
+    let n = batch * p;
+    let kh = geom.kernel.0;
+    let pixels = images.start * p..images.end * p;
+    for start in pixels.clone().step_by(KC) {
+        let chunk = start..(start + KC).min(pixels.end);
+        // Each pixel's window corner in its image's first input plane.
+        let corners: Vec<usize> = chunk
+            .clone()
+            .map(|q| q / p * hw + q % p / d.wo * d.w + q % d.wo)
+            .collect();
+        for pair in 0..geom.out_channels / PAIR {
+            // These channels' output gradients, transposed: a pixel's values in one run.
+            let mut dyt = vec![[0.0; PAIR]; chunk.len()];
+            for lane in 0..PAIR {
+                let row = &dy[(pair * PAIR + lane) * n..][chunk.clone()];
+                for (t, &v) in dyt.iter_mut().zip(row) {
+                    t[lane] = v;
+                }
+            }
+            for c in 0..d.c {
+                for i in 0..kh {
+                    let row_start = c * batch * hw + i * d.w;
+                    let sums = kernel_row_grad(&x[row_start..], &dyt, &corners);
+                    for (j, sums) in sums.iter().enumerate() {
+                        let k = (c * kh + i) * KW + j;
+                        for (lane, &s) in sums.iter().enumerate() {
+                            dw_part[(pair * PAIR + lane) * d.kg + k] += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One kernel row's five taps by [`PAIR`] output channels: `Σ x[corner + j] · dy[pixel]` over
+/// the pixels, one fused multiply-add chain each from zero, pixels in order.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "aarch64+neon"))]
+fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; PAIR]; KW] {
+    let zero = [0.0; PAIR];
+    let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
+    for (g, &corner) in dyt.iter().zip(corners) {
+        let xs: &[f32; KW] = x[corner..corner + KW].try_into().expect("a row of taps");
+        fma_pair(&mut a0, xs[0], g);
+        fma_pair(&mut a1, xs[1], g);
+        fma_pair(&mut a2, xs[2], g);
+        fma_pair(&mut a3, xs[3], g);
+        fma_pair(&mut a4, xs[4], g);
+    }
+    [a0, a1, a2, a3, a4]
+}
+
+/// [`fma_row`] over two vectors.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into FMAs
+fn fma_pair(acc: &mut [f32; PAIR], a: f32, b: &[f32; PAIR]) {
+    for l in 0..PAIR {
+        acc[l] = a.mul_add(b[l], acc[l]);
+    }
+}
+
 /// One image: `out[oc]` is output channel `oc`'s `[ho * wo]` plane; `x` starts at the image's
 /// first input plane.
 fn image(x: &[f32], wt: &[f32], taps: &[usize], d: &ConvDims, out: &mut [&mut [f32]]) {
@@ -225,6 +344,75 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn direct_weight_gradients_equal_the_im2col_ones() {
+        // lenet's second convolution (a 2-image block of 128 pixels), and one whose blocks are
+        // longer than a chain of KC pixels, with two pairs of channel vectors.
+        for (c, h, w, o, batch) in [(16, 12, 12, 32, 5), (3, 20, 20, 64, 3)] {
+            let geom = ConvGeom {
+                in_channels: c,
+                out_channels: o,
+                kernel: (5, 5),
+                stride: (1, 1),
+                padding: (0, 0),
+                groups: 1,
+            };
+            let d = ConvDims::new(&geom, &[c, h, w], &[o, h - 4, w - 4]);
+            let x: Vec<f32> = (0..c * batch * h * w)
+                .map(|i| ((i * 7919 % 2003) as f32 / 1001.0) - 1.0)
+                .collect();
+            let dy: Vec<f32> = (0..o * batch * d.pixels())
+                .map(|i| ((i * 104_729 % 997) as f32 / 498.0) - 1.0)
+                .collect();
+            let wt = vec![0.5; o * d.kg];
+            let (mut direct, mut general) = (vec![0.0; o * d.kg], vec![0.0; o * d.kg]);
+            let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
+                block_weight_grad(&x, &dy, &geom, &d, batch, images, dw_part)
+            };
+            let dx_direct = kernels::conv_backward(
+                &x,
+                &dy,
+                &wt,
+                &geom,
+                &d,
+                batch,
+                &mut direct,
+                true,
+                Some(&block_dw),
+            );
+            let dx_general =
+                kernels::conv_backward(&x, &dy, &wt, &geom, &d, batch, &mut general, true, None);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                dx_direct == dx_general,
+                "{c}x{h}x{w} -> {o}: input gradients"
+            );
+            if has_fma() {
+                assert!(
+                    bits(&direct) == bits(&general),
+                    "{c}x{h}x{w} -> {o}: paths differ"
+                );
+            }
+            // And both are the gradient: dw[o][k] = Σ dy[o][q] · cols[k][q].
+            let (kh, kw) = geom.kernel;
+            for (ok, &got) in general.iter().enumerate() {
+                let (oc, k) = (ok / d.kg, ok % d.kg);
+                let (ci, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
+                let mut want = 0.0f64;
+                for q in 0..batch * d.pixels() {
+                    let (b, oh, ow) = (q / d.pixels(), q % d.pixels() / d.wo, q % d.wo);
+                    let xv = x[((ci * batch + b) * h + oh + i) * w + ow + j];
+                    want += f64::from(xv) * f64::from(dy[oc * batch * d.pixels() + q]);
+                }
+                let tolerance = 1e-6 * (batch * d.pixels()) as f64;
+                assert!(
+                    (f64::from(got) - want).abs() <= tolerance,
+                    "dw[{ok}]: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

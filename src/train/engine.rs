@@ -525,7 +525,7 @@ impl Net {
                         } else if let Some(b) = bias.as_mut() {
                             b.grad = kernels::channel_sums(&dy, o);
                         }
-                        let dx = kernels::conv_backward(
+                        let dx = direct::conv_backward(
                             input(0),
                             &dy,
                             &wt.used,

@@ -394,6 +394,10 @@ pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: 
 /// this order whatever the thread count, so results do not depend on it.
 const GRAD_PARTS: usize = 4;
 
+/// Adds one block of images' weight gradient into a part's sum (`[O, kg]`) exactly as the
+/// matrix product in [`conv_backward`] does; given, it replaces the im2col matrix and product.
+pub type BlockWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
+
 /// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted.
 /// im2col matrices are rebuilt block by block rather than kept from the forward pass.
 #[allow(clippy::too_many_arguments)]
@@ -406,6 +410,7 @@ pub fn conv_backward(
     batch: usize,
     dw: &mut [f32],
     want_dx: bool,
+    block_dw: Option<&BlockWeightGrad<'_>>,
 ) -> Option<Vec<f32>> {
     let p = d.pixels();
     let n = batch * p;
@@ -431,17 +436,21 @@ pub fn conv_backward(
                     Vec::new()
                 };
                 for images in part {
-                    let cols = im2col(x, geom, d, batch, g, images.clone());
                     let nb = images.len() * p;
-                    let cols = view(&cols, d.kg, nb);
                     let dyb = dyg.slice(ndarray::s![.., images.start * p..images.end * p]);
-                    general_mat_mul(
-                        1.0,
-                        &dyb,
-                        &cols.t(),
-                        1.0,
-                        &mut view_mut(&mut dw_part, d.og, d.kg),
-                    );
+                    if let Some(block_dw) = block_dw {
+                        block_dw(images.clone(), &mut dw_part);
+                    } else {
+                        let cols = im2col(x, geom, d, batch, g, images.clone());
+                        let cols = view(&cols, d.kg, nb);
+                        general_mat_mul(
+                            1.0,
+                            &dyb,
+                            &cols.t(),
+                            1.0,
+                            &mut view_mut(&mut dw_part, d.og, d.kg),
+                        );
+                    }
                     if want_dx {
                         let dcols = &mut dcols_buffer[..d.kg * nb];
                         general_mat_mul(1.0, &wg.t(), &dyb, 0.0, &mut view_mut(dcols, d.kg, nb));
