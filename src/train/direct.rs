@@ -1,16 +1,18 @@
-//! Direct convolution for training's forward pass: a stride-1, unpadded, ungrouped convolution
-//! computed straight from its CNHW input, with no im2col matrix and no packed copy of one.
+//! Direct convolution for training: a stride-1, unpadded, ungrouped convolution computed
+//! straight from its CNHW input, with no im2col matrix and no packed copy of one.
 //!
-//! The output is cut into tiles of 16 consecutive output pixels by 16 output channels. A tile's
-//! sums stay in registers, one vector of pixels per channel: for each kernel tap `(c, i, j)`,
-//! the input values under the tile are two runs of eight in the input plane, and the tap's weights for
-//! the tile's channels one run of the transposed weight; each weight times the pixels is one
-//! fused multiply-add. Each output is one chain of
-//! fused multiply-adds over the taps in order, so results do not depend on threads or tiles.
+//! The forward pass cuts the output into tiles of 16 consecutive output pixels by 16 output
+//! channels. A tile's sums stay in registers, one vector of pixels per channel: for each kernel
+//! tap `(c, i, j)`, the input values under the tile are two runs of eight in the input plane,
+//! and the tap's weights for the tile's channels one run of the transposed weight; each weight
+//! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums each
+//! kernel row's five taps for 32 output channels over the pixels the same way.
 //!
-//! The kernel is compiled for the host's widest vectors at run time (`multiversion`): the
-//! default build targets baseline x86_64, whose 128-bit vectors and lack of FMA would make it
-//! slower than the general path. [`applies`] says when it is used.
+//! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
+//! general path's `matrixmultiply` products use, so the two paths agree bit for bit. The
+//! kernels are compiled for AVX-512 at run time (`multiversion`; the default build targets
+//! baseline x86_64) and used only where the CPU has it: their accumulators fill AVX-512's 32
+//! vector registers, and with 16 (AVX2) or 128-bit vectors (aarch64) they would spill.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -34,8 +36,7 @@ const CHANNELS: usize = 16;
 
 /// Whether [`conv_forward`] handles this convolution: stride 1, no padding, one group, output
 /// channels a multiple of 16, output rows a multiple of 8 wide (so that a run of eight never
-/// crosses a row) and output planes a multiple of 16 pixels; and a CPU with fused multiply-add
-/// (without it `mul_add` is a library call).
+/// crosses a row) and output planes a multiple of 16 pixels; and a CPU with AVX-512.
 pub fn applies(geom: &ConvGeom, d: &ConvDims) -> bool {
     geom.groups == 1
         && geom.stride == (1, 1)
@@ -43,19 +44,18 @@ pub fn applies(geom: &ConvGeom, d: &ConvDims) -> bool {
         && d.wo.is_multiple_of(HALF)
         && d.pixels().is_multiple_of(TILE)
         && geom.out_channels.is_multiple_of(CHANNELS)
-        && has_fma()
+        && avx512()
 }
 
-fn has_fma() -> bool {
+/// Whether the CPU runs the AVX-512 build of the kernels (with fused multiply-add).
+fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
     }
-    #[cfg(target_arch = "aarch64")]
-    {
-        true
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
@@ -134,28 +134,12 @@ pub fn conv_backward(
     dw: &mut [f32],
     want_dx: bool,
 ) -> Option<Vec<f32>> {
-    let direct = applies(geom, d)
-        && geom.kernel.1 == KW
-        && geom.out_channels.is_multiple_of(PAIR)
-        && wide_registers();
+    let direct = applies(geom, d) && geom.kernel.1 == KW && geom.out_channels.is_multiple_of(PAIR);
     let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
         block_weight_grad(x, dy, geom, d, batch, images, dw_part)
     };
     let block_dw: Option<&kernels::BlockWeightGrad> = if direct { Some(&block_dw) } else { None };
     kernels::conv_backward(x, dy, w, geom, d, batch, dw, want_dx, block_dw)
-}
-
-/// Whether the CPU has 32 vector registers (AVX-512, or aarch64's 32 NEON registers): the
-/// weight-gradient tile keeps 10 accumulators of two vectors each (of one with AVX-512).
-fn wide_registers() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        cfg!(target_arch = "aarch64")
-    }
 }
 
 /// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
@@ -208,7 +192,7 @@ fn block_weight_grad(
 
 /// One kernel row's five taps by [`PAIR`] output channels: `Σ x[corner + j] · dy[pixel]` over
 /// the pixels, one fused multiply-add chain each from zero, pixels in order.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
 fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; PAIR]; KW] {
     let zero = [0.0; PAIR];
     let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
@@ -246,7 +230,7 @@ fn image(x: &[f32], wt: &[f32], taps: &[usize], d: &ConvDims, out: &mut [&mut [f
 /// Every tile of 16 output channels: `out` their planes, `wt` their weights, one run of 16 per
 /// tap. A tile's 16 pixels are consecutive in the output; in the input they are two runs of
 /// eight, each within one row.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
 fn tiles(x: &[f32], wt: &[[f32; CHANNELS]], taps: &[usize], d: &ConvDims, out: &mut [&mut [f32]]) {
     // The largest tap offset: clamping to it (a no-op) tells the compiler every run is in
     // bounds of the slices below, so the loop has no bounds checks.
@@ -389,7 +373,7 @@ mod tests {
                 dx_direct == dx_general,
                 "{c}x{h}x{w} -> {o}: input gradients"
             );
-            if has_fma() {
+            if avx512() {
                 assert!(
                     bits(&direct) == bits(&general),
                     "{c}x{h}x{w} -> {o}: paths differ"
@@ -434,7 +418,7 @@ mod tests {
                 groups: 1,
             };
             let d = ConvDims::new(&geom, &[c, h, w], &[o, h - k + 1, w - k + 1]);
-            assert!(applies(&geom, &d) || !has_fma(), "{c}x{h}x{w} -> {o}");
+            assert!(applies(&geom, &d) || !avx512(), "{c}x{h}x{w} -> {o}");
             let x: Vec<f32> = (0..c * batch * h * w)
                 .map(|i| ((i * 7919 % 2003) as f32 / 1001.0) - 1.0)
                 .collect();
@@ -444,7 +428,7 @@ mod tests {
             let want = reference(&x, &wt, &geom, &d, batch);
             let direct = direct_conv_forward(&x, &wt, &geom, &d, batch);
             let im2col = kernels::conv_forward(&x, &wt, &geom, &d, batch);
-            if has_fma() {
+            if avx512() {
                 // Same products, same order, same blocks: the same values.
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert!(
