@@ -399,7 +399,8 @@ const GRAD_PARTS: usize = 4;
 pub type BlockWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
 /// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted.
-/// im2col matrices are rebuilt block by block rather than kept from the forward pass.
+/// im2col matrices are rebuilt block by block rather than kept from the forward pass; with
+/// `block_dw`, the weight gradient skips them (the input gradient never needs them).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
