@@ -154,11 +154,34 @@ impl Pool {
             Pool::MaxPool2d(pool) if is_two_by_two(pool) => {
                 let (h, w) = (in_shape[1], in_shape[2]);
                 let (ho, wo) = (out_shape[1], out_shape[2]);
-                let (y, route) = max_pool_2x2_routed(x, (h, w), (ho, wo));
+                let (y, route) = max_pool_2x2_routed(x, (h, w), (ho, wo), None::<fn(f32) -> f32>);
                 (y, Some(route))
             }
             _ => (self.forward(x, in_shape, out_shape), None),
         }
+    }
+
+    /// Whether [`Pool::forward_routed`] records routes: a 2x2 stride-2 unpadded max pool.
+    pub fn is_routed(&self) -> bool {
+        matches!(self, Pool::MaxPool2d(pool) if is_two_by_two(pool))
+    }
+
+    /// [`Pool::forward_routed`] of `f` applied to each input value, for a routed pool, without
+    /// writing `f(x)` out: the same output and routes, bit for bit, as pooling `f(x)`.
+    pub fn forward_routed_of(
+        &self,
+        x: &[f32],
+        f: impl Fn(f32) -> f32 + Sync,
+        in_shape: &[usize],
+        out_shape: &[usize],
+    ) -> (Vec<f32>, Vec<u8>) {
+        assert!(
+            self.is_routed(),
+            "only a routed pool takes a function of its input"
+        );
+        let (h, w) = (in_shape[1], in_shape[2]);
+        let (ho, wo) = (out_shape[1], out_shape[2]);
+        max_pool_2x2_routed(x, (h, w), (ho, wo), Some(f))
     }
 
     /// The input gradient from the output gradient `dy`, given the forward pass's input `x`
@@ -327,39 +350,53 @@ pub const NO_ROUTE: u8 = 4;
 
 /// [`max_pool`]'s 2x2 stride-2 path, with each output's route: the first tap, row by row, that
 /// equals the maximum ([`max_pool_backward`]'s rule), found without branches (which tap wins is
-/// data, and mispredicted branches would cost more than the loop).
-fn max_pool_2x2_routed(
+/// data, and mispredicted branches would cost more than the loop). With `f`, the pool is of
+/// `f(x)`: each pair of input rows goes through `f` into a small buffer first (a plain loop that
+/// vectorizes), so `f(x)` is never written out whole.
+fn max_pool_2x2_routed<F: Fn(f32) -> f32 + Sync>(
     x: &[f32],
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
+    f: Option<F>,
 ) -> (Vec<f32>, Vec<u8>) {
     let outputs = x.len() / (h * w) * ho * wo;
     let (mut y, mut route) = (super::zeros(outputs), vec![NO_ROUTE; outputs]);
+    let buffer = if f.is_some() { 2 * w } else { 0 };
     y.par_chunks_mut(ho * wo)
         .zip(route.par_chunks_mut(ho * wo))
         .enumerate()
         .with_min_len(PLANES_PER_TASK)
-        .for_each(|(q, (yp, rp))| {
-            let plane = &x[q * h * w..(q + 1) * h * w];
-            for oh in 0..ho {
-                let x0 = &plane[2 * oh * w..][..2 * wo];
-                let x1 = &plane[(2 * oh + 1) * w..][..2 * wo];
-                let taps = x0.chunks_exact(2).zip(x1.chunks_exact(2));
-                let outs = yp[oh * wo..][..wo].iter_mut().zip(&mut rp[oh * wo..][..wo]);
-                for ((t0, t1), (out, r)) in taps.zip(outs) {
-                    let m = larger(larger(larger(t0[0], t0[1]), t1[0]), t1[1]);
-                    // How many taps come before the first that equals m (4: none does).
-                    let (n0, n1, n2, n3) = (
-                        u8::from(t0[0] != m),
-                        u8::from(t0[1] != m),
-                        u8::from(t1[0] != m),
-                        u8::from(t1[1] != m),
-                    );
-                    *out = m;
-                    *r = n0 * (1 + n1 * (1 + n2 * (1 + n3)));
+        .for_each_init(
+            || vec![0.0; buffer],
+            |rows, (q, (yp, rp))| {
+                let plane = &x[q * h * w..(q + 1) * h * w];
+                for oh in 0..ho {
+                    let pair = &plane[2 * oh * w..(2 * oh + 2) * w];
+                    let pair = match &f {
+                        Some(f) => {
+                            rows.iter_mut().zip(pair).for_each(|(r, &v)| *r = f(v));
+                            &rows[..]
+                        }
+                        None => pair,
+                    };
+                    let (x0, x1) = (&pair[..2 * wo], &pair[w..w + 2 * wo]);
+                    let taps = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+                    let outs = yp[oh * wo..][..wo].iter_mut().zip(&mut rp[oh * wo..][..wo]);
+                    for ((t0, t1), (out, r)) in taps.zip(outs) {
+                        let m = larger(larger(larger(t0[0], t0[1]), t1[0]), t1[1]);
+                        // How many taps come before the first that equals m (4: none does).
+                        let (n0, n1, n2, n3) = (
+                            u8::from(t0[0] != m),
+                            u8::from(t0[1] != m),
+                            u8::from(t1[0] != m),
+                            u8::from(t1[1] != m),
+                        );
+                        *out = m;
+                        *r = n0 * (1 + n1 * (1 + n2 * (1 + n3)));
+                    }
                 }
-            }
-        });
+            },
+        );
     (y, route)
 }
 
@@ -503,6 +540,24 @@ mod tests {
             );
             assert_eq!(dx, want_dx);
         }
+    }
+
+    #[test]
+    fn pooling_a_function_of_the_input_is_pooling_its_values() {
+        // Two 6x5 planes (a column no window covers) through a coarse fake quant, which turns
+        // distinct inputs into ties: the maximum and the route follow the quantized values.
+        let x: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 23) as f32 - 9.0) * 0.3)
+            .collect();
+        let f = |v: f32| (v.clamp(-2.0, 2.0) * 2.0).round_ties_even() / 2.0;
+        let fx: Vec<f32> = x.iter().map(|&v| f(v)).collect();
+        let pool = Pool::MaxPool2d(TWO);
+        let (shape_in, shape_out) = ([2, 6, 5], [2, 3, 2]);
+        let (want_y, want_route) = pool.forward_routed(&fx, &shape_in, &shape_out);
+        let (y, route) = pool.forward_routed_of(&x, f, &shape_in, &shape_out);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&want_y));
+        assert_eq!(Some(route), want_route);
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct Tape {
     pub outputs: Vec<Vec<f32>>,
     aux: Vec<Aux>,
     batch: usize,
+    /// Fake quants whose output was not written: the max pool reading it pooled their input
+    /// through them ([`Net::fake_quant_into_pool`]).
+    fused: Vec<bool>,
 }
 
 impl Tape {
@@ -188,7 +191,11 @@ impl Net {
     pub fn forward(&mut self, x: &[f32], batch: usize, mode: Mode, rng: &mut Rng) -> Tape {
         let n = self.graph.nodes.len();
         let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(n);
-        let mut aux = Vec::with_capacity(n);
+        let mut aux: Vec<Aux> = Vec::with_capacity(n);
+        // Only while training: evaluation keeps every output (`compare` reads them).
+        let fused: Vec<bool> = (0..n)
+            .map(|i| mode.training && self.fake_quant_into_pool(i))
+            .collect();
         for i in 0..n {
             let started = self.profile.is_some().then(Instant::now);
             let node = &self.graph.nodes[i];
@@ -335,6 +342,21 @@ impl Net {
                     eval_parallel(&a.program(), x, &mut y);
                     (y, Aux::None)
                 }
+                (Op::Pool(pool), _) if fused[node.inputs[0]] => {
+                    // The fake quant before this pool left its input and parameters: pool
+                    // the fake-quantized values without writing them out.
+                    let fq = node.inputs[0];
+                    let x = &outputs[self.graph.nodes[fq].inputs[0]];
+                    let (y, route) = match aux[fq] {
+                        Aux::FakeQuant(q, lo, hi) => {
+                            let inv = 1.0 / q.scale;
+                            let f = |v| fake_quantize(v, q, inv, lo, hi);
+                            pool.forward_routed_of(x, f, in_shape(0), &node.shape)
+                        }
+                        _ => pool.forward_routed_of(x, |v| v, in_shape(0), &node.shape),
+                    };
+                    (y, Aux::Pool(Some(route)))
+                }
                 (Op::Pool(pool), _) => {
                     let (y, route) = pool.forward_routed(input(0), in_shape(0), &node.shape);
                     (y, Aux::Pool(route))
@@ -388,8 +410,14 @@ impl Net {
                     if mode.fake_quant && qat {
                         let q = obs.fake_quant_qparams()[0];
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
-                        let y = kernels::map(x, |v| fake_quantize(v, q, inv, lo, hi));
+                        let y = if fused[i] {
+                            Vec::new()
+                        } else {
+                            kernels::map(x, |v| fake_quantize(v, q, inv, lo, hi))
+                        };
                         (y, Aux::FakeQuant(q, lo, hi))
+                    } else if fused[i] {
+                        (Vec::new(), Aux::None)
                     } else {
                         (kernels::copy(x), Aux::None)
                     }
@@ -418,6 +446,7 @@ impl Net {
             outputs,
             aux,
             batch,
+            fused,
         }
     }
 
@@ -568,12 +597,22 @@ impl Net {
                             .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
                         vec![Some(dy)]
                     }
-                    (Op::Pool(pool), _, Aux::Pool(route)) => vec![Some(pool.backward(
-                        (input(0), y, route.as_deref()),
-                        &dy,
-                        in_shape(0),
-                        &node.shape,
-                    ))],
+                    (Op::Pool(pool), _, Aux::Pool(route)) => {
+                        // A fused fake quant wrote no output; its input has the same length,
+                        // which is all a routed pool's backward reads of it.
+                        let j = node.inputs[0];
+                        let x = if tape.fused[j] {
+                            &tape.outputs[self.graph.nodes[j].inputs[0]]
+                        } else {
+                            input(0)
+                        };
+                        vec![Some(pool.backward(
+                            (x, y, route.as_deref()),
+                            &dy,
+                            in_shape(0),
+                            &node.shape,
+                        ))]
+                    }
                     (Op::Flatten, _, _) => vec![Some(from_samples(dy, in_shape(0), batch))],
                     (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
                         dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
@@ -690,6 +729,24 @@ impl Net {
         };
         let readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&j));
         (readers.count() == 1 && self.graph.output != j).then_some((j, act))
+    }
+
+    /// Whether node `i` is a fake quant read only by a routed max pool (and not the graph's
+    /// output): its output then need not be written, as max pooling the fake-quantized values
+    /// can apply the fake quant on the fly (the same values and routes).
+    fn fake_quant_into_pool(&self, i: usize) -> bool {
+        let Op::FakeQuant(_) = self.graph.nodes[i].op else {
+            return false;
+        };
+        let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&i));
+        match (readers.next(), readers.next()) {
+            (Some(reader), None) => {
+                matches!(&reader.op, Op::Pool(pool) if pool.is_routed())
+                    && reader.inputs.len() == 1
+                    && self.graph.output != i
+            }
+            _ => false,
+        }
     }
 
     /// Whether each node's output depends on a parameter (only those need a gradient).
