@@ -198,22 +198,13 @@ fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; 
     let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
     for (g, &corner) in dyt.iter().zip(corners) {
         let xs: &[f32; KW] = x[corner..corner + KW].try_into().expect("a row of taps");
-        fma_pair(&mut a0, xs[0], g);
-        fma_pair(&mut a1, xs[1], g);
-        fma_pair(&mut a2, xs[2], g);
-        fma_pair(&mut a3, xs[3], g);
-        fma_pair(&mut a4, xs[4], g);
+        fma_row(&mut a0, xs[0], g);
+        fma_row(&mut a1, xs[1], g);
+        fma_row(&mut a2, xs[2], g);
+        fma_row(&mut a3, xs[3], g);
+        fma_row(&mut a4, xs[4], g);
     }
     [a0, a1, a2, a3, a4]
-}
-
-/// [`fma_row`] over two vectors.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into FMAs
-fn fma_pair(acc: &mut [f32; PAIR], a: f32, b: &[f32; PAIR]) {
-    for l in 0..PAIR {
-        acc[l] = a.mul_add(b[l], acc[l]);
-    }
 }
 
 /// One image: `out[oc]` is output channel `oc`'s `[ho * wo]` plane; `x` starts at the image's
@@ -302,9 +293,9 @@ fn tile_sums(
 
 /// `acc += a * b`, lane by lane, fused: one vector instruction per vector of lanes.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into one FMA
-fn fma_row(acc: &mut [f32; TILE], a: f32, b: &[f32; TILE]) {
-    for l in 0..TILE {
+#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into FMAs
+fn fma_row<const N: usize>(acc: &mut [f32; N], a: f32, b: &[f32; N]) {
+    for l in 0..N {
         acc[l] = a.mul_add(b[l], acc[l]);
     }
 }

@@ -727,8 +727,16 @@ impl Net {
             Op::Conv2d { act, .. } | Op::Linear { act, .. } if act != Act::None => act,
             _ => return None,
         };
-        let readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&j));
-        (readers.count() == 1 && self.graph.output != j).then_some((j, act))
+        (self.only_reader(j).is_some() && self.graph.output != j).then_some((j, act))
+    }
+
+    /// The one node that reads node `j`'s output, if exactly one does.
+    fn only_reader(&self, j: usize) -> Option<&Node> {
+        let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&j));
+        match (readers.next(), readers.next()) {
+            (Some(reader), None) => Some(reader),
+            _ => None,
+        }
     }
 
     /// Whether node `i` is a fake quant read only by a routed max pool (and not the graph's
@@ -738,15 +746,11 @@ impl Net {
         let Op::FakeQuant(_) = self.graph.nodes[i].op else {
             return false;
         };
-        let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&i));
-        match (readers.next(), readers.next()) {
-            (Some(reader), None) => {
-                matches!(&reader.op, Op::Pool(pool) if pool.is_routed())
-                    && reader.inputs.len() == 1
-                    && self.graph.output != i
-            }
-            _ => false,
-        }
+        self.only_reader(i).is_some_and(|reader| {
+            matches!(&reader.op, Op::Pool(pool) if pool.is_routed())
+                && reader.inputs.len() == 1
+                && self.graph.output != i
+        })
     }
 
     /// Whether each node's output depends on a parameter (only those need a gradient).

@@ -90,29 +90,27 @@ impl Optimizer {
                             .zip(buf.chunks_mut(CHUNK))
                     })
                     .collect();
-                {
-                    // `move`: the flags are the closure's own copies, not references the
-                    // compiler must reload after every store, so the loop vectorizes.
-                    chunks
-                        .into_par_iter()
-                        .for_each(move |((value, grad), buf)| {
-                            for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
-                                let d = g + wd * *w;
-                                let update = if mu != 0.0 {
-                                    // torch initialises the buffer with the first gradient.
-                                    *b = if first { d } else { mu * *b + d };
-                                    if nesterov {
-                                        d + mu * *b
-                                    } else {
-                                        *b
-                                    }
+                // `move`: the flags are the closure's own copies, not references the
+                // compiler must reload after every store, so the loop vectorizes.
+                chunks
+                    .into_par_iter()
+                    .for_each(move |((value, grad), buf)| {
+                        for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
+                            let d = g + wd * *w;
+                            let update = if mu != 0.0 {
+                                // torch initialises the buffer with the first gradient.
+                                *b = if first { d } else { mu * *b + d };
+                                if nesterov {
+                                    d + mu * *b
                                 } else {
-                                    d
-                                };
-                                *w -= lr * update;
-                            }
-                        });
-                }
+                                    *b
+                                }
+                            } else {
+                                d
+                            };
+                            *w -= lr * update;
+                        }
+                    });
             }
             OptimizerConfig::Adam {
                 beta1,
