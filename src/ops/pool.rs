@@ -110,13 +110,19 @@ impl Pool {
     /// The float forward pass over the planes of `x` (samples of `in_shape`, giving
     /// `out_shape`). Parallel over planes.
     pub fn forward(&self, x: &[f32], in_shape: &[usize], out_shape: &[usize]) -> Vec<f32> {
+        let mut y = vec![0.0; x.len() / (in_shape[1] * in_shape[2]) * out_shape[1] * out_shape[2]];
+        self.forward_into(x, in_shape, out_shape, &mut y);
+        y
+    }
+
+    /// [`Pool::forward`] into `y` (every value written).
+    pub fn forward_into(&self, x: &[f32], in_shape: &[usize], out_shape: &[usize], y: &mut [f32]) {
         let (h, w) = (in_shape[1], in_shape[2]);
         let (ho, wo) = (out_shape[1], out_shape[2]);
         match self {
-            Pool::MaxPool2d(pool) => max_pool(x, pool, (h, w), (ho, wo)),
+            Pool::MaxPool2d(pool) => max_pool(x, pool, (h, w), (ho, wo), y),
             Pool::AvgPool2d(pool) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
-                let mut y = vec![0.0; x.len() / (h * w) * ho * wo];
                 y.par_chunks_mut(ho * wo)
                     .enumerate()
                     .with_min_len(PLANES_PER_TASK)
@@ -128,14 +134,15 @@ impl Pool {
                             *out = sum / n;
                         }
                     });
-                y
             }
             Pool::GlobalAvgPool => {
                 let p = h * w;
-                x.par_chunks(p)
+                y.par_iter_mut()
+                    .zip(x.par_chunks(p))
                     .with_min_len(PLANES_PER_TASK)
-                    .map(|plane| plane.iter().fold(0.0f32, |s, v| s + v) / p as f32)
-                    .collect()
+                    .for_each(|(out, plane)| {
+                        *out = plane.iter().fold(0.0f32, |s, v| s + v) / p as f32
+                    });
             }
         }
     }
@@ -144,20 +151,23 @@ impl Pool {
     /// pool also each output's route, the window tap (0 to 3, row by row) its gradient goes to
     /// ([`NO_ROUTE`] for none). The backward pass then reads one byte per output instead of the
     /// whole input, which it would otherwise reload from memory to find the maximum again.
+    ///
+    /// Writes `y`, and `route` (one per output) when given and the pool records routes
+    /// ([`Pool::is_routed`]).
     pub fn forward_routed(
         &self,
         x: &[f32],
-        in_shape: &[usize],
-        out_shape: &[usize],
-    ) -> (Vec<f32>, Option<Vec<u8>>) {
-        match self {
-            Pool::MaxPool2d(pool) if is_two_by_two(pool) => {
+        (in_shape, out_shape): (&[usize], &[usize]),
+        y: &mut [f32],
+        route: Option<&mut [u8]>,
+    ) {
+        match route {
+            Some(route) if self.is_routed() => {
                 let (h, w) = (in_shape[1], in_shape[2]);
                 let (ho, wo) = (out_shape[1], out_shape[2]);
-                let (y, route) = max_pool_2x2_routed(x, (h, w), (ho, wo), None::<fn(f32) -> f32>);
-                (y, Some(route))
+                max_pool_2x2_routed(x, (h, w), (ho, wo), None::<fn(f32) -> f32>, (y, route));
             }
-            _ => (self.forward(x, in_shape, out_shape), None),
+            _ => self.forward_into(x, in_shape, out_shape, y),
         }
     }
 
@@ -172,43 +182,45 @@ impl Pool {
         &self,
         x: &[f32],
         f: impl Fn(f32) -> f32 + Sync,
-        in_shape: &[usize],
-        out_shape: &[usize],
-    ) -> (Vec<f32>, Vec<u8>) {
+        (in_shape, out_shape): (&[usize], &[usize]),
+        (y, route): (&mut [f32], &mut [u8]),
+    ) {
         assert!(
             self.is_routed(),
             "only a routed pool takes a function of its input"
         );
         let (h, w) = (in_shape[1], in_shape[2]);
         let (ho, wo) = (out_shape[1], out_shape[2]);
-        max_pool_2x2_routed(x, (h, w), (ho, wo), Some(f))
+        max_pool_2x2_routed(x, (h, w), (ho, wo), Some(f), (y, route))
     }
 
     /// The input gradient from the output gradient `dy`, given the forward pass's input `x`
     /// and output `y`, or the route [`Pool::forward_routed`] gave. Max pooling routes each
     /// gradient to the first input of its window that equals the maximum (the element torch's
-    /// max-pool picks).
+    /// max-pool picks). Writes every value of `dx` (as long as `x`).
     pub fn backward(
         &self,
         (x, y, route): (&[f32], &[f32], Option<&[u8]>),
         dy: &[f32],
-        in_shape: &[usize],
-        out_shape: &[usize],
-    ) -> Vec<f32> {
+        (in_shape, out_shape): (&[usize], &[usize]),
+        dx: &mut [f32],
+    ) {
         let (h, w) = (in_shape[1], in_shape[2]);
         let (ho, wo) = (out_shape[1], out_shape[2]);
         match (self, route) {
             (Pool::MaxPool2d(_), Some(route)) => {
-                max_pool_2x2_backward(x.len(), route, dy, (h, w), (ho, wo))
+                max_pool_2x2_backward(route, dy, (h, w), (ho, wo), dx)
             }
-            (Pool::MaxPool2d(pool), None) => max_pool_backward(x, y, dy, pool, (h, w), (ho, wo)),
+            (Pool::MaxPool2d(pool), None) => {
+                max_pool_backward(x, y, dy, pool, (h, w), (ho, wo), dx)
+            }
             (Pool::AvgPool2d(pool), _) => {
                 let n = (pool.kernel.0 * pool.kernel.1) as f32;
-                let mut dx = super::zeros(x.len());
                 dx.par_chunks_mut(h * w)
                     .enumerate()
                     .with_min_len(PLANES_PER_TASK)
                     .for_each(|(q, dxp)| {
+                        dxp.fill(0.0);
                         let dyp = &dy[q * ho * wo..][..ho * wo];
                         for (o, &g) in dyp.iter().enumerate() {
                             for i in window_taps(pool, (h, w), (o / wo, o % wo)) {
@@ -216,13 +228,13 @@ impl Pool {
                             }
                         }
                     });
-                dx
             }
             (Pool::GlobalAvgPool, _) => {
                 let p = h * w;
-                dy.iter()
-                    .flat_map(|&g| std::iter::repeat_n(g / p as f32, p))
-                    .collect()
+                dx.par_chunks_mut(p)
+                    .zip(dy.par_iter())
+                    .with_min_len(PLANES_PER_TASK)
+                    .for_each(|(plane, &g)| plane.fill(g / p as f32));
             }
         }
     }
@@ -311,8 +323,8 @@ fn max_pool(
     pool: &Pool2d,
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
-) -> Vec<f32> {
-    let mut y = vec![0.0; x.len() / (h * w) * ho * wo];
+    y: &mut [f32],
+) {
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
@@ -337,7 +349,6 @@ fn max_pool(
                     .fold(f32::NEG_INFINITY, |m, i| larger(m, plane[i]));
             }
         });
-    y
 }
 
 /// Whether a max pool takes the 2x2 stride-2 unpadded path.
@@ -351,65 +362,79 @@ pub const NO_ROUTE: u8 = 4;
 /// [`max_pool`]'s 2x2 stride-2 path, with each output's route: the first tap, row by row, that
 /// equals the maximum ([`max_pool_backward`]'s rule), found without branches (which tap wins is
 /// data, and mispredicted branches would cost more than the loop). With `f`, the pool is of
-/// `f(x)`: each pair of input rows goes through `f` into a small buffer first (a plain loop that
-/// vectorizes), so `f(x)` is never written out whole.
+/// `f(x)`: each pair of input rows goes through `f` into a small buffer on the stack first, a
+/// run of [`RUN`] columns at a time (a plain loop that vectorizes), so `f(x)` is never written
+/// out whole.
 fn max_pool_2x2_routed<F: Fn(f32) -> f32 + Sync>(
     x: &[f32],
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
     f: Option<F>,
-) -> (Vec<f32>, Vec<u8>) {
-    let outputs = x.len() / (h * w) * ho * wo;
-    let (mut y, mut route) = (super::zeros(outputs), vec![NO_ROUTE; outputs]);
-    let buffer = if f.is_some() { 2 * w } else { 0 };
+    (y, route): (&mut [f32], &mut [u8]),
+) {
     y.par_chunks_mut(ho * wo)
         .zip(route.par_chunks_mut(ho * wo))
         .enumerate()
         .with_min_len(PLANES_PER_TASK)
-        .for_each_init(
-            || vec![0.0; buffer],
-            |rows, (q, (yp, rp))| {
-                let plane = &x[q * h * w..(q + 1) * h * w];
-                for oh in 0..ho {
-                    let pair = &plane[2 * oh * w..(2 * oh + 2) * w];
-                    let pair = match &f {
+        .for_each(|(q, (yp, rp))| {
+            let plane = &x[q * h * w..(q + 1) * h * w];
+            let mut rows = [0.0; 2 * RUN];
+            for oh in 0..ho {
+                let (r0, r1) = (
+                    &plane[2 * oh * w..][..2 * wo],
+                    &plane[(2 * oh + 1) * w..][..2 * wo],
+                );
+                let (y_row, route_row) = (&mut yp[oh * wo..][..wo], &mut rp[oh * wo..][..wo]);
+                let runs = r0.chunks(RUN).zip(r1.chunks(RUN));
+                let outs = y_row.chunks_mut(RUN / 2).zip(route_row.chunks_mut(RUN / 2));
+                for ((x0, x1), (ys, routes)) in runs.zip(outs) {
+                    let (x0, x1) = match &f {
                         Some(f) => {
-                            rows.iter_mut().zip(pair).for_each(|(r, &v)| *r = f(v));
-                            &rows[..]
+                            let (b0, b1) = rows.split_at_mut(RUN);
+                            let (b0, b1) = (&mut b0[..x0.len()], &mut b1[..x1.len()]);
+                            b0.iter_mut().zip(x0).for_each(|(r, &v)| *r = f(v));
+                            b1.iter_mut().zip(x1).for_each(|(r, &v)| *r = f(v));
+                            (&*b0, &*b1)
                         }
-                        None => pair,
+                        None => (x0, x1),
                     };
-                    let (x0, x1) = (&pair[..2 * wo], &pair[w..w + 2 * wo]);
-                    let taps = x0.chunks_exact(2).zip(x1.chunks_exact(2));
-                    let outs = yp[oh * wo..][..wo].iter_mut().zip(&mut rp[oh * wo..][..wo]);
-                    for ((t0, t1), (out, r)) in taps.zip(outs) {
-                        let m = larger(larger(larger(t0[0], t0[1]), t1[0]), t1[1]);
-                        // How many taps come before the first that equals m (4: none does).
-                        let (n0, n1, n2, n3) = (
-                            u8::from(t0[0] != m),
-                            u8::from(t0[1] != m),
-                            u8::from(t1[0] != m),
-                            u8::from(t1[1] != m),
-                        );
-                        *out = m;
-                        *r = n0 * (1 + n1 * (1 + n2 * (1 + n3)));
-                    }
+                    pool_run(x0, x1, ys, routes);
                 }
-            },
+            }
+        });
+}
+
+/// Input columns [`max_pool_2x2_routed`] takes at a time.
+const RUN: usize = 128;
+
+/// One run of 2x2 windows: rows `x0` and `x1`, outputs and routes.
+#[inline(always)]
+fn pool_run(x0: &[f32], x1: &[f32], ys: &mut [f32], routes: &mut [u8]) {
+    let taps = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+    for ((t0, t1), (out, r)) in taps.zip(ys.iter_mut().zip(routes)) {
+        let m = larger(larger(larger(t0[0], t0[1]), t1[0]), t1[1]);
+        // How many taps come before the first that equals m (4: none does).
+        let (n0, n1, n2, n3) = (
+            u8::from(t0[0] != m),
+            u8::from(t0[1] != m),
+            u8::from(t1[0] != m),
+            u8::from(t1[1] != m),
         );
-    (y, route)
+        *out = m;
+        *r = n0 * (1 + n1 * (1 + n2 * (1 + n3)));
+    }
 }
 
 /// The gradient of [`max_pool_2x2_routed`]: each output's gradient to its route's tap. Windows
-/// do not overlap, so each covered input is written once.
+/// do not overlap, so each covered input is written once (and the rest, a last odd row or
+/// column, set to zero).
 fn max_pool_2x2_backward(
-    x_len: usize,
     route: &[u8],
     dy: &[f32],
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
-) -> Vec<f32> {
-    let mut dx = super::zeros(x_len);
+    dx: &mut [f32],
+) {
     dx.par_chunks_mut(h * w)
         .zip(route.par_chunks(ho * wo))
         .zip(dy.par_chunks(ho * wo))
@@ -427,12 +452,15 @@ fn max_pool_2x2_backward(
                     d1[0] = if r == 2 { g } else { 0.0 };
                     d1[1] = if r == 3 { g } else { 0.0 };
                 }
+                d0[2 * wo..].fill(0.0);
+                d1[2 * wo..].fill(0.0);
             }
+            dxp[2 * ho * w..].fill(0.0);
         });
-    dx
 }
 
 /// The gradient of [`max_pool`]: each window's maximum is found again rather than stored.
+#[allow(clippy::too_many_arguments)]
 fn max_pool_backward(
     x: &[f32],
     y: &[f32],
@@ -440,8 +468,8 @@ fn max_pool_backward(
     pool: &Pool2d,
     (h, w): (usize, usize),
     (ho, wo): (usize, usize),
-) -> Vec<f32> {
-    let mut dx = super::zeros(x.len());
+    dx: &mut [f32],
+) {
     let (kh, kw) = pool.kernel;
     let (sh, sw) = pool.stride;
     let unpadded = pool.padding == (0, 0);
@@ -449,6 +477,7 @@ fn max_pool_backward(
         .enumerate()
         .with_min_len(PLANES_PER_TASK)
         .for_each(|(q, dxp)| {
+            dxp.fill(0.0);
             let plane = &x[q * h * w..(q + 1) * h * w];
             let (yp, dyp) = (
                 &y[q * ho * wo..(q + 1) * ho * wo],
@@ -482,7 +511,6 @@ fn max_pool_backward(
                 }
             }
         });
-    dx
 }
 
 #[cfg(test)]
@@ -494,6 +522,30 @@ mod tests {
         stride: (2, 2),
         padding: (0, 0),
     };
+
+    /// [`Pool::backward`] into a buffer of garbage (NaNs): every value must be written.
+    fn backward(
+        pool: &Pool,
+        tape: (&[f32], &[f32], Option<&[u8]>),
+        dy: &[f32],
+        shapes: (&[usize], &[usize]),
+    ) -> Vec<f32> {
+        let mut dx = vec![f32::NAN; tape.0.len()];
+        pool.backward(tape, dy, shapes, &mut dx);
+        dx
+    }
+
+    /// [`Pool::forward_routed`] into buffers of garbage; the route when the pool records one.
+    fn forward_routed(
+        pool: &Pool,
+        x: &[f32],
+        shapes: (&[usize], &[usize]),
+    ) -> (Vec<f32>, Option<Vec<u8>>) {
+        let len = x.len() / (shapes.0[1] * shapes.0[2]) * shapes.1[1] * shapes.1[2];
+        let (mut y, mut route) = (vec![f32::NAN; len], vec![u8::MAX; len]);
+        pool.forward_routed(x, shapes, &mut y, Some(&mut route));
+        (y, pool.is_routed().then_some(route))
+    }
 
     #[test]
     fn max_pool_gradient_goes_to_the_first_maximum_of_each_window() {
@@ -526,38 +578,38 @@ mod tests {
             let pool = Pool::MaxPool2d(pool);
             let y = pool.forward(&x, &[1, 3, 5], &[1, 1, 2]);
             assert_eq!(y, want_y);
-            let dx = pool.backward((&x, &y, None), &[10.0, 20.0], &[1, 3, 5], &[1, 1, 2]);
+            let shapes: (&[usize], &[usize]) = (&[1, 3, 5], &[1, 1, 2]);
+            let dx = backward(&pool, (&x, &y, None), &[10.0, 20.0], shapes);
             assert_eq!(dx, want_dx);
             // Training's routed form gives the same output and the same gradient.
-            let (routed_y, route) = pool.forward_routed(&x, &[1, 3, 5], &[1, 1, 2]);
+            let (routed_y, route) = forward_routed(&pool, &x, shapes);
             assert_eq!(routed_y, y);
-            let (shape_in, shape_out) = ([1, 3, 5], [1, 1, 2]);
-            let dx = pool.backward(
-                (&x, &y, route.as_deref()),
-                &[10.0, 20.0],
-                &shape_in,
-                &shape_out,
-            );
+            let dx = backward(&pool, (&x, &y, route.as_deref()), &[10.0, 20.0], shapes);
             assert_eq!(dx, want_dx);
         }
     }
 
     #[test]
     fn pooling_a_function_of_the_input_is_pooling_its_values() {
-        // Two 6x5 planes (a column no window covers) through a coarse fake quant, which turns
-        // distinct inputs into ties: the maximum and the route follow the quantized values.
-        let x: Vec<f32> = (0..60)
-            .map(|i| ((i * 37 % 23) as f32 - 9.0) * 0.3)
-            .collect();
+        // Two 6x5 planes (a column no window covers), and rows longer than two runs of RUN
+        // columns, through a coarse fake quant, which turns distinct inputs into ties: the
+        // maximum and the route follow the quantized values.
         let f = |v: f32| (v.clamp(-2.0, 2.0) * 2.0).round_ties_even() / 2.0;
-        let fx: Vec<f32> = x.iter().map(|&v| f(v)).collect();
         let pool = Pool::MaxPool2d(TWO);
-        let (shape_in, shape_out) = ([2, 6, 5], [2, 3, 2]);
-        let (want_y, want_route) = pool.forward_routed(&fx, &shape_in, &shape_out);
-        let (y, route) = pool.forward_routed_of(&x, f, &shape_in, &shape_out);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&y), bits(&want_y));
-        assert_eq!(Some(route), want_route);
+        let wide = 2 * RUN + 7;
+        for (shape_in, shape_out) in [([2, 6, 5], [2, 3, 2]), ([1, 4, wide], [1, 2, wide / 2])] {
+            let x: Vec<f32> = (0..shape_in.iter().product::<usize>())
+                .map(|i| ((i * 37 % 23) as f32 - 9.0) * 0.3)
+                .collect();
+            let fx: Vec<f32> = x.iter().map(|&v| f(v)).collect();
+            let shapes: (&[usize], &[usize]) = (&shape_in, &shape_out);
+            let (want_y, want_route) = forward_routed(&pool, &fx, shapes);
+            let (mut y, mut route) = (vec![f32::NAN; want_y.len()], vec![u8::MAX; want_y.len()]);
+            pool.forward_routed_of(&x, f, shapes, (&mut y, &mut route));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want_y));
+            assert_eq!(Some(route), want_route);
+        }
     }
 
     #[test]
@@ -575,7 +627,12 @@ mod tests {
         // In codes with zero point 10, padding adds 10s: (14 + 30) / 4 = 11.
         let q = pool.eval_u8(&[14, 18, 22, 26], &[1, 2, 2], &shape, 10);
         assert_eq!(q, [11, 12, 13, 14]);
-        let dx = pool.backward((&[0.0; 4], &y, None), &[4.0; 4], &[1, 2, 2], &shape);
+        let dx = backward(
+            &pool,
+            (&[0.0; 4], &y, None),
+            &[4.0; 4],
+            (&[1, 2, 2], &shape),
+        );
         assert_eq!(dx, [1.0; 4]);
     }
 

@@ -75,7 +75,8 @@ pub fn calibrate(
     for chunk in order.chunks(cfg.batch).take(batches.max(1)) {
         data.train
             .batch(chunk, &cfg.normalization, &mut x, &mut labels);
-        net.forward(&x, chunk.len(), observe, &mut rng);
+        let tape = net.forward(&x, chunk.len(), observe, &mut rng);
+        net.recycle(tape);
         seen += chunk.len();
     }
     let fq_acc = crate::train::evaluate(&mut net, &data.test, &cfg, true);

@@ -72,26 +72,21 @@ pub fn backward(
     backward_with(x, grad, scale, z, range, grad_factor)
 }
 
-/// The same per channel (axis 0): returns each channel's sums.
+/// The same per channel (axis 0): writes each channel's sums into `ds` and `dz`.
 pub fn backward_per_channel(
-    x: &[f32],
-    grad: &mut [f32],
-    scale: &[f32],
-    zero_point: &[f32],
+    (x, grad): (&[f32], &mut [f32]),
+    (scale, zero_point): (&[f32], &[f32]),
     range: (i32, i32),
     grad_factor: f32,
-) -> (Vec<f32>, Vec<f32>) {
+    (ds, dz): (&mut [f32], &mut [f32]),
+) {
     let per = x.len() / scale.len();
     let (lo, hi) = range;
-    let mut sums = (Vec::new(), Vec::new());
     for (c, (xs, gs)) in x.chunks(per).zip(grad.chunks_mut(per)).enumerate() {
         // torch per channel: the zero point rounded, then clamped.
         let z = round_half_even(zero_point[c]).clamp(lo as f32, hi as f32);
-        let (ds, dz) = backward_with(xs, gs, scale[c], z, range, grad_factor);
-        sums.0.push(ds);
-        sums.1.push(dz);
+        (ds[c], dz[c]) = backward_with(xs, gs, scale[c], z, range, grad_factor);
     }
-    sums
 }
 
 /// The backward kernel for one scale and one (already rounded) zero point `z`. Sums in f64:
@@ -191,7 +186,8 @@ mod tests {
             }
             let mut dx = DY;
             let g = default_grad_factor(4, hi);
-            let (ds, dz) = backward_per_channel(&X, &mut dx, &scales, &zps, (lo, hi), g);
+            let (mut ds, mut dz) = ([f32::NAN; 3], [f32::NAN; 3]);
+            backward_per_channel((&X, &mut dx), (&scales, &zps), (lo, hi), g, (&mut ds, &mut dz));
             for (i, &w) in dx_want.iter().enumerate() {
                 assert_eq!(dx[i], w as f32, "dx at {}", X[i]);
             }

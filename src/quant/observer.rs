@@ -79,10 +79,11 @@ impl Observer {
     /// `calculate_qparams`; a symmetric scheme's zero point 0). Without an update torch keeps
     /// the learned scale at least `f32::EPSILON`: [`Observer::clamp_learned_scale`].
     pub fn set_learned_from_range(&mut self) {
-        let qparams = self.qparams_with(qparams_from_range);
         let symmetric = self.config.scheme == Scheme::Symmetric;
-        if let Some(l) = &mut self.learned {
-            for (c, q) in qparams.iter().enumerate().take(l.scale.value.len()) {
+        let learned = self.learned.as_ref().map_or(0, |l| l.scale.value.len());
+        for c in 0..learned.min(self.ranges()) {
+            let q = self.qparams_with(qparams_from_range, c);
+            if let Some(l) = &mut self.learned {
                 l.scale.value[c] = q.scale;
                 l.zero_point.value[c] = if symmetric { 0.0 } else { q.zero_point as f32 };
             }
@@ -127,27 +128,34 @@ impl Observer {
         let per_channel = self.config.observer.is_per_channel();
         let n = if per_channel { channels.max(1) } else { 1 };
         let row = x.len() / n;
+        // The first range is the data's; later ones move towards it or widen.
+        let first = self.min.len() != n;
+        if first {
+            self.min = vec![0.0; n];
+            self.max = vec![0.0; n];
+        }
+        let (moving, c) = (
+            self.config.observer.is_moving_average(),
+            self.config.averaging,
+        );
         // Tasks of at least 16k values: a weight's rows are short (a layer's fan-in).
-        let (mins, maxs): (Vec<f32>, Vec<f32>) = (0..n)
-            .into_par_iter()
+        self.min
+            .par_iter_mut()
+            .zip(self.max.par_iter_mut())
+            .enumerate()
             .with_min_len(((1 << 14) / row.max(1)).max(1))
-            .map(|c| min_max(&x[c * row..(c + 1) * row]))
-            .unzip();
-        if self.min.is_empty() || self.min.len() != n {
-            self.min = mins;
-            self.max = maxs;
-            return;
-        }
-        let c = self.config.averaging;
-        for i in 0..n {
-            if self.config.observer.is_moving_average() {
-                self.min[i] += c * (mins[i] - self.min[i]);
-                self.max[i] += c * (maxs[i] - self.max[i]);
-            } else {
-                self.min[i] = self.min[i].min(mins[i]);
-                self.max[i] = self.max[i].max(maxs[i]);
-            }
-        }
+            .for_each(|(i, (lo, hi))| {
+                let (seen_lo, seen_hi) = min_max(&x[i * row..(i + 1) * row]);
+                if first {
+                    (*lo, *hi) = (seen_lo, seen_hi);
+                } else if moving {
+                    *lo += c * (seen_lo - *lo);
+                    *hi += c * (seen_hi - *hi);
+                } else {
+                    *lo = lo.min(seen_lo);
+                    *hi = hi.max(seen_hi);
+                }
+            });
     }
 
     /// Quantization parameters per channel (or one). An observer that saw nothing gives torch's
@@ -156,56 +164,72 @@ impl Observer {
     /// A learnable fake quant gives its learned parameters (scale at least `f32::EPSILON`, zero
     /// point rounded half to even into the range), as its `calculate_qparams` does.
     pub fn qparams(&self) -> Vec<QParams> {
+        (0..self.qparams_len())
+            .map(|c| self.qparams_at(c))
+            .collect()
+    }
+
+    /// How many parameter sets [`Observer::qparams`] gives: one per channel, or one.
+    pub fn qparams_len(&self) -> usize {
+        match &self.learned {
+            Some(l) if self.is_initialized() => l.scale.value.len(),
+            _ => self.ranges(),
+        }
+    }
+
+    /// Channel `c`'s entry of [`Observer::qparams`].
+    pub fn qparams_at(&self, c: usize) -> QParams {
         match &self.learned {
             Some(l) if self.is_initialized() => {
                 let (lo, hi) = (self.config.quant_min as f32, self.config.quant_max as f32);
                 let symmetric = self.config.scheme == Scheme::Symmetric;
-                l.scale
-                    .value
-                    .iter()
-                    .zip(&l.zero_point.value)
-                    .map(|(&s, &z)| QParams {
-                        scale: s.max(f32::EPSILON),
-                        zero_point: if symmetric {
-                            0
-                        } else {
-                            round_half_even(z).clamp(lo, hi) as i32
-                        },
-                    })
-                    .collect()
+                QParams {
+                    scale: l.scale.value[c].max(f32::EPSILON),
+                    zero_point: if symmetric {
+                        0
+                    } else {
+                        round_half_even(l.zero_point.value[c]).clamp(lo, hi) as i32
+                    },
+                }
             }
-            _ => self.qparams_with(qparams_from_range),
+            _ => self.qparams_with(qparams_from_range, c),
         }
     }
 
-    /// Quantization parameters for fake quantization during QAT. Moving-average observers
-    /// compute them as torch's fused observer + fake-quant module does (fbgemm's
-    /// `ChooseQuantizationParams`, see [`qparams_for_fake_quant`]); min/max observers as torch's
-    /// `FakeQuantize` does, with [`Observer::qparams`].
-    pub fn fake_quant_qparams(&self) -> Vec<QParams> {
+    /// Channel `c`'s quantization parameters for fake quantization during QAT (as many as
+    /// [`Observer::qparams_len`]). Moving-average observers compute them as torch's fused
+    /// observer + fake-quant module does (fbgemm's `ChooseQuantizationParams`, see
+    /// [`qparams_for_fake_quant`]); min/max observers as torch's `FakeQuantize` does, with
+    /// [`Observer::qparams`].
+    pub fn fake_quant_qparams_at(&self, c: usize) -> QParams {
         if self.config.observer.is_moving_average() && self.learned.is_none() {
-            self.qparams_with(qparams_for_fake_quant)
+            self.qparams_with(qparams_for_fake_quant, c)
         } else {
-            self.qparams()
+            self.qparams_at(c)
         }
     }
 
-    fn qparams_with(&self, rule: fn(f32, f32, &QRange) -> QParams) -> Vec<QParams> {
+    /// How many ranges the observer gives parameters for: one per channel seen, or one.
+    fn ranges(&self) -> usize {
+        if self.config.fixed.is_some() || !self.is_initialized() {
+            1
+        } else {
+            self.min.len()
+        }
+    }
+
+    /// Range `c`'s parameters by `rule`; fixed ones, or torch's defaults before any data.
+    fn qparams_with(&self, rule: fn(f32, f32, &QRange) -> QParams, c: usize) -> QParams {
         if let Some(q) = self.config.fixed {
-            return vec![q];
+            return q;
         }
         if !self.is_initialized() {
-            return vec![QParams {
+            return QParams {
                 scale: 1.0,
                 zero_point: 0,
-            }];
+            };
         }
-        let range = self.range();
-        self.min
-            .iter()
-            .zip(&self.max)
-            .map(|(&lo, &hi)| rule(lo, hi, &range))
-            .collect()
+        rule(self.min[c], self.max[c], &self.range())
     }
 }
 
@@ -315,7 +339,7 @@ mod tests {
             });
             for (x, &(scale, zero_point, y, grad)) in x.iter().zip(batches) {
                 obs.observe(x, 1);
-                let q = obs.fake_quant_qparams()[0];
+                let q = obs.fake_quant_qparams_at(0);
                 let case = format!("{observer} {scheme} {quant_min}..{quant_max}");
                 assert_eq!((q.scale, q.zero_point), (scale as f32, zero_point), "{case}");
                 let inv = 1.0 / q.scale;

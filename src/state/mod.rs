@@ -11,10 +11,53 @@ use crate::ir::BnAttrs;
 use crate::quant::observer::{Learned, Observer};
 
 /// A learnable fake quant's scale and zero point, when it has them.
-fn learned(obs: Option<&mut Observer>) -> Vec<&mut Param> {
+/// A learnable fake quant's scale and zero point, when it has them.
+fn learned(obs: Option<&mut Observer>) -> [Option<&mut Param>; 2] {
     match obs.and_then(|o| o.learned.as_mut()) {
-        Some(l) => vec![&mut l.scale, &mut l.zero_point],
-        None => Vec::new(),
+        Some(l) => [Some(&mut l.scale), Some(&mut l.zero_point)],
+        None => [None, None],
+    }
+}
+
+impl NodeState {
+    /// The node's parameters, in a fixed order: weight, bias, a fused BatchNorm's gamma and
+    /// beta, then a learnable fake quant's scale and zero point.
+    fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        let params: [Option<&mut Param>; 6] = match self {
+            NodeState::Linear {
+                weight,
+                bias,
+                bn,
+                weight_obs,
+            }
+            | NodeState::Conv {
+                weight,
+                bias,
+                bn,
+                weight_obs,
+            } => {
+                let (gamma, beta) = match bn {
+                    Some(bn) => (Some(&mut bn.gamma), Some(&mut bn.beta)),
+                    None => (None, None),
+                };
+                let [scale, zero_point] = learned(weight_obs.as_mut());
+                [Some(weight), bias.as_mut(), gamma, beta, scale, zero_point]
+            }
+            NodeState::Bn(bn) => [
+                Some(&mut bn.gamma),
+                Some(&mut bn.beta),
+                None,
+                None,
+                None,
+                None,
+            ],
+            NodeState::FakeQuant { obs } => {
+                let [scale, zero_point] = learned(Some(obs));
+                [scale, zero_point, None, None, None, None]
+            }
+            NodeState::None => [None, None, None, None, None, None],
+        };
+        params.into_iter().flatten()
     }
 }
 
@@ -60,38 +103,12 @@ pub struct State {
 impl State {
     /// Every parameter, in a fixed order.
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut out = Vec::new();
-        for s in &mut self.nodes {
-            match s {
-                NodeState::Linear {
-                    weight,
-                    bias,
-                    bn,
-                    weight_obs,
-                }
-                | NodeState::Conv {
-                    weight,
-                    bias,
-                    bn,
-                    weight_obs,
-                } => {
-                    out.push(weight);
-                    out.extend(bias.as_mut());
-                    if let Some(bn) = bn {
-                        out.push(&mut bn.gamma);
-                        out.push(&mut bn.beta);
-                    }
-                    out.extend(learned(weight_obs.as_mut()));
-                }
-                NodeState::Bn(bn) => {
-                    out.push(&mut bn.gamma);
-                    out.push(&mut bn.beta);
-                }
-                NodeState::FakeQuant { obs } => out.extend(learned(Some(obs))),
-                NodeState::None => {}
-            }
-        }
-        out
+        self.each_param_mut().collect()
+    }
+
+    /// [`State::params_mut`] as an iterator (it allocates nothing).
+    pub fn each_param_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        self.nodes.iter_mut().flat_map(NodeState::params_mut)
     }
 
     /// Every learnable fake quant's parameters.
@@ -131,12 +148,20 @@ impl BnState {
 
     /// `gamma / sqrt(running_var + eps)` per channel.
     pub fn fold_scale(&self) -> Vec<f32> {
+        let mut scale = vec![0.0; self.gamma.value.len()];
+        self.fold_scale_into(&mut scale);
+        scale
+    }
+
+    /// [`BnState::fold_scale`] into `scale` (one value per channel).
+    pub fn fold_scale_into(&self, scale: &mut [f32]) {
         let eps = self.attrs.eps as f32;
-        self.gamma
-            .value
-            .iter()
+        for ((s, g), v) in scale
+            .iter_mut()
+            .zip(&self.gamma.value)
             .zip(&self.running_var)
-            .map(|(g, v)| g / (v + eps).sqrt())
-            .collect()
+        {
+            *s = g / (v + eps).sqrt();
+        }
     }
 }

@@ -17,7 +17,8 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::kernels::{self, zeros, ConvDims};
+use super::buffers::{scratch, Pool};
+use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 
 /// Pixels per tile: 16 consecutive output pixels, one vector's lanes.
@@ -61,56 +62,90 @@ fn avx512() -> bool {
     }
 }
 
-/// Convolution without bias, CNHW in and out (`[O, B*P]`): computed directly when [`applies`]
-/// says so, else by [`kernels::conv_forward`] (im2col and matrix products). The two give the
-/// same values bit for bit.
-pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f32> {
+/// Convolution without bias, CNHW in and out (`y: [O, B*P]`, overwritten): computed directly
+/// when [`applies`] says so, else by [`kernels::conv_forward`] (im2col and matrix products). The
+/// two give the same values bit for bit.
+pub fn conv_forward(
+    x: &[f32],
+    w: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+    y: &mut [f32],
+) {
     if applies(geom, d) {
-        direct_conv_forward(x, w, geom, d, batch)
+        direct_conv_forward(x, w, geom, d, batch, y)
     } else {
-        kernels::conv_forward(x, w, geom, d, batch)
+        kernels::conv_forward(x, w, geom, d, batch, y)
     }
 }
 
-/// [`conv_forward`]'s direct path. Images run in parallel.
+/// [`conv_forward`]'s direct path. Groups of 16 output channels and images run in parallel.
 fn direct_conv_forward(
     x: &[f32],
     w: &[f32],
     geom: &ConvGeom,
     d: &ConvDims,
     batch: usize,
-) -> Vec<f32> {
-    let (o, kg, p) = (geom.out_channels, d.kg, d.pixels());
-    let n = batch * p;
+    y: &mut [f32],
+) {
+    let (o, kg) = (geom.out_channels, d.kg);
+    let n = batch * d.pixels();
     // The weight regrouped as [O / 16, kg, 16]: a tap's weights for a tile's channels in one
     // run, and a tile's taps one after the other.
-    let mut wt = vec![0.0; kg * o];
-    for (oc, row) in w.chunks_exact(kg).enumerate() {
-        let (group, lane) = (oc / CHANNELS, oc % CHANNELS);
-        for (k, &v) in row.iter().enumerate() {
-            wt[(group * kg + k) * CHANNELS + lane] = v;
+    scratch(kg * o, |wt: &mut [f32]| {
+        for (oc, row) in w.chunks_exact(kg).enumerate() {
+            let (group, lane) = (oc / CHANNELS, oc % CHANNELS);
+            for (k, &v) in row.iter().enumerate() {
+                wt[(group * kg + k) * CHANNELS + lane] = v;
+            }
         }
+        // Each tap's offset from its image's first input plane (CNHW: a channel's planes for
+        // all images are adjacent).
+        scratch(kg, |taps: &mut [usize]| {
+            let (kh, kw) = geom.kernel;
+            let channel_stride = batch * d.h * d.w;
+            for (k, tap) in taps.iter_mut().enumerate() {
+                *tap = (k / (kh * kw)) * channel_stride + (k / kw % kh) * d.w + k % kw;
+            }
+            let (wt, taps) = (&*wt, &*taps);
+            y.par_chunks_mut(CHANNELS * n)
+                .zip(wt.par_chunks(kg * CHANNELS))
+                .for_each(|(slab, w_group)| {
+                    let mut rows = slab.chunks_exact_mut(n);
+                    let rows = std::array::from_fn(|_| rows.next().expect("16 rows"));
+                    images(x, w_group.as_chunks().0, taps, d, (0, rows));
+                });
+        });
+    });
+}
+
+/// Output channels `rows` (16 of them, each the segments of images `first..` in one output
+/// row) of those images: halves of the images in parallel (`rayon::join`), down to one image.
+fn images(
+    x: &[f32],
+    wt: &[[f32; CHANNELS]],
+    taps: &[usize],
+    d: &ConvDims,
+    (first, rows): (usize, [&mut [f32]; CHANNELS]),
+) {
+    let p = d.pixels();
+    let count = rows[0].len() / p;
+    if count <= 1 {
+        let mut rows = rows;
+        return tiles(&x[first * d.h * d.w..], wt, taps, d, &mut rows);
     }
-    // Each tap's offset from its image's first input plane (CNHW: a channel's planes for all
-    // images are adjacent).
-    let (kh, kw) = geom.kernel;
-    let channel_stride = batch * d.h * d.w;
-    let taps: Vec<usize> = (0..kg)
-        .map(|k| (k / (kh * kw)) * channel_stride + (k / kw % kh) * d.w + k % kw)
-        .collect();
-    let mut y = zeros(o * n);
-    // Each image's segment of every output channel's row.
-    let mut images: Vec<Vec<&mut [f32]>> = (0..batch).map(|_| Vec::with_capacity(o)).collect();
-    for row in y.chunks_exact_mut(n) {
-        for (segments, segment) in images.iter_mut().zip(row.chunks_exact_mut(p)) {
-            segments.push(segment);
-        }
-    }
-    images
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, mut out)| image(&x[b * d.h * d.w..], &wt, &taps, d, &mut out));
-    y
+    let half = count / 2;
+    let mut halves = rows.map(|row| {
+        let (a, b) = row.split_at_mut(half * p);
+        (Some(a), Some(b))
+    });
+    let left = std::array::from_fn(|c| halves[c].0.take().expect("split once"));
+    let right = std::array::from_fn(|c| halves[c].1.take().expect("split once"));
+    rayon::join(
+        || images(x, wt, taps, d, (first, left)),
+        || images(x, wt, taps, d, (first + half, right)),
+    );
 }
 
 /// Kernel rows [`conv_backward`] computes the weight gradient of directly: five taps wide.
@@ -119,7 +154,7 @@ const KW: usize = 5;
 /// Output channels per weight-gradient tile: two vectors.
 const PAIR: usize = 2 * CHANNELS;
 
-/// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted, by
+/// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (overwritten), by
 /// [`kernels::conv_backward`]. When [`applies`] holds, kernel rows are five taps wide and the
 /// output channels come in pairs of 16, the weight gradient is computed straight from the input
 /// (no im2col matrix), in the general path's order, so the two agree bit for bit.
@@ -131,15 +166,15 @@ pub fn conv_backward(
     geom: &ConvGeom,
     d: &ConvDims,
     batch: usize,
-    dw: &mut [f32],
-    want_dx: bool,
-) -> Option<Vec<f32>> {
+    grads: (&mut [f32], Option<&mut [f32]>),
+    buffers: &mut Pool<f32>,
+) {
     let direct = applies(geom, d) && geom.kernel.1 == KW && geom.out_channels.is_multiple_of(PAIR);
     let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
         block_weight_grad(x, dy, geom, d, batch, images, dw_part)
     };
     let block_dw: Option<&kernels::BlockWeightGrad> = if direct { Some(&block_dw) } else { None };
-    kernels::conv_backward(x, dy, w, geom, d, batch, dw, want_dx, block_dw)
+    kernels::conv_backward(x, dy, w, geom, d, batch, grads, block_dw, buffers)
 }
 
 /// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
@@ -158,36 +193,40 @@ fn block_weight_grad(
     let n = batch * p;
     let kh = geom.kernel.0;
     let pixels = images.start * p..images.end * p;
-    for start in pixels.clone().step_by(KC) {
-        let chunk = start..(start + KC).min(pixels.end);
-        // Each pixel's window corner in its image's first input plane.
-        let corners: Vec<usize> = chunk
-            .clone()
-            .map(|q| q / p * hw + q % p / d.wo * d.w + q % d.wo)
-            .collect();
-        for pair in 0..geom.out_channels / PAIR {
-            // These channels' output gradients, transposed: a pixel's values in one run.
-            let mut dyt = vec![[0.0; PAIR]; chunk.len()];
-            for lane in 0..PAIR {
-                let row = &dy[(pair * PAIR + lane) * n..][chunk.clone()];
-                for (t, &v) in dyt.iter_mut().zip(row) {
-                    t[lane] = v;
+    // A run's output gradients for a pair of channel groups, transposed (a pixel's values in
+    // one run), and each pixel's window corner in its image's first input plane.
+    scratch(KC * PAIR, |dyt: &mut [f32]| {
+        scratch(KC, |corners: &mut [usize]| {
+            for start in pixels.clone().step_by(KC) {
+                let chunk = start..(start + KC).min(pixels.end);
+                let corners = &mut corners[..chunk.len()];
+                for (corner, q) in corners.iter_mut().zip(chunk.clone()) {
+                    *corner = q / p * hw + q % p / d.wo * d.w + q % d.wo;
                 }
-            }
-            for c in 0..d.c {
-                for i in 0..kh {
-                    let row_start = c * batch * hw + i * d.w;
-                    let sums = kernel_row_grad(&x[row_start..], &dyt, &corners);
-                    for (j, sums) in sums.iter().enumerate() {
-                        let k = (c * kh + i) * KW + j;
-                        for (lane, &s) in sums.iter().enumerate() {
-                            dw_part[(pair * PAIR + lane) * d.kg + k] += s;
+                let dyt = &mut dyt.as_chunks_mut::<PAIR>().0[..chunk.len()];
+                for pair in 0..geom.out_channels / PAIR {
+                    for lane in 0..PAIR {
+                        let row = &dy[(pair * PAIR + lane) * n..][chunk.clone()];
+                        for (t, &v) in dyt.iter_mut().zip(row) {
+                            t[lane] = v;
+                        }
+                    }
+                    for c in 0..d.c {
+                        for i in 0..kh {
+                            let row_start = c * batch * hw + i * d.w;
+                            let sums = kernel_row_grad(&x[row_start..], dyt, corners);
+                            for (j, sums) in sums.iter().enumerate() {
+                                let k = (c * kh + i) * KW + j;
+                                for (lane, &s) in sums.iter().enumerate() {
+                                    dw_part[(pair * PAIR + lane) * d.kg + k] += s;
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        })
+    });
 }
 
 /// One kernel row's five taps by [`PAIR`] output channels: `Σ x[corner + j] · dy[pixel]` over
@@ -205,17 +244,6 @@ fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; 
         fma_row(&mut a4, xs[4], g);
     }
     [a0, a1, a2, a3, a4]
-}
-
-/// One image: `out[oc]` is output channel `oc`'s `[ho * wo]` plane; `x` starts at the image's
-/// first input plane.
-fn image(x: &[f32], wt: &[f32], taps: &[usize], d: &ConvDims, out: &mut [&mut [f32]]) {
-    for (w_group, out_group) in wt
-        .chunks_exact(taps.len() * CHANNELS)
-        .zip(out.chunks_exact_mut(CHANNELS))
-    {
-        tiles(x, w_group.as_chunks().0, taps, d, out_group);
-    }
 }
 
 /// Every tile of 16 output channels: `out` their planes, `wt` their weights, one run of 16 per
@@ -342,26 +370,40 @@ mod tests {
                 .map(|i| ((i * 104_729 % 997) as f32 / 498.0) - 1.0)
                 .collect();
             let wt = vec![0.5; o * d.kg];
-            let (mut direct, mut general) = (vec![0.0; o * d.kg], vec![0.0; o * d.kg]);
+            // Outputs and buffers start as garbage: every value must be written.
+            let mut buffers = Pool::default();
+            buffers.give(vec![f32::NAN; 4 * o * d.kg + x.len()]);
+            let (mut direct, mut general) = (vec![f32::NAN; o * d.kg], vec![f32::NAN; o * d.kg]);
+            let (mut dx_direct, mut dx_general) =
+                (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
             let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
                 block_weight_grad(&x, &dy, &geom, &d, batch, images, dw_part)
             };
-            let dx_direct = kernels::conv_backward(
+            kernels::conv_backward(
                 &x,
                 &dy,
                 &wt,
                 &geom,
                 &d,
                 batch,
-                &mut direct,
-                true,
+                (&mut direct, Some(&mut dx_direct)),
                 Some(&block_dw),
+                &mut buffers,
             );
-            let dx_general =
-                kernels::conv_backward(&x, &dy, &wt, &geom, &d, batch, &mut general, true, None);
+            kernels::conv_backward(
+                &x,
+                &dy,
+                &wt,
+                &geom,
+                &d,
+                batch,
+                (&mut general, Some(&mut dx_general)),
+                None,
+                &mut buffers,
+            );
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(
-                dx_direct == dx_general,
+                bits(&dx_direct) == bits(&dx_general) && dx_direct.iter().all(|v| v.is_finite()),
                 "{c}x{h}x{w} -> {o}: input gradients"
             );
             if avx512() {
@@ -417,8 +459,10 @@ mod tests {
                 .map(|i| ((i * 104_729 % 997) as f32 / 498.0) - 1.0)
                 .collect();
             let want = reference(&x, &wt, &geom, &d, batch);
-            let direct = direct_conv_forward(&x, &wt, &geom, &d, batch);
-            let im2col = kernels::conv_forward(&x, &wt, &geom, &d, batch);
+            // Both start as garbage: every value must be written.
+            let (mut direct, mut im2col) = (vec![f32::NAN; want.len()], vec![f32::NAN; want.len()]);
+            direct_conv_forward(&x, &wt, &geom, &d, batch, &mut direct);
+            kernels::conv_forward(&x, &wt, &geom, &d, batch, &mut im2col);
             if avx512() {
                 // Same products, same order, same blocks: the same values.
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

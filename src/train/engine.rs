@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use std::time::Instant;
 
+use super::buffers::Buffers;
 use super::direct;
 use super::kernels::{self, ConvDims};
 use super::profile::{self, Profile};
@@ -68,7 +69,9 @@ impl Mode {
     }
 }
 
-/// What the forward pass keeps for the backward pass.
+/// What the forward pass keeps for the backward pass. Its buffers come from the network's
+/// and go back to them with [`Net::recycle`].
+#[derive(Default)]
 pub struct Tape {
     pub outputs: Vec<Vec<f32>>,
     aux: Vec<Aux>,
@@ -103,7 +106,9 @@ impl Tape {
     }
 }
 
+#[derive(Default)]
 enum Aux {
+    #[default]
     None,
     /// Fake quant of an activation: the parameters it used (the gradient mask is recomputed
     /// from the input in the backward pass).
@@ -120,6 +125,36 @@ enum Aux {
         bn: Option<BnTape>,
     },
     Bn(BnTape),
+}
+
+impl Aux {
+    /// Gives its buffers back.
+    fn recycle(self, buffers: &mut Buffers) {
+        match self {
+            Aux::None | Aux::FakeQuant(..) | Aux::Pool(None) => {}
+            Aux::Dropout(mask) => buffers.f32.give(mask),
+            Aux::Pool(Some(route)) => buffers.u8.give(route),
+            Aux::Linear { weight, bn } | Aux::Conv { weight, bn } => {
+                let WeightTape {
+                    used,
+                    mask,
+                    before_fq,
+                    fold,
+                } = weight;
+                buffers.f32.give(used);
+                if let Some(mask) = mask {
+                    buffers.bool.give(mask);
+                }
+                for b in [before_fq, fold].into_iter().flatten() {
+                    buffers.f32.give(b);
+                }
+                if let Some(t) = bn {
+                    t.recycle(buffers);
+                }
+            }
+            Aux::Bn(t) => t.recycle(buffers),
+        }
+    }
 }
 
 /// The weight actually used (folded, fake-quantized) and the gradient mask of its fake quant.
@@ -143,6 +178,14 @@ struct BnTape {
     z: Vec<f32>,
 }
 
+impl BnTape {
+    fn recycle(self, buffers: &mut Buffers) {
+        for b in [self.xhat, self.inv_std, self.z] {
+            buffers.f32.give(b);
+        }
+    }
+}
+
 /// A graph with its state.
 pub struct Net {
     pub graph: Graph,
@@ -154,6 +197,21 @@ pub struct Net {
     pub generator: TorchGenerator,
     /// Where the time goes, when asked for (`qatc bench-train --profile`).
     pub profile: Option<Profile>,
+    /// Buffers reused from batch to batch: tensors, and the lists of the last tape and
+    /// backward pass (emptied).
+    buffers: Buffers,
+    spare_tape: Option<Tape>,
+    lists: Lists,
+}
+
+/// The backward pass's per-node lists, kept between batches (their lengths vary; their
+/// allocations stay).
+#[derive(Default)]
+struct Lists {
+    grads: Vec<Option<Vec<f32>>>,
+    needs_grad: Vec<bool>,
+    act_applied: Vec<bool>,
+    dxs: Vec<Option<Vec<f32>>>,
 }
 
 impl Net {
@@ -179,7 +237,23 @@ impl Net {
             state,
             generator,
             profile: None,
+            buffers: Buffers::default(),
+            spare_tape: None,
+            lists: Lists::default(),
         }
+    }
+
+    /// Gives a tape's buffers back to the network, for its next passes: a loop that recycles
+    /// each tape once its backward pass has run allocates nothing after its first batch.
+    pub fn recycle(&mut self, mut tape: Tape) {
+        for y in tape.outputs.drain(..) {
+            self.buffers.f32.give(y);
+        }
+        for a in tape.aux.drain(..) {
+            a.recycle(&mut self.buffers);
+        }
+        tape.fused.clear();
+        self.spare_tape = Some(tape);
     }
 
     /// Every parameter, in a fixed order.
@@ -190,21 +264,31 @@ impl Net {
     /// Runs the graph on `batch` samples.
     pub fn forward(&mut self, x: &[f32], batch: usize, mode: Mode, rng: &mut Rng) -> Tape {
         let n = self.graph.nodes.len();
-        let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(n);
-        let mut aux: Vec<Aux> = Vec::with_capacity(n);
+        let Tape {
+            mut outputs,
+            mut aux,
+            mut fused,
+            ..
+        } = self.spare_tape.take().unwrap_or_default();
         // Only while training: evaluation keeps every output (`compare` reads them).
-        let fused: Vec<bool> = (0..n)
-            .map(|i| mode.training && self.fake_quant_into_pool(i))
-            .collect();
+        for i in 0..n {
+            fused.push(mode.training && self.fake_quant_into_pool(i));
+        }
+        let buffers = &mut self.buffers;
         for i in 0..n {
             let started = self.profile.is_some().then(Instant::now);
             let node = &self.graph.nodes[i];
             let input = |k: usize| -> &[f32] { &outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
+            let out_len = batch * node.shape.iter().product::<usize>();
             let (y, a) = match (&node.op, &mut self.state.nodes[i]) {
                 // Samples one after another, each C, H, W, into the engine's channel-major
                 // layout.
-                (Op::Input, _) => (copy_from_samples(x, &node.shape, batch), Aux::None),
+                (Op::Input, _) => {
+                    let mut y = buffers.f32.take(x.len());
+                    copy_from_samples(x, &node.shape, batch, &mut y);
+                    (y, Aux::None)
+                }
                 (
                     Op::Linear {
                         in_features,
@@ -221,45 +305,54 @@ impl Net {
                     },
                 ) => {
                     let o = *out_features;
-                    let fold = bn.as_ref().map(|bn| bn.fold_scale());
+                    let fold = bn.as_ref().map(|bn| bn_fold(bn, buffers));
                     let t = self.profile.is_some().then(Instant::now);
                     let wt = weight_tape(
-                        &weight.value,
-                        fold,
-                        o,
+                        (&weight.value, fold, o),
                         weight_fq.is_some(),
                         weight_obs,
-                        node,
-                        mode,
+                        (node, mode),
+                        buffers,
                     );
                     profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
-                    let (mut y, bn_tape) = match (bn, &wt.fold) {
+                    let mut y = buffers.f32.take(out_len);
+                    let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
                             // LinearBn1d QAT, on the output's channel-major transpose [O, N].
-                            let z = kernels::linear_forward(
+                            kernels::linear_forward(
                                 input(0),
                                 &wt.used,
                                 None,
                                 batch,
                                 *in_features,
                                 o,
+                                &mut y,
                             );
-                            let zt = kernels::transpose_batch_channels(&z, batch, o, 1, true);
-                            let (yt, t) =
-                                fused_bn_forward(zt, o, fold, bias.as_ref(), bn, mode, Act::None);
-                            let y = kernels::transpose_batch_channels(&yt, batch, o, 1, false);
-                            (y, Some(t))
+                            let mut zt = buffers.f32.take(out_len);
+                            kernels::transpose_batch_channels(&y, (batch, o, 1), true, &mut zt);
+                            let bias = bias.as_ref();
+                            let (yt, t) = fused_bn_forward(
+                                zt,
+                                (o, fold, bias),
+                                bn,
+                                (mode, Act::None),
+                                buffers,
+                            );
+                            kernels::transpose_batch_channels(&yt, (batch, o, 1), false, &mut y);
+                            buffers.f32.give(yt);
+                            Some(t)
                         }
                         _ => {
-                            let y = kernels::linear_forward(
+                            kernels::linear_forward(
                                 input(0),
                                 &wt.used,
                                 bias.as_ref().map(|b| b.value.as_slice()),
                                 batch,
                                 *in_features,
                                 o,
+                                &mut y,
                             );
-                            (y, None)
+                            None
                         }
                     };
                     kernels::act_forward(*act, &mut y);
@@ -286,26 +379,26 @@ impl Net {
                     },
                 ) => {
                     let d = ConvDims::new(geom, in_shape(0), &node.shape);
-                    let fold = bn.as_ref().map(|bn| bn.fold_scale());
+                    let fold = bn.as_ref().map(|bn| bn_fold(bn, buffers));
                     let t = self.profile.is_some().then(Instant::now);
                     let wt = weight_tape(
-                        &weight.value,
-                        fold,
-                        geom.out_channels,
+                        (&weight.value, fold, geom.out_channels),
                         weight_fq.is_some(),
                         weight_obs,
-                        node,
-                        mode,
+                        (node, mode),
+                        buffers,
                     );
                     profile::add(self.profile.as_mut().map(|p| &mut p.weight_fake_quant_s), t);
-                    let mut y = direct::conv_forward(input(0), &wt.used, geom, &d, batch);
+                    let mut y = buffers.f32.take(out_len);
+                    direct::conv_forward(input(0), &wt.used, geom, &d, batch, &mut y);
                     let o = geom.out_channels;
                     // BatchNorm applies the activation in its last pass; otherwise one pass
                     // adds the bias and applies it.
                     let bn_tape = match (bn, &wt.fold) {
                         (Some(bn), Some(fold)) => {
+                            let bias = bias.as_ref();
                             let (out, t) =
-                                fused_bn_forward(y, o, fold, bias.as_ref(), bn, mode, *act);
+                                fused_bn_forward(y, (o, fold, bias), bn, (mode, *act), buffers);
                             y = out;
                             Some(t)
                         }
@@ -326,19 +419,22 @@ impl Net {
                 (Op::BatchNorm(_), NodeState::Bn(bn)) => match in_shape(0) {
                     // Vectors are [N, F]: normalized on their transpose [F, N].
                     [f] => {
-                        let xt = kernels::transpose_batch_channels(input(0), batch, *f, 1, true);
-                        let (yt, t) = batch_norm_forward(&xt, None, bn, mode, Act::None);
-                        let y = kernels::transpose_batch_channels(&yt, batch, *f, 1, false);
-                        (y, Aux::Bn(t))
+                        let mut xt = buffers.f32.take(out_len);
+                        kernels::transpose_batch_channels(input(0), (batch, *f, 1), true, &mut xt);
+                        let (yt, t) = batch_norm_forward(&xt, None, bn, (mode, Act::None), buffers);
+                        kernels::transpose_batch_channels(&yt, (batch, *f, 1), false, &mut xt);
+                        buffers.f32.give(yt);
+                        (xt, Aux::Bn(t))
                     }
                     _ => {
-                        let (y, t) = batch_norm_forward(input(0), None, bn, mode, Act::None);
+                        let (y, t) =
+                            batch_norm_forward(input(0), None, bn, (mode, Act::None), buffers);
                         (y, Aux::Bn(t))
                     }
                 },
                 (Op::Activation(a), _) => {
                     let x = input(0);
-                    let mut y = vec![0.0; x.len()];
+                    let mut y = buffers.f32.take(x.len());
                     eval_parallel(&a.program(), x, &mut y);
                     (y, Aux::None)
                 }
@@ -347,45 +443,57 @@ impl Net {
                     // the fake-quantized values without writing them out.
                     let fq = node.inputs[0];
                     let x = &outputs[self.graph.nodes[fq].inputs[0]];
-                    let (y, route) = match aux[fq] {
+                    let (mut y, mut route) = (buffers.f32.take(out_len), buffers.u8.take(out_len));
+                    let shapes = (in_shape(0), node.shape.as_slice());
+                    let out = (&mut y[..], &mut route[..]);
+                    match aux[fq] {
                         Aux::FakeQuant(q, lo, hi) => {
                             let inv = 1.0 / q.scale;
                             let f = |v| fake_quantize(v, q, inv, lo, hi);
-                            pool.forward_routed_of(x, f, in_shape(0), &node.shape)
+                            pool.forward_routed_of(x, f, shapes, out)
                         }
-                        _ => pool.forward_routed_of(x, |v| v, in_shape(0), &node.shape),
+                        _ => pool.forward_routed_of(x, |v| v, shapes, out),
                     };
                     (y, Aux::Pool(Some(route)))
                 }
                 (Op::Pool(pool), _) => {
-                    let (y, route) = pool.forward_routed(input(0), in_shape(0), &node.shape);
+                    let mut y = buffers.f32.take(out_len);
+                    let mut route = pool.is_routed().then(|| buffers.u8.take(out_len));
+                    let shapes = (in_shape(0), node.shape.as_slice());
+                    pool.forward_routed(input(0), shapes, &mut y, route.as_deref_mut());
                     (y, Aux::Pool(route))
                 }
                 // Images leave the engine's channel-major layout.
-                (Op::Flatten, _) => (to_samples(input(0), in_shape(0), batch), Aux::None),
-                (Op::DeQuantStub, _) => (kernels::copy(input(0)), Aux::None),
+                (Op::Flatten, _) => {
+                    let mut y = buffers.f32.take(out_len);
+                    to_samples(input(0), in_shape(0), batch, &mut y);
+                    (y, Aux::None)
+                }
+                (Op::DeQuantStub, _) => (buffers.f32.copy_of(input(0)), Aux::None),
                 (Op::Dropout { p }, _) => {
                     if mode.training && *p > 0.0 {
                         let keep = 1.0 / (1.0 - *p as f32);
-                        let mask: Vec<f32> = (0..input(0).len())
-                            .map(|_| {
-                                if rng.next_f32() < *p as f32 {
-                                    0.0
-                                } else {
-                                    keep
-                                }
-                            })
-                            .collect();
-                        let y = input(0).iter().zip(&mask).map(|(a, m)| a * m).collect();
+                        let mut mask = buffers.f32.take(out_len);
+                        for m in mask.iter_mut() {
+                            *m = if rng.next_f32() < *p as f32 {
+                                0.0
+                            } else {
+                                keep
+                            };
+                        }
+                        let mut y = buffers.f32.take(out_len);
+                        for ((y, a), m) in y.iter_mut().zip(input(0)).zip(&mask) {
+                            *y = a * m;
+                        }
                         (y, Aux::Dropout(mask))
                     } else {
-                        (kernels::copy(input(0)), Aux::None)
+                        (buffers.f32.copy_of(input(0)), Aux::None)
                     }
                 }
                 (Op::Combine(c), _) => {
                     let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
                     let regions = c.regions(&shapes, &node.shape);
-                    let mut y = vec![0.0; batch * node.shape.iter().product::<usize>()];
+                    let mut y = buffers.f32.zeroed(out_len);
                     if elementwise(&regions, &shapes, &node.shape) {
                         // Every tensor has the output's shape, so its layout: none moves.
                         let refs: Vec<&[f32]> = (0..node.inputs.len()).map(input).collect();
@@ -393,11 +501,20 @@ impl Net {
                         (y, Aux::None)
                     } else {
                         let xs: Vec<Vec<f32>> = (0..node.inputs.len())
-                            .map(|k| to_samples(input(k), shapes[k], batch))
+                            .map(|k| {
+                                let mut xk = buffers.f32.take(input(k).len());
+                                to_samples(input(k), shapes[k], batch, &mut xk);
+                                xk
+                            })
                             .collect();
                         let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
                         combine::eval_batch(&regions, &refs, batch, &mut y);
-                        (from_samples(y, &node.shape, batch), Aux::None)
+                        let mut out = buffers.f32.take(out_len);
+                        copy_from_samples(&y, &node.shape, batch, &mut out);
+                        for b in xs.into_iter().chain([y]) {
+                            buffers.f32.give(b);
+                        }
+                        (out, Aux::None)
                     }
                 }
                 (Op::FakeQuant(cfg), NodeState::FakeQuant { obs }) => {
@@ -408,18 +525,20 @@ impl Net {
                         .is_none_or(|q| q.mode == QuantMode::Qat);
                     update(obs, mode, |obs| observe_parallel(obs, x));
                     if mode.fake_quant && qat {
-                        let q = obs.fake_quant_qparams()[0];
+                        let q = obs.fake_quant_qparams_at(0);
                         let (lo, hi, inv) = (cfg.quant_min, cfg.quant_max, 1.0 / q.scale);
                         let y = if fused[i] {
                             Vec::new()
                         } else {
-                            kernels::map(x, |v| fake_quantize(v, q, inv, lo, hi))
+                            let mut y = buffers.f32.take(x.len());
+                            kernels::map(x, |v| fake_quantize(v, q, inv, lo, hi), &mut y);
+                            y
                         };
                         (y, Aux::FakeQuant(q, lo, hi))
                     } else if fused[i] {
                         (Vec::new(), Aux::None)
                     } else {
-                        (kernels::copy(x), Aux::None)
+                        (buffers.f32.copy_of(x), Aux::None)
                     }
                 }
                 // `init_state` gives each of these ops its state; no other pairing is made.
@@ -452,258 +571,284 @@ impl Net {
 
     /// Back-propagates `d_output` (the gradient of the loss w.r.t. the graph output) and sets
     /// every parameter's gradient.
-    pub fn backward(&mut self, tape: &Tape, d_output: Vec<f32>) {
+    pub fn backward(&mut self, tape: &Tape, d_output: &[f32]) {
         let n = self.graph.nodes.len();
         let batch = tape.batch;
-        let needs_grad = self.needs_grad();
+        let Lists {
+            mut grads,
+            mut needs_grad,
+            mut act_applied,
+            mut dxs,
+        } = std::mem::take(&mut self.lists);
+        self.needs_grad(&mut needs_grad);
         for l in self.state.learned_mut() {
             l.scale.grad.iter_mut().for_each(|g| *g = 0.0);
             l.zero_point.grad.iter_mut().for_each(|g| *g = 0.0);
         }
-        let mut grads: Vec<Option<Vec<f32>>> = vec![None; n];
-        grads[self.graph.output] = Some(d_output);
+        grads.clear();
+        grads.resize(n, None);
+        grads[self.graph.output] = Some(self.buffers.f32.copy_of(d_output));
         // Layers whose activation's gradient mask the fake quant after them applied already.
-        let mut act_applied = vec![false; n];
+        act_applied.clear();
+        act_applied.resize(n, false);
         for i in (1..n).rev() {
             let Some(mut dy) = grads[i].take() else {
                 continue;
             };
             let started = self.profile.is_some().then(Instant::now);
+            let act_before = self.act_before_fake_quant(i);
             let node = &self.graph.nodes[i];
             let want_dx = node.inputs.iter().any(|&j| needs_grad[j]);
             let input = |k: usize| -> &[f32] { &tape.outputs[node.inputs[k]] };
             let in_shape = |k: usize| self.graph.nodes[node.inputs[k]].shape.as_slice();
             let y = &tape.outputs[i];
-            let act_before = self.act_before_fake_quant(i);
-            let dxs: Vec<Option<Vec<f32>>> =
-                match (&node.op, &mut self.state.nodes[i], &tape.aux[i]) {
-                    (
-                        Op::Linear {
-                            in_features,
-                            out_features,
-                            act,
-                            ..
-                        },
-                        NodeState::Linear {
-                            weight,
-                            bias,
-                            bn,
-                            weight_obs,
-                        },
-                        Aux::Linear {
-                            weight: wt,
-                            bn: bn_tape,
-                        },
-                    ) => {
-                        if !act_applied[i] {
-                            kernels::act_backward(*act, y, &mut dy);
-                        }
-                        let o = *out_features;
-                        let mut d_fold = None;
-                        if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
-                            let mut dyt = kernels::transpose_batch_channels(&dy, batch, o, 1, true);
-                            d_fold =
-                                Some(fused_bn_backward(&mut dyt, o, fold, bias.as_mut(), bn, t));
-                            dy = kernels::transpose_batch_channels(&dyt, batch, o, 1, false);
-                        }
-                        let dims = (batch, *in_features, o);
-                        let bias_grad = match d_fold {
-                            Some(_) => None,
-                            None => bias.as_mut().map(|b| b.grad.as_mut_slice()),
-                        };
-                        let dx = kernels::linear_backward(
-                            input(0),
-                            &wt.used,
-                            &dy,
-                            dims,
-                            &mut weight.grad,
-                            bias_grad,
-                            want_dx,
-                        );
-                        weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
-                        if let (Some(fold), Some(bn), Some(d_fold)) =
-                            (&wt.fold, bn.as_mut(), d_fold)
-                        {
-                            unfold_weight_gradient(weight, fold, bn, d_fold);
-                        }
-                        vec![dx]
-                    }
-                    (
-                        Op::Conv2d { geom, act, .. },
-                        NodeState::Conv {
-                            weight,
-                            bias,
-                            bn,
-                            weight_obs,
-                        },
-                        Aux::Conv {
-                            weight: wt,
-                            bn: bn_tape,
-                        },
-                    ) => {
-                        if !act_applied[i] {
-                            kernels::act_backward(*act, y, &mut dy);
-                        }
-                        let d = ConvDims::new(geom, in_shape(0), &node.shape);
-                        let o = geom.out_channels;
-                        // d(fold) per channel, for the fused BatchNorm's gamma.
-                        let mut d_fold: Option<Vec<f32>> = None;
-                        if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
-                            d_fold =
-                                Some(fused_bn_backward(&mut dy, o, fold, bias.as_mut(), bn, t));
-                        } else if let Some(b) = bias.as_mut() {
-                            b.grad = kernels::channel_sums(&dy, o);
-                        }
-                        let dx = direct::conv_backward(
-                            input(0),
-                            &dy,
-                            &wt.used,
-                            geom,
-                            &d,
-                            batch,
-                            &mut weight.grad,
-                            want_dx,
-                        );
-                        // weight.grad is d(used weight); undo the fake quant, then the folding.
-                        weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
-                        if let (Some(fold), Some(bn), Some(d_fold)) =
-                            (&wt.fold, bn.as_mut(), d_fold)
-                        {
-                            unfold_weight_gradient(weight, fold, bn, d_fold);
-                        }
-                        vec![dx]
-                    }
-                    (Op::BatchNorm(_), NodeState::Bn(bn), Aux::Bn(t)) => match in_shape(0) {
-                        [f] => {
-                            let mut dyt =
-                                kernels::transpose_batch_channels(&dy, batch, *f, 1, true);
-                            batch_norm_backward(&mut dyt, bn, t);
-                            vec![Some(kernels::transpose_batch_channels(
-                                &dyt, batch, *f, 1, false,
-                            ))]
-                        }
-                        _ => {
-                            batch_norm_backward(&mut dy, bn, t);
-                            vec![Some(dy)]
-                        }
+            let buffers = &mut self.buffers;
+            dxs.clear();
+            match (&node.op, &mut self.state.nodes[i], &tape.aux[i]) {
+                (
+                    Op::Linear {
+                        in_features,
+                        out_features,
+                        act,
+                        ..
                     },
-                    (Op::Activation(a), _, _) => {
-                        // dx = dy · f'(x).
-                        let x = input(0);
-                        let mut slope = vec![0.0; x.len()];
-                        eval_parallel(&a.derivative(), x, &mut slope);
-                        dy.par_chunks_mut(CHUNK)
-                            .zip(slope.par_chunks(CHUNK))
-                            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
-                        vec![Some(dy)]
+                    NodeState::Linear {
+                        weight,
+                        bias,
+                        bn,
+                        weight_obs,
+                    },
+                    Aux::Linear {
+                        weight: wt,
+                        bn: bn_tape,
+                    },
+                ) => {
+                    if !act_applied[i] {
+                        kernels::act_backward(*act, y, &mut dy);
                     }
-                    (Op::Pool(pool), _, Aux::Pool(route)) => {
-                        // A fused fake quant wrote no output; its input has the same length,
-                        // which is all a routed pool's backward reads of it.
-                        let j = node.inputs[0];
-                        let x = if tape.fused[j] {
-                            &tape.outputs[self.graph.nodes[j].inputs[0]]
-                        } else {
-                            input(0)
-                        };
-                        vec![Some(pool.backward(
-                            (x, y, route.as_deref()),
-                            &dy,
-                            in_shape(0),
-                            &node.shape,
-                        ))]
+                    let o = *out_features;
+                    let mut d_fold = None;
+                    if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
+                        let mut dyt = buffers.f32.take(dy.len());
+                        kernels::transpose_batch_channels(&dy, (batch, o, 1), true, &mut dyt);
+                        let (fold, bias) = (fold.as_slice(), bias.as_mut());
+                        d_fold = Some(fused_bn_backward(&mut dyt, (fold, bias), bn, t, buffers));
+                        kernels::transpose_batch_channels(&dyt, (batch, o, 1), false, &mut dy);
+                        buffers.f32.give(dyt);
                     }
-                    (Op::Flatten, _, _) => vec![Some(from_samples(dy, in_shape(0), batch))],
-                    (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
-                        dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
-                        vec![Some(dy)]
+                    let dims = (batch, *in_features, o);
+                    let bias_grad = match d_fold {
+                        Some(_) => None,
+                        None => bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                    };
+                    let mut dx = want_dx.then(|| buffers.f32.take(input(0).len()));
+                    kernels::linear_backward(
+                        input(0),
+                        &wt.used,
+                        &dy,
+                        dims,
+                        &mut weight.grad,
+                        bias_grad,
+                        dx.as_deref_mut(),
+                    );
+                    weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
+                    if let (Some(fold), Some(bn), Some(d_fold)) = (&wt.fold, bn.as_mut(), d_fold) {
+                        unfold_weight_gradient(weight, fold, bn, &d_fold);
+                        buffers.f32.give(d_fold);
                     }
-                    (
-                        Op::FakeQuant(_),
-                        NodeState::FakeQuant {
-                            obs:
-                                Observer {
-                                    learned: Some(l), ..
-                                },
-                        },
-                        Aux::FakeQuant(_, lo, hi),
-                    ) => {
-                        learned_backward(input(0), &mut dy, l, (*lo, *hi));
-                        vec![Some(dy)]
-                    }
-                    (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
-                        let inv = 1.0 / q.scale;
-                        let (pass_lo, pass_hi) = fake_quant_pass_range(*q, *lo, *hi);
-                        // With the activation of the layer before it (whose output is this
-                        // input) in the same pass: both masks test the same value.
-                        let (act_lo, act_hi) = match act_before {
-                            Some((j, act)) => {
-                                act_applied[j] = true;
-                                kernels::act_bounds(act)
-                            }
-                            None => (f32::NEG_INFINITY, f32::INFINITY),
-                        };
-                        dy.par_chunks_mut(CHUNK)
-                            .zip(input(0).par_chunks(CHUNK))
-                            .for_each(|(gs, xs)| {
-                                for (g, &x) in gs.iter_mut().zip(xs) {
-                                    // `&`, not `&&`: no branch, so the loop vectorizes.
-                                    let t = x * inv;
-                                    let pass = (t >= pass_lo)
-                                        & (t <= pass_hi)
-                                        & (x > act_lo)
-                                        & (x < act_hi);
-                                    *g = if pass { *g } else { 0.0 };
-                                }
-                            });
-                        vec![Some(dy)]
-                    }
-                    (Op::Combine(c), _, _) => {
-                        let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
-                        let regions = c.regions(&shapes, &node.shape);
-                        let xs: Vec<Vec<f32>> = (0..node.inputs.len())
-                            .map(|k| to_samples(input(k), shapes[k], batch))
-                            .collect();
-                        let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-                        let dy = to_samples(&dy, &node.shape, batch);
-                        let mut dx: Vec<Vec<f32>> = xs.iter().map(|x| vec![0.0; x.len()]).collect();
-                        combine::backward_batch(&regions, &refs, batch, &dy, &mut dx);
-                        dx.into_iter()
-                            .zip(&shapes)
-                            .map(|(d, s)| Some(from_samples(d, s, batch)))
-                            .collect()
-                    }
-                    // Identities: dequant, and dropout and fake quant when they did not run (no mask,
-                    // fake quantization off).
-                    (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => {
-                        vec![Some(dy)]
-                    }
-                    // The input is never back-propagated (`i >= 1`); the forward pass pairs every
-                    // op with its own state and tape.
-                    (
-                        op @ (Op::Input
-                        | Op::Linear { .. }
-                        | Op::Conv2d { .. }
-                        | Op::BatchNorm(_)
-                        | Op::Pool(_)),
-                        _,
-                        _,
-                    ) => unreachable!(
-                        "node {} ({}): state or tape of another op",
-                        node.name,
-                        op.mnemonic()
-                    ),
-                };
-            for (k, dx) in dxs.into_iter().enumerate() {
-                let j = node.inputs[k];
-                if !needs_grad[j] {
-                    continue;
+                    buffers.f32.give(dy);
+                    dxs.push(dx);
                 }
-                if let Some(dx) = dx {
-                    match &mut grads[j] {
-                        Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, b)| *a += b),
-                        slot => *slot = Some(dx),
+                (
+                    Op::Conv2d { geom, act, .. },
+                    NodeState::Conv {
+                        weight,
+                        bias,
+                        bn,
+                        weight_obs,
+                    },
+                    Aux::Conv {
+                        weight: wt,
+                        bn: bn_tape,
+                    },
+                ) => {
+                    if !act_applied[i] {
+                        kernels::act_backward(*act, y, &mut dy);
                     }
+                    let d = ConvDims::new(geom, in_shape(0), &node.shape);
+                    // d(fold) per channel, for the fused BatchNorm's gamma.
+                    let mut d_fold: Option<Vec<f32>> = None;
+                    if let (Some(bn), Some(t), Some(fold)) = (bn.as_mut(), bn_tape, &wt.fold) {
+                        let (fold, bias) = (fold.as_slice(), bias.as_mut());
+                        d_fold = Some(fused_bn_backward(&mut dy, (fold, bias), bn, t, buffers));
+                    } else if let Some(b) = bias.as_mut() {
+                        kernels::channel_sums(&dy, &mut b.grad);
+                    }
+                    let mut dx = want_dx.then(|| buffers.f32.take(input(0).len()));
+                    direct::conv_backward(
+                        input(0),
+                        &dy,
+                        &wt.used,
+                        geom,
+                        &d,
+                        batch,
+                        (&mut weight.grad, dx.as_deref_mut()),
+                        &mut buffers.f32,
+                    );
+                    // weight.grad is d(used weight); undo the fake quant, then the folding.
+                    weight_fq_backward(&mut weight.grad, wt, weight_obs.as_mut());
+                    if let (Some(fold), Some(bn), Some(d_fold)) = (&wt.fold, bn.as_mut(), d_fold) {
+                        unfold_weight_gradient(weight, fold, bn, &d_fold);
+                        buffers.f32.give(d_fold);
+                    }
+                    buffers.f32.give(dy);
+                    dxs.push(dx);
+                }
+                (Op::BatchNorm(_), NodeState::Bn(bn), Aux::Bn(t)) => {
+                    if let [f] = in_shape(0) {
+                        let mut dyt = buffers.f32.take(dy.len());
+                        kernels::transpose_batch_channels(&dy, (batch, *f, 1), true, &mut dyt);
+                        batch_norm_backward(&mut dyt, bn, t);
+                        kernels::transpose_batch_channels(&dyt, (batch, *f, 1), false, &mut dy);
+                        buffers.f32.give(dyt);
+                    } else {
+                        batch_norm_backward(&mut dy, bn, t);
+                    }
+                    dxs.push(Some(dy));
+                }
+                (Op::Activation(a), _, _) => {
+                    // dx = dy · f'(x).
+                    let x = input(0);
+                    let mut slope = buffers.f32.take(x.len());
+                    eval_parallel(&a.derivative(), x, &mut slope);
+                    dy.par_chunks_mut(CHUNK)
+                        .zip(slope.par_chunks(CHUNK))
+                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d *= s));
+                    buffers.f32.give(slope);
+                    dxs.push(Some(dy));
+                }
+                (Op::Pool(pool), _, Aux::Pool(route)) => {
+                    // A fused fake quant wrote no output; its input has the same length,
+                    // which is all a routed pool's backward reads of it.
+                    let j = node.inputs[0];
+                    let x = if tape.fused[j] {
+                        &tape.outputs[self.graph.nodes[j].inputs[0]]
+                    } else {
+                        input(0)
+                    };
+                    let mut dx = buffers.f32.take(x.len());
+                    let shapes = (in_shape(0), node.shape.as_slice());
+                    pool.backward((x, y, route.as_deref()), &dy, shapes, &mut dx);
+                    buffers.f32.give(dy);
+                    dxs.push(Some(dx));
+                }
+                (Op::Flatten, _, _) => {
+                    let mut dx = buffers.f32.take(dy.len());
+                    copy_from_samples(&dy, in_shape(0), batch, &mut dx);
+                    buffers.f32.give(dy);
+                    dxs.push(Some(dx));
+                }
+                (Op::Dropout { .. }, _, Aux::Dropout(mask)) => {
+                    dy.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                    dxs.push(Some(dy));
+                }
+                (
+                    Op::FakeQuant(_),
+                    NodeState::FakeQuant {
+                        obs:
+                            Observer {
+                                learned: Some(l), ..
+                            },
+                    },
+                    Aux::FakeQuant(_, lo, hi),
+                ) => {
+                    learned_backward(input(0), &mut dy, l, (*lo, *hi), buffers);
+                    dxs.push(Some(dy));
+                }
+                (Op::FakeQuant(_), _, Aux::FakeQuant(q, lo, hi)) => {
+                    let inv = 1.0 / q.scale;
+                    let (pass_lo, pass_hi) = fake_quant_pass_range(*q, *lo, *hi);
+                    // With the activation of the layer before it (whose output is this
+                    // input) in the same pass: both masks test the same value.
+                    let (act_lo, act_hi) = match act_before {
+                        Some((j, act)) => {
+                            act_applied[j] = true;
+                            kernels::act_bounds(act)
+                        }
+                        None => (f32::NEG_INFINITY, f32::INFINITY),
+                    };
+                    dy.par_chunks_mut(CHUNK)
+                        .zip(input(0).par_chunks(CHUNK))
+                        .for_each(|(gs, xs)| {
+                            for (g, &x) in gs.iter_mut().zip(xs) {
+                                // `&`, not `&&`: no branch, so the loop vectorizes.
+                                let t = x * inv;
+                                let pass =
+                                    (t >= pass_lo) & (t <= pass_hi) & (x > act_lo) & (x < act_hi);
+                                *g = if pass { *g } else { 0.0 };
+                            }
+                        });
+                    dxs.push(Some(dy));
+                }
+                (Op::Combine(c), _, _) => {
+                    let shapes: Vec<&[usize]> = (0..node.inputs.len()).map(in_shape).collect();
+                    let regions = c.regions(&shapes, &node.shape);
+                    let xs: Vec<Vec<f32>> = (0..node.inputs.len())
+                        .map(|k| {
+                            let mut xk = buffers.f32.take(input(k).len());
+                            to_samples(input(k), shapes[k], batch, &mut xk);
+                            xk
+                        })
+                        .collect();
+                    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                    let mut dy_samples = buffers.f32.take(dy.len());
+                    to_samples(&dy, &node.shape, batch, &mut dy_samples);
+                    let mut dx: Vec<Vec<f32>> =
+                        xs.iter().map(|x| buffers.f32.zeroed(x.len())).collect();
+                    combine::backward_batch(&regions, &refs, batch, &dy_samples, &mut dx);
+                    for (d, s) in dx.into_iter().zip(&shapes) {
+                        let mut dk = buffers.f32.take(d.len());
+                        copy_from_samples(&d, s, batch, &mut dk);
+                        buffers.f32.give(d);
+                        dxs.push(Some(dk));
+                    }
+                    for b in xs.into_iter().chain([dy, dy_samples]) {
+                        buffers.f32.give(b);
+                    }
+                }
+                // Identities: dequant, and dropout and fake quant when they did not run (no mask,
+                // fake quantization off).
+                (Op::DeQuantStub | Op::Dropout { .. } | Op::FakeQuant(_), _, _) => {
+                    dxs.push(Some(dy));
+                }
+                // The input is never back-propagated (`i >= 1`); the forward pass pairs every
+                // op with its own state and tape.
+                (
+                    op @ (Op::Input
+                    | Op::Linear { .. }
+                    | Op::Conv2d { .. }
+                    | Op::BatchNorm(_)
+                    | Op::Pool(_)),
+                    _,
+                    _,
+                ) => unreachable!(
+                    "node {} ({}): state or tape of another op",
+                    node.name,
+                    op.mnemonic()
+                ),
+            }
+            for (k, dx) in dxs.drain(..).enumerate() {
+                let j = node.inputs[k];
+                let Some(dx) = dx else {
+                    continue;
+                };
+                match &mut grads[j] {
+                    _ if !needs_grad[j] => buffers.f32.give(dx),
+                    Some(acc) => {
+                        acc.iter_mut().zip(&dx).for_each(|(a, b)| *a += b);
+                        buffers.f32.give(dx);
+                    }
+                    slot => *slot = Some(dx),
                 }
             }
             profile::add(
@@ -711,6 +856,12 @@ impl Net {
                 started,
             );
         }
+        self.lists = Lists {
+            grads,
+            needs_grad,
+            act_applied,
+            dxs,
+        };
     }
 
     /// When node `i` is a fake quant whose input is the output of a Conv2d or Linear with an
@@ -753,9 +904,11 @@ impl Net {
         })
     }
 
-    /// Whether each node's output depends on a parameter (only those need a gradient).
-    fn needs_grad(&self) -> Vec<bool> {
-        let mut needs = vec![false; self.graph.nodes.len()];
+    /// Whether each node's output depends on a parameter (only those need a gradient), into
+    /// `needs`.
+    fn needs_grad(&self, needs: &mut Vec<bool>) {
+        needs.clear();
+        needs.resize(self.graph.nodes.len(), false);
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let own = match &self.state.nodes[i] {
                 NodeState::Linear { .. } | NodeState::Conv { .. } | NodeState::Bn(_) => true,
@@ -764,7 +917,6 @@ impl Net {
             };
             needs[i] = own || node.inputs.iter().any(|&j| needs[j]);
         }
-        needs
     }
 }
 
@@ -920,18 +1072,23 @@ fn bn_state(attrs: &BnAttrs, channels: usize) -> BnState {
     }
 }
 
+/// A BatchNorm's folding factors ([`BnState::fold_scale`]) in a buffer of `buffers`.
+fn bn_fold(bn: &BnState, buffers: &mut Buffers) -> Vec<f32> {
+    let mut fold = buffers.f32.take(bn.gamma.value.len());
+    bn.fold_scale_into(&mut fold);
+    fold
+}
+
 /// The weight a layer computes with: folded by `fold` (per output channel) when given, then
 /// observed and fake-quantized when the node has a weight fake-quant and the mode asks for it.
 fn weight_tape(
-    weight: &[f32],
-    fold: Option<Vec<f32>>,
-    out_channels: usize,
+    (weight, fold, out_channels): (&[f32], Option<Vec<f32>>, usize),
     has_fq: bool,
     obs: &mut Option<Observer>,
-    node: &Node,
-    mode: Mode,
+    (node, mode): (&Node, Mode),
+    buffers: &mut Buffers,
 ) -> WeightTape {
-    let mut used = weight.to_vec();
+    let mut used = buffers.f32.copy_of(weight);
     let k = weight.len() / out_channels;
     if let Some(fold) = &fold {
         for (row, s) in used.chunks_exact_mut(k).zip(fold) {
@@ -947,17 +1104,17 @@ fn weight_tape(
         update(obs, mode, |obs| obs.observe(&used, out_channels));
         if qat && mode.fake_quant {
             if obs.learned.is_some() {
-                before_fq = Some(used.clone());
+                before_fq = Some(buffers.f32.copy_of(&used));
             }
-            let qparams = obs.fake_quant_qparams();
+            let obs = &*obs;
             let cfg = obs.config;
-            let mut m = vec![false; used.len()];
-            let per_row = qparams.len() == out_channels && out_channels > 1;
+            let mut m = buffers.bool.take(used.len());
+            let per_row = obs.qparams_len() == out_channels && out_channels > 1;
             let rows = used.par_chunks_mut(k).zip(m.par_chunks_mut(k)).enumerate();
             // Rows are short (a conv's fan-in): a few thousand values per task.
             let rows = rows.with_min_len((CHUNK / k.max(1)).max(1));
             rows.for_each(|(r, (row, mrow))| {
-                let q = if per_row { qparams[r] } else { qparams[0] };
+                let q = obs.fake_quant_qparams_at(if per_row { r } else { 0 });
                 fake_quantize_in_place(row, mrow, q, cfg.quant_min, cfg.quant_max);
             });
             mask = Some(m);
@@ -992,16 +1149,14 @@ fn weight_fq_backward(grad: &mut [f32], wt: &WeightTape, obs: Option<&mut Observ
     match (&wt.before_fq, learned) {
         (Some(x), Some((l, range))) => {
             let g = lsq::default_grad_factor(x.len(), range.1);
-            let (ds, dz) = if l.scale.value.len() == 1 {
+            if l.scale.value.len() == 1 {
                 let (s, z) = (l.scale.value[0], l.zero_point.value[0]);
-                let (ds, dz) = lsq::backward(x, grad, s, z, range, g);
-                (vec![ds], vec![dz])
+                (l.scale.grad[0], l.zero_point.grad[0]) = lsq::backward(x, grad, s, z, range, g);
             } else {
-                let (s, z) = (&l.scale.value, &l.zero_point.value);
-                lsq::backward_per_channel(x, grad, s, z, range, g)
-            };
-            l.scale.grad = ds;
-            l.zero_point.grad = dz;
+                let params = (&l.scale.value[..], &l.zero_point.value[..]);
+                let sums = (&mut l.scale.grad[..], &mut l.zero_point.grad[..]);
+                lsq::backward_per_channel((x, grad), params, range, g, sums);
+            }
         }
         _ => {
             if let Some(mask) = &wt.mask {
@@ -1013,27 +1168,34 @@ fn weight_fq_backward(grad: &mut [f32], wt: &WeightTape, obs: Option<&mut Observ
 
 /// The backward of a learnable activation fake quant (one scale): `grad` becomes x's, in
 /// parallel chunks whose sums are added in a fixed order.
-fn learned_backward(x: &[f32], grad: &mut [f32], l: &mut Learned, range: (i32, i32)) {
+fn learned_backward(
+    x: &[f32],
+    grad: &mut [f32],
+    l: &mut Learned,
+    range: (i32, i32),
+    buffers: &mut Buffers,
+) {
     let g = lsq::default_grad_factor(x.len(), range.1);
     let (s, z) = (l.scale.value[0], l.zero_point.value[0]);
-    let sums: Vec<(f32, f32)> = grad
-        .par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .map(|(gs, xs)| lsq::backward(xs, gs, s, z, range, g))
-        .collect();
-    let (ds, dz) = sums.iter().fold((0f64, 0f64), |(a, b), &(ds, dz)| {
-        (a + ds as f64, b + dz as f64)
+    // Each chunk's two sums, side by side.
+    let mut sums = buffers.f32.take(2 * x.len().div_ceil(CHUNK));
+    sums.par_chunks_mut(2)
+        .zip(grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(out, (gs, xs))| (out[0], out[1]) = lsq::backward(xs, gs, s, z, range, g));
+    let (ds, dz) = sums.chunks_exact(2).fold((0f64, 0f64), |(a, b), pair| {
+        (a + pair[0] as f64, b + pair[1] as f64)
     });
+    buffers.f32.give(sums);
     l.scale.grad[0] = ds as f32;
     l.zero_point.grad[0] = dz as f32;
 }
 
 /// A tensor in the engine's layout (`[C, N, H·W]` for images, `[N, F]` else) as samples one
-/// after another, each C, H, W: the layout of [`combine`] (and of the int8 IR).
-fn to_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
+/// after another, each C, H, W (the layout of [`combine`] and of the int8 IR), into `out`.
+fn to_samples(x: &[f32], shape: &[usize], batch: usize, out: &mut [f32]) {
     match shape {
-        [c, h, w] => kernels::transpose_batch_channels(x, batch, *c, h * w, false),
-        _ => kernels::copy(x),
+        [c, h, w] => kernels::transpose_batch_channels(x, (batch, *c, h * w), false, out),
+        _ => kernels::copy(x, out),
     }
 }
 
@@ -1046,19 +1208,11 @@ fn elementwise(regions: &[combine::Region], shapes: &[&[usize]], out: &[usize]) 
             .all(|r| r.inputs.iter().all(|(_, s)| *s == combine::Source::Same))
 }
 
-/// The inverse of [`to_samples`].
-fn from_samples(x: Vec<f32>, shape: &[usize], batch: usize) -> Vec<f32> {
+/// The inverse of [`to_samples`]: one pass, copying or transposing.
+fn copy_from_samples(x: &[f32], shape: &[usize], batch: usize, out: &mut [f32]) {
     match shape {
-        [_, _, _] => copy_from_samples(&x, shape, batch),
-        _ => x,
-    }
-}
-
-/// [`from_samples`] of a borrowed tensor: one pass, copying or transposing.
-fn copy_from_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
-    match shape {
-        [c, h, w] => kernels::transpose_batch_channels(x, batch, *c, h * w, true),
-        _ => kernels::copy(x),
+        [c, h, w] => kernels::transpose_batch_channels(x, (batch, *c, h * w), true, out),
+        _ => kernels::copy(x, out),
     }
 }
 
@@ -1067,17 +1221,21 @@ fn copy_from_samples(x: &[f32], shape: &[usize], batch: usize) -> Vec<f32> {
 /// activation. Returns the output; the tape keeps `z`.
 fn fused_bn_forward(
     z: Vec<f32>,
-    o: usize,
-    fold: &[f32],
-    bias: Option<&Param>,
+    (o, fold, bias): (usize, &[f32], Option<&Param>),
     bn: &mut BnState,
-    mode: Mode,
-    act: Act,
+    (mode, act): (Mode, Act),
+    buffers: &mut Buffers,
 ) -> (Vec<f32>, BnTape) {
-    let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-    let shift = bias.map_or(vec![0.0; o], |b| b.value.clone());
-    let (y, mut t) = batch_norm_forward(&z, Some((&unfold, &shift)), bn, mode, act);
+    let mut unfold = buffers.f32.take(o);
+    unfold.iter_mut().zip(fold).for_each(|(u, s)| *u = 1.0 / s);
+    let shift = match bias {
+        Some(b) => buffers.f32.copy_of(&b.value),
+        None => buffers.f32.zeroed(o),
+    };
+    let (y, mut t) = batch_norm_forward(&z, Some((&unfold, &shift)), bn, (mode, act), buffers);
     t.z = z;
+    buffers.f32.give(unfold);
+    buffers.f32.give(shift);
     (y, t)
 }
 
@@ -1085,53 +1243,48 @@ fn fused_bn_forward(
 /// the bias's gradient, and returns the gradient of each channel's folding factor.
 fn fused_bn_backward(
     dy: &mut [f32],
-    o: usize,
-    fold: &[f32],
-    bias: Option<&mut Param>,
+    (fold, bias): (&[f32], Option<&mut Param>),
     bn: &mut BnState,
     t: &BnTape,
+    buffers: &mut Buffers,
 ) -> Vec<f32> {
+    let o = fold.len();
     batch_norm_backward(dy, bn, t);
     // dy is now d(u), u = z / fold + bias.
     if let Some(b) = bias {
-        b.grad = kernels::channel_sums(dy, o);
+        kernels::channel_sums(dy, &mut b.grad);
     }
-    let du_z = kernels::channel_dot(dy, &t.z, o);
-    let d_fold = fold.iter().zip(&du_z).map(|(s, g)| -g / (s * s)).collect();
-    let unfold: Vec<f32> = fold.iter().map(|s| 1.0 / s).collect();
-    kernels::channel_affine(dy, o, &unfold, &vec![0.0; o]);
+    let mut d_fold = buffers.f32.take(o);
+    kernels::channel_dot(dy, &t.z, &mut d_fold);
+    // d(u)/d(fold) = -z / fold²; d(u)/d(z) = 1 / fold.
+    d_fold
+        .iter_mut()
+        .zip(fold)
+        .for_each(|(g, s)| *g = -*g / (s * s));
+    let n = dy.len() / o;
+    dy.par_chunks_mut(n).zip(fold).for_each(|(row, s)| {
+        let unfold = 1.0 / s;
+        row.iter_mut().for_each(|v| *v = *v * unfold + 0.0);
+    });
     d_fold
 }
 
 /// With a fused BatchNorm, `weight.grad` is the gradient of the folded weight: turns it into
 /// the weight's, and adds the folding factor's share to gamma's gradient.
-fn unfold_weight_gradient(
-    weight: &mut Param,
-    fold: &[f32],
-    bn: &mut BnState,
-    mut d_fold: Vec<f32>,
-) {
+fn unfold_weight_gradient(weight: &mut Param, fold: &[f32], bn: &mut BnState, d_fold: &[f32]) {
     let o = fold.len();
     let k = weight.value.len() / o.max(1);
+    let eps = bn.attrs.eps as f32;
     for c in 0..o {
         let rows = c * k..(c + 1) * k;
         let g = &mut weight.grad[rows.clone()];
-        d_fold[c] += g
-            .iter()
-            .zip(&weight.value[rows])
-            .map(|(a, b)| a * b)
-            .sum::<f32>();
+        let d = d_fold[c]
+            + g.iter()
+                .zip(&weight.value[rows])
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
         g.iter_mut().for_each(|v| *v *= fold[c]);
-    }
-    let eps = bn.attrs.eps as f32;
-    for ((g, d), v) in bn
-        .gamma
-        .grad
-        .iter_mut()
-        .zip(d_fold.iter())
-        .zip(&bn.running_var)
-    {
-        *g += d / (v + eps).sqrt();
+        bn.gamma.grad[c] += d / (bn.running_var[c] + eps).sqrt();
     }
 }
 
@@ -1169,36 +1322,41 @@ fn batch_norm_forward(
     x: &[f32],
     pre: Option<(&[f32], &[f32])>,
     bn: &mut BnState,
-    mode: Mode,
-    act: Act,
+    (mode, act): (Mode, Act),
+    buffers: &mut Buffers,
 ) -> (Vec<f32>, BnTape) {
     let c = bn.gamma.value.len();
     let eps = bn.attrs.eps as f32;
     let batch_stats = mode.training && !mode.bn_frozen;
-    let identity = (vec![1.0; c], vec![0.0; c]);
-    let (pre_scale, pre_shift) = pre.unwrap_or((&identity.0, &identity.1));
-    let (mean, var) = if batch_stats {
+    // Per channel: the affine before (identity when none), then the mean and variance used.
+    let mut stats = buffers.f32.take(4 * c);
+    let (identity, moments) = stats.split_at_mut(2 * c);
+    let (ones, zeros) = identity.split_at_mut(c);
+    let (mean, var) = moments.split_at_mut(c);
+    ones.fill(1.0);
+    zeros.fill(0.0);
+    let (pre_scale, pre_shift) = pre.unwrap_or((ones, zeros));
+    if batch_stats {
         let n = (x.len() / c) as f32;
         let row_len = x.len() / c;
-        let mean: Vec<f32> = x
-            .par_chunks(row_len)
+        mean.par_iter_mut()
+            .zip(x.par_chunks(row_len))
             .enumerate()
-            .map(|(ch, row)| {
+            .for_each(|(ch, (m, row))| {
                 let (a, b) = (pre_scale[ch], pre_shift[ch]);
-                kernels::sum_of(row, |v| v * a + b) / n
-            })
-            .collect();
-        let var: Vec<f32> = x
-            .par_chunks(row_len)
+                *m = kernels::sum_of(row, |v| v * a + b) / n;
+            });
+        let mean = &*mean;
+        var.par_iter_mut()
+            .zip(x.par_chunks(row_len))
             .enumerate()
-            .map(|(ch, row)| {
+            .for_each(|(ch, (s, row))| {
                 let (a, b, m) = (pre_scale[ch], pre_shift[ch], mean[ch]);
-                kernels::sum_of(row, |v| {
+                *s = kernels::sum_of(row, |v| {
                     let u = v * a + b;
                     (u - m) * (u - m)
-                }) / n
-            })
-            .collect();
+                }) / n;
+            });
         let momentum = bn.attrs.momentum as f32;
         let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         for ch in 0..c {
@@ -1206,25 +1364,36 @@ fn batch_norm_forward(
             bn.running_var[ch] =
                 (1.0 - momentum) * bn.running_var[ch] + momentum * var[ch] * unbias;
         }
-        (mean, var)
     } else {
-        (bn.running_mean.clone(), bn.running_var.clone())
-    };
-    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let shift: Vec<f32> = mean.iter().zip(&inv_std).map(|(m, s)| -m * s).collect();
+        mean.copy_from_slice(&bn.running_mean);
+        var.copy_from_slice(&bn.running_var);
+    }
+    let mut inv_std = buffers.f32.take(c);
+    inv_std
+        .iter_mut()
+        .zip(&*var)
+        .for_each(|(s, v)| *s = 1.0 / (v + eps).sqrt());
+    // The normalization's shift, in place of the variance.
+    let shift = var;
+    shift
+        .iter_mut()
+        .zip(&*mean)
+        .zip(&inv_std)
+        .for_each(|((t, m), s)| *t = -m * s);
     // One pass: x̂ = (x - mean) / std, kept for the backward, and y = act(gamma x̂ + beta).
-    let (mut y, mut xhat) = (kernels::zeros(x.len()), kernels::zeros(x.len()));
+    let (mut y, mut xhat) = (buffers.f32.take(x.len()), buffers.f32.take(x.len()));
     kernels::channel_normalize(
         x,
         (&mut y, &mut xhat),
         c,
         [
             (pre_scale, pre_shift),
-            (&inv_std, &shift),
+            (&inv_std, shift),
             (&bn.gamma.value, &bn.beta.value),
         ],
         act,
     );
+    buffers.f32.give(stats);
     let tape = BnTape {
         xhat,
         inv_std,
@@ -1239,10 +1408,9 @@ fn batch_norm_forward(
 fn batch_norm_backward(dy: &mut [f32], bn: &mut BnState, t: &BnTape) {
     let c = bn.gamma.value.len();
     let n = dy.len() / c;
-    let sum_dy = kernels::channel_sums(dy, c);
-    let sum_dy_xhat = kernels::channel_dot(dy, &t.xhat, c);
-    bn.beta.grad = sum_dy.clone();
-    bn.gamma.grad = sum_dy_xhat.clone();
+    kernels::channel_sums(dy, &mut bn.beta.grad);
+    kernels::channel_dot(dy, &t.xhat, &mut bn.gamma.grad);
+    let (sum_dy, sum_dy_xhat) = (&bn.beta.grad, &bn.gamma.grad);
     let gamma = &bn.gamma.value;
     dy.par_chunks_mut(n)
         .zip(t.xhat.par_chunks(n))

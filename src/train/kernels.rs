@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::buffers::{scratch, Pool};
 use crate::ir::{Act, ConvGeom};
 use crate::ops::shape::tap;
 
@@ -35,25 +36,45 @@ pub fn matmul(
         general_mat_mul(alpha, a, b, beta, c);
         return;
     }
-    if n >= m {
-        let block = n.div_ceil(threads).next_multiple_of(16);
-        let parts: Vec<_> = b
-            .axis_chunks_iter(Axis(1), block)
-            .zip(c.axis_chunks_iter_mut(Axis(1), block))
-            .collect();
-        parts
-            .into_par_iter()
-            .for_each(|(b, mut c)| general_mat_mul(alpha, a, &b, beta, &mut c));
-    } else {
-        let block = m.div_ceil(threads).next_multiple_of(16);
-        let parts: Vec<_> = a
-            .axis_chunks_iter(Axis(0), block)
-            .zip(c.axis_chunks_iter_mut(Axis(0), block))
-            .collect();
-        parts
-            .into_par_iter()
-            .for_each(|(a, mut c)| general_mat_mul(alpha, &a, b, beta, &mut c));
+    // Along n: blocks of the columns of b and c; along m: of the rows of a and c.
+    let (axis, len) = if n >= m { (1, n) } else { (0, m) };
+    let block = len.div_ceil(threads).next_multiple_of(16);
+    split(
+        alpha,
+        (a.view(), b.view()),
+        beta,
+        c.view_mut(),
+        (axis, block),
+    );
+}
+
+/// [`matmul`] cut into blocks of `block` along `axis` of `c` (and the matching factor), run in
+/// parallel: halves by `rayon::join`, which allocates nothing.
+fn split(
+    alpha: f32,
+    (a, b): (ArrayView2<f32>, ArrayView2<f32>),
+    beta: f32,
+    mut c: ArrayViewMut2<f32>,
+    (axis, block): (usize, usize),
+) {
+    let blocks = c.len_of(Axis(axis)).div_ceil(block);
+    if blocks <= 1 {
+        general_mat_mul(alpha, &a, &b, beta, &mut c);
+        return;
     }
+    let mid = blocks / 2 * block;
+    let (c0, c1) = c.split_at(Axis(axis), mid);
+    let (first, second) = if axis == 1 {
+        let (b0, b1) = b.split_at(Axis(1), mid);
+        ((a.view(), b0), (a, b1))
+    } else {
+        let (a0, a1) = a.split_at(Axis(0), mid);
+        ((a0, b.view()), (a1, b))
+    };
+    rayon::join(
+        || split(alpha, first, beta, c0, (axis, block)),
+        || split(alpha, second, beta, c1, (axis, block)),
+    );
 }
 
 fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
@@ -66,24 +87,24 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
 
 pub use crate::ops::zeros;
 
-/// A copy of a buffer, made by all threads when large.
-pub fn copy(x: &[f32]) -> Vec<f32> {
-    map(x, |v| v)
+/// `y = x`, by all threads when large.
+pub fn copy(x: &[f32], y: &mut [f32]) {
+    map(x, |v| v, y)
 }
 
-/// `f` of each value of `x`, into a new buffer, by all threads when large: one pass over
-/// fixed-size chunks, each a plain loop that vectorizes.
-pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-    if x.len() < PAR_MIN {
-        // Collected straight from the slice: no zeroing first.
-        return x.iter().map(|&v| f(v)).collect();
-    }
-    let mut y = zeros(x.len());
+/// `y = f(x)`, value by value, by all threads when large: one pass over fixed-size chunks,
+/// each a plain loop that vectorizes.
+pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send, y: &mut [f32]) {
     let chunk = PAR_MIN / 4;
-    y.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(out, src)| out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v)));
-    y
+    let pass =
+        |(out, src): (&mut [f32], &[f32])| out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
+    if x.len() < PAR_MIN {
+        pass((y, x));
+    } else {
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(pass);
+    }
 }
 
 /// Work below this many elements is not worth a parallel split.
@@ -136,8 +157,8 @@ pub fn linear_forward(
     batch: usize,
     n_in: usize,
     n_out: usize,
-) -> Vec<f32> {
-    let mut y = vec![0.0; batch * n_out];
+    y: &mut [f32],
+) {
     if let Some(b) = b {
         for row in y.chunks_exact_mut(n_out) {
             row.copy_from_slice(b);
@@ -149,12 +170,12 @@ pub fn linear_forward(
         &view(x, batch, n_in),
         &view(w, n_out, n_in).t(),
         beta,
-        &mut view_mut(&mut y, batch, n_out),
+        &mut view_mut(y, batch, n_out),
     );
-    y
 }
 
-/// Gradients of a linear layer: `dw = dy^T · x`, `db = Σ dy`, and `dx = dy · w` when wanted.
+/// Gradients of a linear layer: `dw = dy^T · x`, `db = Σ dy`, and `dx = dy · w` when wanted
+/// (overwritten).
 pub fn linear_backward(
     x: &[f32],
     w: &[f32],
@@ -162,8 +183,8 @@ pub fn linear_backward(
     (batch, n_in, n_out): (usize, usize, usize),
     dw: &mut [f32],
     db: Option<&mut [f32]>,
-    want_dx: bool,
-) -> Option<Vec<f32>> {
+    dx: Option<&mut [f32]>,
+) {
     matmul(
         1.0,
         &view(dy, batch, n_out).t(),
@@ -177,17 +198,15 @@ pub fn linear_backward(
             db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
     }
-    want_dx.then(|| {
-        let mut dx = vec![0.0; batch * n_in];
+    if let Some(dx) = dx {
         matmul(
             1.0,
             &view(dy, batch, n_out),
             &view(w, n_out, n_in),
             0.0,
-            &mut view_mut(&mut dx, batch, n_in),
+            &mut view_mut(dx, batch, n_in),
         );
-        dx
-    })
+    }
 }
 
 // ------------------------------------------------------------------------------------ conv2d
@@ -228,35 +247,36 @@ impl ConvDims {
 }
 
 /// The im2col matrix of group `g` for images `images` of a CNHW input of `batch` images:
-/// `[kg, n * P]` for `n` images, one row per kernel tap `(c, i, j)`, one column per output pixel.
+/// `[kg, n * P]` for `n` images, one row per kernel tap `(c, i, j)`, one column per output pixel,
+/// written into `cols` (all of it).
 pub fn im2col(
     x: &[f32],
     geom: &ConvGeom,
     d: &ConvDims,
     batch: usize,
-    g: usize,
-    images: Range<usize>,
-) -> Vec<f32> {
+    (g, images): (usize, Range<usize>),
+    cols: &mut [f32],
+) {
     let p = d.pixels();
     let hw = d.h * d.w;
     let n = images.len() * p;
     let (kh, kw) = geom.kernel;
     if geom.stride == (1, 1) && geom.padding == (0, 0) {
         // Written in order with no padding to fill: output row oh of tap (c, i, j) is input
-        // row oh + i from column j, so each run is a slice copy and nothing needs zeroing.
-        let mut cols = Vec::with_capacity(d.kg * n);
+        // row oh + i from column j, so each run is a slice copy.
+        let mut out = &mut cols[..];
         for k in 0..d.kg {
             let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
             for b in images.clone() {
                 let plane = &x[((g * d.cg + c) * batch + b) * hw..][..hw];
                 for src in plane[i * d.w + j..].chunks(d.w).take(d.ho) {
-                    push_run(&mut cols, &src[..d.wo]);
+                    out = copy_run(out, &src[..d.wo]);
                 }
             }
         }
-        return cols;
+        return;
     }
-    let mut cols = vec![0.0; d.kg * n];
+    cols.fill(0.0);
     for (k, row) in cols.chunks_exact_mut(n).enumerate() {
         let (c, i, j) = (k / (kh * kw), k / kw % kh, k % kw);
         for (slot, b) in images.clone().enumerate() {
@@ -283,23 +303,27 @@ pub fn im2col(
             }
         }
     }
-    cols
 }
 
-/// Appends a short run of values. Runs here are a few to a few dozen values long; a plain copy
-/// becomes a `memcpy` call, which costs more than the copy, so this copies fixed-size groups of
-/// eight (which compile to vector moves) and then the rest one by one.
+/// Copies a short run of values to the start of `out` and returns the rest of `out`. Runs here
+/// are a few to a few dozen values long; a plain copy becomes a `memcpy` call, which costs more
+/// than the copy, so this copies fixed-size groups of eight (which compile to vector moves) and
+/// then the rest one by one.
 #[inline]
-fn push_run(out: &mut Vec<f32>, run: &[f32]) {
-    let groups = run.chunks_exact(8);
-    let rest = groups.remainder();
-    for group in groups {
-        let group: [f32; 8] = group.try_into().expect("chunks of eight");
-        out.extend_from_slice(&group);
+fn copy_run<'a>(out: &'a mut [f32], run: &[f32]) -> &'a mut [f32] {
+    let (dst, rest_out) = out.split_at_mut(run.len());
+    let (dst_groups, src_groups) = (dst.chunks_exact_mut(8), run.chunks_exact(8));
+    let src_rest = src_groups.remainder();
+    for (d, s) in dst_groups.zip(src_groups) {
+        let s: &[f32; 8] = s.try_into().expect("chunks of eight");
+        let d: &mut [f32; 8] = d.try_into().expect("chunks of eight");
+        *d = *s;
     }
-    for &v in rest {
-        out.push(v);
+    let done = run.len() - src_rest.len();
+    for (d, &v) in dst[done..].iter_mut().zip(src_rest) {
+        *d = v;
     }
+    rest_out
 }
 
 /// The adjoint of [`im2col`]: adds the columns' gradients of `n` images into `dx`, laid out
@@ -358,36 +382,40 @@ fn block_images(d: &ConvDims) -> usize {
     (BLOCK_BYTES / (d.kg * d.pixels() * 4)).max(1)
 }
 
-/// The batch cut into blocks of images.
-fn blocks(d: &ConvDims, batch: usize) -> Vec<Range<usize>> {
+/// Block `index` of the batch cut into blocks of images.
+fn block(d: &ConvDims, batch: usize, index: usize) -> Range<usize> {
     let size = block_images(d);
-    (0..batch)
-        .step_by(size)
-        .map(|b0| b0..(b0 + size).min(batch))
-        .collect()
+    index * size..((index + 1) * size).min(batch)
 }
 
-/// Convolution without bias, CNHW in and out (`[O, B*P]`). The batch is cut into blocks of
-/// images processed in parallel; each block builds its im2col matrix (which fits in cache) and
-/// multiplies: `y[group rows, block columns] = w_g [og, kg] · cols [kg, n*P]`.
-pub fn conv_forward(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f32> {
+/// Convolution without bias, CNHW in and out (`y: [O, B*P]`, overwritten). The batch is cut
+/// into blocks of images processed in parallel; each block builds its im2col matrix (which fits
+/// in cache) and multiplies: `y[group rows, block columns] = w_g [og, kg] · cols [kg, n*P]`.
+pub fn conv_forward(
+    x: &[f32],
+    w: &[f32],
+    geom: &ConvGeom,
+    d: &ConvDims,
+    batch: usize,
+    y: &mut [f32],
+) {
     let p = d.pixels();
     let n = batch * p;
-    let mut y = zeros(geom.out_channels * n);
-    let blocks = blocks(d, batch);
     for g in 0..geom.groups {
         let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
         let mut yg = view_mut(&mut y[g * d.og * n..(g + 1) * d.og * n], d.og, n);
-        let parts: Vec<_> = yg
-            .axis_chunks_iter_mut(Axis(1), block_images(d) * p)
-            .zip(&blocks)
-            .collect();
-        parts.into_par_iter().for_each(|(mut yb, images)| {
-            let cols = im2col(x, geom, d, batch, g, images.clone());
-            general_mat_mul(1.0, &wg, &view(&cols, d.kg, images.len() * p), 0.0, &mut yb);
-        });
+        yg.axis_chunks_iter_mut(Axis(1), block_images(d) * p)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(index, mut yb)| {
+                let images = block(d, batch, index);
+                let nb = images.len() * p;
+                scratch(d.kg * nb, |cols| {
+                    im2col(x, geom, d, batch, (g, images), cols);
+                    general_mat_mul(1.0, &wg, &view(cols, d.kg, nb), 0.0, &mut yb);
+                });
+            });
     }
-    y
 }
 
 /// Number of fixed parts the batch is split into for weight gradients: partial sums are added in
@@ -398,9 +426,10 @@ const GRAD_PARTS: usize = 4;
 /// matrix product in [`conv_backward`] does; given, it replaces the im2col matrix and product.
 pub type BlockWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
-/// Gradients of a convolution without bias, CNHW: `dw` (overwritten) and `dx` when wanted.
+/// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (both overwritten).
 /// im2col matrices are rebuilt block by block rather than kept from the forward pass; with
-/// `block_dw`, the weight gradient skips them (the input gradient never needs them).
+/// `block_dw`, the weight gradient skips them (the input gradient never needs them). The parts'
+/// partial sums and input gradients are kept in buffers from `buffers`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
@@ -409,81 +438,87 @@ pub fn conv_backward(
     geom: &ConvGeom,
     d: &ConvDims,
     batch: usize,
-    dw: &mut [f32],
-    want_dx: bool,
+    (dw, mut dx): (&mut [f32], Option<&mut [f32]>),
     block_dw: Option<&BlockWeightGrad<'_>>,
-) -> Option<Vec<f32>> {
+    buffers: &mut Pool<f32>,
+) {
     let p = d.pixels();
     let n = batch * p;
     let hw = d.h * d.w;
-    let blocks = blocks(d, batch);
-    let per_part = blocks.len().div_ceil(GRAD_PARTS);
-    let mut dx = want_dx.then(|| zeros(batch * d.c * hw));
+    let blocks = batch.div_ceil(block_images(d));
+    let per_part = blocks.div_ceil(GRAD_PARTS).max(1);
+    let parts = blocks.div_ceil(per_part);
+    let part_images = per_part * block_images(d);
+    // Each part's weight-gradient partial sum, and its blocks' input gradients: a block of
+    // images `s..e` at `s * cg * H * W`, laid out `[cg, e - s, H, W]` (without `dx`, one unused
+    // value per part).
+    let mut dw_parts = buffers.take(parts * d.og * d.kg);
+    let (staging_len, part_len) = match dx {
+        Some(_) => (d.cg * batch * hw, part_images * d.cg * hw),
+        None => (parts, 1),
+    };
+    let mut staging = buffers.take(staging_len);
     for g in 0..geom.groups {
         let wg = view(&w[g * d.og * d.kg..(g + 1) * d.og * d.kg], d.og, d.kg);
         let dyg = view(&dy[g * d.og * n..(g + 1) * d.og * n], d.og, n);
-        // Each part: its weight-gradient partial sum and its blocks' input gradients.
-        type Part = (Vec<f32>, Vec<(Range<usize>, Vec<f32>)>);
-        let parts: Vec<Part> = blocks
-            .par_chunks(per_part.max(1))
-            .map(|part| {
-                let mut dw_part = vec![0.0; d.og * d.kg];
-                let mut dx_blocks = Vec::new();
-                // The input-gradient columns of one block at a time, allocated (and zeroed)
-                // once per part: the product overwrites them.
-                let mut dcols_buffer = if want_dx {
-                    vec![0.0; d.kg * block_images(d) * p]
-                } else {
-                    Vec::new()
-                };
-                for images in part {
+        let want_dx = dx.is_some();
+        dw_parts
+            .par_chunks_mut(d.og * d.kg)
+            .zip(staging.par_chunks_mut(part_len))
+            .enumerate()
+            .for_each(|(part, (dw_part, staged))| {
+                dw_part.fill(0.0);
+                for index in part * per_part..((part + 1) * per_part).min(blocks) {
+                    let images = block(d, batch, index);
                     let nb = images.len() * p;
                     let dyb = dyg.slice(ndarray::s![.., images.start * p..images.end * p]);
                     if let Some(block_dw) = block_dw {
-                        block_dw(images.clone(), &mut dw_part);
+                        block_dw(images.clone(), dw_part);
                     } else {
-                        let cols = im2col(x, geom, d, batch, g, images.clone());
-                        let cols = view(&cols, d.kg, nb);
-                        general_mat_mul(
-                            1.0,
-                            &dyb,
-                            &cols.t(),
-                            1.0,
-                            &mut view_mut(&mut dw_part, d.og, d.kg),
-                        );
+                        scratch(d.kg * nb, |cols| {
+                            im2col(x, geom, d, batch, (g, images.clone()), cols);
+                            let cols = view(cols, d.kg, nb);
+                            let mut dw_part = view_mut(dw_part, d.og, d.kg);
+                            general_mat_mul(1.0, &dyb, &cols.t(), 1.0, &mut dw_part);
+                        });
                     }
                     if want_dx {
-                        let dcols = &mut dcols_buffer[..d.kg * nb];
-                        general_mat_mul(1.0, &wg.t(), &dyb, 0.0, &mut view_mut(dcols, d.kg, nb));
-                        let mut local = vec![0.0; d.cg * images.len() * hw];
-                        col2im(dcols, geom, d, images.len(), &mut local);
-                        dx_blocks.push((images.clone(), local));
+                        let offset = (images.start - part * part_images) * d.cg * hw;
+                        let local = &mut staged[offset..][..images.len() * d.cg * hw];
+                        local.fill(0.0);
+                        scratch(d.kg * nb, |dcols| {
+                            let mut dcols_view = view_mut(dcols, d.kg, nb);
+                            general_mat_mul(1.0, &wg.t(), &dyb, 0.0, &mut dcols_view);
+                            col2im(dcols, geom, d, images.len(), local);
+                        });
                     }
                 }
-                (dw_part, dx_blocks)
-            })
-            .collect();
+            });
         let dwg = &mut dw[g * d.og * d.kg..(g + 1) * d.og * d.kg];
         dwg.fill(0.0);
-        for (dw_part, _) in &parts {
+        for dw_part in dw_parts.chunks_exact(d.og * d.kg) {
             dwg.iter_mut().zip(dw_part).for_each(|(a, b)| *a += b);
         }
-        if let Some(dx) = dx.as_mut() {
+        if let Some(dx) = dx.as_deref_mut() {
             // Scatter each block's [cg, n, H, W] into the CNHW gradient, in parallel over channels.
             let group = &mut dx[g * d.cg * batch * hw..(g + 1) * d.cg * batch * hw];
+            let staging = &staging;
             group
                 .par_chunks_mut(batch * hw)
                 .enumerate()
                 .for_each(|(c, channel)| {
-                    for (images, local) in parts.iter().flat_map(|(_, blocks)| blocks) {
+                    for index in 0..blocks {
+                        let images = block(d, batch, index);
                         let nb = images.len();
+                        let local = &staging[images.start * d.cg * hw..][..d.cg * nb * hw];
                         channel[images.start * hw..images.end * hw]
                             .copy_from_slice(&local[c * nb * hw..(c + 1) * nb * hw]);
                     }
                 });
         }
     }
-    dx
+    buffers.give(dw_parts);
+    buffers.give(staging);
 }
 
 /// Independent partial sums a reduction keeps: a single running sum waits on its own previous
@@ -521,19 +556,20 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
-/// Per-channel sums of a `[C, N]` tensor.
-pub fn channel_sums(x: &[f32], channels: usize) -> Vec<f32> {
-    let n = x.len() / channels;
-    x.par_chunks(n).map(|row| sum_of(row, |v| v)).collect()
+/// Per-channel sums of a `[C, N]` tensor, one per value of `sums` (C of them).
+pub fn channel_sums(x: &[f32], sums: &mut [f32]) {
+    let n = x.len() / sums.len();
+    sums.par_iter_mut()
+        .zip(x.par_chunks(n))
+        .for_each(|(s, row)| *s = sum_of(row, |v| v));
 }
 
-/// Per-channel sums of the product of two `[C, N]` tensors.
-pub fn channel_dot(x: &[f32], y: &[f32], channels: usize) -> Vec<f32> {
-    let n = x.len() / channels;
-    x.par_chunks(n)
-        .zip(y.par_chunks(n))
-        .map(|(a, b)| dot(a, b))
-        .collect()
+/// Per-channel sums of the product of two `[C, N]` tensors, one per value of `sums`.
+pub fn channel_dot(x: &[f32], y: &[f32], sums: &mut [f32]) {
+    let n = x.len() / sums.len();
+    sums.par_iter_mut()
+        .zip(x.par_chunks(n).zip(y.par_chunks(n)))
+        .for_each(|(s, (a, b))| *s = dot(a, b));
 }
 
 /// `x[c, ..] = x[c, ..] * scale[c] + shift[c]` for a `[C, N]` tensor.
@@ -591,24 +627,22 @@ pub fn act_bounds(act: Act) -> (f32, f32) {
     }
 }
 
-/// `[B, C, H, W]` -> `[C, B, H, W]` (or back, with `to_cnhw` false).
+/// `y = x` transposed from `[B, C, H, W]` to `[C, B, H, W]` (or back, with `to_cnhw` false).
 pub fn transpose_batch_channels(
     x: &[f32],
-    batch: usize,
-    channels: usize,
-    plane: usize,
+    (batch, channels, plane): (usize, usize, usize),
     to_cnhw: bool,
-) -> Vec<f32> {
+    y: &mut [f32],
+) {
     if channels == 1 || batch == 1 {
         // The two layouts are the same.
-        return x.to_vec();
+        return copy(x, y);
     }
     let (outer, inner) = if to_cnhw {
         (channels, batch)
     } else {
         (batch, channels)
     };
-    let mut y = zeros(x.len());
     y.par_chunks_mut(inner * plane)
         .enumerate()
         .for_each(|(o, block)| {
@@ -616,19 +650,19 @@ pub fn transpose_batch_channels(
                 dst.copy_from_slice(&x[(i * outer + o) * plane..][..plane]);
             }
         });
-    y
 }
 
 // ------------------------------------------------------------------------------------ loss
 
-/// Mean softmax cross-entropy; returns (loss, number correct, d loss / d logits).
+/// Mean softmax cross-entropy: returns (loss, number correct) and writes d loss / d logits
+/// into `grad` (as long as `logits`).
 pub fn softmax_cross_entropy(
     logits: &[f32],
     labels: &[u8],
     classes: usize,
-) -> (f32, usize, Vec<f32>) {
+    grad: &mut [f32],
+) -> (f32, usize) {
     let batch = labels.len();
-    let mut grad = vec![0.0; logits.len()];
     let mut loss = 0.0f64;
     let mut correct = 0;
     for (b, &label) in labels.iter().enumerate() {
@@ -649,5 +683,5 @@ pub fn softmax_cross_entropy(
         g.iter_mut().for_each(|v| *v *= scale);
         g[label] -= 1.0 / batch as f32;
     }
-    ((loss / batch as f64) as f32, correct, grad)
+    ((loss / batch as f64) as f32, correct)
 }

@@ -4,6 +4,7 @@
 //!
 //! The loop never prints: it reports through [`Progress`], and the CLI draws the bars.
 
+mod buffers;
 mod direct;
 pub mod engine;
 pub mod kernels;
@@ -22,6 +23,7 @@ use rng::Rng;
 use torch_rng::TorchGenerator;
 
 use crate::check::TrainConfig;
+use crate::data::Normalization;
 use crate::data::{Dataset, Splits};
 
 /// Whether an epoch trains plain float or with fake quantization.
@@ -183,8 +185,7 @@ pub fn train_run(
     let batches = n.div_ceil(cfg.batch);
     let mut total_images = 0usize;
     let mut total_seconds = 0f64;
-    let mut x = Vec::new();
-    let mut labels = Vec::new();
+    let mut reused = StepBuffers::default();
 
     for epoch in first..epochs {
         let phase = if quantized && epoch >= cfg.pretrain_epochs {
@@ -210,25 +211,18 @@ pub fn train_run(
         let order = net.generator.randperm(n);
         let started = Instant::now();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
-        let timer = |net: &Net| net.profile.is_some().then(Instant::now);
         for chunk in order.chunks(cfg.batch) {
             if run.stop.load(Ordering::Relaxed) {
                 return Err(Stopped::Interrupted { epochs_done: epoch });
             }
-            let t = timer(net);
-            data.train
-                .batch(chunk, &cfg.normalization, &mut x, &mut labels);
-            profile::add(net.profile.as_mut().map(|p| &mut p.data_s), t);
-            let tape = net.forward(&x, chunk.len(), mode, &mut rng);
-            let t = timer(net);
-            let classes = net.graph.nodes[net.graph.output].shape[0];
-            let (loss, right, grad) =
-                kernels::softmax_cross_entropy(tape.output(&net.graph), &labels, classes);
-            profile::add(net.profile.as_mut().map(|p| &mut p.loss_s), t);
-            net.backward(&tape, grad);
-            let t = timer(net);
-            optimizer.step(&mut net.params_mut(), lr as f32);
-            profile::add(net.profile.as_mut().map(|p| &mut p.optimizer_s), t);
+            let batch = (&data.train, chunk, &cfg.normalization);
+            let (loss, right) = train_step(
+                net,
+                (&mut optimizer, &mut rng),
+                batch,
+                (mode, lr as f32),
+                &mut reused,
+            );
             loss_sum += loss as f64 * chunk.len() as f64;
             correct += right;
             progress.batch_done(loss, chunk.len());
@@ -239,7 +233,7 @@ pub fn train_run(
         // Each epoch is measured on the validation set when there is one; the test set is for
         // the headline figures (after pretraining, and at the end).
         let measured = data.validation.as_ref().unwrap_or(&data.test);
-        let t = timer(net);
+        let t = net.profile.is_some().then(Instant::now);
         let test_acc = evaluate(net, measured, cfg, phase == Phase::Qat);
         profile::add(net.profile.as_mut().map(|p| &mut p.evaluation_s), t);
         if let Some(p) = net.profile.as_mut() {
@@ -289,6 +283,50 @@ pub fn train_run(
     })
 }
 
+/// The buffers [`train_step`] reuses from batch to batch: the batch's images and labels, and
+/// the loss gradient.
+#[derive(Default)]
+pub struct StepBuffers {
+    x: Vec<f32>,
+    labels: Vec<u8>,
+    d_logits: Vec<f32>,
+}
+
+/// One step of training on images `chunk` of a dataset (normalized as given): forward, loss,
+/// backward, one optimizer update at learning rate `lr` (dropout draws from `rng`). Returns the
+/// batch's mean loss and how many images it got right. After the first batch (of each size) it
+/// allocates nothing: every buffer is reused (tests/allocations.rs).
+pub fn train_step(
+    net: &mut Net,
+    (optimizer, rng): (&mut optim::Optimizer, &mut Rng),
+    (data, chunk, normalization): (&Dataset, &[usize], &Normalization),
+    (mode, lr): (Mode, f32),
+    reused: &mut StepBuffers,
+) -> (f32, usize) {
+    let StepBuffers {
+        x,
+        labels,
+        d_logits,
+    } = reused;
+    let timer = |net: &Net| net.profile.is_some().then(Instant::now);
+    let t = timer(net);
+    data.batch(chunk, normalization, x, labels);
+    profile::add(net.profile.as_mut().map(|p| &mut p.data_s), t);
+    let tape = net.forward(x, chunk.len(), mode, rng);
+    let t = timer(net);
+    let classes = net.graph.nodes[net.graph.output].shape[0];
+    let logits = tape.output(&net.graph);
+    d_logits.resize(logits.len(), 0.0);
+    let (loss, right) = kernels::softmax_cross_entropy(logits, labels, classes, d_logits);
+    profile::add(net.profile.as_mut().map(|p| &mut p.loss_s), t);
+    net.backward(&tape, d_logits);
+    net.recycle(tape);
+    let t = timer(net);
+    optimizer.step(net.state.each_param_mut(), lr);
+    profile::add(net.profile.as_mut().map(|p| &mut p.optimizer_s), t);
+    (loss, right)
+}
+
 /// Test accuracy in percent, with fake quantization on or off. Nothing is updated.
 pub fn evaluate(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant: bool) -> f32 {
     // Its forward passes are not training's: a profile stops counting meanwhile.
@@ -303,7 +341,9 @@ fn evaluate_quietly(net: &mut Net, data: &Dataset, cfg: &TrainConfig, fake_quant
     let classes = net.graph.nodes[net.graph.output].shape[0];
     let run = |x: &[f32], n: usize| {
         let tape = net.forward(x, n, Mode::eval(fake_quant), &mut rng);
-        Ok::<_, std::convert::Infallible>(tape.output(&net.graph).to_vec())
+        let logits = tape.output(&net.graph).to_vec();
+        net.recycle(tape);
+        Ok::<_, std::convert::Infallible>(logits)
     };
     match crate::data::accuracy(data, &cfg.normalization, classes, run) {
         Ok(acc) => acc,

@@ -62,39 +62,30 @@ impl Optimizer {
         }
     }
 
-    /// One update of every parameter from its gradient, at learning rate `lr`.
-    pub fn step(&mut self, params: &mut [&mut Param], lr: f32) {
-        if self.m.is_empty() {
-            self.m = params.iter().map(|p| vec![0.0; p.value.len()]).collect();
-            self.v = self.m.clone();
-        }
+    /// One update of every parameter from its gradient, at learning rate `lr`. The parameters
+    /// come in the same order at every step (`State::each_param_mut`).
+    pub fn step<'a>(&mut self, params: impl IntoIterator<Item = &'a mut Param>, lr: f32) {
         self.step += 1;
-        match self.config {
-            OptimizerConfig::Sgd {
-                momentum,
-                weight_decay,
-                nesterov,
-                ..
-            } => {
-                let (mu, wd) = (momentum as f32, weight_decay as f32);
-                let first = self.step == 1;
-                // Every parameter's chunks in one parallel pass: most parameters are small,
-                // and a pass per parameter would wake the pool's threads once each.
-                let chunks: Vec<_> = params
-                    .iter_mut()
-                    .zip(&mut self.m)
-                    .flat_map(|(p, buf)| {
-                        p.value
-                            .chunks_mut(CHUNK)
-                            .zip(p.grad.chunks(CHUNK))
-                            .zip(buf.chunks_mut(CHUNK))
-                    })
-                    .collect();
-                // `move`: the flags are the closure's own copies, not references the
-                // compiler must reload after every store, so the loop vectorizes.
-                chunks
-                    .into_par_iter()
-                    .for_each(move |((value, grad), buf)| {
+        let step = self.step;
+        for (i, p) in params.into_iter().enumerate() {
+            // Buffers start at zero, at the first step.
+            if self.m.len() == i {
+                self.m.push(vec![0.0; p.value.len()]);
+                self.v.push(vec![0.0; p.value.len()]);
+            }
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            match self.config {
+                OptimizerConfig::Sgd {
+                    momentum,
+                    weight_decay,
+                    nesterov,
+                    ..
+                } => {
+                    let (mu, wd) = (momentum as f32, weight_decay as f32);
+                    let first = step == 1;
+                    // `move`: the flags are the closure's own copies, not references the
+                    // compiler must reload after every store, so the loop vectorizes.
+                    let update = move |((value, grad), buf): ((&mut [f32], &[f32]), &mut [f32])| {
                         for ((w, &g), b) in value.iter_mut().zip(grad).zip(buf.iter_mut()) {
                             let d = g + wd * *w;
                             let update = if mu != 0.0 {
@@ -110,20 +101,30 @@ impl Optimizer {
                             };
                             *w -= lr * update;
                         }
-                    });
-            }
-            OptimizerConfig::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                ..
-            } => {
-                let (b1, b2, eps, wd) =
-                    (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
-                let c1 = 1.0 - b1.powi(self.step as i32);
-                let c2 = 1.0 - b2.powi(self.step as i32);
-                for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+                    };
+                    // Most parameters are small: only large ones are worth waking the
+                    // pool's threads for.
+                    if p.value.len() < 2 * CHUNK {
+                        update(((&mut p.value, &p.grad), m));
+                    } else {
+                        p.value
+                            .par_chunks_mut(CHUNK)
+                            .zip(p.grad.par_chunks(CHUNK))
+                            .zip(m.par_chunks_mut(CHUNK))
+                            .for_each(update);
+                    }
+                }
+                OptimizerConfig::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
+                    let (b1, b2, eps, wd) =
+                        (beta1 as f32, beta2 as f32, eps as f32, weight_decay as f32);
+                    let c1 = 1.0 - b1.powi(step as i32);
+                    let c2 = 1.0 - b2.powi(step as i32);
                     for (((w, &g), m), v) in p
                         .value
                         .iter_mut()
@@ -183,9 +184,9 @@ mod tests {
         };
         let mut opt = Optimizer::new(cfg);
         let mut p = param(1.0, 1.0);
-        opt.step(&mut [&mut p], 0.1);
+        opt.step([&mut p], 0.1);
         assert!((p.value[0] - 0.899).abs() < 1e-6);
-        opt.step(&mut [&mut p], 0.1);
+        opt.step([&mut p], 0.1);
         assert!(
             (p.value[0] - (0.899 - 0.191_799)).abs() < 1e-6,
             "{}",
@@ -204,7 +205,7 @@ mod tests {
         };
         let mut opt = Optimizer::new(cfg);
         let mut p = param(1.0, 0.5);
-        opt.step(&mut [&mut p], 0.01);
+        opt.step([&mut p], 0.01);
         assert!((p.value[0] - 0.99).abs() < 1e-6);
     }
 
