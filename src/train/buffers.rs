@@ -20,6 +20,14 @@ impl<T: Copy + Default> Pool<T> {
     /// A buffer of `len` values with unspecified contents: the smallest spare one that is long
     /// enough, else a new one.
     pub fn take(&mut self, len: usize) -> Vec<T> {
+        let mut buffer = self.take_at_least(len);
+        buffer.truncate(len);
+        buffer
+    }
+
+    /// The smallest spare buffer of at least `len` values (at its full length), else a new one
+    /// of `len`.
+    fn take_at_least(&mut self, len: usize) -> Vec<T> {
         let best = self
             .spare
             .iter()
@@ -28,11 +36,7 @@ impl<T: Copy + Default> Pool<T> {
             .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i);
         match best {
-            Some(i) => {
-                let mut buffer = self.spare.swap_remove(i);
-                buffer.truncate(len);
-                buffer
-            }
+            Some(i) => self.spare.swap_remove(i),
             None => vec![T::default(); len],
         }
     }
@@ -94,11 +98,12 @@ impl Scratch for usize {
 }
 
 /// Runs `f` on `len` values of this thread's scratch space (unspecified contents). Calls may
-/// nest: each gets its own buffer, kept by the thread for its next call.
+/// nest: each gets its own buffer, kept by the thread for its next call. A buffer lent for
+/// fewer values than it holds is not cut: taking and giving it back touch none of its values.
 pub fn scratch<T: Scratch, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    let mut buffer = T::pool().with(|pool| pool.borrow_mut().take(len));
-    let result = f(&mut buffer);
-    T::pool().with(|pool| pool.borrow_mut().give(buffer));
+    let mut buffer = T::pool().with(|pool| pool.borrow_mut().take_at_least(len));
+    let result = f(&mut buffer[..len]);
+    T::pool().with(|pool| pool.borrow_mut().spare.push(buffer));
     result
 }
 

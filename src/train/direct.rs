@@ -18,6 +18,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
+use super::gemm::{avx512, fma_row, KC};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 
@@ -26,11 +27,6 @@ const TILE: usize = 16;
 
 /// A tile is two runs of eight pixels, each within one output row.
 const HALF: usize = TILE / 2;
-
-/// Taps summed in one chain: matrixmultiply's `kc` for f32 (its products split the reduction
-/// into blocks of this many and add the blocks' sums), so that this path and the general one
-/// agree bit for bit.
-const KC: usize = 256;
 
 /// Output channels per tile: one accumulator each.
 const CHANNELS: usize = 16;
@@ -46,20 +42,6 @@ pub fn applies(geom: &ConvGeom, d: &ConvDims) -> bool {
         && d.pixels().is_multiple_of(TILE)
         && geom.out_channels.is_multiple_of(CHANNELS)
         && avx512()
-}
-
-/// Whether the CPU runs the AVX-512 build of the kernels (with fused multiply-add).
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Convolution without bias, CNHW in and out (`y: [O, B*P]`, overwritten): computed directly
@@ -317,15 +299,6 @@ fn tile_sums(
     [
         c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
     ]
-}
-
-/// `acc += a * b`, lane by lane, fused: one vector instruction per vector of lanes.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into FMAs
-fn fma_row<const N: usize>(acc: &mut [f32; N], a: f32, b: &[f32; N]) {
-    for l in 0..N {
-        acc[l] = a.mul_add(b[l], acc[l]);
-    }
 }
 
 #[cfg(test)]

@@ -2,56 +2,45 @@
 //! `[C, B, H, W]` (CNHW), so that a convolution is one matrix product whose output rows are
 //! already its output channels, and per-channel work (bias, BatchNorm) is contiguous; vectors
 //! are `[B, F]`. `Flatten` converts between the two. Matrix products
-//! go through ndarray (matrixmultiply), split over rayon's threads by [`matmul`]; the elementwise
+//! go through [`gemm`] (ndarray views), split over rayon's threads by [`matmul`]; the elementwise
 //! work runs in parallel over images or rows. One thread pool does all the parallel work, and
 //! every split is fixed by the data's shape, never by timing, so results are the same bit for
 //! bit from run to run.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
+use super::gemm::gemm;
+pub use super::gemm::library_products;
 use crate::ir::{Act, ConvGeom};
 use crate::ops::shape::tap;
 
 /// Products smaller than this many multiply-adds run on one thread.
 const PAR_MIN_MACS: usize = 1 << 16;
 
-/// `c = alpha * a · b + beta * c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` given as views
-/// (transposed views welcome). Large products are split along the longer of `m` and `n` into
-/// one block per thread; each element's sum runs in the same order however it is split.
-pub fn matmul(
-    alpha: f32,
-    a: &ArrayView2<f32>,
-    b: &ArrayView2<f32>,
-    beta: f32,
-    c: &mut ArrayViewMut2<f32>,
-) {
+/// `c = a · b + beta * c` (beta 0 or 1), with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` given as
+/// views (transposed views welcome), by [`gemm`]. Large products are split along the longer of
+/// `m` and `n` into one block per thread; each element's sum runs in the same order however it
+/// is split.
+pub fn matmul(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let threads = rayon::current_num_threads();
     if threads == 1 || m * k * n < PAR_MIN_MACS {
-        general_mat_mul(alpha, a, b, beta, c);
+        gemm(a, b, beta, c);
         return;
     }
     // Along n: blocks of the columns of b and c; along m: of the rows of a and c.
     let (axis, len) = if n >= m { (1, n) } else { (0, m) };
     let block = len.div_ceil(threads).next_multiple_of(16);
-    split(
-        alpha,
-        (a.view(), b.view()),
-        beta,
-        c.view_mut(),
-        (axis, block),
-    );
+    split((a.view(), b.view()), beta, c.view_mut(), (axis, block));
 }
 
 /// [`matmul`] cut into blocks of `block` along `axis` of `c` (and the matching factor), run in
 /// parallel: halves by `rayon::join`, which allocates nothing.
 fn split(
-    alpha: f32,
     (a, b): (ArrayView2<f32>, ArrayView2<f32>),
     beta: f32,
     mut c: ArrayViewMut2<f32>,
@@ -59,7 +48,7 @@ fn split(
 ) {
     let blocks = c.len_of(Axis(axis)).div_ceil(block);
     if blocks <= 1 {
-        general_mat_mul(alpha, &a, &b, beta, &mut c);
+        gemm(&a, &b, beta, &mut c);
         return;
     }
     let mid = blocks / 2 * block;
@@ -72,8 +61,8 @@ fn split(
         ((a0, b.view()), (a1, b))
     };
     rayon::join(
-        || split(alpha, first, beta, c0, (axis, block)),
-        || split(alpha, second, beta, c1, (axis, block)),
+        || split(first, beta, c0, (axis, block)),
+        || split(second, beta, c1, (axis, block)),
     );
 }
 
@@ -166,7 +155,6 @@ pub fn linear_forward(
     }
     let beta = if b.is_some() { 1.0 } else { 0.0 };
     matmul(
-        1.0,
         &view(x, batch, n_in),
         &view(w, n_out, n_in).t(),
         beta,
@@ -186,7 +174,6 @@ pub fn linear_backward(
     dx: Option<&mut [f32]>,
 ) {
     matmul(
-        1.0,
         &view(dy, batch, n_out).t(),
         &view(x, batch, n_in),
         0.0,
@@ -200,7 +187,6 @@ pub fn linear_backward(
     }
     if let Some(dx) = dx {
         matmul(
-            1.0,
             &view(dy, batch, n_out),
             &view(w, n_out, n_in),
             0.0,
@@ -412,7 +398,7 @@ pub fn conv_forward(
                 let nb = images.len() * p;
                 scratch(d.kg * nb, |cols| {
                     im2col(x, geom, d, batch, (g, images), cols);
-                    general_mat_mul(1.0, &wg, &view(cols, d.kg, nb), 0.0, &mut yb);
+                    gemm(&wg, &view(cols, d.kg, nb), 0.0, &mut yb);
                 });
             });
     }
@@ -479,7 +465,7 @@ pub fn conv_backward(
                             im2col(x, geom, d, batch, (g, images.clone()), cols);
                             let cols = view(cols, d.kg, nb);
                             let mut dw_part = view_mut(dw_part, d.og, d.kg);
-                            general_mat_mul(1.0, &dyb, &cols.t(), 1.0, &mut dw_part);
+                            gemm(&dyb, &cols.t(), 1.0, &mut dw_part);
                         });
                     }
                     if want_dx {
@@ -488,7 +474,7 @@ pub fn conv_backward(
                         local.fill(0.0);
                         scratch(d.kg * nb, |dcols| {
                             let mut dcols_view = view_mut(dcols, d.kg, nb);
-                            general_mat_mul(1.0, &wg.t(), &dyb, 0.0, &mut dcols_view);
+                            gemm(&wg.t(), &dyb, 0.0, &mut dcols_view);
                             col2im(dcols, geom, d, images.len(), local);
                         });
                     }

@@ -7,6 +7,7 @@
 mod buffers;
 mod direct;
 pub mod engine;
+mod gemm;
 pub mod kernels;
 pub mod optim;
 pub mod profile;

@@ -1,0 +1,533 @@
+//! Matrix products for training: `c = a · b + beta · c` (beta 0 or 1) on ndarray views.
+//!
+//! On CPUs with AVX-512 (the direct convolutions' condition, `direct::avx512`), products run
+//! here: 16 rows of `a` by 16 columns of `b` are summed in registers, one vector of columns per
+//! row, from copies of the operands packed into this thread's scratch space, so a product
+//! allocates nothing. Each value is one fused multiply-add chain from zero per block of [`KC`]
+//! terms, blocks added in order: the arithmetic of `matrixmultiply`, which other CPUs use, so
+//! the two give the same values bit for bit. `matrixmultiply` allocates its packing buffers at
+//! every call, and its AVX-512 kernel is no faster.
+
+use multiversion::multiversion;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, ArrayView2, ArrayViewMut2};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use super::buffers::scratch;
+
+/// Terms summed in one chain: `matrixmultiply`'s `kc` for f32.
+pub const KC: usize = 256;
+
+/// Rows of `a` in a tile: one accumulator each.
+const ROWS: usize = 16;
+
+/// Columns of `b` in a tile: one vector's lanes.
+const LANES: usize = 16;
+
+/// One row of a tile, or a tile's `b` at one term.
+type Lanes = [f32; LANES];
+
+/// `c = a · b + beta · c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` (any strides; beta 0 or 1).
+pub fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    assert!(
+        beta == 0.0 || beta == 1.0,
+        "gemm adds to c or overwrites it"
+    );
+    // Rows of c are written as slices.
+    if !avx512() || (c.strides()[1] != 1 && c.ncols() > 1) {
+        LIBRARY_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        general_mat_mul(1.0, a, b, beta, c);
+        return;
+    }
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if beta == 0.0 {
+            c.fill(0.0);
+        }
+        return;
+    }
+    let panels = n.div_ceil(LANES);
+    let kc = k.min(KC);
+    // Packed b (one block of terms, all its column panels) and packed a (one row panel), each
+    // starting on a cache line (runs of 16 are 64 bytes: a run never straddles two lines).
+    scratch(kc * LANES * (panels + 1) + LANES, |space: &mut [f32]| {
+        let skip = space.as_ptr().align_offset(64).min(LANES);
+        let (b_pack, a_pack) = space[skip..].split_at_mut(kc * panels * LANES);
+        let (b_pack, a_pack) = (b_pack.as_chunks_mut().0, a_pack.as_chunks_mut().0);
+        blocks((a, b, beta, c), (b_pack, a_pack));
+    });
+}
+
+/// [`gemm`]'s loops: for each block of terms, `b` packed, then each row panel of `a` packed
+/// and multiplied by every column panel.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn blocks(
+    (a, b, beta, c): (
+        &ArrayView2<f32>,
+        &ArrayView2<f32>,
+        f32,
+        &mut ArrayViewMut2<f32>,
+    ),
+    (b_pack, a_pack): (&mut [Lanes], &mut [Lanes]),
+) {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    let panels = n.div_ceil(LANES);
+    let (a, b) = (Operand::of(a), Operand::of(b));
+    for (block, k0) in (0..k).step_by(KC).enumerate() {
+        let kb = KC.min(k - k0);
+        let b_pack = &mut b_pack[..kb * panels];
+        pack_b(&b, (k0, kb), b_pack);
+        let add = block > 0 || beta == 1.0;
+        for i0 in (0..m).step_by(ROWS) {
+            let rows = ROWS.min(m - i0);
+            let a_pack = &mut a_pack[..kb];
+            pack_a(&a, (i0, rows), (k0, kb), a_pack);
+            let mut c_rows = c.slice_mut(s![i0..i0 + rows, ..]);
+            let mut c_rows = c_rows.rows_mut().into_iter();
+            let mut out: [&mut [f32]; ROWS] = std::array::from_fn(|_| match c_rows.next() {
+                Some(row) => row.into_slice().expect("unit stride"),
+                None => &mut [],
+            });
+            row_panel(a_pack, b_pack, &mut out, add);
+        }
+    }
+}
+
+/// Products handed to `matrixmultiply`: each allocates its packing buffers.
+static LIBRARY_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many products have gone to `matrixmultiply` so far (none on CPUs with AVX-512), each
+/// of which allocated one packing buffer: what tests/allocations.rs allows for.
+pub fn library_products() -> usize {
+    LIBRARY_PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// Whether the CPU runs the AVX-512 build of the kernels (with fused multiply-add). Setting
+/// `QATC_NO_AVX512` (to anything) says no, to measure the other CPUs' paths on this one.
+pub fn avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| std::env::var_os("QATC_NO_AVX512").is_none() && cpu_has_avx512())
+}
+
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A product's operand: one slice when its values are one contiguous run, row by row or column
+/// by column (then packing reads runs straight from it), else a view.
+enum Operand<'a> {
+    /// Element `(i, j)` at `i * row + j * col` (one of the two is 1).
+    Dense {
+        values: &'a [f32],
+        row: usize,
+        col: usize,
+    },
+    View(ArrayView2<'a, f32>),
+}
+
+impl<'a> Operand<'a> {
+    fn of(v: &ArrayView2<'a, f32>) -> Operand<'a> {
+        if let Some(values) = v.to_slice() {
+            return Operand::Dense {
+                values,
+                row: v.ncols(),
+                col: 1,
+            };
+        }
+        match (*v).reversed_axes().to_slice() {
+            Some(values) => Operand::Dense {
+                values,
+                row: 1,
+                col: v.nrows(),
+            },
+            None => Operand::View(*v),
+        }
+    }
+}
+
+/// Terms `k0..k0 + kb` of `b` as panels of 16 columns, each `kb` runs of 16 (zeros past the
+/// last column).
+#[inline(always)]
+fn pack_b(b: &Operand, (k0, kb): (usize, usize), out: &mut [Lanes]) {
+    match b {
+        Operand::Dense {
+            values,
+            row,
+            col: 1,
+        } => {
+            let width = *row;
+            if width % LANES != 0 {
+                // The last panel's missing columns stay zero.
+                out[(width / LANES) * kb..].fill([0.0; LANES]);
+            }
+            for t in 0..kb {
+                let terms = &values[(k0 + t) * width..][..width];
+                for (p, run) in terms.chunks(LANES).enumerate() {
+                    copy_run(run, &mut out[p * kb + t]);
+                }
+            }
+        }
+        Operand::Dense { values, col, .. } => {
+            let width = values.len() / col;
+            for (p, panel) in out.chunks_exact_mut(kb).enumerate() {
+                let mut columns: [&[f32]; LANES] = [&[]; LANES];
+                for (slot, j) in columns
+                    .iter_mut()
+                    .zip(p * LANES..width.min((p + 1) * LANES))
+                {
+                    *slot = &values[j * col + k0..][..kb];
+                }
+                transpose(&columns, panel);
+            }
+        }
+        Operand::View(b) => pack_b_view(&b.slice(s![k0..k0 + kb, ..]), out),
+    }
+}
+
+/// [`pack_b`] of a view.
+#[inline(always)]
+fn pack_b_view(b: &ArrayView2<f32>, out: &mut [Lanes]) {
+    let (kb, n) = b.dim();
+    let panels = n.div_ceil(LANES);
+    if n % LANES != 0 {
+        // The last panel's missing columns stay zero.
+        out[(panels - 1) * kb..].fill([0.0; LANES]);
+    }
+    if b.strides()[1] == 1 || n == 1 {
+        for (k, row) in b.rows().into_iter().enumerate() {
+            let row = row.to_slice().expect("unit stride");
+            for (p, run) in row.chunks(LANES).enumerate() {
+                copy_run(run, &mut out[p * kb + k]);
+            }
+        }
+    } else if b.strides()[0] == 1 {
+        for (p, panel) in out.chunks_exact_mut(kb).enumerate() {
+            let mut columns: [&[f32]; LANES] = [&[]; LANES];
+            for (slot, j) in columns.iter_mut().zip(p * LANES..n.min((p + 1) * LANES)) {
+                *slot = b.column(j).to_slice().expect("unit stride");
+            }
+            transpose(&columns, panel);
+        }
+    } else {
+        for ((k, j), &v) in b.indexed_iter() {
+            out[j / LANES * kb + k][j % LANES] = v;
+        }
+    }
+}
+
+/// Rows `i0..i0 + rows` (at most 16), terms `k0..k0 + kb` of `a` as `kb` runs of 16, one per
+/// term (zeros past the last row).
+#[inline(always)]
+fn pack_a(a: &Operand, (i0, rows): (usize, usize), (k0, kb): (usize, usize), out: &mut [Lanes]) {
+    if rows < ROWS {
+        out.fill([0.0; LANES]);
+    }
+    match a {
+        Operand::Dense {
+            values,
+            row: 1,
+            col,
+        } => {
+            for (t, slot) in out.iter_mut().enumerate() {
+                copy_run(&values[(k0 + t) * col + i0..][..rows], slot);
+            }
+        }
+        Operand::Dense { values, row, .. } => {
+            let mut lanes: [&[f32]; LANES] = [&[]; LANES];
+            for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
+                *lane = &values[(i0 + r) * row + k0..][..kb];
+            }
+            transpose(&lanes, out);
+        }
+        Operand::View(a) => pack_a_view(&a.slice(s![i0..i0 + rows, k0..k0 + kb]), out),
+    }
+}
+
+/// [`pack_a`] of a view.
+#[inline(always)]
+fn pack_a_view(a: &ArrayView2<f32>, out: &mut [Lanes]) {
+    let rows = a.nrows();
+    if a.strides()[0] == 1 || rows == 1 {
+        for (slot, column) in out.iter_mut().zip(a.columns()) {
+            copy_run(column.to_slice().expect("unit stride"), slot);
+        }
+    } else if a.strides()[1] == 1 {
+        let mut lanes: [&[f32]; LANES] = [&[]; LANES];
+        for (slot, row) in lanes.iter_mut().zip(a.rows()) {
+            *slot = row.to_slice().expect("unit stride");
+        }
+        transpose(&lanes, out);
+    } else {
+        for ((r, k), &v) in a.indexed_iter() {
+            out[k][r] = v;
+        }
+    }
+}
+
+/// A run of at most 16 values to the start of `slot`: a whole run as one vector copy.
+#[inline(always)]
+fn copy_run(run: &[f32], slot: &mut Lanes) {
+    match <&Lanes>::try_from(run) {
+        Ok(whole) => *slot = *whole,
+        Err(_) => slot[..run.len()].copy_from_slice(run),
+    }
+}
+
+/// `out[t][l] = lanes[l][t]`, 16 terms at a time through a 16 x 16 tile (lanes with no values,
+/// past the matrix's edge, give zeros).
+#[inline(always)]
+fn transpose(lanes: &[&[f32]; LANES], out: &mut [Lanes]) {
+    for (t0, block) in (0..out.len()).step_by(LANES).zip(out.chunks_mut(LANES)) {
+        let mut tile = [[0.0; LANES]; LANES];
+        for (row, lane) in tile.iter_mut().zip(lanes) {
+            if let Some(run) = lane.get(t0..t0 + block.len()) {
+                copy_run(run, row);
+            }
+        }
+        for (t, slot) in block.iter_mut().enumerate() {
+            for (l, v) in slot.iter_mut().enumerate() {
+                *v = tile[l][t];
+            }
+        }
+    }
+}
+
+/// A row panel (`a`, one run of 16 rows per term) times every column panel of `b` (each as
+/// many runs as `a` has terms), written (or with `add`, added) into the rows of `c` in `out`
+/// (fewer than 16 at the bottom edge: the other sums are dropped).
+#[inline(always)]
+fn row_panel(a: &[Lanes], b: &[Lanes], out: &mut [&mut [f32]; ROWS], add: bool) {
+    let width = out.iter().map(|row| row.len()).min().unwrap_or(0);
+    for (j0, panel) in (0..).step_by(LANES).zip(b.chunks_exact(a.len())) {
+        if j0 + LANES <= width {
+            // A whole tile: stored straight from the accumulators.
+            tile_into(a, panel, (out, j0), add);
+            continue;
+        }
+        let tile = tile_sums(a, panel);
+        for (row, sums) in out.iter_mut().zip(&tile) {
+            let Some(run) = row.get_mut(j0..) else {
+                continue;
+            };
+            let width = LANES.min(run.len());
+            match (<&mut Lanes>::try_from(&mut run[..width]), add) {
+                // A whole run: one vector store (a copy of unknown length would call memcpy).
+                (Ok(whole), false) => *whole = *sums,
+                (Ok(whole), true) => whole.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
+                (Err(_), false) => run[..width].copy_from_slice(&sums[..width]),
+                (Err(_), true) => run.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
+            }
+        }
+    }
+}
+
+/// One tile: `Σ_k a[k][r] · b[k]` for each of the 16 rows, one fused multiply-add chain each
+/// from zero, terms in order.
+#[inline(always)]
+fn tile_sums(a: &[Lanes], b: &[Lanes]) -> [Lanes; ROWS] {
+    // Separate variables, so that they live in registers (an array of them is kept in memory).
+    let zero = [0.0; LANES];
+    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
+    // Four terms per pass: fewer loop branches between the multiply-adds.
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    for (a4, b4) in a4.zip(b4) {
+        for (av, bv) in a4.iter().zip(b4) {
+            fma_row(&mut c0, av[0], bv);
+            fma_row(&mut c1, av[1], bv);
+            fma_row(&mut c2, av[2], bv);
+            fma_row(&mut c3, av[3], bv);
+            fma_row(&mut c4, av[4], bv);
+            fma_row(&mut c5, av[5], bv);
+            fma_row(&mut c6, av[6], bv);
+            fma_row(&mut c7, av[7], bv);
+            fma_row(&mut c8, av[8], bv);
+            fma_row(&mut c9, av[9], bv);
+            fma_row(&mut c10, av[10], bv);
+            fma_row(&mut c11, av[11], bv);
+            fma_row(&mut c12, av[12], bv);
+            fma_row(&mut c13, av[13], bv);
+            fma_row(&mut c14, av[14], bv);
+            fma_row(&mut c15, av[15], bv);
+        }
+    }
+    for (av, bv) in a_rest.iter().zip(b_rest) {
+        fma_row(&mut c0, av[0], bv);
+        fma_row(&mut c1, av[1], bv);
+        fma_row(&mut c2, av[2], bv);
+        fma_row(&mut c3, av[3], bv);
+        fma_row(&mut c4, av[4], bv);
+        fma_row(&mut c5, av[5], bv);
+        fma_row(&mut c6, av[6], bv);
+        fma_row(&mut c7, av[7], bv);
+        fma_row(&mut c8, av[8], bv);
+        fma_row(&mut c9, av[9], bv);
+        fma_row(&mut c10, av[10], bv);
+        fma_row(&mut c11, av[11], bv);
+        fma_row(&mut c12, av[12], bv);
+        fma_row(&mut c13, av[13], bv);
+        fma_row(&mut c14, av[14], bv);
+        fma_row(&mut c15, av[15], bv);
+    }
+    [
+        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+    ]
+}
+
+/// [`tile_sums`] written (or with `add`, added) into columns `j0..j0 + 16` of the 16 rows in
+/// `out`.
+#[inline(always)]
+fn tile_into(a: &[Lanes], b: &[Lanes], (out, j0): (&mut [&mut [f32]; ROWS], usize), add: bool) {
+    // Separate variables, so that they live in registers (an array of them is kept in memory).
+    let zero = [0.0; LANES];
+    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
+    // Four terms per pass: fewer loop branches between the multiply-adds.
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
+    for (a4, b4) in a4.zip(b4) {
+        for (av, bv) in a4.iter().zip(b4) {
+            fma_row(&mut c0, av[0], bv);
+            fma_row(&mut c1, av[1], bv);
+            fma_row(&mut c2, av[2], bv);
+            fma_row(&mut c3, av[3], bv);
+            fma_row(&mut c4, av[4], bv);
+            fma_row(&mut c5, av[5], bv);
+            fma_row(&mut c6, av[6], bv);
+            fma_row(&mut c7, av[7], bv);
+            fma_row(&mut c8, av[8], bv);
+            fma_row(&mut c9, av[9], bv);
+            fma_row(&mut c10, av[10], bv);
+            fma_row(&mut c11, av[11], bv);
+            fma_row(&mut c12, av[12], bv);
+            fma_row(&mut c13, av[13], bv);
+            fma_row(&mut c14, av[14], bv);
+            fma_row(&mut c15, av[15], bv);
+        }
+    }
+    for (av, bv) in a_rest.iter().zip(b_rest) {
+        fma_row(&mut c0, av[0], bv);
+        fma_row(&mut c1, av[1], bv);
+        fma_row(&mut c2, av[2], bv);
+        fma_row(&mut c3, av[3], bv);
+        fma_row(&mut c4, av[4], bv);
+        fma_row(&mut c5, av[5], bv);
+        fma_row(&mut c6, av[6], bv);
+        fma_row(&mut c7, av[7], bv);
+        fma_row(&mut c8, av[8], bv);
+        fma_row(&mut c9, av[9], bv);
+        fma_row(&mut c10, av[10], bv);
+        fma_row(&mut c11, av[11], bv);
+        fma_row(&mut c12, av[12], bv);
+        fma_row(&mut c13, av[13], bv);
+        fma_row(&mut c14, av[14], bv);
+        fma_row(&mut c15, av[15], bv);
+    }
+    let sums = [
+        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+    ];
+    for (row, sums) in out.iter_mut().zip(&sums) {
+        let run: &mut Lanes = (&mut row[j0..j0 + LANES]).try_into().expect("a whole run");
+        if add {
+            run.iter_mut().zip(sums).for_each(|(c, s)| *c += s);
+        } else {
+            *run = *sums;
+        }
+    }
+}
+
+/// `acc += a * b`, lane by lane, fused: one vector instruction per vector of lanes.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed: the form the vectorizer turns into FMAs
+pub fn fma_row<const N: usize>(acc: &mut [f32; N], a: f32, b: &[f32; N]) {
+    for l in 0..N {
+        acc[l] = a.mul_add(b[l], acc[l]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn matrix(rows: usize, cols: usize, seed: usize) -> Array2<f32> {
+        Array2::from_shape_fn((rows, cols), |(i, j)| {
+            (((i * 31 + j * 7 + seed) * 7919 % 2003) as f32 / 1001.0) - 1.0
+        })
+    }
+
+    #[test]
+    fn products_equal_matrixmultiplys_bit_for_bit() {
+        // Edges in every dimension, more than one block of terms, and transposed operands.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (17, 300, 33),
+            (64, 512, 120),
+            (5, 32, 200),
+            (40, 7, 16),
+        ] {
+            let (a, b) = (matrix(m, k, 1), matrix(k, n, 2));
+            let (at, bt) = (matrix(k, m, 3), matrix(n, k, 4));
+            for beta in [0.0, 1.0] {
+                for transposed in [false, true] {
+                    let (a, b) = if transposed {
+                        (at.t(), bt.t())
+                    } else {
+                        (a.view(), b.view())
+                    };
+                    let start = matrix(m, n, 5);
+                    let (mut ours, mut theirs) = (start.clone(), start.clone());
+                    gemm(&a, &b, beta, &mut ours.view_mut());
+                    general_mat_mul(1.0, &a, &b, beta, &mut theirs);
+                    let bits = |x: &Array2<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    if avx512() {
+                        assert!(bits(&ours) == bits(&theirs), "{m}x{k}x{n} beta {beta}");
+                    }
+                    // And both are the product.
+                    for ((i, j), &got) in ours.indexed_iter() {
+                        let want: f64 = (0..k)
+                            .map(|t| f64::from(a[[i, t]]) * f64::from(b[[t, j]]))
+                            .sum::<f64>()
+                            + f64::from(beta) * f64::from(start[[i, j]]);
+                        assert!(
+                            (f64::from(got) - want).abs() < 1e-5 * k as f64,
+                            "{m}x{k}x{n} [{i},{j}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_column_block_of_a_larger_matrix_is_written_alone() {
+        let (a, b) = (matrix(20, 40, 1), matrix(40, 50, 2));
+        let mut c = Array2::from_elem((20, 90), f32::NAN);
+        let mut block = c.slice_mut(s![.., 30..80]);
+        gemm(&a.view(), &b.view(), 0.0, &mut block);
+        assert!(c.slice(s![.., 30..80]).iter().all(|v| v.is_finite()));
+        assert!(c
+            .slice(s![.., ..30])
+            .iter()
+            .chain(c.slice(s![.., 80..]))
+            .all(|v| v.is_nan()));
+    }
+}
