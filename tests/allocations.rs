@@ -1,6 +1,6 @@
 //! Training allocates nothing per batch once its first batches have run: outputs, tapes,
 //! gradients and the kernels' scratch space are all reused (`train::train_step`). The one
-//! exception is on CPUs without AVX-512, where matrix products go to `matrixmultiply`, which
+//! exception is x86 CPUs without FMA, whose matrix products go to `matrixmultiply`, which
 //! allocates a packing buffer at each call: there every allocation must be one of those.
 //! A counting allocator sees every allocation of every thread, so this file holds one test:
 //! tests run in parallel threads, and another test's allocations would be counted too.
@@ -64,7 +64,7 @@ const COUNTED: usize = 6;
 struct Counts {
     allocations: usize,
     bytes: usize,
-    /// Products handed to `matrixmultiply` (CPUs without AVX-512).
+    /// Products handed to `matrixmultiply` (x86 CPUs without FMA).
     library_products: usize,
 }
 
@@ -129,7 +129,7 @@ fn training_allocates_nothing_after_its_first_batches() {
     ] {
         for (name, mode) in [("qat", qat), ("float", float)] {
             let counts = steady_state(spec, mode);
-            // With AVX-512 no product goes to the library, and nothing at all is allocated.
+            // With FMA no product goes to the library, and nothing at all is allocated.
             let allowed = counts.library_products;
             assert_eq!(
                 counts.allocations, allowed,

@@ -9,8 +9,8 @@
 //! kernel row's five taps for 32 output channels over the pixels the same way.
 //!
 //! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
-//! general path's `matrixmultiply` products use, so the two paths agree bit for bit. The
-//! kernels are compiled for AVX-512 at run time (`multiversion`; the default build targets
+//! general path's matrix products use (`gemm`, in `matrixmultiply`'s order), so the two paths
+//! agree bit for bit. The kernels are compiled for AVX-512 at run time (`multiversion`; the default build targets
 //! baseline x86_64) and used only where the CPU has it: their accumulators fill AVX-512's 32
 //! vector registers, and with 16 (AVX2) or 128-bit vectors (aarch64) they would spill.
 

@@ -1,12 +1,13 @@
 //! Matrix products for training: `c = a · b + beta · c` (beta 0 or 1) on ndarray views.
 //!
-//! On CPUs with AVX-512 (the direct convolutions' condition, `direct::avx512`), products run
-//! here: 16 rows of `a` by 16 columns of `b` are summed in registers, one vector of columns per
-//! row, from copies of the operands packed into this thread's scratch space, so a product
-//! allocates nothing. Each value is one fused multiply-add chain from zero per block of [`KC`]
-//! terms, blocks added in order: the arithmetic of `matrixmultiply`, which other CPUs use, so
-//! the two give the same values bit for bit. `matrixmultiply` allocates its packing buffers at
-//! every call, and its AVX-512 kernel is no faster.
+//! Rows of `a` by 16 columns of `b` are summed in registers, one vector of columns per row,
+//! from copies of the operands packed into this thread's scratch space, so a product allocates
+//! nothing: 16 rows at a time with AVX-512 (32 vector registers of 16 lanes), 6 with AVX2 or on
+//! aarch64 (12 of their 16 or 32 registers, as two or four vectors a row). Each value is one
+//! fused multiply-add chain from zero per block of [`KC`] terms, blocks added in order: the
+//! arithmetic of `matrixmultiply`, so the two give the same values bit for bit. Only x86 CPUs
+//! without FMA hand their products to `matrixmultiply`, which allocates its packing buffers at
+//! every call.
 
 use multiversion::multiversion;
 use ndarray::linalg::general_mat_mul;
@@ -19,27 +20,56 @@ use super::buffers::scratch;
 /// Terms summed in one chain: `matrixmultiply`'s `kc` for f32.
 pub const KC: usize = 256;
 
-/// Rows of `a` in a tile: one accumulator each.
-const ROWS: usize = 16;
-
-/// Columns of `b` in a tile: one vector's lanes.
+/// Columns of `b` in a tile: one vector's lanes (with AVX-512; two or four vectors else).
 const LANES: usize = 16;
 
-/// One row of a tile, or a tile's `b` at one term.
+/// A tile's `b` at one term, or one row of its sums.
 type Lanes = [f32; LANES];
 
 /// `c = a · b + beta · c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` (any strides; beta 0 or 1).
 pub fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
+    match tiles() {
+        // Rows of c are written as slices.
+        Some(tiles) if c.strides()[1] == 1 || c.ncols() <= 1 => product(tiles, a, b, beta, c),
+        _ => {
+            LIBRARY_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+            general_mat_mul(1.0, a, b, beta, c);
+        }
+    }
+}
+
+/// The tiles a product is computed in.
+#[derive(Clone, Copy, Debug)]
+enum Tiles {
+    /// 16 rows (AVX-512).
+    Rows16,
+    /// 6 rows (AVX2 with FMA, aarch64).
+    Rows6,
+}
+
+/// This CPU's tiles; none without fused multiply-add.
+fn tiles() -> Option<Tiles> {
+    if avx512() {
+        Some(Tiles::Rows16)
+    } else if fma() {
+        Some(Tiles::Rows6)
+    } else {
+        None
+    }
+}
+
+/// [`gemm`] in `tiles`.
+fn product(
+    tiles: Tiles,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    beta: f32,
+    c: &mut ArrayViewMut2<f32>,
+) {
     assert!(
         beta == 0.0 || beta == 1.0,
         "gemm adds to c or overwrites it"
     );
-    // Rows of c are written as slices.
-    if !avx512() || (c.strides()[1] != 1 && c.ncols() > 1) {
-        LIBRARY_PRODUCTS.fetch_add(1, Ordering::Relaxed);
-        general_mat_mul(1.0, a, b, beta, c);
-        return;
-    }
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     if m == 0 || n == 0 {
         return;
@@ -57,22 +87,46 @@ pub fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayVi
     scratch(kc * LANES * (panels + 1) + LANES, |space: &mut [f32]| {
         let skip = space.as_ptr().align_offset(64).min(LANES);
         let (b_pack, a_pack) = space[skip..].split_at_mut(kc * panels * LANES);
-        let (b_pack, a_pack) = (b_pack.as_chunks_mut().0, a_pack.as_chunks_mut().0);
-        blocks((a, b, beta, c), (b_pack, a_pack));
+        let b_pack = b_pack.as_chunks_mut().0;
+        match tiles {
+            Tiles::Rows16 => blocks16((a, b, beta, c), (b_pack, a_pack.as_chunks_mut().0)),
+            Tiles::Rows6 => blocks6((a, b, beta, c), (b_pack, a_pack.as_chunks_mut().0)),
+        }
     });
 }
 
-/// [`gemm`]'s loops: for each block of terms, `b` packed, then each row panel of `a` packed
-/// and multiplied by every column panel.
+/// The operands and result of a product.
+type Product<'p, 'a, 'b, 'c> = (
+    &'p ArrayView2<'a, f32>,
+    &'p ArrayView2<'b, f32>,
+    f32,
+    &'p mut ArrayViewMut2<'c, f32>,
+);
+
+/// [`blocks`] in tiles of 16 rows, compiled for AVX-512.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn blocks(
-    (a, b, beta, c): (
-        &ArrayView2<f32>,
-        &ArrayView2<f32>,
-        f32,
-        &mut ArrayViewMut2<f32>,
-    ),
-    (b_pack, a_pack): (&mut [Lanes], &mut [Lanes]),
+fn blocks16<'p, 'a, 'b, 'c>(
+    p: Product<'p, 'a, 'b, 'c>,
+    (b_pack, a_pack): (&mut [Lanes], &mut [[f32; 16]]),
+) {
+    blocks::<16, Rows16>(p, (b_pack, a_pack));
+}
+
+/// [`blocks`] in tiles of 6 rows, compiled for AVX2 with FMA.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn blocks6<'p, 'a, 'b, 'c>(
+    p: Product<'p, 'a, 'b, 'c>,
+    (b_pack, a_pack): (&mut [Lanes], &mut [[f32; 6]]),
+) {
+    blocks::<6, Rows6>(p, (b_pack, a_pack));
+}
+
+/// [`gemm`]'s loops: for each block of terms, `b` packed, then each panel of `R` rows of `a`
+/// packed and multiplied by every column panel, one tile at a time.
+#[inline(always)]
+fn blocks<const R: usize, T: Tile<R>>(
+    (a, b, beta, c): Product<'_, '_, '_, '_>,
+    (b_pack, a_pack): (&mut [Lanes], &mut [[f32; R]]),
 ) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let panels = n.div_ceil(LANES);
@@ -82,17 +136,24 @@ fn blocks(
         let b_pack = &mut b_pack[..kb * panels];
         pack_b(&b, (k0, kb), b_pack);
         let add = block > 0 || beta == 1.0;
-        for i0 in (0..m).step_by(ROWS) {
-            let rows = ROWS.min(m - i0);
+        for i0 in (0..m).step_by(R) {
+            let rows = R.min(m - i0);
             let a_pack = &mut a_pack[..kb];
             pack_a(&a, (i0, rows), (k0, kb), a_pack);
             let mut c_rows = c.slice_mut(s![i0..i0 + rows, ..]);
             let mut c_rows = c_rows.rows_mut().into_iter();
-            let mut out: [&mut [f32]; ROWS] = std::array::from_fn(|_| match c_rows.next() {
+            let mut out: [&mut [f32]; R] = std::array::from_fn(|_| match c_rows.next() {
                 Some(row) => row.into_slice().expect("unit stride"),
                 None => &mut [],
             });
-            row_panel(a_pack, b_pack, &mut out, add);
+            for (j0, panel) in (0..).step_by(LANES).zip(b_pack.chunks_exact(kb)) {
+                let sums = T::sums(a_pack, panel);
+                if rows == R && j0 + LANES <= n {
+                    store_whole(&sums, (&mut out, j0), add);
+                } else {
+                    store(&sums, (&mut out, j0), add);
+                }
+            }
         }
     }
 }
@@ -100,8 +161,8 @@ fn blocks(
 /// Products handed to `matrixmultiply`: each allocates its packing buffers.
 static LIBRARY_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many products have gone to `matrixmultiply` so far (none on CPUs with AVX-512), each
-/// of which allocated one packing buffer: what tests/allocations.rs allows for.
+/// How many products have gone to `matrixmultiply` so far (none on CPUs with FMA), each of
+/// which allocated one packing buffer: what tests/allocations.rs allows for.
 pub fn library_products() -> usize {
     LIBRARY_PRODUCTS.load(Ordering::Relaxed)
 }
@@ -121,6 +182,22 @@ fn cpu_has_avx512() -> bool {
             && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has fused multiply-add in vectors: AVX2 and FMA on x86, always on aarch64.
+fn fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
     }
@@ -228,12 +305,17 @@ fn pack_b_view(b: &ArrayView2<f32>, out: &mut [Lanes]) {
     }
 }
 
-/// Rows `i0..i0 + rows` (at most 16), terms `k0..k0 + kb` of `a` as `kb` runs of 16, one per
-/// term (zeros past the last row).
+/// Rows `i0..i0 + rows` (at most `R`), terms `k0..k0 + kb` of `a` as `kb` runs of `R`, one
+/// per term (zeros past the last row).
 #[inline(always)]
-fn pack_a(a: &Operand, (i0, rows): (usize, usize), (k0, kb): (usize, usize), out: &mut [Lanes]) {
-    if rows < ROWS {
-        out.fill([0.0; LANES]);
+fn pack_a<const R: usize>(
+    a: &Operand,
+    (i0, rows): (usize, usize),
+    (k0, kb): (usize, usize),
+    out: &mut [[f32; R]],
+) {
+    if rows < R {
+        out.fill([0.0; R]);
     }
     match a {
         Operand::Dense {
@@ -246,7 +328,7 @@ fn pack_a(a: &Operand, (i0, rows): (usize, usize), (k0, kb): (usize, usize), out
             }
         }
         Operand::Dense { values, row, .. } => {
-            let mut lanes: [&[f32]; LANES] = [&[]; LANES];
+            let mut lanes: [&[f32]; R] = [&[]; R];
             for (r, lane) in lanes.iter_mut().enumerate().take(rows) {
                 *lane = &values[(i0 + r) * row + k0..][..kb];
             }
@@ -258,14 +340,14 @@ fn pack_a(a: &Operand, (i0, rows): (usize, usize), (k0, kb): (usize, usize), out
 
 /// [`pack_a`] of a view.
 #[inline(always)]
-fn pack_a_view(a: &ArrayView2<f32>, out: &mut [Lanes]) {
+fn pack_a_view<const R: usize>(a: &ArrayView2<f32>, out: &mut [[f32; R]]) {
     let rows = a.nrows();
     if a.strides()[0] == 1 || rows == 1 {
         for (slot, column) in out.iter_mut().zip(a.columns()) {
             copy_run(column.to_slice().expect("unit stride"), slot);
         }
     } else if a.strides()[1] == 1 {
-        let mut lanes: [&[f32]; LANES] = [&[]; LANES];
+        let mut lanes: [&[f32]; R] = [&[]; R];
         for (slot, row) in lanes.iter_mut().zip(a.rows()) {
             *slot = row.to_slice().expect("unit stride");
         }
@@ -277,21 +359,21 @@ fn pack_a_view(a: &ArrayView2<f32>, out: &mut [Lanes]) {
     }
 }
 
-/// A run of at most 16 values to the start of `slot`: a whole run as one vector copy.
+/// A run of at most `W` values to the start of `slot`: a whole run as one copy of fixed size.
 #[inline(always)]
-fn copy_run(run: &[f32], slot: &mut Lanes) {
-    match <&Lanes>::try_from(run) {
+fn copy_run<const W: usize>(run: &[f32], slot: &mut [f32; W]) {
+    match <&[f32; W]>::try_from(run) {
         Ok(whole) => *slot = *whole,
         Err(_) => slot[..run.len()].copy_from_slice(run),
     }
 }
 
-/// `out[t][l] = lanes[l][t]`, 16 terms at a time through a 16 x 16 tile (lanes with no values,
+/// `out[t][l] = lanes[l][t]`, 16 terms at a time through a `W x 16` tile (lanes with no values,
 /// past the matrix's edge, give zeros).
 #[inline(always)]
-fn transpose(lanes: &[&[f32]; LANES], out: &mut [Lanes]) {
+fn transpose<const W: usize>(lanes: &[&[f32]; W], out: &mut [[f32; W]]) {
     for (t0, block) in (0..out.len()).step_by(LANES).zip(out.chunks_mut(LANES)) {
-        let mut tile = [[0.0; LANES]; LANES];
+        let mut tile = [[0.0; LANES]; W];
         for (row, lane) in tile.iter_mut().zip(lanes) {
             if let Some(run) = lane.get(t0..t0 + block.len()) {
                 copy_run(run, row);
@@ -305,152 +387,91 @@ fn transpose(lanes: &[&[f32]; LANES], out: &mut [Lanes]) {
     }
 }
 
-/// A row panel (`a`, one run of 16 rows per term) times every column panel of `b` (each as
-/// many runs as `a` has terms), written (or with `add`, added) into the rows of `c` in `out`
-/// (fewer than 16 at the bottom edge: the other sums are dropped).
+/// Writes (or with `add`, adds) a whole tile's sums into columns `j0..j0 + 16` of the rows in
+/// `out`: the common case, with no edge to test for (which would cost the tile's registers).
 #[inline(always)]
-fn row_panel(a: &[Lanes], b: &[Lanes], out: &mut [&mut [f32]; ROWS], add: bool) {
-    let width = out.iter().map(|row| row.len()).min().unwrap_or(0);
-    for (j0, panel) in (0..).step_by(LANES).zip(b.chunks_exact(a.len())) {
-        if j0 + LANES <= width {
-            // A whole tile: stored straight from the accumulators.
-            tile_into(a, panel, (out, j0), add);
-            continue;
-        }
-        let tile = tile_sums(a, panel);
-        for (row, sums) in out.iter_mut().zip(&tile) {
-            let Some(run) = row.get_mut(j0..) else {
-                continue;
-            };
-            let width = LANES.min(run.len());
-            match (<&mut Lanes>::try_from(&mut run[..width]), add) {
-                // A whole run: one vector store (a copy of unknown length would call memcpy).
-                (Ok(whole), false) => *whole = *sums,
-                (Ok(whole), true) => whole.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
-                (Err(_), false) => run[..width].copy_from_slice(&sums[..width]),
-                (Err(_), true) => run.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
-            }
-        }
-    }
-}
-
-/// One tile: `Σ_k a[k][r] · b[k]` for each of the 16 rows, one fused multiply-add chain each
-/// from zero, terms in order.
-#[inline(always)]
-fn tile_sums(a: &[Lanes], b: &[Lanes]) -> [Lanes; ROWS] {
-    // Separate variables, so that they live in registers (an array of them is kept in memory).
-    let zero = [0.0; LANES];
-    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
-    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
-    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
-    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
-    // Four terms per pass: fewer loop branches between the multiply-adds.
-    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
-    for (a4, b4) in a4.zip(b4) {
-        for (av, bv) in a4.iter().zip(b4) {
-            fma_row(&mut c0, av[0], bv);
-            fma_row(&mut c1, av[1], bv);
-            fma_row(&mut c2, av[2], bv);
-            fma_row(&mut c3, av[3], bv);
-            fma_row(&mut c4, av[4], bv);
-            fma_row(&mut c5, av[5], bv);
-            fma_row(&mut c6, av[6], bv);
-            fma_row(&mut c7, av[7], bv);
-            fma_row(&mut c8, av[8], bv);
-            fma_row(&mut c9, av[9], bv);
-            fma_row(&mut c10, av[10], bv);
-            fma_row(&mut c11, av[11], bv);
-            fma_row(&mut c12, av[12], bv);
-            fma_row(&mut c13, av[13], bv);
-            fma_row(&mut c14, av[14], bv);
-            fma_row(&mut c15, av[15], bv);
-        }
-    }
-    for (av, bv) in a_rest.iter().zip(b_rest) {
-        fma_row(&mut c0, av[0], bv);
-        fma_row(&mut c1, av[1], bv);
-        fma_row(&mut c2, av[2], bv);
-        fma_row(&mut c3, av[3], bv);
-        fma_row(&mut c4, av[4], bv);
-        fma_row(&mut c5, av[5], bv);
-        fma_row(&mut c6, av[6], bv);
-        fma_row(&mut c7, av[7], bv);
-        fma_row(&mut c8, av[8], bv);
-        fma_row(&mut c9, av[9], bv);
-        fma_row(&mut c10, av[10], bv);
-        fma_row(&mut c11, av[11], bv);
-        fma_row(&mut c12, av[12], bv);
-        fma_row(&mut c13, av[13], bv);
-        fma_row(&mut c14, av[14], bv);
-        fma_row(&mut c15, av[15], bv);
-    }
-    [
-        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
-    ]
-}
-
-/// [`tile_sums`] written (or with `add`, added) into columns `j0..j0 + 16` of the 16 rows in
-/// `out`.
-#[inline(always)]
-fn tile_into(a: &[Lanes], b: &[Lanes], (out, j0): (&mut [&mut [f32]; ROWS], usize), add: bool) {
-    // Separate variables, so that they live in registers (an array of them is kept in memory).
-    let zero = [0.0; LANES];
-    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
-    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
-    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
-    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
-    // Four terms per pass: fewer loop branches between the multiply-adds.
-    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
-    for (a4, b4) in a4.zip(b4) {
-        for (av, bv) in a4.iter().zip(b4) {
-            fma_row(&mut c0, av[0], bv);
-            fma_row(&mut c1, av[1], bv);
-            fma_row(&mut c2, av[2], bv);
-            fma_row(&mut c3, av[3], bv);
-            fma_row(&mut c4, av[4], bv);
-            fma_row(&mut c5, av[5], bv);
-            fma_row(&mut c6, av[6], bv);
-            fma_row(&mut c7, av[7], bv);
-            fma_row(&mut c8, av[8], bv);
-            fma_row(&mut c9, av[9], bv);
-            fma_row(&mut c10, av[10], bv);
-            fma_row(&mut c11, av[11], bv);
-            fma_row(&mut c12, av[12], bv);
-            fma_row(&mut c13, av[13], bv);
-            fma_row(&mut c14, av[14], bv);
-            fma_row(&mut c15, av[15], bv);
-        }
-    }
-    for (av, bv) in a_rest.iter().zip(b_rest) {
-        fma_row(&mut c0, av[0], bv);
-        fma_row(&mut c1, av[1], bv);
-        fma_row(&mut c2, av[2], bv);
-        fma_row(&mut c3, av[3], bv);
-        fma_row(&mut c4, av[4], bv);
-        fma_row(&mut c5, av[5], bv);
-        fma_row(&mut c6, av[6], bv);
-        fma_row(&mut c7, av[7], bv);
-        fma_row(&mut c8, av[8], bv);
-        fma_row(&mut c9, av[9], bv);
-        fma_row(&mut c10, av[10], bv);
-        fma_row(&mut c11, av[11], bv);
-        fma_row(&mut c12, av[12], bv);
-        fma_row(&mut c13, av[13], bv);
-        fma_row(&mut c14, av[14], bv);
-        fma_row(&mut c15, av[15], bv);
-    }
-    let sums = [
-        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
-    ];
-    for (row, sums) in out.iter_mut().zip(&sums) {
+fn store_whole<const R: usize>(
+    sums: &[Lanes; R],
+    (out, j0): (&mut [&mut [f32]; R], usize),
+    add: bool,
+) {
+    for (row, sums) in out.iter_mut().zip(sums) {
         let run: &mut Lanes = (&mut row[j0..j0 + LANES]).try_into().expect("a whole run");
         if add {
             run.iter_mut().zip(sums).for_each(|(c, s)| *c += s);
         } else {
             *run = *sums;
         }
+    }
+}
+
+/// Writes (or with `add`, adds) a tile's sums into columns `j0..` of the rows in `out`, as far
+/// as they go (fewer rows at the bottom edge, fewer columns at the right).
+#[inline(always)]
+fn store<const R: usize>(sums: &[Lanes; R], (out, j0): (&mut [&mut [f32]; R], usize), add: bool) {
+    for (row, sums) in out.iter_mut().zip(sums) {
+        let Some(run) = row.get_mut(j0..) else {
+            continue;
+        };
+        let width = LANES.min(run.len());
+        match (<&mut Lanes>::try_from(&mut run[..width]), add) {
+            // A whole run: one fixed-size store (a copy of unknown length would call memcpy).
+            (Ok(whole), false) => *whole = *sums,
+            (Ok(whole), true) => whole.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
+            (Err(_), false) => run[..width].copy_from_slice(&sums[..width]),
+            (Err(_), true) => run.iter_mut().zip(sums).for_each(|(c, s)| *c += s),
+        }
+    }
+}
+
+/// A tile of `R` rows: `Σ_t a[t][r] · b[t]` for each row, one fused multiply-add chain each from
+/// zero, terms in order.
+trait Tile<const R: usize> {
+    fn sums(a: &[[f32; R]], b: &[Lanes]) -> [Lanes; R];
+}
+
+/// Tiles of 16 rows.
+struct Rows16;
+
+/// Tiles of 6 rows.
+struct Rows6;
+
+/// `fma_row(&mut c_r, a[r], b)` for each named accumulator `c_r`: separate variables, so that
+/// they live in registers (an array of them is kept in memory).
+macro_rules! fma_rows {
+    ($a:expr, $b:expr; $($c:ident: $r:literal),*) => {
+        $(fma_row(&mut $c, $a[$r], $b);)*
+    };
+}
+
+impl Tile<16> for Rows16 {
+    #[inline(always)]
+    fn sums(a: &[[f32; 16]], b: &[Lanes]) -> [Lanes; 16] {
+        let zero = [0.0; LANES];
+        let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+        let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+        let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+        let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
+        for (av, bv) in a.iter().zip(b) {
+            fma_rows!(av, bv; c0: 0, c1: 1, c2: 2, c3: 3, c4: 4, c5: 5, c6: 6, c7: 7, c8: 8,
+                c9: 9, c10: 10, c11: 11, c12: 12, c13: 13, c14: 14, c15: 15);
+        }
+        [
+            c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+        ]
+    }
+}
+
+impl Tile<6> for Rows6 {
+    #[inline(always)]
+    fn sums(a: &[[f32; 6]], b: &[Lanes]) -> [Lanes; 6] {
+        let zero = [0.0; LANES];
+        let (mut c0, mut c1, mut c2) = (zero, zero, zero);
+        let (mut c3, mut c4, mut c5) = (zero, zero, zero);
+        for (av, bv) in a.iter().zip(b) {
+            fma_rows!(av, bv; c0: 0, c1: 1, c2: 2, c3: 3, c4: 4, c5: 5);
+        }
+        [c0, c1, c2, c3, c4, c5]
     }
 }
 
@@ -476,7 +497,9 @@ mod tests {
 
     #[test]
     fn products_equal_matrixmultiplys_bit_for_bit() {
-        // Edges in every dimension, more than one block of terms, and transposed operands.
+        // Edges in every dimension, more than one block of terms, operands row by row, column
+        // by column and cut out of larger matrices, in both kinds of tile (each runs on any
+        // CPU: without the instructions it was built for, in a plain build).
         for (m, k, n) in [
             (1, 1, 1),
             (17, 300, 33),
@@ -486,35 +509,54 @@ mod tests {
         ] {
             let (a, b) = (matrix(m, k, 1), matrix(k, n, 2));
             let (at, bt) = (matrix(k, m, 3), matrix(n, k, 4));
-            for beta in [0.0, 1.0] {
-                for transposed in [false, true] {
-                    let (a, b) = if transposed {
-                        (at.t(), bt.t())
-                    } else {
-                        (a.view(), b.view())
-                    };
-                    let start = matrix(m, n, 5);
-                    let (mut ours, mut theirs) = (start.clone(), start.clone());
-                    gemm(&a, &b, beta, &mut ours.view_mut());
-                    general_mat_mul(1.0, &a, &b, beta, &mut theirs);
-                    let bits = |x: &Array2<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    if avx512() {
-                        assert!(bits(&ours) == bits(&theirs), "{m}x{k}x{n} beta {beta}");
-                    }
-                    // And both are the product.
-                    for ((i, j), &got) in ours.indexed_iter() {
-                        let want: f64 = (0..k)
-                            .map(|t| f64::from(a[[i, t]]) * f64::from(b[[t, j]]))
-                            .sum::<f64>()
-                            + f64::from(beta) * f64::from(start[[i, j]]);
-                        assert!(
-                            (f64::from(got) - want).abs() < 1e-5 * k as f64,
-                            "{m}x{k}x{n} [{i},{j}]"
-                        );
-                    }
+            let (a_big, b_big) = (matrix(m + 3, k + 5, 6), matrix(k + 2, n + 4, 7));
+            let layouts = [
+                (a.view(), b.view()),
+                (at.t(), bt.t()),
+                (
+                    a_big.slice(s![2..m + 2, 1..k + 1]),
+                    b_big.slice(s![1..k + 1, 3..n + 3]),
+                ),
+            ];
+            for ((a, b), beta, tiles) in cases(&layouts) {
+                let start = matrix(m, n, 5);
+                let (mut ours, mut theirs) = (start.clone(), start.clone());
+                product(tiles, a, b, beta, &mut ours.view_mut());
+                general_mat_mul(1.0, a, b, beta, &mut theirs);
+                let bits = |x: &Array2<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                // matrixmultiply fuses its multiply-adds only where the CPU has FMA.
+                if fma() {
+                    assert!(
+                        bits(&ours) == bits(&theirs),
+                        "{m}x{k}x{n} beta {beta} {tiles:?}"
+                    );
+                }
+                // And both are the product.
+                for ((i, j), &got) in ours.indexed_iter() {
+                    let want: f64 = (0..k)
+                        .map(|t| f64::from(a[[i, t]]) * f64::from(b[[t, j]]))
+                        .sum::<f64>()
+                        + f64::from(beta) * f64::from(start[[i, j]]);
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5 * k as f64,
+                        "{m}x{k}x{n} [{i},{j}] {tiles:?}"
+                    );
                 }
             }
         }
+    }
+
+    /// Every layout with both betas and both kinds of tile.
+    fn cases<'l, 'a>(
+        layouts: &'l [(ArrayView2<'a, f32>, ArrayView2<'a, f32>)],
+    ) -> impl Iterator<Item = (&'l (ArrayView2<'a, f32>, ArrayView2<'a, f32>), f32, Tiles)> {
+        layouts.iter().flat_map(|pair| {
+            [0.0, 1.0].into_iter().flat_map(move |beta| {
+                [Tiles::Rows16, Tiles::Rows6]
+                    .into_iter()
+                    .map(move |tiles| (pair, beta, tiles))
+            })
+        })
     }
 
     #[test]
