@@ -7,6 +7,7 @@
 //! held before: the code that takes one writes all of it, or asks for [`Pool::zeroed`].
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::LocalKey;
 
 /// Spare buffers, of any lengths. Each keeps its length equal to its capacity while spare, so
@@ -28,6 +29,12 @@ impl<T: Copy + Default> Pool<T> {
     /// The smallest spare buffer of at least `len` values (at its full length), else a new one
     /// of `len`.
     fn take_at_least(&mut self, len: usize) -> Vec<T> {
+        self.take_or_make(len, len)
+    }
+
+    /// The smallest spare buffer of at least `len` values (at its full length), else a new one
+    /// of `new_len` (at least `len`).
+    fn take_or_make(&mut self, len: usize, new_len: usize) -> Vec<T> {
         let best = self
             .spare
             .iter()
@@ -37,7 +44,7 @@ impl<T: Copy + Default> Pool<T> {
             .map(|(i, _)| i);
         match best {
             Some(i) => self.spare.swap_remove(i),
-            None => vec![T::default(); len],
+            None => vec![T::default(); new_len.max(len)],
         }
     }
 
@@ -78,6 +85,9 @@ pub struct Buffers {
 pub trait Scratch: Copy + Default + 'static {
     #[doc(hidden)]
     fn pool() -> &'static LocalKey<RefCell<Pool<Self>>>;
+    /// The most values any thread has asked for at once.
+    #[doc(hidden)]
+    fn most() -> &'static AtomicUsize;
 }
 
 thread_local! {
@@ -85,9 +95,15 @@ thread_local! {
     static USIZE: RefCell<Pool<usize>> = RefCell::default();
 }
 
+static MOST_F32: AtomicUsize = AtomicUsize::new(0);
+static MOST_USIZE: AtomicUsize = AtomicUsize::new(0);
+
 impl Scratch for f32 {
     fn pool() -> &'static LocalKey<RefCell<Pool<f32>>> {
         &F32
+    }
+    fn most() -> &'static AtomicUsize {
+        &MOST_F32
     }
 }
 
@@ -95,13 +111,20 @@ impl Scratch for usize {
     fn pool() -> &'static LocalKey<RefCell<Pool<usize>>> {
         &USIZE
     }
+    fn most() -> &'static AtomicUsize {
+        &MOST_USIZE
+    }
 }
 
 /// Runs `f` on `len` values of this thread's scratch space (unspecified contents). Calls may
 /// nest: each gets its own buffer, kept by the thread for its next call. A buffer lent for
 /// fewer values than it holds is not cut: taking and giving it back touch none of its values.
+/// A thread that must make a buffer makes it as long as the longest any thread has asked for:
+/// which thread runs which task varies from batch to batch, and so a thread's first buffers
+/// serve whatever it is given later.
 pub fn scratch<T: Scratch, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    let mut buffer = T::pool().with(|pool| pool.borrow_mut().take_at_least(len));
+    let most = T::most().fetch_max(len, Ordering::Relaxed).max(len);
+    let mut buffer = T::pool().with(|pool| pool.borrow_mut().take_or_make(len, most));
     let result = f(&mut buffer[..len]);
     T::pool().with(|pool| pool.borrow_mut().spare.push(buffer));
     result

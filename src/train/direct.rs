@@ -6,7 +6,8 @@
 //! tap `(c, i, j)`, the input values under the tile are two runs of eight in the input plane,
 //! and the tap's weights for the tile's channels one run of the transposed weight; each weight
 //! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums each
-//! kernel row's five taps for 32 output channels over the pixels the same way.
+//! kernel row's five taps for 32 output channels (16 where they do not pair up) over the pixels
+//! the same way.
 //!
 //! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
 //! general path's matrix products use (`gemm`, in `matrixmultiply`'s order), so the two paths
@@ -133,13 +134,13 @@ fn images(
 /// Kernel rows [`conv_backward`] computes the weight gradient of directly: five taps wide.
 const KW: usize = 5;
 
-/// Output channels per weight-gradient tile: two vectors.
+/// Output channels per weight-gradient tile: two vectors (one where channels do not pair up).
 const PAIR: usize = 2 * CHANNELS;
 
 /// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (overwritten), by
-/// [`kernels::conv_backward`]. When [`applies`] holds, kernel rows are five taps wide and the
-/// output channels come in pairs of 16, the weight gradient is computed straight from the input
-/// (no im2col matrix), in the general path's order, so the two agree bit for bit.
+/// [`kernels::conv_backward`]. When [`applies`] holds and kernel rows are five taps wide, the
+/// weight gradient is computed straight from the input (no im2col matrix), in the general
+/// path's order, so the two agree bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
@@ -151,9 +152,16 @@ pub fn conv_backward(
     grads: (&mut [f32], Option<&mut [f32]>),
     buffers: &mut Pool<f32>,
 ) {
-    let direct = applies(geom, d) && geom.kernel.1 == KW && geom.out_channels.is_multiple_of(PAIR);
+    // Output channels in pairs of 16 where they pair up, else 16 at a time.
+    let direct = applies(geom, d) && geom.kernel.1 == KW;
+    let pairs = geom.out_channels.is_multiple_of(PAIR);
     let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
-        block_weight_grad(x, dy, geom, d, batch, images, dw_part)
+        let args = (x, dy, geom, d, batch);
+        if pairs {
+            block_weight_grad(args, images, dw_part, row_grad32)
+        } else {
+            block_weight_grad(args, images, dw_part, row_grad16)
+        }
     };
     let block_dw: Option<&kernels::BlockWeightGrad> = if direct { Some(&block_dw) } else { None };
     kernels::conv_backward(x, dy, w, geom, d, batch, grads, block_dw, buffers)
@@ -162,14 +170,11 @@ pub fn conv_backward(
 /// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
 /// product `dw_part += dy_block · cols_block^T` does: for each run of [`KC`] pixels, one fused
 /// multiply-add chain per weight from zero, pixels in order, then added to the part's sum.
-fn block_weight_grad(
-    x: &[f32],
-    dy: &[f32],
-    geom: &ConvGeom,
-    d: &ConvDims,
-    batch: usize,
+fn block_weight_grad<const N: usize>(
+    (x, dy, geom, d, batch): (&[f32], &[f32], &ConvGeom, &ConvDims, usize),
     images: std::ops::Range<usize>,
     dw_part: &mut [f32],
+    row_grad: RowGrad<N>,
 ) {
     let (p, hw) = (d.pixels(), d.h * d.w);
     let n = batch * p;
@@ -177,7 +182,7 @@ fn block_weight_grad(
     let pixels = images.start * p..images.end * p;
     // A run's output gradients for a pair of channel groups, transposed (a pixel's values in
     // one run), and each pixel's window corner in its image's first input plane.
-    scratch(KC * PAIR, |dyt: &mut [f32]| {
+    scratch(KC * N, |dyt: &mut [f32]| {
         scratch(KC, |corners: &mut [usize]| {
             for start in pixels.clone().step_by(KC) {
                 let chunk = start..(start + KC).min(pixels.end);
@@ -185,10 +190,10 @@ fn block_weight_grad(
                 for (corner, q) in corners.iter_mut().zip(chunk.clone()) {
                     *corner = q / p * hw + q % p / d.wo * d.w + q % d.wo;
                 }
-                let dyt = &mut dyt.as_chunks_mut::<PAIR>().0[..chunk.len()];
-                for pair in 0..geom.out_channels / PAIR {
-                    for lane in 0..PAIR {
-                        let row = &dy[(pair * PAIR + lane) * n..][chunk.clone()];
+                let dyt = &mut dyt.as_chunks_mut::<N>().0[..chunk.len()];
+                for group in 0..geom.out_channels / N {
+                    for lane in 0..N {
+                        let row = &dy[(group * N + lane) * n..][chunk.clone()];
                         for (t, &v) in dyt.iter_mut().zip(row) {
                             t[lane] = v;
                         }
@@ -196,11 +201,11 @@ fn block_weight_grad(
                     for c in 0..d.c {
                         for i in 0..kh {
                             let row_start = c * batch * hw + i * d.w;
-                            let sums = kernel_row_grad(&x[row_start..], dyt, corners);
+                            let sums = row_grad(&x[row_start..], dyt, corners);
                             for (j, sums) in sums.iter().enumerate() {
                                 let k = (c * kh + i) * KW + j;
                                 for (lane, &s) in sums.iter().enumerate() {
-                                    dw_part[(pair * PAIR + lane) * d.kg + k] += s;
+                                    dw_part[(group * N + lane) * d.kg + k] += s;
                                 }
                             }
                         }
@@ -211,11 +216,15 @@ fn block_weight_grad(
     });
 }
 
-/// One kernel row's five taps by [`PAIR`] output channels: `Σ x[corner + j] · dy[pixel]` over
-/// the pixels, one fused multiply-add chain each from zero, pixels in order.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; PAIR]; KW] {
-    let zero = [0.0; PAIR];
+/// One kernel row's five taps by `N` output channels (16 or 32): `Σ x[corner + j] · dy[pixel]`
+/// over the pixels, one fused multiply-add chain each from zero, pixels in order.
+#[inline(always)]
+fn kernel_row_grad<const N: usize>(
+    x: &[f32],
+    dyt: &[[f32; N]],
+    corners: &[usize],
+) -> [[f32; N]; KW] {
+    let zero = [0.0; N];
     let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
     for (g, &corner) in dyt.iter().zip(corners) {
         let xs: &[f32; KW] = x[corner..corner + KW].try_into().expect("a row of taps");
@@ -226,6 +235,21 @@ fn kernel_row_grad(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; 
         fma_row(&mut a4, xs[4], g);
     }
     [a0, a1, a2, a3, a4]
+}
+
+/// [`kernel_row_grad`] for `N` channels, compiled for AVX-512.
+type RowGrad<const N: usize> = fn(&[f32], &[[f32; N]], &[usize]) -> [[f32; N]; KW];
+
+/// [`kernel_row_grad`] for 16 channels.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn row_grad16(x: &[f32], dyt: &[[f32; CHANNELS]], corners: &[usize]) -> [[f32; CHANNELS]; KW] {
+    kernel_row_grad(x, dyt, corners)
+}
+
+/// [`kernel_row_grad`] for 32 channels.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn row_grad32(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; PAIR]; KW] {
+    kernel_row_grad(x, dyt, corners)
 }
 
 /// Every tile of 16 output channels: `out` their planes, `wt` their weights, one run of 16 per
@@ -324,9 +348,10 @@ mod tests {
 
     #[test]
     fn direct_weight_gradients_equal_the_im2col_ones() {
-        // lenet's second convolution (a 2-image block of 128 pixels), and one whose blocks are
-        // longer than a chain of KC pixels, with two pairs of channel vectors.
-        for (c, h, w, o, batch) in [(16, 12, 12, 32, 5), (3, 20, 20, 64, 3)] {
+        // lenet's second convolution (a 2-image block of 128 pixels), one whose blocks are
+        // longer than a chain of KC pixels, with two pairs of channel vectors, and lenet's first
+        // (16 channels: one vector at a time).
+        for (c, h, w, o, batch) in [(16, 12, 12, 32, 5), (3, 20, 20, 64, 3), (1, 28, 28, 16, 6)] {
             let geom = ConvGeom {
                 in_channels: c,
                 out_channels: o,
@@ -350,7 +375,12 @@ mod tests {
             let (mut dx_direct, mut dx_general) =
                 (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
             let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
-                block_weight_grad(&x, &dy, &geom, &d, batch, images, dw_part)
+                let args = (&x[..], &dy[..], &geom, &d, batch);
+                if o % PAIR == 0 {
+                    block_weight_grad(args, images, dw_part, row_grad32)
+                } else {
+                    block_weight_grad(args, images, dw_part, row_grad16)
+                }
             };
             kernels::conv_backward(
                 &x,
