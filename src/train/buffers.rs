@@ -21,15 +21,9 @@ impl<T: Copy + Default> Pool<T> {
     /// A buffer of `len` values with unspecified contents: the smallest spare one that is long
     /// enough, else a new one.
     pub fn take(&mut self, len: usize) -> Vec<T> {
-        let mut buffer = self.take_at_least(len);
+        let mut buffer = self.take_or_make(len, len);
         buffer.truncate(len);
         buffer
-    }
-
-    /// The smallest spare buffer of at least `len` values (at its full length), else a new one
-    /// of `len`.
-    fn take_at_least(&mut self, len: usize) -> Vec<T> {
-        self.take_or_make(len, len)
     }
 
     /// The smallest spare buffer of at least `len` values (at its full length), else a new one

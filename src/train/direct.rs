@@ -382,28 +382,24 @@ mod tests {
                     block_weight_grad(args, images, dw_part, row_grad16)
                 }
             };
-            kernels::conv_backward(
-                &x,
-                &dy,
-                &wt,
-                &geom,
-                &d,
-                batch,
-                (&mut direct, Some(&mut dx_direct)),
-                Some(&block_dw),
-                &mut buffers,
-            );
-            kernels::conv_backward(
-                &x,
-                &dy,
-                &wt,
-                &geom,
-                &d,
-                batch,
-                (&mut general, Some(&mut dx_general)),
-                None,
-                &mut buffers,
-            );
+            let paths: [(_, _, Option<&kernels::BlockWeightGrad>); 2] = [
+                (&mut direct, &mut dx_direct, Some(&block_dw)),
+                (&mut general, &mut dx_general, None),
+            ];
+            for (dw, dx, block_dw) in paths {
+                let grads = (&mut dw[..], Some(&mut dx[..]));
+                kernels::conv_backward(
+                    &x,
+                    &dy,
+                    &wt,
+                    &geom,
+                    &d,
+                    batch,
+                    grads,
+                    block_dw,
+                    &mut buffers,
+                );
+            }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert!(
                 bits(&dx_direct) == bits(&dx_general) && dx_direct.iter().all(|v| v.is_finite()),

@@ -216,6 +216,16 @@ enum Operand<'a> {
 }
 
 impl<'a> Operand<'a> {
+    /// Its number of columns.
+    fn ncols(&self) -> usize {
+        match self {
+            // Row by row (a single column counts as that).
+            Operand::Dense { row, col: 1, .. } => *row,
+            Operand::Dense { values, col, .. } => values.len() / col,
+            Operand::View(v) => v.ncols(),
+        }
+    }
+
     fn of(v: &ArrayView2<'a, f32>) -> Operand<'a> {
         if let Some(values) = v.to_slice() {
             return Operand::Dense {
@@ -239,69 +249,60 @@ impl<'a> Operand<'a> {
 /// last column).
 #[inline(always)]
 fn pack_b(b: &Operand, (k0, kb): (usize, usize), out: &mut [Lanes]) {
+    let n = b.ncols();
+    if !n.is_multiple_of(LANES) {
+        // The last panel's missing columns stay zero.
+        out[(n / LANES) * kb..].fill([0.0; LANES]);
+    }
     match b {
         Operand::Dense {
             values,
             row,
             col: 1,
-        } => {
-            let width = *row;
-            if width % LANES != 0 {
-                // The last panel's missing columns stay zero.
-                out[(width / LANES) * kb..].fill([0.0; LANES]);
-            }
-            for t in 0..kb {
-                let terms = &values[(k0 + t) * width..][..width];
-                for (p, run) in terms.chunks(LANES).enumerate() {
-                    copy_run(run, &mut out[p * kb + t]);
-                }
-            }
-        }
+        } => rows_to_panels((0..kb).map(|t| &values[(k0 + t) * row..][..n]), kb, out),
         Operand::Dense { values, col, .. } => {
-            let width = values.len() / col;
-            for (p, panel) in out.chunks_exact_mut(kb).enumerate() {
-                let mut columns: [&[f32]; LANES] = [&[]; LANES];
-                for (slot, j) in columns
-                    .iter_mut()
-                    .zip(p * LANES..width.min((p + 1) * LANES))
-                {
-                    *slot = &values[j * col + k0..][..kb];
+            columns_to_panels(|j| &values[j * col + k0..][..kb], n, out)
+        }
+        Operand::View(b) => {
+            let b = b.slice(s![k0..k0 + kb, ..]);
+            if b.strides()[1] == 1 || n == 1 {
+                let rows = b.rows().into_iter();
+                rows_to_panels(
+                    rows.map(|row| row.to_slice().expect("unit stride")),
+                    kb,
+                    out,
+                );
+            } else if b.strides()[0] == 1 {
+                columns_to_panels(|j| b.column(j).to_slice().expect("unit stride"), n, out);
+            } else {
+                for ((k, j), &v) in b.indexed_iter() {
+                    out[j / LANES * kb + k][j % LANES] = v;
                 }
-                transpose(&columns, panel);
             }
         }
-        Operand::View(b) => pack_b_view(&b.slice(s![k0..k0 + kb, ..]), out),
     }
 }
 
-/// [`pack_b`] of a view.
+/// [`pack_b`] from `b`'s rows, one per term: each cut into runs of 16, one per panel.
 #[inline(always)]
-fn pack_b_view(b: &ArrayView2<f32>, out: &mut [Lanes]) {
-    let (kb, n) = b.dim();
-    let panels = n.div_ceil(LANES);
-    if n % LANES != 0 {
-        // The last panel's missing columns stay zero.
-        out[(panels - 1) * kb..].fill([0.0; LANES]);
+fn rows_to_panels<'a>(rows: impl Iterator<Item = &'a [f32]>, kb: usize, out: &mut [Lanes]) {
+    for (t, row) in rows.enumerate() {
+        for (p, run) in row.chunks(LANES).enumerate() {
+            copy_run(run, &mut out[p * kb + t]);
+        }
     }
-    if b.strides()[1] == 1 || n == 1 {
-        for (k, row) in b.rows().into_iter().enumerate() {
-            let row = row.to_slice().expect("unit stride");
-            for (p, run) in row.chunks(LANES).enumerate() {
-                copy_run(run, &mut out[p * kb + k]);
-            }
+}
+
+/// [`pack_b`] from `b`'s `n` columns (`column(j)`, `kb` terms each), 16 to a panel.
+#[inline(always)]
+fn columns_to_panels<'a>(column: impl Fn(usize) -> &'a [f32], n: usize, out: &mut [Lanes]) {
+    let kb = out.len() / n.div_ceil(LANES);
+    for (p, panel) in out.chunks_exact_mut(kb).enumerate() {
+        let mut columns: [&[f32]; LANES] = [&[]; LANES];
+        for (slot, j) in columns.iter_mut().zip(p * LANES..n.min((p + 1) * LANES)) {
+            *slot = column(j);
         }
-    } else if b.strides()[0] == 1 {
-        for (p, panel) in out.chunks_exact_mut(kb).enumerate() {
-            let mut columns: [&[f32]; LANES] = [&[]; LANES];
-            for (slot, j) in columns.iter_mut().zip(p * LANES..n.min((p + 1) * LANES)) {
-                *slot = b.column(j).to_slice().expect("unit stride");
-            }
-            transpose(&columns, panel);
-        }
-    } else {
-        for ((k, j), &v) in b.indexed_iter() {
-            out[j / LANES * kb + k][j % LANES] = v;
-        }
+        transpose(&columns, panel);
     }
 }
 
@@ -334,27 +335,23 @@ fn pack_a<const R: usize>(
             }
             transpose(&lanes, out);
         }
-        Operand::View(a) => pack_a_view(&a.slice(s![i0..i0 + rows, k0..k0 + kb]), out),
-    }
-}
-
-/// [`pack_a`] of a view.
-#[inline(always)]
-fn pack_a_view<const R: usize>(a: &ArrayView2<f32>, out: &mut [[f32; R]]) {
-    let rows = a.nrows();
-    if a.strides()[0] == 1 || rows == 1 {
-        for (slot, column) in out.iter_mut().zip(a.columns()) {
-            copy_run(column.to_slice().expect("unit stride"), slot);
-        }
-    } else if a.strides()[1] == 1 {
-        let mut lanes: [&[f32]; R] = [&[]; R];
-        for (slot, row) in lanes.iter_mut().zip(a.rows()) {
-            *slot = row.to_slice().expect("unit stride");
-        }
-        transpose(&lanes, out);
-    } else {
-        for ((r, k), &v) in a.indexed_iter() {
-            out[k][r] = v;
+        Operand::View(a) => {
+            let a = a.slice(s![i0..i0 + rows, k0..k0 + kb]);
+            if a.strides()[0] == 1 || rows == 1 {
+                for (slot, column) in out.iter_mut().zip(a.columns()) {
+                    copy_run(column.to_slice().expect("unit stride"), slot);
+                }
+            } else if a.strides()[1] == 1 {
+                let mut lanes: [&[f32]; R] = [&[]; R];
+                for (slot, row) in lanes.iter_mut().zip(a.rows()) {
+                    *slot = row.to_slice().expect("unit stride");
+                }
+                transpose(&lanes, out);
+            } else {
+                for ((r, k), &v) in a.indexed_iter() {
+                    out[k][r] = v;
+                }
+            }
         }
     }
 }

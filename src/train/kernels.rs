@@ -74,8 +74,6 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
     ArrayViewMut2::from_shape((rows, cols), data).expect("buffer matches its shape")
 }
 
-pub use crate::ops::zeros;
-
 /// `y = x`, by all threads when large.
 pub fn copy(x: &[f32], y: &mut [f32]) {
     map(x, |v| v, y)
