@@ -296,7 +296,10 @@ pub fn bench_train(
     let mut net =
         crate::train::build_net(&spec.model, cfg.seed).map_err(Error::at(Stage::Train))?;
     if profile {
-        net.profile = Some(crate::train::profile::Profile::new(&net.graph));
+        net.profile = Some(crate::train::profile::Profile {
+            peak: Some(crate::train::peak::fp32_peak()),
+            ..crate::train::profile::Profile::new(&net.graph)
+        });
     }
     let outcome = crate::train::train(&mut net, &data, &cfg, epochs, &mut crate::train::Quiet);
     let mut rates: Vec<f32> = outcome.epochs.iter().map(|e| e.images_per_s).collect();

@@ -851,6 +851,11 @@ impl Net {
                     slot => *slot = Some(dx),
                 }
             }
+            if let Some(times) = self.profile.as_mut().map(|p| &mut p.nodes[i]) {
+                // The weight gradient's product, and the input gradient's where the input needs
+                // one (a network's first layer's does not): each as large as the forward's.
+                times.flops_backward = times.flops_forward * if want_dx { 2.0 } else { 1.0 };
+            }
             profile::add(
                 self.profile.as_mut().map(|p| &mut p.nodes[i].backward_s),
                 started,

@@ -440,6 +440,7 @@ macro_rules! fma_rows {
         $(fma_row(&mut $c, $a[$r], $b);)*
     };
 }
+pub(crate) use fma_rows;
 
 impl Tile<16> for Rows16 {
     #[inline(always)]

@@ -8,6 +8,7 @@ mod buffers;
 mod direct;
 pub mod engine;
 mod gemm;
+pub mod peak;
 pub mod kernels;
 pub mod optim;
 pub mod profile;

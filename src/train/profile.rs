@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::peak::Peak;
 use crate::ir::Graph;
 
 /// Times, in seconds, summed over every batch of the profiled epochs.
@@ -24,6 +25,8 @@ pub struct Profile {
     pub weight_fake_quant_s: f64,
     /// Training images seen.
     pub images: usize,
+    /// This CPU's fp32 peak on the training threads, if measured: the "% peak" columns' 100 %.
+    pub peak: Option<Peak>,
     pub epochs: usize,
 }
 
@@ -54,7 +57,8 @@ impl Profile {
                     forward_s: 0.0,
                     backward_s: 0.0,
                     flops_forward: 2.0 * macs,
-                    // The weight gradient and the input gradient: two products of the same size.
+                    // The weight gradient and the input gradient: two products of the same size
+                    // (the engine drops the second where the input needs no gradient).
                     flops_backward: 4.0 * macs,
                 }
             })
@@ -86,15 +90,19 @@ impl Profile {
         let ms = |s: f64| s * 1e3 / epochs;
         let share = |s: f64| 100.0 * s / total;
         let mut out = format!(
-            "{:<18} {:<12} {:>10} {:>11} {:>7} {:>9} {:>9}\n",
-            "node", "op", "fwd ms/ep", "bwd ms/ep", "share", "fwd GF/s", "bwd GF/s"
+            "{:<18} {:<12} {:>10} {:>11} {:>7} {:>9} {:>9} {:>7} {:>7}\n",
+            "node", "op", "fwd ms/ep", "bwd ms/ep", "share", "fwd GF/s", "bwd GF/s", "fwd %pk",
+            "bwd %pk"
         );
+        let gflops = |flops: f64, s: f64| {
+            (flops > 0.0 && s > 0.0).then(|| flops * self.images as f64 / s / 1e9)
+        };
         let rate = |flops: f64, s: f64| {
-            if flops > 0.0 && s > 0.0 {
-                format!("{:.1}", flops * self.images as f64 / s / 1e9)
-            } else {
-                String::new()
-            }
+            gflops(flops, s).map_or(String::new(), |g| format!("{g:.1}"))
+        };
+        let of_peak = |flops: f64, s: f64| match (gflops(flops, s), self.peak) {
+            (Some(g), Some(peak)) => format!("{:.0}%", 100.0 * g / peak.gflops),
+            _ => String::new(),
         };
         for n in &self.nodes {
             if n.forward_s + n.backward_s == 0.0 {
@@ -102,7 +110,7 @@ impl Profile {
             }
             let _ = writeln!(
                 out,
-                "{:<18} {:<12} {:>10.1} {:>11.1} {:>6.1}% {:>9} {:>9}",
+                "{:<18} {:<12} {:>10.1} {:>11.1} {:>6.1}% {:>9} {:>9} {:>7} {:>7}",
                 n.name,
                 n.op,
                 ms(n.forward_s),
@@ -110,6 +118,8 @@ impl Profile {
                 share(n.forward_s + n.backward_s),
                 rate(n.flops_forward, n.forward_s),
                 rate(n.flops_backward, n.backward_s),
+                of_peak(n.flops_forward, n.forward_s),
+                of_peak(n.flops_backward, n.backward_s),
             );
         }
         let phase = |out: &mut String, what: &str, s: f64| {
@@ -146,6 +156,14 @@ impl Profile {
             share(fq),
             ms(self.evaluation_s)
         );
+        if let Some(peak) = self.peak {
+            let _ = writeln!(
+                out,
+                "% peak: of this CPU's fp32 peak with {}-bit fused multiply-adds on {} threads, \
+                 measured before training: {:.1} GFLOP/s",
+                peak.bits, peak.threads, peak.gflops
+            );
+        }
         out
     }
 }
