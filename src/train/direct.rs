@@ -7,7 +7,9 @@
 //! and the tap's weights for the tile's channels one run of the transposed weight; each weight
 //! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums each
 //! kernel row's five taps for 32 output channels (16 where they do not pair up) over the pixels
-//! the same way.
+//! the same way. The input gradient is the general path's product `wᵀ · dy`, in the product's
+//! own 12 x 32 tiles, with col2im folded in: each tile's sums are added into the input planes
+//! under it rather than written to a column matrix and scattered later.
 //!
 //! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
 //! general path's matrix products use (`gemm`, in `matrixmultiply`'s order), so the two paths
@@ -19,9 +21,10 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::{avx512, fma_row, KC};
+use super::gemm::{avx512, fma_row, Lanes, Rows12, Tile, KC, LANES};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
+use std::ops::Range;
 
 /// Pixels per tile: 16 consecutive output pixels, one vector's lanes.
 const TILE: usize = 16;
@@ -139,8 +142,9 @@ const PAIR: usize = 2 * CHANNELS;
 
 /// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (overwritten), by
 /// [`kernels::conv_backward`]. When [`applies`] holds and kernel rows are five taps wide, the
-/// weight gradient is computed straight from the input (no im2col matrix), in the general
-/// path's order, so the two agree bit for bit.
+/// weight gradient is computed straight from the input (no im2col matrix); when
+/// [`input_grad_applies`] holds, the input gradient straight from the output gradient (no
+/// column matrix, no col2im). Both in the general path's order, so the paths agree bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
@@ -153,9 +157,8 @@ pub fn conv_backward(
     buffers: &mut Pool<f32>,
 ) {
     // Output channels in pairs of 16 where they pair up, else 16 at a time.
-    let direct = applies(geom, d) && geom.kernel.1 == KW;
     let pairs = geom.out_channels.is_multiple_of(PAIR);
-    let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
+    let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
         let args = (x, dy, geom, d, batch);
         if pairs {
             block_weight_grad(args, images, dw_part, row_grad32)
@@ -163,8 +166,162 @@ pub fn conv_backward(
             block_weight_grad(args, images, dw_part, row_grad16)
         }
     };
-    let block_dw: Option<&kernels::BlockWeightGrad> = if direct { Some(&block_dw) } else { None };
-    kernels::conv_backward(x, dy, w, geom, d, batch, grads, block_dw, buffers)
+    // The weight regrouped for the direct input gradient, once per batch.
+    let dx_direct = grads.1.is_some() && input_grad_applies(geom, d);
+    let rows = if dx_direct {
+        d.kg.next_multiple_of(ROWS) * geom.out_channels
+    } else {
+        0
+    };
+    let mut wt = buffers.take(rows);
+    if dx_direct {
+        regroup_for_input_grad(w, geom, d, wt.as_chunks_mut().0);
+    }
+    let block_dx = |images: Range<usize>, staged: &mut [f32]| {
+        block_input_grad((dy, wt.as_chunks().0, geom, d, batch), images, staged)
+    };
+    let direct = kernels::BlockGrads {
+        dw: (applies(geom, d) && geom.kernel.1 == KW).then_some(&block_dw as _),
+        dx: dx_direct.then_some(&block_dx as _),
+    };
+    kernels::conv_backward(x, dy, w, geom, d, batch, grads, direct, buffers);
+    buffers.give(wt);
+}
+
+/// Column-matrix rows (kernel taps of input channels) in a tile of the direct input gradient:
+/// the matrix product's tile ([`Rows12`]).
+const ROWS: usize = 12;
+
+/// Whether [`conv_backward`] computes the input gradient directly: [`applies`]' conditions
+/// except for the channel count, and at most [`KC`] output channels (one chain per value).
+pub fn input_grad_applies(geom: &ConvGeom, d: &ConvDims) -> bool {
+    geom.groups == 1
+        && geom.stride == (1, 1)
+        && geom.padding == (0, 0)
+        && d.wo.is_multiple_of(HALF)
+        && d.pixels().is_multiple_of(TILE)
+        && geom.out_channels <= KC
+        && avx512()
+}
+
+/// `w` (`[O, kg]`) as the product `wᵀ · dy`'s packed left operand: for each panel of 12
+/// column-matrix rows, each output channel's 12 weights in one run (zeros past the last row).
+fn regroup_for_input_grad(w: &[f32], geom: &ConvGeom, d: &ConvDims, wt: &mut [[f32; ROWS]]) {
+    let outs = geom.out_channels;
+    wt.fill([0.0; ROWS]);
+    for (o, row) in w.chunks_exact(d.kg).enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            wt[k / ROWS * outs + o][k % ROWS] = v;
+        }
+    }
+}
+
+/// Adds the input gradient of `images` into `staged` (`[C, images, H, W]`, zeros on entry) as
+/// the general path's product `dcols = wᵀ · dy` and col2im do, with the product's own tiles
+/// ([`Rows12`]: the same chains) and no column matrix: per image, each panel of 12 column-matrix
+/// rows is summed for all of the image's pixels into `sums`, then added row by row into the
+/// input planes, each row's values at its tap's offset past each output pixel's window corner,
+/// two runs of eight per 16 pixels. Every input value so receives its terms in col2im's order.
+fn block_input_grad(
+    (dy, wt, geom, d, batch): (&[f32], &[[f32; ROWS]], &ConvGeom, &ConvDims, usize),
+    images: Range<usize>,
+    staged: &mut [f32],
+) {
+    let (p, outs, nb) = (d.pixels(), geom.out_channels, images.len());
+    let n = batch * p;
+    // The image's output gradients packed as the product's right operand (panels of 16
+    // pixels, one run per output channel), and a panel's sums, [12 rows, P / 16 vectors].
+    // And where each run of eight pixels' windows start in the input plane.
+    scratch(outs * p, |packed: &mut [f32]| {
+        scratch(ROWS * p, |sums: &mut [f32]| {
+            scratch(p / HALF, |corners: &mut [usize]| {
+                let (packed, sums) = (packed.as_chunks_mut().0, sums.as_chunks_mut().0);
+                for (run, corner) in corners.iter_mut().enumerate() {
+                    let pixel = run * HALF;
+                    *corner = pixel / d.wo * d.w + pixel % d.wo;
+                }
+                let corners = &*corners;
+                for (slot, image) in images.enumerate() {
+                    for (v, panel) in packed.chunks_exact_mut(outs).enumerate() {
+                        for (o, run) in panel.iter_mut().enumerate() {
+                            let values = &dy[o * n + image * p + v * LANES..][..LANES];
+                            *run = values.try_into().expect("a run of 16");
+                        }
+                    }
+                    input_grad_image(packed, wt, (geom, d, corners), sums, (staged, slot, nb));
+                }
+            })
+        })
+    });
+}
+
+/// [`block_input_grad`] for one image: `packed` its output gradients, the planes of image
+/// `slot` of `nb` in `staged`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn input_grad_image(
+    packed: &[Lanes],
+    wt: &[[f32; ROWS]],
+    (geom, d, corners): (&ConvGeom, &ConvDims, &[usize]),
+    sums: &mut [Lanes],
+    (staged, slot, nb): (&mut [f32], usize, usize),
+) {
+    let (outs, hw, (kh, kw)) = (geom.out_channels, d.h * d.w, geom.kernel);
+    let vectors = packed.len() / outs;
+    let last = corners.last().copied().unwrap_or(0);
+    // The column-matrix row the next sums are for: input channel c, tap (i, j).
+    let (mut k, mut c, mut i, mut j) = (0, 0, 0, 0);
+    for a in wt.chunks_exact(outs) {
+        let mut v = 0;
+        while v < vectors {
+            let b = |v: usize| &packed[v * outs..(v + 1) * outs];
+            if v + 1 < vectors {
+                let (left, right) = Rows12::sums2(a, b(v), b(v + 1));
+                for (r, (left, right)) in left.iter().zip(&right).enumerate() {
+                    sums[r * vectors + v] = *left;
+                    sums[r * vectors + v + 1] = *right;
+                }
+                v += 2;
+            } else {
+                for (r, row) in Rows12::sums(a, b(v)).iter().enumerate() {
+                    sums[r * vectors + v] = *row;
+                }
+                v += 1;
+            }
+        }
+        for row in sums.chunks_exact(vectors) {
+            if k == d.kg {
+                break;
+            }
+            // The plane from this tap's offset on: every run fits, the last corner the
+            // farthest (clamping to it, a no-op, lets the compiler drop the bounds checks).
+            let plane = &mut staged[(c * nb + slot) * hw + i * d.w + j..][..last + HALF];
+            for (values, runs) in row.iter().zip(corners.chunks_exact(2)) {
+                add_halves(plane, (runs[0].min(last), runs[1].min(last)), values);
+            }
+            k += 1;
+            j += 1;
+            if j == kw {
+                (i, j) = (i + 1, 0);
+                if i == kh {
+                    (c, i) = (c + 1, 0);
+                }
+            }
+        }
+    }
+}
+
+/// Adds 16 values into a plane: the first eight at `runs.0`, the others at `runs.1`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed, on copies: the form that vectorizes here
+fn add_halves(plane: &mut [f32], (first, second): (usize, usize), values: &Lanes) {
+    for (at, half) in [(first, 0), (second, HALF)] {
+        let run: &mut [f32; HALF] = (&mut plane[at..at + HALF]).try_into().expect("eight");
+        let mut total = *run;
+        for l in 0..HALF {
+            total[l] += values[half + l];
+        }
+        *run = total;
+    }
 }
 
 /// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
@@ -172,7 +329,7 @@ pub fn conv_backward(
 /// multiply-add chain per weight from zero, pixels in order, then added to the part's sum.
 fn block_weight_grad<const N: usize>(
     (x, dy, geom, d, batch): (&[f32], &[f32], &ConvGeom, &ConvDims, usize),
-    images: std::ops::Range<usize>,
+    images: Range<usize>,
     dw_part: &mut [f32],
     row_grad: RowGrad<N>,
 ) {
@@ -350,8 +507,15 @@ mod tests {
     fn direct_weight_gradients_equal_the_im2col_ones() {
         // lenet's second convolution (a 2-image block of 128 pixels), one whose blocks are
         // longer than a chain of KC pixels, with two pairs of channel vectors, and lenet's first
-        // (16 channels: one vector at a time).
-        for (c, h, w, o, batch) in [(16, 12, 12, 32, 5), (3, 20, 20, 64, 3), (1, 28, 28, 16, 6)] {
+        // (16 channels: one vector at a time); the first and one with two groups of 16 input
+        // channels and more than KC output channels have their input gradient computed directly
+        // too.
+        for (c, h, w, o, batch) in [
+            (16, 12, 12, 32, 5),
+            (3, 20, 20, 64, 3),
+            (1, 28, 28, 16, 6),
+            (32, 12, 12, 288, 2),
+        ] {
             let geom = ConvGeom {
                 in_channels: c,
                 out_channels: o,
@@ -367,14 +531,16 @@ mod tests {
             let dy: Vec<f32> = (0..o * batch * d.pixels())
                 .map(|i| ((i * 104_729 % 997) as f32 / 498.0) - 1.0)
                 .collect();
-            let wt = vec![0.5; o * d.kg];
+            let wt: Vec<f32> = (0..o * d.kg)
+                .map(|i| ((i * 7919 % 1009) as f32 / 504.0) - 1.0)
+                .collect();
             // Outputs and buffers start as garbage: every value must be written.
             let mut buffers = Pool::default();
             buffers.give(vec![f32::NAN; 4 * o * d.kg + x.len()]);
             let (mut direct, mut general) = (vec![f32::NAN; o * d.kg], vec![f32::NAN; o * d.kg]);
             let (mut dx_direct, mut dx_general) =
                 (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
-            let block_dw = |images: std::ops::Range<usize>, dw_part: &mut [f32]| {
+            let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
                 let args = (&x[..], &dy[..], &geom, &d, batch);
                 if o % PAIR == 0 {
                     block_weight_grad(args, images, dw_part, row_grad32)
@@ -382,11 +548,24 @@ mod tests {
                     block_weight_grad(args, images, dw_part, row_grad16)
                 }
             };
-            let paths: [(_, _, Option<&kernels::BlockWeightGrad>); 2] = [
-                (&mut direct, &mut dx_direct, Some(&block_dw)),
-                (&mut general, &mut dx_general, None),
+            let mut regrouped = vec![[f32::NAN; ROWS]; d.kg.div_ceil(ROWS) * o];
+            regroup_for_input_grad(&wt, &geom, &d, &mut regrouped);
+            let block_dx = |images: Range<usize>, staged: &mut [f32]| {
+                block_input_grad((&dy[..], &regrouped[..], &geom, &d, batch), images, staged)
+            };
+            let both = kernels::BlockGrads {
+                dw: Some(&block_dw),
+                dx: (o <= KC).then_some(&block_dx as _),
+            };
+            let paths = [
+                (&mut direct, &mut dx_direct, both),
+                (
+                    &mut general,
+                    &mut dx_general,
+                    kernels::BlockGrads::default(),
+                ),
             ];
-            for (dw, dx, block_dw) in paths {
+            for (dw, dx, block_grads) in paths {
                 let grads = (&mut dw[..], Some(&mut dx[..]));
                 kernels::conv_backward(
                     &x,
@@ -396,23 +575,48 @@ mod tests {
                     &d,
                     batch,
                     grads,
-                    block_dw,
+                    block_grads,
                     &mut buffers,
                 );
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert!(
-                bits(&dx_direct) == bits(&dx_general) && dx_direct.iter().all(|v| v.is_finite()),
-                "{c}x{h}x{w} -> {o}: input gradients"
-            );
             if avx512() {
                 assert!(
                     bits(&direct) == bits(&general),
-                    "{c}x{h}x{w} -> {o}: paths differ"
+                    "{c}x{h}x{w} -> {o}: weight gradients differ"
+                );
+                assert!(
+                    bits(&dx_direct) == bits(&dx_general),
+                    "{c}x{h}x{w} -> {o}: input gradients differ"
                 );
             }
-            // And both are the gradient: dw[o][k] = Σ dy[o][q] · cols[k][q].
+            // The input gradient: dx[c][b, y, x] = Σ w[o][c, i, j] · dy[o][b, y - i, x - j].
             let (kh, kw) = geom.kernel;
+            for dx in [&dx_direct, &dx_general] {
+                for (index, &got) in dx.iter().enumerate() {
+                    let (ci, b, y, xx) = (
+                        index / (batch * h * w),
+                        index / (h * w) % batch,
+                        index / w % h,
+                        index % w,
+                    );
+                    let mut want = 0.0f64;
+                    for (oc, (i, j)) in
+                        (0..o).flat_map(|oc| (0..kh * kw).map(move |t| (oc, (t / kw, t % kw))))
+                    {
+                        if y >= i && xx >= j && y - i < d.ho && xx - j < d.wo {
+                            let q = b * d.pixels() + (y - i) * d.wo + xx - j;
+                            want += f64::from(wt[oc * d.kg + (ci * kh + i) * kw + j])
+                                * f64::from(dy[oc * batch * d.pixels() + q]);
+                        }
+                    }
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (o * kh * kw) as f64,
+                        "dx[{index}]: {got} vs {want}"
+                    );
+                }
+            }
+            // And both are the gradient: dw[o][k] = Σ dy[o][q] · cols[k][q].
             for (ok, &got) in general.iter().enumerate() {
                 let (oc, k) = (ok / d.kg, ok % d.kg);
                 let (ci, i, j) = (k / (kh * kw), k / kw % kh, k % kw);

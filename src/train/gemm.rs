@@ -1,9 +1,10 @@
 //! Matrix products for training: `c = a · b + beta · c` (beta 0 or 1) on ndarray views.
 //!
-//! Rows of `a` by 16 columns of `b` are summed in registers, one vector of columns per row,
-//! from copies of the operands packed into this thread's scratch space, so a product allocates
-//! nothing: 16 rows at a time with AVX-512 (32 vector registers of 16 lanes), 6 with AVX2 or on
-//! aarch64 (12 of their 16 or 32 registers, as two or four vectors a row). Each value is one
+//! Rows of `a` by columns of `b` are summed in registers from copies of the operands packed
+//! into this thread's scratch space, so a product allocates nothing: with AVX-512, tiles of 12
+//! rows by 32 columns (24 of its 32 vector registers of 16 lanes; each term loads two vectors
+//! of `b` and broadcasts twelve values of `a` for 24 multiply-adds); with AVX2 or on aarch64, 6
+//! rows by 16 columns (12 of their 16 or 32 registers, as two or four vectors a row). Each value is one
 //! fused multiply-add chain from zero per block of [`KC`] terms, blocks added in order: the
 //! arithmetic of `matrixmultiply`, so the two give the same values bit for bit. Only x86 CPUs
 //! without FMA hand their products to `matrixmultiply`, which allocates its packing buffers at
@@ -21,10 +22,10 @@ use super::buffers::scratch;
 pub const KC: usize = 256;
 
 /// Columns of `b` in a tile: one vector's lanes (with AVX-512; two or four vectors else).
-const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 /// A tile's `b` at one term, or one row of its sums.
-type Lanes = [f32; LANES];
+pub type Lanes = [f32; LANES];
 
 /// `c = a · b + beta · c`, with `a: [m, k]`, `b: [k, n]`, `c: [m, n]` (any strides; beta 0 or 1).
 pub fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayViewMut2<f32>) {
@@ -41,8 +42,8 @@ pub fn gemm(a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ArrayVi
 /// The tiles a product is computed in.
 #[derive(Clone, Copy, Debug)]
 enum Tiles {
-    /// 16 rows (AVX-512).
-    Rows16,
+    /// 12 rows by 32 columns (AVX-512).
+    Rows12,
     /// 6 rows (AVX2 with FMA, aarch64).
     Rows6,
 }
@@ -50,7 +51,7 @@ enum Tiles {
 /// This CPU's tiles; none without fused multiply-add.
 fn tiles() -> Option<Tiles> {
     if avx512() {
-        Some(Tiles::Rows16)
+        Some(Tiles::Rows12)
     } else if fma() {
         Some(Tiles::Rows6)
     } else {
@@ -89,7 +90,7 @@ fn product(
         let (b_pack, a_pack) = space[skip..].split_at_mut(kc * panels * LANES);
         let b_pack = b_pack.as_chunks_mut().0;
         match tiles {
-            Tiles::Rows16 => blocks16((a, b, beta, c), (b_pack, a_pack.as_chunks_mut().0)),
+            Tiles::Rows12 => blocks12((a, b, beta, c), (b_pack, a_pack.as_chunks_mut().0)),
             Tiles::Rows6 => blocks6((a, b, beta, c), (b_pack, a_pack.as_chunks_mut().0)),
         }
     });
@@ -103,13 +104,13 @@ type Product<'p, 'a, 'b, 'c> = (
     &'p mut ArrayViewMut2<'c, f32>,
 );
 
-/// [`blocks`] in tiles of 16 rows, compiled for AVX-512.
+/// [`blocks`] in tiles of 12 rows, compiled for AVX-512.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn blocks16<'p, 'a, 'b, 'c>(
+fn blocks12<'p, 'a, 'b, 'c>(
     p: Product<'p, 'a, 'b, 'c>,
-    (b_pack, a_pack): (&mut [Lanes], &mut [[f32; 16]]),
+    (b_pack, a_pack): (&mut [Lanes], &mut [[f32; 12]]),
 ) {
-    blocks::<16, Rows16>(p, (b_pack, a_pack));
+    blocks::<12, Rows12>(p, (b_pack, a_pack));
 }
 
 /// [`blocks`] in tiles of 6 rows, compiled for AVX2 with FMA.
@@ -122,7 +123,8 @@ fn blocks6<'p, 'a, 'b, 'c>(
 }
 
 /// [`gemm`]'s loops: for each block of terms, `b` packed, then each panel of `R` rows of `a`
-/// packed and multiplied by every column panel, one tile at a time.
+/// packed and multiplied by every column panel, one tile at a time (two panels at a time with
+/// wide tiles).
 #[inline(always)]
 fn blocks<const R: usize, T: Tile<R>>(
     (a, b, beta, c): Product<'_, '_, '_, '_>,
@@ -146,12 +148,16 @@ fn blocks<const R: usize, T: Tile<R>>(
                 Some(row) => row.into_slice().expect("unit stride"),
                 None => &mut [],
             });
-            for (j0, panel) in (0..).step_by(LANES).zip(b_pack.chunks_exact(kb)) {
-                let sums = T::sums(a_pack, panel);
-                if rows == R && j0 + LANES <= n {
-                    store_whole(&sums, (&mut out, j0), add);
+            let (mut j0, mut rest) = (0, &b_pack[..]);
+            while !rest.is_empty() {
+                if T::WIDE && rest.len() >= 2 * kb {
+                    let (left, right) = T::sums2(a_pack, &rest[..kb], &rest[kb..2 * kb]);
+                    put(&left, (&mut out, rows, j0, n), add);
+                    put(&right, (&mut out, rows, j0 + LANES, n), add);
+                    (j0, rest) = (j0 + 2 * LANES, &rest[2 * kb..]);
                 } else {
-                    store(&sums, (&mut out, j0), add);
+                    put(&T::sums(a_pack, &rest[..kb]), (&mut out, rows, j0, n), add);
+                    (j0, rest) = (j0 + LANES, &rest[kb..]);
                 }
             }
         }
@@ -384,6 +390,21 @@ fn transpose<const W: usize>(lanes: &[&[f32]; W], out: &mut [[f32; W]]) {
     }
 }
 
+/// Writes (or with `add`, adds) a tile's sums into columns `j0..j0 + 16` of the first `rows`
+/// rows in `out` (`n` columns): through [`store_whole`] where the tile is whole.
+#[inline(always)]
+fn put<const R: usize>(
+    sums: &[Lanes; R],
+    (out, rows, j0, n): (&mut [&mut [f32]; R], usize, usize, usize),
+    add: bool,
+) {
+    if rows == R && j0 + LANES <= n {
+        store_whole(sums, (out, j0), add);
+    } else {
+        store(sums, (out, j0), add);
+    }
+}
+
 /// Writes (or with `add`, adds) a whole tile's sums into columns `j0..j0 + 16` of the rows in
 /// `out`: the common case, with no edge to test for (which would cost the tile's registers).
 #[inline(always)]
@@ -423,14 +444,22 @@ fn store<const R: usize>(sums: &[Lanes; R], (out, j0): (&mut [&mut [f32]; R], us
 
 /// A tile of `R` rows: `Σ_t a[t][r] · b[t]` for each row, one fused multiply-add chain each from
 /// zero, terms in order.
-trait Tile<const R: usize> {
+pub trait Tile<const R: usize> {
+    /// Whether [`Tile::sums2`] is the tile to use: two panels of columns at once.
+    const WIDE: bool;
+
     fn sums(a: &[[f32; R]], b: &[Lanes]) -> [Lanes; R];
+
+    /// [`Tile::sums`] for two panels of columns, `b0` and `b1`.
+    fn sums2(a: &[[f32; R]], b0: &[Lanes], b1: &[Lanes]) -> ([Lanes; R], [Lanes; R]) {
+        (Self::sums(a, b0), Self::sums(a, b1))
+    }
 }
 
-/// Tiles of 16 rows.
-struct Rows16;
+/// Tiles of 12 rows by two panels.
+pub struct Rows12;
 
-/// Tiles of 6 rows.
+/// Tiles of 6 rows by one panel.
 struct Rows6;
 
 /// `fma_row(&mut c_r, a[r], b)` for each named accumulator `c_r`: separate variables, so that
@@ -439,28 +468,52 @@ macro_rules! fma_rows {
     ($a:expr, $b:expr; $($c:ident: $r:literal),*) => {
         $(fma_row(&mut $c, $a[$r], $b);)*
     };
+    ($a:expr, $b:expr, $b2:expr; $($c:ident $d:ident: $r:literal),*) => {
+        $(fma_row(&mut $c, $a[$r], $b); fma_row(&mut $d, $a[$r], $b2);)*
+    };
 }
 pub(crate) use fma_rows;
 
-impl Tile<16> for Rows16 {
+impl Tile<12> for Rows12 {
+    const WIDE: bool = true;
+
     #[inline(always)]
-    fn sums(a: &[[f32; 16]], b: &[Lanes]) -> [Lanes; 16] {
+    fn sums(a: &[[f32; 12]], b: &[Lanes]) -> [Lanes; 12] {
         let zero = [0.0; LANES];
         let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
         let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
         let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
-        let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
         for (av, bv) in a.iter().zip(b) {
             fma_rows!(av, bv; c0: 0, c1: 1, c2: 2, c3: 3, c4: 4, c5: 5, c6: 6, c7: 7, c8: 8,
-                c9: 9, c10: 10, c11: 11, c12: 12, c13: 13, c14: 14, c15: 15);
+                c9: 9, c10: 10, c11: 11);
         }
-        [
-            c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
-        ]
+        [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11]
+    }
+
+    #[inline(always)]
+    fn sums2(a: &[[f32; 12]], b0: &[Lanes], b1: &[Lanes]) -> ([Lanes; 12], [Lanes; 12]) {
+        let zero = [0.0; LANES];
+        let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+        let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+        let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+        let (mut d0, mut d1, mut d2, mut d3) = (zero, zero, zero, zero);
+        let (mut d4, mut d5, mut d6, mut d7) = (zero, zero, zero, zero);
+        let (mut d8, mut d9, mut d10, mut d11) = (zero, zero, zero, zero);
+        for ((av, bv), bw) in a.iter().zip(b0).zip(b1) {
+            // Row by row, both panels: one broadcast value live at a time.
+            fma_rows!(av, bv, bw; c0 d0: 0, c1 d1: 1, c2 d2: 2, c3 d3: 3, c4 d4: 4, c5 d5: 5,
+                c6 d6: 6, c7 d7: 7, c8 d8: 8, c9 d9: 9, c10 d10: 10, c11 d11: 11);
+        }
+        (
+            [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11],
+            [d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11],
+        )
     }
 }
 
 impl Tile<6> for Rows6 {
+    const WIDE: bool = false;
+
     #[inline(always)]
     fn sums(a: &[[f32; 6]], b: &[Lanes]) -> [Lanes; 6] {
         let zero = [0.0; LANES];
@@ -550,7 +603,7 @@ mod tests {
     ) -> impl Iterator<Item = (&'l (ArrayView2<'a, f32>, ArrayView2<'a, f32>), f32, Tiles)> {
         layouts.iter().flat_map(|pair| {
             [0.0, 1.0].into_iter().flat_map(move |beta| {
-                [Tiles::Rows16, Tiles::Rows6]
+                [Tiles::Rows12, Tiles::Rows6]
                     .into_iter()
                     .map(move |tiles| (pair, beta, tiles))
             })

@@ -328,9 +328,7 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
                     .chunks_exact(d.wo)
                     .zip(plane[i * d.w + j..].chunks_mut(d.w))
                 {
-                    for (a, v) in dst.iter_mut().zip(s) {
-                        *a += v;
-                    }
+                    add_into(&mut dst[..d.wo], s);
                 }
                 continue;
             }
@@ -341,10 +339,7 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
                 let s = &src[oh * d.wo..(oh + 1) * d.wo];
                 let dst = &mut plane[ih * d.w..(ih + 1) * d.w];
                 if geom.stride.1 == 1 && geom.padding.1 == 0 {
-                    dst[j..j + d.wo]
-                        .iter_mut()
-                        .zip(s)
-                        .for_each(|(a, v)| *a += v);
+                    add_into(&mut dst[j..j + d.wo], s);
                 } else {
                     for (ow, v) in s.iter().enumerate() {
                         if let Some(iw) = tap(ow, j, geom.stride.1, geom.padding.1, d.w) {
@@ -355,6 +350,18 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
             }
         }
     }
+}
+
+/// `dst[i] += src[i]` for a run as long as `dst`, eight values at a time: col2im's runs are
+/// output rows, often shorter than a loop vectorized 16 at a time would need.
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    let (dst8, dst_rest) = dst.as_chunks_mut::<8>();
+    let (src8, src_rest) = src[..dst8.len() * 8 + dst_rest.len()].as_chunks::<8>();
+    for (d, s) in dst8.iter_mut().zip(src8) {
+        d.iter_mut().zip(s).for_each(|(a, v)| *a += v);
+    }
+    dst_rest.iter_mut().zip(src_rest).for_each(|(a, v)| *a += v);
 }
 
 /// Bytes of im2col matrix one block of images should fill (tuned on lenet: small enough that a
@@ -410,10 +417,24 @@ const GRAD_PARTS: usize = 4;
 /// matrix product in [`conv_backward`] does; given, it replaces the im2col matrix and product.
 pub type BlockWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
+/// Adds one block of images' input gradient into its staging area (`[cg, images, H, W]`, zeros
+/// on entry) exactly as the matrix product `wᵀ · dy` and [`col2im`] in [`conv_backward`] do;
+/// given, it replaces both.
+pub type BlockInputGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
+
+/// Direct computations that stand in for [`conv_backward`]'s per-block products (none: the
+/// products).
+#[derive(Clone, Copy, Default)]
+pub struct BlockGrads<'a> {
+    pub dw: Option<&'a BlockWeightGrad<'a>>,
+    pub dx: Option<&'a BlockInputGrad<'a>>,
+}
+
 /// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (both overwritten).
 /// im2col matrices are rebuilt block by block rather than kept from the forward pass; with
-/// `block_dw`, the weight gradient skips them (the input gradient never needs them). The parts'
-/// partial sums and input gradients are kept in buffers from `buffers`.
+/// `direct.dw`, the weight gradient skips them (the input gradient never needs them), and with
+/// `direct.dx` the input gradient skips its product and col2im. The parts' partial sums and
+/// input gradients are kept in buffers from `buffers`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
@@ -423,7 +444,7 @@ pub fn conv_backward(
     d: &ConvDims,
     batch: usize,
     (dw, mut dx): (&mut [f32], Option<&mut [f32]>),
-    block_dw: Option<&BlockWeightGrad<'_>>,
+    direct: BlockGrads<'_>,
     buffers: &mut Pool<f32>,
 ) {
     let p = d.pixels();
@@ -456,7 +477,7 @@ pub fn conv_backward(
                     let images = block(d, batch, index);
                     let nb = images.len() * p;
                     let dyb = dyg.slice(ndarray::s![.., images.start * p..images.end * p]);
-                    if let Some(block_dw) = block_dw {
+                    if let Some(block_dw) = direct.dw {
                         block_dw(images.clone(), dw_part);
                     } else {
                         scratch(d.kg * nb, |cols| {
@@ -470,11 +491,15 @@ pub fn conv_backward(
                         let offset = (images.start - part * part_images) * d.cg * hw;
                         let local = &mut staged[offset..][..images.len() * d.cg * hw];
                         local.fill(0.0);
-                        scratch(d.kg * nb, |dcols| {
-                            let mut dcols_view = view_mut(dcols, d.kg, nb);
-                            gemm(&wg.t(), &dyb, 0.0, &mut dcols_view);
-                            col2im(dcols, geom, d, images.len(), local);
-                        });
+                        if let Some(block_dx) = direct.dx {
+                            block_dx(images.clone(), local);
+                        } else {
+                            scratch(d.kg * nb, |dcols| {
+                                let mut dcols_view = view_mut(dcols, d.kg, nb);
+                                gemm(&wg.t(), &dyb, 0.0, &mut dcols_view);
+                                col2im(dcols, geom, d, images.len(), local);
+                            });
+                        }
                     }
                 }
             });

@@ -91,15 +91,21 @@ impl Profile {
         let share = |s: f64| 100.0 * s / total;
         let mut out = format!(
             "{:<18} {:<12} {:>10} {:>11} {:>7} {:>9} {:>9} {:>7} {:>7}\n",
-            "node", "op", "fwd ms/ep", "bwd ms/ep", "share", "fwd GF/s", "bwd GF/s", "fwd %pk",
+            "node",
+            "op",
+            "fwd ms/ep",
+            "bwd ms/ep",
+            "share",
+            "fwd GF/s",
+            "bwd GF/s",
+            "fwd %pk",
             "bwd %pk"
         );
         let gflops = |flops: f64, s: f64| {
             (flops > 0.0 && s > 0.0).then(|| flops * self.images as f64 / s / 1e9)
         };
-        let rate = |flops: f64, s: f64| {
-            gflops(flops, s).map_or(String::new(), |g| format!("{g:.1}"))
-        };
+        let rate =
+            |flops: f64, s: f64| gflops(flops, s).map_or(String::new(), |g| format!("{g:.1}"));
         let of_peak = |flops: f64, s: f64| match (gflops(flops, s), self.peak) {
             (Some(g), Some(peak)) => format!("{:.0}%", 100.0 * g / peak.gflops),
             _ => String::new(),
