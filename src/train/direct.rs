@@ -5,9 +5,10 @@
 //! channels. A tile's sums stay in registers, one vector of pixels per channel: for each kernel
 //! tap `(c, i, j)`, the input values under the tile are two runs of eight in the input plane,
 //! and the tap's weights for the tile's channels one run of the transposed weight; each weight
-//! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums each
-//! kernel row's five taps for 32 output channels (16 where they do not pair up) over the pixels
-//! the same way. The input gradient is the general path's product `wᵀ · dy`, in the product's
+//! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums two
+//! kernel rows' five taps each for 32 output channels (a whole 5x5 kernel for 16 channels where
+//! they do not pair up) over the pixels the same way, into a transposed partial sum per part of
+//! the batch. The input gradient is the general path's product `wᵀ · dy`, in the product's
 //! own 12 x 32 tiles, with col2im folded in: each tile's sums are added into the input planes
 //! under it rather than written to a column matrix and scattered later.
 //!
@@ -21,7 +22,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::{avx512, fma_row, Lanes, Rows12, Tile, KC, LANES};
+use super::gemm::{avx512, fma_row, fma_rows, Lanes, Rows12, Tile, KC, LANES};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 use std::ops::Range;
@@ -158,12 +159,12 @@ pub fn conv_backward(
 ) {
     // Output channels in pairs of 16 where they pair up, else 16 at a time.
     let pairs = geom.out_channels.is_multiple_of(PAIR);
-    let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
+    let part_dw = |images: Range<usize>, dw_part: &mut [f32]| {
         let args = (x, dy, geom, d, batch);
         if pairs {
-            block_weight_grad(args, images, dw_part, row_grad32)
+            part_weight_grad(args, images, dw_part, RowGrads::PAIRS)
         } else {
-            block_weight_grad(args, images, dw_part, row_grad16)
+            part_weight_grad(args, images, dw_part, RowGrads::SINGLES)
         }
     };
     // The weight regrouped for the direct input gradient, once per batch.
@@ -181,7 +182,7 @@ pub fn conv_backward(
         block_input_grad((dy, wt.as_chunks().0, geom, d, batch), images, staged)
     };
     let direct = kernels::BlockGrads {
-        dw: (applies(geom, d) && geom.kernel.1 == KW).then_some(&block_dw as _),
+        dw: (applies(geom, d) && geom.kernel.1 == KW).then_some(&part_dw as _),
         dx: dx_direct.then_some(&block_dx as _),
     };
     kernels::conv_backward(x, dy, w, geom, d, batch, grads, direct, buffers);
@@ -324,31 +325,53 @@ fn add_halves(plane: &mut [f32], (first, second): (usize, usize), values: &Lanes
     }
 }
 
-/// Adds the weight gradient of `images` into `dw_part` (`[O, kg]`) as the general path's
-/// product `dw_part += dy_block · cols_block^T` does: for each run of [`KC`] pixels, one fused
-/// multiply-add chain per weight from zero, pixels in order, then added to the part's sum.
-fn block_weight_grad<const N: usize>(
+/// Adds the weight gradient of a part's `images` into `dw_part` (`[O, kg]`, zeros on entry) as
+/// the general path's products `dw_part += dy_block · cols_blockᵀ` do, block by block of
+/// [`kernels::block_images`]: for each run of [`KC`] pixels of a block, one fused multiply-add
+/// chain per weight from zero, pixels in order, then added to the part's sum. The sum is kept
+/// transposed (`[O / N, kg, N]`: a kernel's sums are added as vectors) and written out once.
+fn part_weight_grad<const N: usize>(
     (x, dy, geom, d, batch): (&[f32], &[f32], &ConvGeom, &ConvDims, usize),
     images: Range<usize>,
     dw_part: &mut [f32],
-    row_grad: RowGrad<N>,
+    kernels: RowGrads<N>,
 ) {
-    let (p, hw) = (d.pixels(), d.h * d.w);
-    let n = batch * p;
-    let kh = geom.kernel.0;
-    let pixels = images.start * p..images.end * p;
-    // A run's output gradients for a pair of channel groups, transposed (a pixel's values in
-    // one run), and each pixel's window corner in its image's first input plane.
-    scratch(KC * N, |dyt: &mut [f32]| {
+    let (p, hw, kh) = (d.pixels(), d.h * d.w, geom.kernel.0);
+    let (n, per_block) = (batch * p, kernels::block_images(d));
+    // The transposed sum; a run's output gradients for a group of channels, transposed (a
+    // pixel's values in one run); a call's sums (five per kernel row); and each pixel's window
+    // corner in its image's first input plane.
+    let sizes = [d.kg * geom.out_channels, KC * N, kernels.rows * KW * N];
+    scratch(sizes.iter().sum(), |space: &mut [f32]| {
+        let (total, rest) = space.split_at_mut(sizes[0]);
+        let (dyt, sums) = rest.split_at_mut(sizes[1]);
+        let (total, sums) = (total.as_chunks_mut::<N>().0, sums.as_chunks_mut::<N>().0);
+        total.fill([0.0; N]);
         scratch(KC, |corners: &mut [usize]| {
-            for start in pixels.clone().step_by(KC) {
-                let chunk = start..(start + KC).min(pixels.end);
+            let blocks = (images.start..images.end).step_by(per_block);
+            let chunks = blocks.flat_map(|first| {
+                let pixels = first * p..(first + per_block).min(images.end) * p;
+                pixels
+                    .clone()
+                    .step_by(KC)
+                    .map(move |s| s..(s + KC).min(pixels.end))
+            });
+            for chunk in chunks {
                 let corners = &mut corners[..chunk.len()];
-                for (corner, q) in corners.iter_mut().zip(chunk.clone()) {
-                    *corner = q / p * hw + q % p / d.wo * d.w + q % d.wo;
+                let (mut image, mut oy, mut ox) = (chunk.start / p, chunk.start % p / d.wo, 0);
+                ox += chunk.start % d.wo;
+                for corner in corners.iter_mut() {
+                    *corner = image * hw + oy * d.w + ox;
+                    ox += 1;
+                    if ox == d.wo {
+                        (oy, ox) = (oy + 1, 0);
+                        if oy == d.ho {
+                            (image, oy) = (image + 1, 0);
+                        }
+                    }
                 }
                 let dyt = &mut dyt.as_chunks_mut::<N>().0[..chunk.len()];
-                for group in 0..geom.out_channels / N {
+                for (group, total) in total.chunks_exact_mut(d.kg).enumerate() {
                     for lane in 0..N {
                         let row = &dy[(group * N + lane) * n..][chunk.clone()];
                         for (t, &v) in dyt.iter_mut().zip(row) {
@@ -356,57 +379,157 @@ fn block_weight_grad<const N: usize>(
                         }
                     }
                     for c in 0..d.c {
-                        for i in 0..kh {
-                            let row_start = c * batch * hw + i * d.w;
-                            let sums = row_grad(&x[row_start..], dyt, corners);
-                            for (j, sums) in sums.iter().enumerate() {
-                                let k = (c * kh + i) * KW + j;
-                                for (lane, &s) in sums.iter().enumerate() {
-                                    dw_part[(group * N + lane) * d.kg + k] += s;
-                                }
+                        // Kernel rows `kernels.rows` at a time, then one at a time.
+                        let mut i = 0;
+                        while i < kh {
+                            let (rows, grad) = if i + kernels.rows <= kh {
+                                (kernels.rows, kernels.many)
+                            } else {
+                                (1, kernels.one)
+                            };
+                            let sums = &mut sums[..rows * KW];
+                            grad(&x[c * batch * hw + i * d.w..], d.w, dyt, corners, sums);
+                            let k = (c * kh + i) * KW;
+                            for (total, sums) in total[k..k + rows * KW].iter_mut().zip(&*sums) {
+                                total.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
                             }
+                            i += rows;
                         }
                     }
                 }
             }
-        })
+        });
+        for (group, total) in total.chunks_exact(d.kg).enumerate() {
+            for (k, sums) in total.iter().enumerate() {
+                for (lane, &s) in sums.iter().enumerate() {
+                    dw_part[(group * N + lane) * d.kg + k] = s;
+                }
+            }
+        }
     });
 }
 
-/// One kernel row's five taps by `N` output channels (16 or 32): `Σ x[corner + j] · dy[pixel]`
-/// over the pixels, one fused multiply-add chain each from zero, pixels in order.
-#[inline(always)]
-fn kernel_row_grad<const N: usize>(
+/// A weight-gradient kernel: kernel rows of `x` (`w` apart) by the transposed output gradients
+/// of a run of pixels (`dyt`, windows at `corners`), into `sums` (five taps per row):
+/// `Σ x[corner + row · w + j] · dy[pixel]` over the pixels, one fused multiply-add chain each
+/// from zero, pixels in order.
+type RowGrad<const N: usize> = fn(&[f32], usize, &[[f32; N]], &[usize], &mut [[f32; N]]);
+
+/// The weight-gradient kernels for `N` output channels: `many` for `rows` kernel rows at once
+/// (its accumulators fill the vector registers, as one row's five cannot), `one` for a row.
+#[derive(Clone, Copy)]
+struct RowGrads<const N: usize> {
+    rows: usize,
+    many: RowGrad<N>,
+    one: RowGrad<N>,
+}
+
+impl RowGrads<PAIR> {
+    /// 32 channels: two rows (20 accumulators of 16 lanes).
+    const PAIRS: RowGrads<PAIR> = RowGrads {
+        rows: 2,
+        many: rows2_grad32,
+        one: row_grad32,
+    };
+}
+
+impl RowGrads<CHANNELS> {
+    /// 16 channels: five rows (25 accumulators: a whole 5x5 kernel).
+    const SINGLES: RowGrads<CHANNELS> = RowGrads {
+        rows: 5,
+        many: rows5_grad16,
+        one: row_grad16,
+    };
+}
+
+/// Five taps of the kernel row at `x` (`xs(corner)` for a pixel's window corner).
+macro_rules! taps {
+    ($x:expr, $corner:expr) => {{
+        let taps: &[f32; KW] = $x[$corner..$corner + KW].try_into().expect("a row of taps");
+        taps
+    }};
+}
+
+/// [`RowGrad`] for one row of 32 channels.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn row_grad32(
     x: &[f32],
-    dyt: &[[f32; N]],
+    _: usize,
+    dyt: &[[f32; PAIR]],
     corners: &[usize],
-) -> [[f32; N]; KW] {
+    out: &mut [[f32; PAIR]],
+) {
+    row_grad(x, dyt, corners, out)
+}
+
+/// [`RowGrad`] for one row of 16 channels.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn row_grad16(
+    x: &[f32],
+    _: usize,
+    dyt: &[[f32; CHANNELS]],
+    corners: &[usize],
+    out: &mut [[f32; CHANNELS]],
+) {
+    row_grad(x, dyt, corners, out)
+}
+
+/// One kernel row's five taps by `N` channels.
+#[inline(always)]
+fn row_grad<const N: usize>(x: &[f32], dyt: &[[f32; N]], corners: &[usize], out: &mut [[f32; N]]) {
     let zero = [0.0; N];
     let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
     for (g, &corner) in dyt.iter().zip(corners) {
-        let xs: &[f32; KW] = x[corner..corner + KW].try_into().expect("a row of taps");
-        fma_row(&mut a0, xs[0], g);
-        fma_row(&mut a1, xs[1], g);
-        fma_row(&mut a2, xs[2], g);
-        fma_row(&mut a3, xs[3], g);
-        fma_row(&mut a4, xs[4], g);
+        fma_rows!(taps!(x, corner), g; a0: 0, a1: 1, a2: 2, a3: 3, a4: 4);
     }
-    [a0, a1, a2, a3, a4]
+    out.copy_from_slice(&[a0, a1, a2, a3, a4]);
 }
 
-/// [`kernel_row_grad`] for `N` channels, compiled for AVX-512.
-type RowGrad<const N: usize> = fn(&[f32], &[[f32; N]], &[usize]) -> [[f32; N]; KW];
-
-/// [`kernel_row_grad`] for 16 channels.
+/// [`RowGrad`] for two rows of 32 channels.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn row_grad16(x: &[f32], dyt: &[[f32; CHANNELS]], corners: &[usize]) -> [[f32; CHANNELS]; KW] {
-    kernel_row_grad(x, dyt, corners)
+fn rows2_grad32(
+    x: &[f32],
+    w: usize,
+    dyt: &[[f32; PAIR]],
+    corners: &[usize],
+    out: &mut [[f32; PAIR]],
+) {
+    let zero = [0.0; PAIR];
+    let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
+    let (mut b0, mut b1, mut b2, mut b3, mut b4) = (zero, zero, zero, zero, zero);
+    for (g, &corner) in dyt.iter().zip(corners) {
+        fma_rows!(taps!(x, corner), g; a0: 0, a1: 1, a2: 2, a3: 3, a4: 4);
+        fma_rows!(taps!(x, corner + w), g; b0: 0, b1: 1, b2: 2, b3: 3, b4: 4);
+    }
+    out.copy_from_slice(&[a0, a1, a2, a3, a4, b0, b1, b2, b3, b4]);
 }
 
-/// [`kernel_row_grad`] for 32 channels.
+/// [`RowGrad`] for five rows of 16 channels.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn row_grad32(x: &[f32], dyt: &[[f32; PAIR]], corners: &[usize]) -> [[f32; PAIR]; KW] {
-    kernel_row_grad(x, dyt, corners)
+fn rows5_grad16(
+    x: &[f32],
+    w: usize,
+    dyt: &[[f32; CHANNELS]],
+    corners: &[usize],
+    out: &mut [[f32; CHANNELS]],
+) {
+    let zero = [0.0; CHANNELS];
+    let (mut a0, mut a1, mut a2, mut a3, mut a4) = (zero, zero, zero, zero, zero);
+    let (mut b0, mut b1, mut b2, mut b3, mut b4) = (zero, zero, zero, zero, zero);
+    let (mut c0, mut c1, mut c2, mut c3, mut c4) = (zero, zero, zero, zero, zero);
+    let (mut d0, mut d1, mut d2, mut d3, mut d4) = (zero, zero, zero, zero, zero);
+    let (mut e0, mut e1, mut e2, mut e3, mut e4) = (zero, zero, zero, zero, zero);
+    for (g, &corner) in dyt.iter().zip(corners) {
+        fma_rows!(taps!(x, corner), g; a0: 0, a1: 1, a2: 2, a3: 3, a4: 4);
+        fma_rows!(taps!(x, corner + w), g; b0: 0, b1: 1, b2: 2, b3: 3, b4: 4);
+        fma_rows!(taps!(x, corner + 2 * w), g; c0: 0, c1: 1, c2: 2, c3: 3, c4: 4);
+        fma_rows!(taps!(x, corner + 3 * w), g; d0: 0, d1: 1, d2: 2, d3: 3, d4: 4);
+        fma_rows!(taps!(x, corner + 4 * w), g; e0: 0, e1: 1, e2: 2, e3: 3, e4: 4);
+    }
+    out.copy_from_slice(&[
+        a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4, d0, d1, d2, d3, d4, e0, e1, e2,
+        e3, e4,
+    ]);
 }
 
 /// Every tile of 16 output channels: `out` their planes, `wt` their weights, one run of 16 per
@@ -543,9 +666,9 @@ mod tests {
             let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
                 let args = (&x[..], &dy[..], &geom, &d, batch);
                 if o % PAIR == 0 {
-                    block_weight_grad(args, images, dw_part, row_grad32)
+                    part_weight_grad(args, images, dw_part, RowGrads::PAIRS)
                 } else {
-                    block_weight_grad(args, images, dw_part, row_grad16)
+                    part_weight_grad(args, images, dw_part, RowGrads::SINGLES)
                 }
             };
             let mut regrouped = vec![[f32::NAN; ROWS]; d.kg.div_ceil(ROWS) * o];

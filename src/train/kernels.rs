@@ -369,7 +369,7 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 const BLOCK_BYTES: usize = 1 << 18;
 
 /// Images in a block.
-fn block_images(d: &ConvDims) -> usize {
+pub fn block_images(d: &ConvDims) -> usize {
     (BLOCK_BYTES / (d.kg * d.pixels() * 4)).max(1)
 }
 
@@ -413,9 +413,10 @@ pub fn conv_forward(
 /// this order whatever the thread count, so results do not depend on it.
 const GRAD_PARTS: usize = 4;
 
-/// Adds one block of images' weight gradient into a part's sum (`[O, kg]`) exactly as the
-/// matrix product in [`conv_backward`] does; given, it replaces the im2col matrix and product.
-pub type BlockWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
+/// Adds the weight gradient of a part's images (whole blocks of [`block_images`]) into the
+/// part's sum (`[O, kg]`, zeros on entry) exactly as the matrix products in [`conv_backward`]
+/// do, block by block; given, it replaces the im2col matrices and products.
+pub type PartWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
 /// Adds one block of images' input gradient into its staging area (`[cg, images, H, W]`, zeros
 /// on entry) exactly as the matrix product `wᵀ · dy` and [`col2im`] in [`conv_backward`] do;
@@ -426,7 +427,7 @@ pub type BlockInputGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 /// products).
 #[derive(Clone, Copy, Default)]
 pub struct BlockGrads<'a> {
-    pub dw: Option<&'a BlockWeightGrad<'a>>,
+    pub dw: Option<&'a PartWeightGrad<'a>>,
     pub dx: Option<&'a BlockInputGrad<'a>>,
 }
 
@@ -473,13 +474,16 @@ pub fn conv_backward(
             .enumerate()
             .for_each(|(part, (dw_part, staged))| {
                 dw_part.fill(0.0);
-                for index in part * per_part..((part + 1) * per_part).min(blocks) {
+                let indices = part * per_part..((part + 1) * per_part).min(blocks);
+                if let Some(part_dw) = direct.dw {
+                    let first = block(d, batch, indices.start).start;
+                    part_dw(first..block(d, batch, indices.end - 1).end, dw_part);
+                }
+                for index in indices {
                     let images = block(d, batch, index);
                     let nb = images.len() * p;
                     let dyb = dyg.slice(ndarray::s![.., images.start * p..images.end * p]);
-                    if let Some(block_dw) = direct.dw {
-                        block_dw(images.clone(), dw_part);
-                    } else {
+                    if direct.dw.is_none() {
                         scratch(d.kg * nb, |cols| {
                             im2col(x, geom, d, batch, (g, images.clone()), cols);
                             let cols = view(cols, d.kg, nb);
