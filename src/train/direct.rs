@@ -14,15 +14,17 @@
 //!
 //! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
 //! general path's matrix products use (`gemm`, in `matrixmultiply`'s order), so the two paths
-//! agree bit for bit. The kernels are compiled for AVX-512 at run time (`multiversion`; the default build targets
-//! baseline x86_64) and used only where the CPU has it: their accumulators fill AVX-512's 32
-//! vector registers, and with 16 (AVX2) or 128-bit vectors (aarch64) they would spill.
+//! agree bit for bit. The kernels are compiled for AVX-512 at run time (`multiversion`; the
+//! default build targets baseline x86_64) and used only where the CPU has it: their
+//! accumulators fill AVX-512's 32 vector registers, and with 16 (AVX2) or 128-bit vectors
+//! (aarch64) they would spill. The weight gradient has a smaller kernel for those CPUs (one
+//! row by 16 channels: 10 of AVX2's 16 registers), compiled for AVX2.
 
 use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::{avx512, fma_row, fma_rows, Lanes, Rows12, Tile, KC, LANES};
+use super::gemm::{avx512, fma, fma_row, fma_rows, Lanes, Rows12, Tile, KC, LANES};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 use std::ops::Range;
@@ -161,10 +163,10 @@ pub fn conv_backward(
     let pairs = geom.out_channels.is_multiple_of(PAIR);
     let part_dw = |images: Range<usize>, dw_part: &mut [f32]| {
         let args = (x, dy, geom, d, batch);
-        if pairs {
-            part_weight_grad(args, images, dw_part, RowGrads::PAIRS)
-        } else {
-            part_weight_grad(args, images, dw_part, RowGrads::SINGLES)
+        match (avx512(), pairs) {
+            (true, true) => part_weight_grad(args, images, dw_part, RowGrads::PAIRS),
+            (true, false) => part_weight_grad(args, images, dw_part, RowGrads::SINGLES),
+            (false, _) => part_weight_grad(args, images, dw_part, RowGrads::AVX2),
         }
     };
     // The weight regrouped for the direct input gradient, once per batch.
@@ -182,11 +184,23 @@ pub fn conv_backward(
         block_input_grad((dy, wt.as_chunks().0, geom, d, batch), images, staged)
     };
     let direct = kernels::BlockGrads {
-        dw: (applies(geom, d) && geom.kernel.1 == KW).then_some(&part_dw as _),
+        dw: weight_grad_applies(geom).then_some(&part_dw as _),
         dx: dx_direct.then_some(&block_dx as _),
     };
     kernels::conv_backward(x, dy, w, geom, d, batch, grads, direct, buffers);
     buffers.give(wt);
+}
+
+/// Whether [`conv_backward`] computes the weight gradient directly: stride 1, no padding, one
+/// group, kernel rows five taps wide, output channels a multiple of 16; and a CPU with fused
+/// multiply-add (AVX-512, AVX2, aarch64).
+pub fn weight_grad_applies(geom: &ConvGeom) -> bool {
+    geom.groups == 1
+        && geom.stride == (1, 1)
+        && geom.padding == (0, 0)
+        && geom.kernel.1 == KW
+        && geom.out_channels.is_multiple_of(CHANNELS)
+        && fma()
 }
 
 /// Column-matrix rows (kernel taps of input channels) in a tile of the direct input gradient:
@@ -440,6 +454,13 @@ impl RowGrads<CHANNELS> {
         many: rows5_grad16,
         one: row_grad16,
     };
+
+    /// 16 channels a row at a time with AVX2 (10 of its 16 vector registers) or on aarch64.
+    const AVX2: RowGrads<CHANNELS> = RowGrads {
+        rows: 1,
+        many: row_grad16_avx2,
+        one: row_grad16_avx2,
+    };
 }
 
 /// Five taps of the kernel row at `x` (`xs(corner)` for a pixel's window corner).
@@ -465,6 +486,18 @@ fn row_grad32(
 /// [`RowGrad`] for one row of 16 channels.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
 fn row_grad16(
+    x: &[f32],
+    _: usize,
+    dyt: &[[f32; CHANNELS]],
+    corners: &[usize],
+    out: &mut [[f32; CHANNELS]],
+) {
+    row_grad(x, dyt, corners, out)
+}
+
+/// [`RowGrad`] for one row of 16 channels, compiled for AVX2.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn row_grad16_avx2(
     x: &[f32],
     _: usize,
     dyt: &[[f32; CHANNELS]],
@@ -608,6 +641,7 @@ fn tile_sums(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     /// The convolution in f64, summed plainly: the reference both paths are held to.
     fn reference(x: &[f32], w: &[f32], geom: &ConvGeom, d: &ConvDims, batch: usize) -> Vec<f64> {
@@ -663,12 +697,15 @@ mod tests {
             let (mut direct, mut general) = (vec![f32::NAN; o * d.kg], vec![f32::NAN; o * d.kg]);
             let (mut dx_direct, mut dx_general) =
                 (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+            // The AVX-512 kernels, then the AVX2 ones (each runs on any CPU: without the
+            // instructions it was built for, in a plain build).
+            let avx2 = std::sync::atomic::AtomicBool::new(false);
             let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
                 let args = (&x[..], &dy[..], &geom, &d, batch);
-                if o % PAIR == 0 {
-                    part_weight_grad(args, images, dw_part, RowGrads::PAIRS)
-                } else {
-                    part_weight_grad(args, images, dw_part, RowGrads::SINGLES)
+                match (avx2.load(Relaxed), o % PAIR == 0) {
+                    (false, true) => part_weight_grad(args, images, dw_part, RowGrads::PAIRS),
+                    (false, false) => part_weight_grad(args, images, dw_part, RowGrads::SINGLES),
+                    (true, _) => part_weight_grad(args, images, dw_part, RowGrads::AVX2),
                 }
             };
             let mut regrouped = vec![[f32::NAN; ROWS]; d.kg.div_ceil(ROWS) * o];
@@ -711,6 +748,21 @@ mod tests {
                 assert!(
                     bits(&dx_direct) == bits(&dx_general),
                     "{c}x{h}x{w} -> {o}: input gradients differ"
+                );
+            }
+            // The AVX2 kernels' weight gradient is the same too.
+            avx2.store(true, Relaxed);
+            let mut dw_avx2 = vec![f32::NAN; o * d.kg];
+            let only_dw = kernels::BlockGrads {
+                dw: Some(&block_dw),
+                dx: None,
+            };
+            let grads = (&mut dw_avx2[..], None);
+            kernels::conv_backward(&x, &dy, &wt, &geom, &d, batch, grads, only_dw, &mut buffers);
+            if fma() {
+                assert!(
+                    bits(&dw_avx2) == bits(&general),
+                    "{c}x{h}x{w} -> {o}: AVX2 weight gradients differ"
                 );
             }
             // The input gradient: dx[c][b, y, x] = Σ w[o][c, i, j] · dy[o][b, y - i, x - j].

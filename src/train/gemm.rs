@@ -194,7 +194,7 @@ fn cpu_has_avx512() -> bool {
 }
 
 /// Whether the CPU has fused multiply-add in vectors: AVX2 and FMA on x86, always on aarch64.
-fn fma() -> bool {
+pub fn fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
