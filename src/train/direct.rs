@@ -171,19 +171,19 @@ pub fn conv_backward(
     };
     // The weight regrouped for the direct input gradient, once per batch.
     let dx_direct = grads.1.is_some() && input_grad_applies(geom, d);
-    let rows = if dx_direct {
+    let regrouped = if dx_direct {
         d.kg.next_multiple_of(ROWS) * geom.out_channels
     } else {
         0
     };
-    let mut wt = buffers.take(rows);
+    let mut wt = buffers.take(regrouped);
     if dx_direct {
         regroup_for_input_grad(w, geom, d, wt.as_chunks_mut().0);
     }
     let block_dx = |images: Range<usize>, staged: &mut [f32]| {
         block_input_grad((dy, wt.as_chunks().0, geom, d, batch), images, staged)
     };
-    let direct = kernels::BlockGrads {
+    let direct = kernels::DirectGrads {
         dw: weight_grad_applies(geom).then_some(&part_dw as _),
         dx: dx_direct.then_some(&block_dx as _),
     };
@@ -327,16 +327,10 @@ fn input_grad_image(
 
 /// Adds 16 values into a plane: the first eight at `runs.0`, the others at `runs.1`.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // indexed, on copies: the form that vectorizes here
 fn add_halves(plane: &mut [f32], (first, second): (usize, usize), values: &Lanes) {
-    for (at, half) in [(first, 0), (second, HALF)] {
-        let run: &mut [f32; HALF] = (&mut plane[at..at + HALF]).try_into().expect("eight");
-        let mut total = *run;
-        for l in 0..HALF {
-            total[l] += values[half + l];
-        }
-        *run = total;
-    }
+    let (low, high) = values.split_at(HALF);
+    kernels::add_into(&mut plane[first..first + HALF], low);
+    kernels::add_into(&mut plane[second..second + HALF], high);
 }
 
 /// Adds the weight gradient of a part's `images` into `dw_part` (`[O, kg]`, zeros on entry) as
@@ -713,7 +707,7 @@ mod tests {
             let block_dx = |images: Range<usize>, staged: &mut [f32]| {
                 block_input_grad((&dy[..], &regrouped[..], &geom, &d, batch), images, staged)
             };
-            let both = kernels::BlockGrads {
+            let both = kernels::DirectGrads {
                 dw: Some(&block_dw),
                 dx: (o <= KC).then_some(&block_dx as _),
             };
@@ -722,7 +716,7 @@ mod tests {
                 (
                     &mut general,
                     &mut dx_general,
-                    kernels::BlockGrads::default(),
+                    kernels::DirectGrads::default(),
                 ),
             ];
             for (dw, dx, block_grads) in paths {
@@ -753,7 +747,7 @@ mod tests {
             // The AVX2 kernels' weight gradient is the same too.
             avx2.store(true, Relaxed);
             let mut dw_avx2 = vec![f32::NAN; o * d.kg];
-            let only_dw = kernels::BlockGrads {
+            let only_dw = kernels::DirectGrads {
                 dw: Some(&block_dw),
                 dx: None,
             };

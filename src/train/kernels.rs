@@ -355,11 +355,16 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
 /// `dst[i] += src[i]` for a run as long as `dst`, eight values at a time: col2im's runs are
 /// output rows, often shorter than a loop vectorized 16 at a time would need.
 #[inline(always)]
-fn add_into(dst: &mut [f32], src: &[f32]) {
+#[allow(clippy::needless_range_loop)] // indexed, on copies: the form that vectorizes everywhere
+pub fn add_into(dst: &mut [f32], src: &[f32]) {
     let (dst8, dst_rest) = dst.as_chunks_mut::<8>();
     let (src8, src_rest) = src[..dst8.len() * 8 + dst_rest.len()].as_chunks::<8>();
     for (d, s) in dst8.iter_mut().zip(src8) {
-        d.iter_mut().zip(s).for_each(|(a, v)| *a += v);
+        let (mut total, s) = (*d, *s);
+        for l in 0..8 {
+            total[l] += s[l];
+        }
+        *d = total;
     }
     dst_rest.iter_mut().zip(src_rest).for_each(|(a, v)| *a += v);
 }
@@ -423,10 +428,10 @@ pub type PartWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 /// given, it replaces both.
 pub type BlockInputGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
-/// Direct computations that stand in for [`conv_backward`]'s per-block products (none: the
-/// products).
+/// Direct computations that stand in for [`conv_backward`]'s products (none: the products):
+/// the weight gradient's, part by part, and the input gradient's with col2im, block by block.
 #[derive(Clone, Copy, Default)]
-pub struct BlockGrads<'a> {
+pub struct DirectGrads<'a> {
     pub dw: Option<&'a PartWeightGrad<'a>>,
     pub dx: Option<&'a BlockInputGrad<'a>>,
 }
@@ -445,7 +450,7 @@ pub fn conv_backward(
     d: &ConvDims,
     batch: usize,
     (dw, mut dx): (&mut [f32], Option<&mut [f32]>),
-    direct: BlockGrads<'_>,
+    direct: DirectGrads<'_>,
     buffers: &mut Pool<f32>,
 ) {
     let p = d.pixels();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::gemm::{avx512, fma_row, fma_rows};
+use super::gemm::{avx512, fma, fma_row, fma_rows};
 
 /// Lanes in one accumulator (one AVX-512 vector; two AVX2 vectors, four NEON ones).
 const LANES: usize = 16;
@@ -44,7 +44,7 @@ pub fn fp32_peak() -> Peak {
         threads: rayon::current_num_threads(),
         bits: if avx512() {
             512
-        } else if cfg!(target_arch = "x86_64") {
+        } else if cfg!(target_arch = "x86_64") && fma() {
             256
         } else {
             128
