@@ -446,11 +446,25 @@ fn the_training_profile_accounts_for_every_layer() {
         assert!(n.flops_forward > 0.0, "{layer} is a GEMM layer");
     }
     assert!(p.optimizer_s > 0.0 && p.data_s > 0.0 && p.evaluation_s > 0.0);
+    // The first layer's input needs no gradient: its backward is the weight gradient alone.
+    let flops = |layer: &str| {
+        let n = p.nodes.iter().find(|n| n.name == layer).unwrap();
+        (n.flops_forward, n.flops_backward)
+    };
+    let ((fc1_fwd, fc1_bwd), (fc2_fwd, fc2_bwd)) = (flops("fc1"), flops("fc2"));
+    assert_eq!(fc1_bwd, fc1_fwd, "fc1's backward: one product");
+    assert_eq!(fc2_bwd, 2.0 * fc2_fwd, "fc2's backward: two products");
+    // The rates' ceiling, measured on the training threads.
+    let peak = p.peak.expect("a measured peak");
+    assert!(peak.gflops > 0.0 && peak.threads >= 1, "{peak:?}");
+    assert!([128, 256, 512].contains(&peak.bits), "{peak:?}");
     // The parts it lists are the training time it reports.
     let table = p.table();
     for text in [
         "fc1",
         "fwd GF/s",
+        "bwd %pk",
+        "% peak: of this CPU's fp32 peak",
         "optimizer step",
         "batching the data",
         "GEMM layers",
