@@ -194,7 +194,7 @@ pub fn conv_backward(
 /// Whether [`conv_backward`] computes the weight gradient directly: stride 1, no padding, one
 /// group, kernel rows five taps wide, output channels a multiple of 16; and a CPU with fused
 /// multiply-add (AVX-512, AVX2, aarch64).
-pub fn weight_grad_applies(geom: &ConvGeom) -> bool {
+fn weight_grad_applies(geom: &ConvGeom) -> bool {
     geom.groups == 1
         && geom.stride == (1, 1)
         && geom.padding == (0, 0)
@@ -209,7 +209,7 @@ const ROWS: usize = 12;
 
 /// Whether [`conv_backward`] computes the input gradient directly: [`applies`]' conditions
 /// except for the channel count, and at most [`KC`] output channels (one chain per value).
-pub fn input_grad_applies(geom: &ConvGeom, d: &ConvDims) -> bool {
+fn input_grad_applies(geom: &ConvGeom, d: &ConvDims) -> bool {
     geom.groups == 1
         && geom.stride == (1, 1)
         && geom.padding == (0, 0)
@@ -694,7 +694,7 @@ mod tests {
             // The AVX-512 kernels, then the AVX2 ones (each runs on any CPU: without the
             // instructions it was built for, in a plain build).
             let avx2 = std::sync::atomic::AtomicBool::new(false);
-            let block_dw = |images: Range<usize>, dw_part: &mut [f32]| {
+            let part_dw = |images: Range<usize>, dw_part: &mut [f32]| {
                 let args = (&x[..], &dy[..], &geom, &d, batch);
                 match (avx2.load(Relaxed), o % PAIR == 0) {
                     (false, true) => part_weight_grad(args, images, dw_part, RowGrads::PAIRS),
@@ -708,7 +708,7 @@ mod tests {
                 block_input_grad((&dy[..], &regrouped[..], &geom, &d, batch), images, staged)
             };
             let both = kernels::DirectGrads {
-                dw: Some(&block_dw),
+                dw: Some(&part_dw),
                 dx: (o <= KC).then_some(&block_dx as _),
             };
             let paths = [
@@ -748,7 +748,7 @@ mod tests {
             avx2.store(true, Relaxed);
             let mut dw_avx2 = vec![f32::NAN; o * d.kg];
             let only_dw = kernels::DirectGrads {
-                dw: Some(&block_dw),
+                dw: Some(&part_dw),
                 dx: None,
             };
             let grads = (&mut dw_avx2[..], None);
