@@ -24,7 +24,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::{avx512, fma, fma_row, fma_rows, Lanes, Rows12, Tile, KC, LANES};
+use super::gemm::{avx512, fma, fma_row, fma_rows, transpose, Lanes, Rows12, Tile, KC, LANES};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 use std::ops::Range;
@@ -380,12 +380,9 @@ fn part_weight_grad<const N: usize>(
                 }
                 let dyt = &mut dyt.as_chunks_mut::<N>().0[..chunk.len()];
                 for (group, total) in total.chunks_exact_mut(d.kg).enumerate() {
-                    for lane in 0..N {
-                        let row = &dy[(group * N + lane) * n..][chunk.clone()];
-                        for (t, &v) in dyt.iter_mut().zip(row) {
-                            t[lane] = v;
-                        }
-                    }
+                    let rows =
+                        std::array::from_fn(|lane| &dy[(group * N + lane) * n..][chunk.clone()]);
+                    transpose(&rows, dyt);
                     for c in 0..d.c {
                         // Kernel rows `kernels.rows` at a time, then one at a time.
                         let mut i = 0;

@@ -374,7 +374,7 @@ fn copy_run<const W: usize>(run: &[f32], slot: &mut [f32; W]) {
 /// `out[t][l] = lanes[l][t]`, 16 terms at a time through a `W x 16` tile (lanes with no values,
 /// past the matrix's edge, give zeros).
 #[inline(always)]
-fn transpose<const W: usize>(lanes: &[&[f32]; W], out: &mut [[f32; W]]) {
+pub fn transpose<const W: usize>(lanes: &[&[f32]; W], out: &mut [[f32; W]]) {
     for (t0, block) in (0..out.len()).step_by(LANES).zip(out.chunks_mut(LANES)) {
         let mut tile = [[0.0; LANES]; W];
         for (row, lane) in tile.iter_mut().zip(lanes) {
