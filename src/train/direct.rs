@@ -8,9 +8,11 @@
 //! times the pixels is one fused multiply-add. The weight gradient (5-wide kernels) sums two
 //! kernel rows' five taps each for 32 output channels (a whole 5x5 kernel for 16 channels where
 //! they do not pair up) over the pixels the same way, into a transposed partial sum per part of
-//! the batch. The input gradient is the general path's product `wᵀ · dy`, in the product's
-//! own 12 x 32 tiles, with col2im folded in: each tile's sums are added into the input planes
-//! under it rather than written to a column matrix and scattered later.
+//! the batch. The input gradient is the general path's product `wᵀ · dy` with col2im folded
+//! in: for each kernel tap, 16 input channels by 16 output pixels are summed in registers (one
+//! vector of channels per pixel) and each pixel's vector is added to the input pixel under the
+//! tap, in an image kept pixel by pixel (channels in vectors), which the caller transposes
+//! into the planes; no column matrix, no col2im.
 //!
 //! Each sum is a chain of fused multiply-adds in the order, and cut into the blocks, that the
 //! general path's matrix products use (`gemm`, in `matrixmultiply`'s order), so the two paths
@@ -24,7 +26,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::{avx512, fma, fma_row, fma_rows, transpose, Lanes, Rows12, Tile, KC, LANES};
+use super::gemm::{avx512, fma, fma_row, fma_rows, transpose, Lanes, KC, LANES};
 use super::kernels::{self, ConvDims};
 use crate::ir::ConvGeom;
 use std::ops::Range;
@@ -144,10 +146,10 @@ const KW: usize = 5;
 const PAIR: usize = 2 * CHANNELS;
 
 /// Gradients of a convolution without bias, CNHW: `dw` and `dx` when given (overwritten), by
-/// [`kernels::conv_backward`]. When [`applies`] holds and kernel rows are five taps wide, the
-/// weight gradient is computed straight from the input (no im2col matrix); when
-/// [`input_grad_applies`] holds, the input gradient straight from the output gradient (no
-/// column matrix, no col2im). Both in the general path's order, so the paths agree bit for bit.
+/// [`kernels::conv_backward`]. When [`weight_grad_applies`] holds, the weight gradient is
+/// computed straight from the input (no im2col matrix); when [`input_grad_applies`] holds, the
+/// input gradient straight from the output gradient (no column matrix, no col2im). Both in the
+/// general path's order, so the paths agree bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     x: &[f32],
@@ -170,9 +172,9 @@ pub fn conv_backward(
         }
     };
     // The weight regrouped for the direct input gradient, once per batch.
-    let dx_direct = grads.1.is_some() && input_grad_applies(geom, d);
+    let dx_direct = grads.1.is_some() && input_grad_applies(geom);
     let regrouped = if dx_direct {
-        d.kg.next_multiple_of(ROWS) * geom.out_channels
+        d.cg.div_ceil(LANES) * LANES * (d.kg / d.cg) * geom.out_channels
     } else {
         0
     };
@@ -180,7 +182,7 @@ pub fn conv_backward(
     if dx_direct {
         regroup_for_input_grad(w, geom, d, wt.as_chunks_mut().0);
     }
-    let block_dx = |images: Range<usize>, staged: &mut [f32]| {
+    let block_dx = |images: Range<usize>, staged: &mut [Lanes]| {
         block_input_grad((dy, wt.as_chunks().0, geom, d, batch), images, staged)
     };
     let direct = kernels::DirectGrads {
@@ -203,134 +205,114 @@ fn weight_grad_applies(geom: &ConvGeom) -> bool {
         && fma()
 }
 
-/// Column-matrix rows (kernel taps of input channels) in a tile of the direct input gradient:
-/// the matrix product's tile ([`Rows12`]).
-const ROWS: usize = 12;
-
-/// Whether [`conv_backward`] computes the input gradient directly: [`applies`]' conditions
-/// except for the channel count, and at most [`KC`] output channels (one chain per value).
-fn input_grad_applies(geom: &ConvGeom, d: &ConvDims) -> bool {
+/// Whether [`conv_backward`] computes the input gradient directly: stride 1, no padding, one
+/// group, at most [`KC`] output channels (one chain per value), and a CPU with AVX-512.
+fn input_grad_applies(geom: &ConvGeom) -> bool {
     geom.groups == 1
         && geom.stride == (1, 1)
         && geom.padding == (0, 0)
-        && d.wo.is_multiple_of(HALF)
-        && d.pixels().is_multiple_of(TILE)
         && geom.out_channels <= KC
         && avx512()
 }
 
-/// `w` (`[O, kg]`) as the product `wᵀ · dy`'s packed left operand: for each panel of 12
-/// column-matrix rows, each output channel's 12 weights in one run (zeros past the last row).
-fn regroup_for_input_grad(w: &[f32], geom: &ConvGeom, d: &ConvDims, wt: &mut [[f32; ROWS]]) {
-    let outs = geom.out_channels;
-    wt.fill([0.0; ROWS]);
+/// `w` (`[O, kg]`) regrouped for the direct input gradient: for each vector of 16 input
+/// channels and each kernel tap, each output channel's weights for those 16 channels in one
+/// vector (zeros past the last channel), `[C / 16, kh * kw, O]`.
+fn regroup_for_input_grad(w: &[f32], geom: &ConvGeom, d: &ConvDims, wt: &mut [Lanes]) {
+    let (outs, taps) = (geom.out_channels, d.kg / d.cg);
+    wt.fill([0.0; LANES]);
     for (o, row) in w.chunks_exact(d.kg).enumerate() {
         for (k, &v) in row.iter().enumerate() {
-            wt[k / ROWS * outs + o][k % ROWS] = v;
+            let (c, tap) = (k / taps, k % taps);
+            wt[(c / LANES * taps + tap) * outs + o][c % LANES] = v;
         }
     }
 }
 
-/// Adds the input gradient of `images` into `staged` (`[C, images, H, W]`, zeros on entry) as
-/// the general path's product `dcols = wᵀ · dy` and col2im do, with the product's own tiles
-/// ([`Rows12`]: the same chains) and no column matrix: per image, each panel of 12 column-matrix
-/// rows is summed for all of the image's pixels into `sums`, then added row by row into the
-/// input planes, each row's values at its tap's offset past each output pixel's window corner,
-/// two runs of eight per 16 pixels. Every input value so receives its terms in col2im's order.
+/// Writes the input gradient of `images` into `staged` (`[images, C / 16, H * W, 16]`, see
+/// [`kernels::BlockInputGrad`]) as the general path's product `dcols = wᵀ · dy` and col2im give
+/// it, with no column matrix. The column-matrix values are the product's chains (one fused
+/// multiply-add chain per value from zero, output channels in order), 16 input channels by 16
+/// output pixels at a time, for one kernel tap; each pixel's 16 values are added, as one vector,
+/// into the input pixel under the tap for those channels. Taps are taken in order, so every
+/// input value receives its terms in col2im's order.
 fn block_input_grad(
-    (dy, wt, geom, d, batch): (&[f32], &[[f32; ROWS]], &ConvGeom, &ConvDims, usize),
+    (dy, wt, geom, d, batch): (&[f32], &[Lanes], &ConvGeom, &ConvDims, usize),
     images: Range<usize>,
-    staged: &mut [f32],
+    staged: &mut [Lanes],
 ) {
-    let (p, outs, nb) = (d.pixels(), geom.out_channels, images.len());
-    let n = batch * p;
-    // The image's output gradients packed as the product's right operand (panels of 16
-    // pixels, one run per output channel), and a panel's sums, [12 rows, P / 16 vectors].
-    // And where each run of eight pixels' windows start in the input plane.
-    scratch(outs * p, |packed: &mut [f32]| {
-        scratch(ROWS * p, |sums: &mut [f32]| {
-            scratch(p / HALF, |corners: &mut [usize]| {
-                let (packed, sums) = (packed.as_chunks_mut().0, sums.as_chunks_mut().0);
-                for (run, corner) in corners.iter_mut().enumerate() {
-                    let pixel = run * HALF;
-                    *corner = pixel / d.wo * d.w + pixel % d.wo;
-                }
-                let corners = &*corners;
-                for (slot, image) in images.enumerate() {
-                    for (v, panel) in packed.chunks_exact_mut(outs).enumerate() {
-                        for (o, run) in panel.iter_mut().enumerate() {
-                            let values = &dy[o * n + image * p + v * LANES..][..LANES];
-                            *run = values.try_into().expect("a run of 16");
-                        }
+    let (p, outs, hw) = (d.pixels(), geom.out_channels, d.h * d.w);
+    let (n, panels, vectors) = (batch * p, p.div_ceil(TILE), d.cg.div_ceil(LANES));
+    // The image's output gradients packed in panels of 16 pixels, one run per output channel
+    // (zeros past the last pixel), and where each output pixel's window starts in the input
+    // plane.
+    scratch(panels * outs * TILE, |packed: &mut [f32]| {
+        scratch(p, |corners: &mut [usize]| {
+            let packed = packed.as_chunks_mut().0;
+            for (pixel, corner) in corners.iter_mut().enumerate() {
+                *corner = pixel / d.wo * d.w + pixel % d.wo;
+            }
+            for (image, image_dx) in images.zip(staged.chunks_exact_mut(vectors * hw)) {
+                for (v, panel) in packed.chunks_exact_mut(outs).enumerate() {
+                    let pixels = v * TILE..((v + 1) * TILE).min(p);
+                    for (o, run) in panel.iter_mut().enumerate() {
+                        let values = &dy[o * n + image * p..][pixels.clone()];
+                        run[..values.len()].copy_from_slice(values);
+                        run[values.len()..].fill(0.0);
                     }
-                    input_grad_image(packed, wt, (geom, d, corners), sums, (staged, slot, nb));
                 }
-            })
+                image_dx.fill([0.0; LANES]);
+                input_grad_image(packed, wt, (geom, d, corners), image_dx);
+            }
         })
     });
 }
 
-/// [`block_input_grad`] for one image: `packed` its output gradients, the planes of image
-/// `slot` of `nb` in `staged`.
+/// [`block_input_grad`] for one image: `packed` its output gradients, `image_dx` its input
+/// gradient (`[C / 16, H * W, 16]`, zeros on entry).
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
 fn input_grad_image(
     packed: &[Lanes],
-    wt: &[[f32; ROWS]],
+    wt: &[Lanes],
     (geom, d, corners): (&ConvGeom, &ConvDims, &[usize]),
-    sums: &mut [Lanes],
-    (staged, slot, nb): (&mut [f32], usize, usize),
+    image_dx: &mut [Lanes],
 ) {
-    let (outs, hw, (kh, kw)) = (geom.out_channels, d.h * d.w, geom.kernel);
-    let vectors = packed.len() / outs;
-    let last = corners.last().copied().unwrap_or(0);
-    // The column-matrix row the next sums are for: input channel c, tap (i, j).
-    let (mut k, mut c, mut i, mut j) = (0, 0, 0, 0);
-    for a in wt.chunks_exact(outs) {
-        let mut v = 0;
-        while v < vectors {
-            let b = |v: usize| &packed[v * outs..(v + 1) * outs];
-            if v + 1 < vectors {
-                let (left, right) = Rows12::sums2(a, b(v), b(v + 1));
-                for (r, (left, right)) in left.iter().zip(&right).enumerate() {
-                    sums[r * vectors + v] = *left;
-                    sums[r * vectors + v + 1] = *right;
-                }
-                v += 2;
-            } else {
-                for (r, row) in Rows12::sums(a, b(v)).iter().enumerate() {
-                    sums[r * vectors + v] = *row;
-                }
-                v += 1;
-            }
-        }
-        for row in sums.chunks_exact(vectors) {
-            if k == d.kg {
-                break;
-            }
-            // The plane from this tap's offset on: every run fits, the last corner the
-            // farthest (clamping to it, a no-op, lets the compiler drop the bounds checks).
-            let plane = &mut staged[(c * nb + slot) * hw + i * d.w + j..][..last + HALF];
-            for (values, runs) in row.iter().zip(corners.chunks_exact(2)) {
-                add_halves(plane, (runs[0].min(last), runs[1].min(last)), values);
-            }
-            k += 1;
-            j += 1;
-            if j == kw {
-                (i, j) = (i + 1, 0);
-                if i == kh {
-                    (c, i) = (c + 1, 0);
+    let (outs, hw, kw) = (geom.out_channels, d.h * d.w, geom.kernel.1);
+    let taps = d.kg / d.cg;
+    for (plane, wt) in image_dx
+        .chunks_exact_mut(hw)
+        .zip(wt.chunks_exact(taps * outs))
+    {
+        for (tap, a) in wt.chunks_exact(outs).enumerate() {
+            let offset = tap / kw * d.w + tap % kw;
+            let plane = &mut plane[offset..];
+            for (b, corners) in packed.chunks_exact(outs).zip(corners.chunks(TILE)) {
+                let sums = pixel_sums(b, a);
+                for (sum, &corner) in sums.iter().zip(corners) {
+                    kernels::add_into(&mut plane[corner], sum);
                 }
             }
         }
     }
 }
 
-/// Adds 16 values into a plane: the first eight at `runs.0`, the others at `runs.1`.
+/// `Σ_o a[o][r] · b[o]` for each of 16 pixels `r`: one fused multiply-add chain each from zero,
+/// output channels in order (the product `wᵀ · dy`'s chains: its factors swapped, the same
+/// values).
 #[inline(always)]
-fn add_halves(plane: &mut [f32], (first, second): (usize, usize), values: &Lanes) {
-    let (low, high) = values.split_at(HALF);
-    kernels::add_into(&mut plane[first..first + HALF], low);
-    kernels::add_into(&mut plane[second..second + HALF], high);
+fn pixel_sums(a: &[[f32; TILE]], b: &[Lanes]) -> [Lanes; TILE] {
+    let zero = [0.0; LANES];
+    let (mut c0, mut c1, mut c2, mut c3) = (zero, zero, zero, zero);
+    let (mut c4, mut c5, mut c6, mut c7) = (zero, zero, zero, zero);
+    let (mut c8, mut c9, mut c10, mut c11) = (zero, zero, zero, zero);
+    let (mut c12, mut c13, mut c14, mut c15) = (zero, zero, zero, zero);
+    for (av, bv) in a.iter().zip(b) {
+        fma_rows!(av, bv; c0: 0, c1: 1, c2: 2, c3: 3, c4: 4, c5: 5, c6: 6, c7: 7, c8: 8,
+            c9: 9, c10: 10, c11: 11, c12: 12, c13: 13, c14: 14, c15: 15);
+    }
+    [
+        c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+    ]
 }
 
 /// Adds the weight gradient of a part's `images` into `dw_part` (`[O, kg]`, zeros on entry) as
@@ -654,15 +636,17 @@ mod tests {
     #[test]
     fn direct_weight_gradients_equal_the_im2col_ones() {
         // lenet's second convolution (a 2-image block of 128 pixels), one whose blocks are
-        // longer than a chain of KC pixels, with two pairs of channel vectors, and lenet's first
-        // (16 channels: one vector at a time); the first and one with two groups of 16 input
-        // channels and more than KC output channels have their input gradient computed directly
-        // too.
+        // longer than a chain of KC pixels, with two pairs of channel vectors, lenet's first
+        // (16 channels: one vector at a time), one with two vectors of input channels and more
+        // than KC output channels (input gradient through the product), and one with 35-pixel
+        // outputs (a panel of pixels cut short) and 5 input channels (a vector of them cut
+        // short).
         for (c, h, w, o, batch) in [
             (16, 12, 12, 32, 5),
             (3, 20, 20, 64, 3),
             (1, 28, 28, 16, 6),
             (32, 12, 12, 288, 2),
+            (5, 9, 11, 16, 3),
         ] {
             let geom = ConvGeom {
                 in_channels: c,
@@ -699,9 +683,9 @@ mod tests {
                     (true, _) => part_weight_grad(args, images, dw_part, RowGrads::AVX2),
                 }
             };
-            let mut regrouped = vec![[f32::NAN; ROWS]; d.kg.div_ceil(ROWS) * o];
+            let mut regrouped = vec![[f32::NAN; LANES]; c.div_ceil(LANES) * 25 * o];
             regroup_for_input_grad(&wt, &geom, &d, &mut regrouped);
-            let block_dx = |images: Range<usize>, staged: &mut [f32]| {
+            let block_dx = |images: Range<usize>, staged: &mut [Lanes]| {
                 block_input_grad((&dy[..], &regrouped[..], &geom, &d, batch), images, staged)
             };
             let both = kernels::DirectGrads {

@@ -444,7 +444,7 @@ fn store<const R: usize>(sums: &[Lanes; R], (out, j0): (&mut [&mut [f32]; R], us
 
 /// A tile of `R` rows: `Σ_t a[t][r] · b[t]` for each row, one fused multiply-add chain each from
 /// zero, terms in order.
-pub trait Tile<const R: usize> {
+trait Tile<const R: usize> {
     /// Whether [`Tile::sums2`] is the tile to use: two panels of columns at once.
     const WIDE: bool;
 
@@ -457,7 +457,7 @@ pub trait Tile<const R: usize> {
 }
 
 /// Tiles of 12 rows by two panels.
-pub struct Rows12;
+struct Rows12;
 
 /// Tiles of 6 rows by one panel.
 struct Rows6;

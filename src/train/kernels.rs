@@ -13,8 +13,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::buffers::{scratch, Pool};
-use super::gemm::gemm;
 pub use super::gemm::library_products;
+use super::gemm::{gemm, Lanes, LANES as VECTOR};
 use crate::ir::{Act, ConvGeom};
 use crate::ops::shape::tap;
 
@@ -423,10 +423,11 @@ const GRAD_PARTS: usize = 4;
 /// do, block by block; given, it replaces the im2col matrices and products.
 pub type PartWeightGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
 
-/// Adds one block of images' input gradient into its staging area (`[cg, images, H, W]`, zeros
-/// on entry) exactly as the matrix product `wᵀ · dy` and [`col2im`] in [`conv_backward`] do;
-/// given, it replaces both.
-pub type BlockInputGrad<'a> = dyn Fn(Range<usize>, &mut [f32]) + Sync + 'a;
+/// Writes one block of images' input gradient into its staging area, image by image and pixel
+/// by pixel with the channels in vectors of 16 (`[images, ⌈cg / 16⌉, H * W, 16]`, every value
+/// written, lanes past the last channel unread), with the values the matrix product `wᵀ · dy`
+/// and [`col2im`] in [`conv_backward`] give; given, it replaces both.
+pub type BlockInputGrad<'a> = dyn Fn(Range<usize>, &mut [Lanes]) + Sync + 'a;
 
 /// Direct computations that stand in for [`conv_backward`]'s products (none: the products):
 /// the weight gradient's, part by part, and the input gradient's with col2im, block by block.
@@ -461,11 +462,16 @@ pub fn conv_backward(
     let parts = blocks.div_ceil(per_part);
     let part_images = per_part * block_images(d);
     // Each part's weight-gradient partial sum, and its blocks' input gradients: a block of
-    // images `s..e` at `s * cg * H * W`, laid out `[cg, e - s, H, W]` (without `dx`, one unused
-    // value per part).
+    // images `s..e` at `s * image`, laid out `[cg, e - s, H, W]` (`image = cg * H * W`), or
+    // with `direct.dx` `[e - s, ⌈cg / 16⌉, H * W, 16]` (`image` rounded up to whole vectors);
+    // without `dx`, one unused value per part.
     let mut dw_parts = buffers.take(parts * d.og * d.kg);
+    let image = match direct.dx {
+        Some(_) => d.cg.div_ceil(VECTOR) * VECTOR * hw,
+        None => d.cg * hw,
+    };
     let (staging_len, part_len) = match dx {
-        Some(_) => (d.cg * batch * hw, part_images * d.cg * hw),
+        Some(_) => (image * batch, part_images * image),
         None => (parts, 1),
     };
     let mut staging = buffers.take(staging_len);
@@ -497,12 +503,12 @@ pub fn conv_backward(
                         });
                     }
                     if want_dx {
-                        let offset = (images.start - part * part_images) * d.cg * hw;
-                        let local = &mut staged[offset..][..images.len() * d.cg * hw];
-                        local.fill(0.0);
+                        let offset = (images.start - part * part_images) * image;
+                        let local = &mut staged[offset..][..images.len() * image];
                         if let Some(block_dx) = direct.dx {
-                            block_dx(images.clone(), local);
+                            block_dx(images.clone(), local.as_chunks_mut().0);
                         } else {
+                            local.fill(0.0);
                             scratch(d.kg * nb, |dcols| {
                                 let mut dcols_view = view_mut(dcols, d.kg, nb);
                                 gemm(&wg.t(), &dyb, 0.0, &mut dcols_view);
@@ -518,19 +524,31 @@ pub fn conv_backward(
             dwg.iter_mut().zip(dw_part).for_each(|(a, b)| *a += b);
         }
         if let Some(dx) = dx.as_deref_mut() {
-            // Scatter each block's [cg, n, H, W] into the CNHW gradient, in parallel over channels.
+            // Each block's staging into the CNHW gradient, in parallel over channels: a copy
+            // of the channel's plane of each block, or with `direct.dx` the channel's lane of
+            // each image's pixels.
             let group = &mut dx[g * d.cg * batch * hw..(g + 1) * d.cg * batch * hw];
             let staging = &staging;
             group
                 .par_chunks_mut(batch * hw)
                 .enumerate()
-                .for_each(|(c, channel)| {
-                    for index in 0..blocks {
-                        let images = block(d, batch, index);
-                        let nb = images.len();
-                        let local = &staging[images.start * d.cg * hw..][..d.cg * nb * hw];
-                        channel[images.start * hw..images.end * hw]
-                            .copy_from_slice(&local[c * nb * hw..(c + 1) * nb * hw]);
+                .for_each(|(c, channel)| match direct.dx {
+                    Some(_) => {
+                        let (vector, lane) = (c / VECTOR, c % VECTOR);
+                        let images = staging.as_chunks::<VECTOR>().0.chunks_exact(image / VECTOR);
+                        for (plane, pixels) in channel.chunks_exact_mut(hw).zip(images) {
+                            let pixels = &pixels[vector * hw..][..hw];
+                            plane.iter_mut().zip(pixels).for_each(|(v, p)| *v = p[lane]);
+                        }
+                    }
+                    None => {
+                        for index in 0..blocks {
+                            let images = block(d, batch, index);
+                            let nb = images.len();
+                            let local = &staging[images.start * image..][..d.cg * nb * hw];
+                            channel[images.start * hw..images.end * hw]
+                                .copy_from_slice(&local[c * nb * hw..(c + 1) * nb * hw]);
+                        }
                     }
                 });
         }
