@@ -257,8 +257,15 @@ fn block_input_grad(
                     let pixels = v * TILE..((v + 1) * TILE).min(p);
                     for (o, run) in panel.iter_mut().enumerate() {
                         let values = &dy[o * n + image * p..][pixels.clone()];
-                        run[..values.len()].copy_from_slice(values);
-                        run[values.len()..].fill(0.0);
+                        match <&[f32; TILE]>::try_from(values) {
+                            // A whole run: one fixed-size copy (a copy of unknown length would
+                            // call memcpy).
+                            Ok(whole) => *run = *whole,
+                            Err(_) => {
+                                run[..values.len()].copy_from_slice(values);
+                                run[values.len()..].fill(0.0);
+                            }
+                        }
                     }
                 }
                 image_dx.fill([0.0; LANES]);
@@ -288,11 +295,21 @@ fn input_grad_image(
             let plane = &mut plane[offset..];
             for (b, corners) in packed.chunks_exact(outs).zip(corners.chunks(TILE)) {
                 let sums = pixel_sums(b, a);
-                for (sum, &corner) in sums.iter().zip(corners) {
-                    kernels::add_into(&mut plane[corner], sum);
+                match <&[usize; TILE]>::try_from(corners) {
+                    // A whole panel, of known length: sixteen adds straight from the registers.
+                    Ok(whole) => add_sums(plane, &sums, whole),
+                    Err(_) => add_sums(plane, &sums, corners),
                 }
             }
         }
+    }
+}
+
+/// Adds each pixel's sums into the input pixel at its corner in `plane`.
+#[inline(always)]
+fn add_sums(plane: &mut [Lanes], sums: &[Lanes; TILE], corners: &[usize]) {
+    for (sum, &corner) in sums.iter().zip(corners) {
+        kernels::add_into(&mut plane[corner], sum);
     }
 }
 
