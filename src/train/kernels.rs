@@ -353,7 +353,8 @@ fn col2im(dcols: &[f32], geom: &ConvGeom, d: &ConvDims, n_images: usize, dx: &mu
 }
 
 /// `dst[i] += src[i]` for a run as long as `dst`, eight values at a time: col2im's runs are
-/// output rows, often shorter than a loop vectorized 16 at a time would need.
+/// output rows, often shorter than a loop vectorized 16 at a time would need (the direct input
+/// gradient adds whole vectors of 16 with it too).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indexed, on copies: the form that vectorizes everywhere
 pub fn add_into(dst: &mut [f32], src: &[f32]) {

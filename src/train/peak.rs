@@ -8,10 +8,9 @@ use serde::Serialize;
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::gemm::{avx512, fma, fma_row, fma_rows};
-
-/// Lanes in one accumulator (one AVX-512 vector; two AVX2 vectors, four NEON ones).
-const LANES: usize = 16;
+// An accumulator is one of the products' rows of 16 lanes (one AVX-512 vector; two AVX2
+// vectors, four NEON ones).
+use super::gemm::{avx512, fma, fma_row, fma_rows, LANES};
 
 /// Rounds of the loop per timed run: about 10 ms (12 multiply-adds a round), long enough to
 /// outlast the timer's noise.
